@@ -1,0 +1,131 @@
+"""Choosing the accelerator: KVM only once it has been seen to boot a kernel, else TCG.
+
+On some hosts /dev/kvm opens fine and SeaBIOS runs, yet a Linux kernel hangs
+right after the boot loader. So `auto` proves KVM by booting a real kernel to
+its root-mount panic under KVM and, at the same time, under TCG. KVM must get
+there; if TCG gets there first and KVM still has not after a grace period, KVM
+is declared broken. The probe costs one TCG kernel boot (about 5 s) and its
+verdict is kept until the host reboots.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+from vmlab import host
+from vmlab.errors import PrerequisiteMissing
+
+log = logging.getLogger(__name__)
+
+KVM_DEVICE = Path(os.environ.get("VMLAB_KVM_DEVICE", "/dev/kvm"))
+PANIC = "Kernel panic"  # the kernel reached the end of its init without a root disk
+PROBE_LIMIT = 90.0  # seconds; the TCG boot normally takes ~5
+
+
+@dataclass(frozen=True)
+class AccelChoice:
+    accel: str  # "kvm" or "tcg"
+    reason: str  # one line for the user
+
+    def qemu_args(self) -> list[str]:
+        return ["-accel", "kvm", "-cpu", "host"] if self.accel == "kvm" else ["-accel", "tcg"]
+
+
+def kvm_usable() -> Optional[str]:
+    """None if /dev/kvm can be opened read-write, else why not."""
+    if not KVM_DEVICE.exists():
+        return f"{KVM_DEVICE} does not exist"
+    try:
+        os.close(os.open(KVM_DEVICE, os.O_RDWR))
+    except OSError as e:
+        return f"{KVM_DEVICE} cannot be opened: {e.strerror}"
+    return None
+
+
+def choose(requested: str, probe_kernel: Callable[[], Path], cache_dir: Path) -> AccelChoice:
+    """The accelerator to use for `requested` (auto|kvm|tcg). `probe_kernel` gives a Linux kernel."""
+    if requested == "tcg":
+        return AccelChoice("tcg", "accel: tcg is configured")
+    problem = kvm_usable()
+    if requested == "kvm":
+        if problem:
+            raise PrerequisiteMissing(f"accel: kvm is configured but {problem}; "
+                                      "use accel: auto or tcg, or give this user access to the device")
+        return AccelChoice("kvm", "accel: kvm is configured")
+    if problem:
+        return AccelChoice("tcg", f"KVM is not available ({problem})")
+    verdict_file = cache_dir / "accel-verdict.json"
+    remembered = _remembered(verdict_file)
+    if remembered:
+        return remembered
+    log.info("proving KVM works: booting a kernel under KVM and TCG side by side (once per host boot)")
+    choice = probe(probe_kernel())
+    verdict_file.parent.mkdir(parents=True, exist_ok=True)
+    verdict_file.write_text(json.dumps(dict(asdict(choice), boot_id=host.boot_id(),
+                                            qemu=host.qemu_version(), probed_at=time.time())))
+    return choice
+
+
+def _remembered(path: Path) -> Optional[AccelChoice]:
+    try:
+        data: Dict = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get("boot_id") != host.boot_id() or data.get("qemu") != host.qemu_version():
+        return None
+    when = time.strftime("%H:%M", time.localtime(data.get("probed_at", 0)))
+    return AccelChoice(data["accel"], f"{data['reason']} (probed at {when}, kept until the host reboots)")
+
+
+def probe(kernel: Path, limit: float = PROBE_LIMIT) -> AccelChoice:
+    """Boot `kernel` under KVM and TCG at once; KVM wins only by reaching the panic banner."""
+    with tempfile.TemporaryDirectory(prefix="vmlab-probe-") as tmp:
+        runs = {a: _start_probe(a, kernel, Path(tmp) / f"{a}.log") for a in ("kvm", "tcg")}
+        started = time.monotonic()
+        tcg_done: Optional[float] = None
+        try:
+            while time.monotonic() - started < limit:
+                elapsed = time.monotonic() - started
+                if _booted(runs["kvm"], Path(tmp) / "kvm.log"):
+                    return AccelChoice("kvm", f"KVM booted a test kernel in {elapsed:.1f}s")
+                if tcg_done is None and _booted(runs["tcg"], Path(tmp) / "tcg.log"):
+                    tcg_done = elapsed
+                if tcg_done is not None and elapsed > tcg_done + max(3.0, tcg_done):
+                    return AccelChoice("tcg", f"KVM did not boot a kernel that TCG booted in {tcg_done:.1f}s; "
+                                              "using TCG (software emulation, slower)")
+                if runs["kvm"].poll() is not None and runs["tcg"].poll() is not None and tcg_done is None:
+                    return AccelChoice("tcg", f"KVM is unproven: the probe kernel {kernel} booted under "
+                                              "neither KVM nor TCG; using TCG")
+                time.sleep(0.1)
+            return AccelChoice("tcg", f"KVM did not boot a test kernel within {limit:.0f}s; using TCG")
+        finally:
+            for proc in runs.values():
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+
+
+def _start_probe(accel: str, kernel: Path, console: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [host.which("qemu-system-x86_64") or "qemu-system-x86_64", "-accel", accel, "-m", "256",
+         "-nodefaults", "-display", "none", "-no-reboot", "-kernel", str(kernel),
+         "-append", "console=ttyS0 panic=-1 quiet", "-serial", f"file:{console}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _booted(proc: subprocess.Popen, console: Path) -> bool:
+    """The guest rebooted after panicking: QEMU exited 0 (-no-reboot) with the banner on its console."""
+    if proc.poll() != 0:
+        return False
+    try:
+        return PANIC in console.read_text(errors="replace")
+    except OSError:
+        return False

@@ -1,0 +1,333 @@
+"""vmlab.yaml: the schema, its defaults, and validation that names file, line and key.
+
+Everything a user can set is declared once, in the field tables below, with its
+default and what it accepts. A wrong key, type or value is refused before
+anything starts, and the message says where it is and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import yaml
+
+from vmlab.errors import ConfigError
+
+CONFIG_NAME = "vmlab.yaml"
+VM_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
+GUESTS_DIR = Path(__file__).parent / "guests"
+
+
+def known_profiles() -> list[str]:
+    """Guest profiles are the folders under vmlab/guests/ that hold a profile.yaml."""
+    return sorted(p.parent.name for p in GUESTS_DIR.glob("*/profile.yaml"))
+
+
+# --- value parsers: each returns the value or raises ValueError(what is allowed) ---
+
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise ValueError
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def memory_mib(value: Any) -> int:
+    """Memory: a number of MiB (as QEMU's -m), or a string with a unit ('2G')."""
+    allowed = "a number of MiB (1024) or a size with a unit ('2G', '512M'), at least 128M"
+    if isinstance(value, bool):
+        raise ValueError(allowed)
+    if isinstance(value, int):
+        mib = value
+    elif isinstance(value, str):
+        try:
+            mib = _parse_size(value) // 2**20 if re.search(r"[A-Za-z]", value) else int(value)
+        except ValueError:
+            raise ValueError(allowed) from None
+    else:
+        raise ValueError(allowed)
+    if mib < 128:
+        raise ValueError(allowed)
+    return mib
+
+
+def disk_bytes(value: Any) -> int:
+    """Disk size: always with a unit, so that '8' is never read as eight bytes."""
+    allowed = "a size with a unit such as '8G' or '20480M', at least 1G"
+    if not isinstance(value, str):
+        raise ValueError(allowed)
+    try:
+        size = _parse_size(value)
+    except ValueError:
+        raise ValueError(allowed) from None
+    if size < 2**30 or not re.search(r"[KMGT]", value, re.IGNORECASE):
+        raise ValueError(allowed)
+    return size
+
+
+def integer(lo: int, hi: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ValueError(f"a whole number from {lo} to {hi}")
+        return value
+
+    return parse
+
+
+def seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError("a number of seconds greater than 0")
+    return float(value)
+
+
+def choice(*allowed: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in allowed:
+            raise ValueError("one of " + ", ".join(allowed))
+        return value
+
+    return parse
+
+
+def text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("a non-empty string")
+    return value
+
+
+def profile_name(value: Any) -> str:
+    profiles = known_profiles()
+    if value not in profiles:
+        raise ValueError("one of the guest profiles in vmlab/guests/: " + ", ".join(profiles))
+    return value
+
+
+def ssh_port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not (value == 0 or 1024 <= value <= 65535):
+        raise ValueError("0 (pick a free port at start) or a port from 1024 to 65535")
+    return value
+
+
+def url(value: Any) -> str:
+    if not isinstance(value, str) or not re.match(r"^(https?|file)://\S+$", value):
+        raise ValueError("an http://, https:// or file:// URL")
+    return value.rstrip("/")
+
+
+@dataclass(frozen=True)
+class Field:
+    parse: Callable[[Any], Any]
+    default: Any
+    doc: str
+
+
+# Settings of one VM, under `defaults:` (all VMs) or `vms: {NAME: ...}` (one VM).
+VM_FIELDS: Dict[str, Field] = {
+    "profile": Field(profile_name, "debian", "guest profile: a folder under vmlab/guests/"),
+    "memory": Field(memory_mib, 1024, "guest RAM, MiB or with a unit ('2G')"),
+    "cpus": Field(integer(1, 64), 2, "virtual CPUs"),
+    "disk_size": Field(disk_bytes, 8 * 2**30, "size of the VM's disk, with a unit ('8G')"),
+    "accel": Field(choice("auto", "kvm", "tcg"), "auto", "auto proves KVM works before using it"),
+    "ssh_user": Field(text, "root", "user vmlab logs in as"),
+    "ssh_port": Field(ssh_port, 0, "host port forwarded to the guest's sshd on 127.0.0.1; 0 picks one"),
+    "boot_timeout": Field(seconds, 300.0, "seconds from start until SSH must answer"),
+}
+
+# Options of a guest profile, under `profiles: {NAME: ...}`.
+PROFILE_FIELDS: Dict[str, Dict[str, Field]] = {
+    "debian": {
+        "mirror": Field(url, None, "Debian mirror; default: the one in this host's apt configuration"),
+        "suite": Field(text, None, "Debian suite; default: this host's release codename"),
+    },
+}
+
+TOP_KEYS = ("defaults", "vms", "profiles", "cache_dir")
+
+
+@dataclass(frozen=True)
+class VMConfig:
+    """One VM's settings, defaults applied."""
+
+    name: str
+    profile: str
+    memory_mib: int
+    cpus: int
+    disk_bytes: int
+    accel: str
+    ssh_user: str
+    ssh_port: int
+    boot_timeout: float
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    """A lab: the project it belongs to, where state and cache live, and its VMs."""
+
+    source: str  # the file read, or "built-in defaults"
+    project_dir: Path
+    cache_dir: Path
+    vms: Dict[str, VMConfig]
+    profiles: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.project_dir / "vm"
+
+    def vm(self, name: Optional[str] = None) -> VMConfig:
+        """The VM called `name`, or the first one configured."""
+        if not name:
+            return next(iter(self.vms.values()))
+        if name not in self.vms:
+            raise ConfigError(
+                f"{self.source}: there is no VM named {name!r}; "
+                f"configured VMs: {', '.join(self.vms)} (add it under 'vms:')"
+            )
+        return self.vms[name]
+
+    def profile_options(self, profile: str) -> Dict[str, Any]:
+        return self.profiles.get(profile, {})
+
+
+# --- loading ---
+
+
+def find_config(explicit: Optional[str] = None, cwd: Optional[Path] = None) -> Optional[Path]:
+    """--config, else $VMLAB_CONFIG, else ./vmlab.yaml if present, else None (defaults)."""
+    for origin, value in (("--config", explicit), ("VMLAB_CONFIG", os.environ.get("VMLAB_CONFIG"))):
+        if value:
+            path = Path(value).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"{path}: no such config file (from {origin})")
+            return path.resolve()
+    candidate = (cwd or Path.cwd()) / CONFIG_NAME
+    return candidate.resolve() if candidate.is_file() else None
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("VMLAB_CACHE"):
+        return Path(os.environ["VMLAB_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "vmlab"
+
+
+def load(explicit: Optional[str] = None, cwd: Optional[Path] = None) -> LabConfig:
+    """Read and validate the lab's config; with no file, the built-in defaults."""
+    path = find_config(explicit, cwd)
+    if path is None:
+        return _build({}, {}, "built-in defaults", (cwd or Path.cwd()).resolve())
+    try:
+        data, lines = _read_yaml(path)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    return _build(data, lines, str(path), path.parent)
+
+
+def _read_yaml(path: Path) -> Tuple[Any, Dict[Tuple[str, ...], int]]:
+    """The document, and the line of every mapping key (by its path) for messages."""
+    text_ = path.read_text()
+    loader = yaml.SafeLoader(text_)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    finally:
+        loader.dispose()
+    lines: Dict[Tuple[str, ...], int] = {}
+
+    def walk(n: yaml.Node, at: Tuple[str, ...]) -> None:
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                key = at + (str(k.value),)
+                lines[key] = k.start_mark.line + 1
+                walk(v, key)
+
+    if node is not None:
+        walk(node, ())
+    return data, lines
+
+
+class _Where:
+    """Formats 'file:line: key' for the key path being validated."""
+
+    def __init__(self, source: str, lines: Mapping[Tuple[str, ...], int]):
+        self.source, self.lines = source, lines
+
+    def error(self, at: Tuple[str, ...], problem: str) -> ConfigError:
+        line = next((self.lines[at[:i]] for i in range(len(at), 0, -1) if at[:i] in self.lines), None)
+        loc = f"{self.source}:{line}" if line else self.source
+        return ConfigError(f"{loc}: {'.'.join(at) or 'top level'}: {problem}")
+
+
+def _mapping(value: Any, at: Tuple[str, ...], where: _Where) -> Dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise where.error(at, f"expected a mapping (key: value), got {type(value).__name__}")
+    return value
+
+
+def _fields(values: Dict[str, Any], fields: Mapping[str, Field], at: Tuple[str, ...], where: _Where) -> Dict[str, Any]:
+    """Validate `values` against `fields`; returns only the keys given."""
+    out = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise where.error(at + (str(key),), "unknown key; allowed here: " + ", ".join(fields))
+        try:
+            out[key] = fields[key].parse(value)
+        except ValueError as e:
+            raise where.error(at + (key,), f"{value!r} is not allowed; expected {e}") from None
+    return out
+
+
+def _build(data: Any, lines: Mapping[Tuple[str, ...], int], source: str, project_dir: Path) -> LabConfig:
+    where = _Where(source, lines)
+    top = _mapping(data, (), where)
+    for key in top:
+        if key not in TOP_KEYS:
+            raise where.error((str(key),), "unknown key; allowed at the top level: " + ", ".join(TOP_KEYS))
+
+    base = {k: f.default for k, f in VM_FIELDS.items()}
+    base.update(_fields(_mapping(top.get("defaults"), ("defaults",), where), VM_FIELDS, ("defaults",), where))
+
+    vms_raw = _mapping(top.get("vms"), ("vms",), where) or {"default": {}}
+    vms: Dict[str, VMConfig] = {}
+    for name, settings in vms_raw.items():
+        at = ("vms", str(name))
+        if not isinstance(name, str) or not VM_NAME.match(name):
+            raise where.error(at, "a VM name is lowercase letters, digits and '-', at most 31 characters")
+        merged = dict(base, **_fields(_mapping(settings, at, where), VM_FIELDS, at, where))
+        vms[name] = VMConfig(
+            name=name,
+            profile=merged["profile"],
+            memory_mib=merged["memory"],
+            cpus=merged["cpus"],
+            disk_bytes=merged["disk_size"],
+            accel=merged["accel"],
+            ssh_user=merged["ssh_user"],
+            ssh_port=merged["ssh_port"],
+            boot_timeout=merged["boot_timeout"],
+        )
+
+    profiles: Dict[str, Dict[str, Any]] = {}
+    for name, options in _mapping(top.get("profiles"), ("profiles",), where).items():
+        at = ("profiles", str(name))
+        if name not in known_profiles():
+            raise where.error(at, "unknown guest profile; known: " + ", ".join(known_profiles()))
+        profiles[name] = _fields(_mapping(options, at, where), PROFILE_FIELDS.get(name, {}), at, where)
+
+    cache_dir = default_cache_dir()
+    if "cache_dir" in top:
+        if not isinstance(top["cache_dir"], str) or not top["cache_dir"].strip():
+            raise where.error(("cache_dir",), "expected a directory path (relative to the config file)")
+        cache_dir = project_dir / Path(top["cache_dir"]).expanduser()
+    return LabConfig(source=source, project_dir=project_dir, cache_dir=cache_dir, vms=vms, profiles=profiles)

@@ -1,0 +1,47 @@
+"""The error hierarchy: every failure a user can act on is a VmlabError.
+
+Each error carries what the user needs to fix it (the file and key, the command
+and its output, the log to read). `exit_code` is what the command line returns:
+1 for a failure, 2 when the work could not even start because something it
+needs is missing or wrong.
+"""
+
+from __future__ import annotations
+
+
+class VmlabError(Exception):
+    """Root of vmlab's errors; the message is what the user reads."""
+
+    exit_code = 1
+
+
+class PrerequisiteMissing(VmlabError):
+    """A tool, device, image or file the command needs is not there."""
+
+    exit_code = 2
+
+
+class ConfigError(VmlabError):
+    """vmlab.yaml (or a command-line value) is invalid; nothing was started."""
+
+    exit_code = 2
+
+
+class ImageBuildError(VmlabError):
+    """Building a guest image failed; the message names the log."""
+
+
+class MachineError(VmlabError):
+    """QEMU failed to start, died, or could not be stopped."""
+
+
+class GuestUnreachable(VmlabError):
+    """The guest never answered over SSH within its deadline."""
+
+
+class HostKeyMismatch(VmlabError):
+    """The guest presented an SSH host key other than the one pinned for this lab."""
+
+
+class Busy(VmlabError):
+    """Another vmlab command holds the lock this one needs."""

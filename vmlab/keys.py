@@ -1,0 +1,86 @@
+"""Per-lab SSH keys: the key vmlab logs in with, and the guest's pinned host key.
+
+Both are ed25519, generated on first use into `vm/keys/` with mode 0600. The
+guest's host key is made here, not in the guest, so it is known before the guest
+ever boots: vmlab pins it and never touches the user's ~/.ssh/known_hosts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from vmlab import locks
+
+HOST_ALIAS = "vmlab-guest"  # the name OpenSSH checks the pinned host key under
+
+
+@dataclass(frozen=True)
+class LabKeys:
+    dir: Path
+
+    @property
+    def client(self) -> Path:
+        return self.dir / "id_ed25519"
+
+    @property
+    def host(self) -> Path:
+        return self.dir / "ssh_host_ed25519_key"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.dir / "known_hosts"
+
+    def client_public(self) -> str:
+        return self.client.with_suffix(".pub").read_text().strip()
+
+    def host_key(self) -> paramiko.PKey:
+        return paramiko.Ed25519Key.from_private_key_file(str(self.host))
+
+    def openssh_options(self) -> list[str]:
+        """Options that make the OpenSSH client (ssh, rsync -e) use this lab's keys only."""
+        return [
+            "-i", str(self.client),
+            "-o", "IdentitiesOnly=yes",
+            "-o", f"UserKnownHostsFile={self.known_hosts}",
+            "-o", f"HostKeyAlias={HOST_ALIAS}",
+            "-o", "StrictHostKeyChecking=yes",
+            "-o", "BatchMode=yes",
+            "-o", "LogLevel=ERROR",
+        ]
+
+
+def ensure(keys_dir: Path, comment: str) -> LabKeys:
+    """The lab's keys, generated on first use (under a lock: VMs may start at once)."""
+    keys = LabKeys(keys_dir)
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(keys_dir, 0o700)
+    with locks.held(keys_dir / ".lock", "the lab's SSH keys"):
+        if not keys.client.exists():
+            _write_keypair(keys.client, comment)
+        if not keys.host.exists():
+            _write_keypair(keys.host, f"{comment} guest host key")
+            host_pub = keys.host.with_suffix(".pub").read_text().split()[:2]
+            _write_private(keys.known_hosts, f"{HOST_ALIAS} {' '.join(host_pub)}\n".encode())
+    return keys
+
+
+def _write_keypair(private: Path, comment: str) -> None:
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                            serialization.NoEncryption())
+    pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    private.with_suffix(".pub").write_bytes(pub + f" {comment}\n".encode())
+    _write_private(private, pem)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a file that is mode 0600 from its first byte."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)

@@ -1,0 +1,296 @@
+"""One VM's QEMU process and its state folder `vm/<name>/`.
+
+QEMU runs detached (its own `-daemonize`: the launching call returns only once
+QEMU has opened its sockets, or fails with QEMU's message), never writes to the
+caller's terminal (its output goes to `qemu.log`), and is found again through
+`qemu.pid`, trusted only if that pid is still this VM's QEMU. The serial console
+is a unix socket whose every byte QEMU also appends to `console.log`.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from vmlab import host
+from vmlab.accel import AccelChoice
+from vmlab.errors import MachineError, PrerequisiteMissing
+from vmlab.qmp import Monitor
+
+log = logging.getLogger(__name__)
+
+UNIX_PATH_MAX = 107
+START_ATTEMPTS = 5  # a free port can be taken between choosing it and QEMU binding it
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """Everything QEMU needs to run one VM, resolved by the lab from config and profile."""
+
+    name: str
+    accel: AccelChoice
+    memory_mib: int
+    cpus: int
+    disk: Path
+    seed_iso: Optional[Path] = None
+    kernel: Optional[Path] = None
+    initrd: Optional[Path] = None
+    cmdline: str = ""
+    ssh_port: int = 0  # 0: choose a free port at start
+
+
+@dataclass
+class MachineStatus:
+    name: str
+    state: str  # "running", "stopped" or "crashed" (QEMU died without vmlab stopping it)
+    pid: Optional[int] = None
+    ssh_port: Optional[int] = None
+    accel: Optional[str] = None
+    qemu_status: Optional[str] = None  # QMP's run state while running: running, paused, ...
+    started_at: Optional[float] = None
+    detail: str = ""
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> Dict[str, Any]:
+        data = asdict(self)
+        data.update(data.pop("extra"))
+        return data
+
+
+def _qopt(value: object) -> str:
+    """Escape a value inside a QEMU option string (commas are doubled)."""
+    return str(value).replace(",", ",,")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return False
+            raise
+    return True
+
+
+class Machine:
+    """The QEMU process of the VM whose state lives in `dir` (vm/<name>/)."""
+
+    def __init__(self, name: str, dir: Path):
+        self.name = name
+        self.dir = dir.resolve()
+        self.qmp_socket = self.dir / "qmp.sock"
+        self.console_socket = self.dir / "console.sock"
+        self.console_log = self.dir / "console.log"
+        self.qemu_log = self.dir / "qemu.log"
+        self.pid_file = self.dir / "qemu.pid"
+        self.state_file = self.dir / "state.json"
+
+    # --- what is running ---
+
+    def pid(self) -> Optional[int]:
+        """The pid of this VM's QEMU if it is alive, else None."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if self._is_ours(pid) else None
+
+    def _is_ours(self, pid: int) -> bool:
+        """Alive, not a zombie, and started with our pidfile: a recycled pid is not trusted."""
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        state = stat.rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X") and str(self.pid_file).encode() in cmdline
+
+    def state(self) -> Dict[str, Any]:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def status(self, query_qemu: bool = True) -> MachineStatus:
+        recorded = self.state()
+        pid = self.pid()
+        if pid is None:
+            if recorded or self.pid_file.exists():
+                return MachineStatus(self.name, "crashed", pid=recorded.get("pid"), accel=recorded.get("accel"),
+                                     detail=f"QEMU (pid {recorded.get('pid', '?')}) is gone without vmlab "
+                                            f"stopping it; see {self.qemu_log}. `vm.start` cleans up and starts again")
+            return MachineStatus(self.name, "stopped")
+        st = MachineStatus(self.name, "running", pid=pid, ssh_port=recorded.get("ssh_port"),
+                           accel=recorded.get("accel"), started_at=recorded.get("started_at"),
+                           detail=recorded.get("accel_reason", ""))
+        if query_qemu:
+            try:
+                with Monitor(self.qmp_socket, timeout=5) as mon:
+                    st.qemu_status = mon.status()
+            except MachineError:
+                st.qemu_status = "unreachable"
+        return st
+
+    # --- start ---
+
+    def launch(self, spec: MachineSpec) -> MachineStatus:
+        """Start QEMU for `spec`; returns once QEMU runs (the guest is still booting)."""
+        if self.pid() is not None:
+            raise MachineError(f"VM {self.name} is already running (pid {self.pid()})")
+        self.clean()
+        for sock in (self.qmp_socket, self.console_socket):
+            if len(str(sock).encode()) > UNIX_PATH_MAX:
+                raise MachineError(f"{sock} is too long for a unix socket ({UNIX_PATH_MAX} bytes at most); "
+                                   "move the project to a shorter path")
+        if spec.ssh_port and not port_is_free(spec.ssh_port):
+            raise PrerequisiteMissing(
+                f"port 127.0.0.1:{spec.ssh_port} (ssh_port of VM {self.name}) is already in use; "
+                f"free it (see `ss -ltnp 'sport = :{spec.ssh_port}'`) or set ssh_port: 0 to pick a free one")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for old in (self.console_log, self.qemu_log):  # one transcript per boot, and the one before
+            if old.exists():
+                os.replace(old, old.with_name(old.name + ".1"))
+        for attempt in range(1, START_ATTEMPTS + 1):
+            port = spec.ssh_port or free_port()
+            argv = self.argv(spec, port)
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, timeout=120, check=False)
+            if proc.returncode == 0:
+                break
+            if "host forwarding rule" in proc.stderr and not spec.ssh_port and attempt < START_ATTEMPTS:
+                log.debug("port %d was taken before QEMU bound it; trying another", port)
+                continue
+            self.clean()
+            raise MachineError(f"QEMU failed to start VM {self.name} (exit {proc.returncode}):\n"
+                               f"{proc.stderr.strip()}\ncommand: {' '.join(argv)}")
+        pid = self.pid()
+        if pid is None:
+            raise MachineError(f"QEMU reported success but VM {self.name} is not running; see {self.qemu_log}")
+        self._write_state({"pid": pid, "ssh_port": port, "accel": spec.accel.accel,
+                           "accel_reason": spec.accel.reason, "started_at": time.time(), "argv": argv,
+                           "qemu_warnings": proc.stderr.strip()})
+        return self.status()
+
+    def argv(self, spec: MachineSpec, ssh_port: int) -> List[str]:
+        args = [
+            host.which("qemu-system-x86_64") or "qemu-system-x86_64",
+            "-name", f"vmlab-{spec.name},process=vmlab-{spec.name}",
+            "-machine", "pc", *spec.accel.qemu_args(),
+            "-m", str(spec.memory_mib), "-smp", str(spec.cpus),
+            "-nodefaults", "-no-user-config", "-display", "none",
+            "-daemonize", "-pidfile", str(self.pid_file), "-D", str(self.qemu_log),
+            "-qmp", f"unix:{_qopt(self.qmp_socket)},server=on,wait=off",
+            "-chardev", f"socket,id=console,path={_qopt(self.console_socket)},server=on,wait=off,"
+                        f"logfile={_qopt(self.console_log)},logappend=on",
+            "-serial", "chardev:console",
+            # node names let QMP address the disk (snapshot jobs take node names)
+            "-blockdev", f"driver=file,filename={_qopt(spec.disk)},node-name=disk0-file",
+            "-blockdev", "driver=qcow2,file=disk0-file,node-name=disk0",
+            "-device", "virtio-blk-pci,drive=disk0,id=disk0-dev",
+            "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
+            "-device", "virtio-net-pci,netdev=net0",
+        ]
+        if spec.seed_iso:
+            args += ["-blockdev", f"driver=file,filename={_qopt(spec.seed_iso)},node-name=seed,read-only=on",
+                     "-device", "ide-cd,drive=seed,id=seed-dev"]
+        if spec.kernel:
+            args += ["-kernel", str(spec.kernel), "-append", spec.cmdline]
+            if spec.initrd:
+                args += ["-initrd", str(spec.initrd)]
+        return args
+
+    def _write_state(self, data: Dict[str, Any]) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, self.state_file)
+
+    def assert_alive(self) -> None:
+        """MachineError with the end of QEMU's log and the console if QEMU has died."""
+        if self.pid() is None:
+            raise MachineError(f"QEMU of VM {self.name} exited while the guest was booting.\n"
+                               f"qemu.log:\n{tail(self.qemu_log, 10)}\nconsole.log:\n{tail(self.console_log, 20)}")
+
+    # --- stop ---
+
+    def stop(self, soft_timeout: float = 60.0) -> str:
+        """Power off softly (ACPI), then `quit`, then SIGKILL; always clean up. Returns what it took."""
+        pid = self.pid()
+        if pid is None:
+            was = "crashed" if self.state() or self.pid_file.exists() else "stopped"
+            self.clean()
+            return f"was not running ({was}); cleaned up" if was == "crashed" else "was not running"
+        how = ""
+        try:
+            if soft_timeout > 0 and self._ask(pid, "system_powerdown", soft_timeout):
+                how = "powered off by the guest"
+            elif self._ask(pid, "quit", 10):
+                how = "quit QEMU (the guest did not power off)" if soft_timeout > 0 else "quit QEMU"
+        finally:  # also on Ctrl-C: never leave QEMU running half-stopped
+            if not how:
+                self._kill(pid)
+                how = "killed QEMU"
+            self.clean()
+        return how
+
+    def _ask(self, pid: int, command: str, wait: float) -> bool:
+        """Send a QMP command and wait for QEMU to exit; False if it did not."""
+        try:
+            with Monitor(self.qmp_socket, timeout=5) as mon:
+                if command == "system_powerdown" and mon.status() != "running":
+                    return False  # a paused guest cannot react to ACPI
+                mon.command(command)
+        except MachineError:
+            if not self._is_ours(pid):
+                return True
+            return False
+        return self._wait_gone(pid, wait)
+
+    def _wait_gone(self, pid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self._is_ours(pid):
+                return True
+            time.sleep(0.1)
+        return not self._is_ours(pid)
+
+    def _kill(self, pid: int) -> None:
+        if self._is_ours(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._wait_gone(pid, 10)
+
+    def clean(self) -> None:
+        """Remove what only a running QEMU needs: sockets, pid and state files. Logs stay."""
+        for path in (self.qmp_socket, self.console_socket, self.pid_file, self.state_file):
+            path.unlink(missing_ok=True)
+
+
+def tail(path: Path, lines: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"({path} is missing)"
+
+
+def last_line(path: Path) -> str:
+    """The last line of `path` that is not blank: what a booting guest printed last."""
+    lines = [line for line in tail(path, 5).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""

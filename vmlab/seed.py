@@ -1,0 +1,43 @@
+"""The seed CD: a small ISO that carries a VM's keys and settings into the guest.
+
+The guest reads it at boot (label VMLAB_SEED), so one cached image serves every
+lab: the lab's authorized key and pinned host key arrive on the seed, never in
+the image. The same medium carries install scripts for guests installed from an
+ISO (a DragonFly `pfi.conf` must sit on cd0 or cd1).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Dict, Union
+
+from vmlab import host
+from vmlab.errors import MachineError
+
+LABEL = "VMLAB_SEED"
+
+
+def build(iso: Path, files: Dict[str, Union[str, bytes]]) -> Path:
+    """Write `files` (name -> content) to a fresh ISO at `iso`, mode 0600 (it holds a private key)."""
+    with tempfile.TemporaryDirectory(prefix="vmlab-seed-") as tmp:
+        for name, content in files.items():
+            path = Path(tmp) / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content.encode() if isinstance(content, str) else content)
+            if name.endswith(".sh"):
+                path.chmod(0o755)
+        partial = iso.with_suffix(".partial")
+        proc = subprocess.run(
+            [host.which("xorriso") or "xorriso", "-as", "mkisofs", "-quiet", "-V", LABEL,
+             "-J", "-R", "-o", str(partial), tmp],
+            capture_output=True, text=True, check=False,
+        )
+        if proc.returncode != 0:
+            partial.unlink(missing_ok=True)
+            raise MachineError(f"could not build the seed ISO {iso}: xorriso said:\n{proc.stderr.strip()}")
+        os.chmod(partial, 0o600)
+        os.replace(partial, iso)
+    return iso

@@ -1,0 +1,172 @@
+"""SSH to a guest with paramiko: connect when ready, run commands, stream their output.
+
+Readiness is an SSH banner plus a command that ran: with QEMU's user network a
+TCP connect to the forwarded port succeeds long before the guest's sshd exists.
+The guest's host key is pinned from the lab's keys; a different key is refused.
+"""
+
+from __future__ import annotations
+
+import codecs
+import select
+import shlex
+import socket
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, TextIO
+
+import paramiko
+
+from vmlab.errors import GuestUnreachable, HostKeyMismatch
+from vmlab.keys import LabKeys
+
+# Failures that mean "not up yet" while a guest boots.
+_NOT_READY = (OSError, EOFError, paramiko.SSHException)
+
+
+@dataclass
+class CommandResult:
+    command: str
+    exit_status: int  # -1 when there was none (timed out, connection lost)
+    stdout: str
+    stderr: str
+    duration: float
+    timed_out: bool = False
+
+    @property
+    def succeeded(self) -> bool:
+        return self.exit_status == 0 and not self.timed_out
+
+
+class GuestSSH:
+    """One SSH connection to a guest's forwarded port on 127.0.0.1."""
+
+    def __init__(self, port: int, user: str, keys: LabKeys, host: str = "127.0.0.1"):
+        self.port, self.user, self.keys, self.host = port, user, keys, host
+        self._client: Optional[paramiko.SSHClient] = None
+
+    def __enter__(self) -> "GuestSSH":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def connect(self, timeout: float = 10.0) -> None:
+        """One attempt; raises what paramiko raises, except a wrong host key, which is ours."""
+        self.close()
+        client = paramiko.SSHClient()
+        pinned = self.keys.host_key()
+        client.get_host_keys().add(f"[{self.host}]:{self.port}", pinned.get_name(), pinned)
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            client.connect(self.host, port=self.port, username=self.user, key_filename=str(self.keys.client),
+                           allow_agent=False, look_for_keys=False, timeout=timeout,
+                           banner_timeout=timeout, auth_timeout=timeout)
+        except paramiko.BadHostKeyException as e:
+            client.close()
+            raise HostKeyMismatch(
+                f"the guest on 127.0.0.1:{self.port} presented host key {e.key.fingerprint}, not the key "
+                f"pinned for this lab ({e.expected_key.fingerprint}, in {self.keys.known_hosts}). Its disk "
+                "was not made by this lab or was changed; destroy the VM (`invoke vm.destroy`) and start it again"
+            ) from None
+        except BaseException:
+            client.close()
+            raise
+        self._client = client
+
+    def wait_ready(self, timeout: float, check: Callable[[], None] = lambda: None,
+                   progress: Optional[Callable[[float, str], None]] = None) -> float:
+        """Retry until a command runs, under one deadline with backoff; returns the seconds it took.
+
+        `check` is called between attempts and may raise (QEMU died); `progress(elapsed,
+        last_error)` is called about every 10 s so a long boot is never silent.
+        """
+        started = time.monotonic()
+        delay, last_error, next_report = 0.5, "no attempt yet", started + 10
+        while True:
+            check()
+            try:
+                self.connect(timeout=min(10.0, max(1.0, timeout - (time.monotonic() - started))))
+                if self.run("true", timeout=30).exit_status == 0:
+                    return time.monotonic() - started
+                last_error = "`true` did not succeed"
+            except HostKeyMismatch:
+                raise
+            except paramiko.AuthenticationException as e:
+                last_error = f"authentication failed ({e}): the guest does not accept this lab's key"
+            except _NOT_READY as e:
+                last_error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            self.close()
+            now = time.monotonic()
+            if now - started >= timeout:
+                raise GuestUnreachable(f"SSH on 127.0.0.1:{self.port} did not answer within {timeout:.0f}s "
+                                       f"(last error: {last_error})")
+            if progress and now >= next_report:
+                progress(now - started, last_error)
+                next_report = now + 10
+            time.sleep(min(delay, max(0.0, timeout - (now - started))))
+            delay = min(delay * 1.5, 3.0)
+
+    def run(self, command: str, *, env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None,
+            timeout: Optional[float] = None, stdout: Optional[TextIO] = None,
+            stderr: Optional[TextIO] = None) -> CommandResult:
+        """Run `command` through the login shell; stream output to `stdout`/`stderr` if given."""
+        if self._client is None:
+            self.connect()
+        assert self._client is not None
+        full = command
+        if env:
+            full = "env " + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items()) + " sh -c " + shlex.quote(full)
+        if cwd:
+            full = f"cd {shlex.quote(cwd)} && {full}"
+        transport = self._client.get_transport()
+        if transport is None or not transport.is_active():
+            raise GuestUnreachable(f"the SSH connection to 127.0.0.1:{self.port} is closed")
+        chan = transport.open_session(timeout=30)
+        chan.exec_command(full)
+        started = time.monotonic()
+        out, err = _Sink(stdout), _Sink(stderr)
+        timed_out = False
+        try:
+            while True:
+                if timeout is not None and time.monotonic() - started > timeout:
+                    timed_out = True
+                    break
+                select.select([chan], [], [], 0.2)
+                while chan.recv_ready():
+                    out.feed(chan.recv(65536))
+                while chan.recv_stderr_ready():
+                    err.feed(chan.recv_stderr(65536))
+                if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    break
+            status = -1 if timed_out else chan.recv_exit_status()
+        except socket.error as e:
+            raise GuestUnreachable(f"the SSH connection to 127.0.0.1:{self.port} broke during {command!r}: {e}") from None
+        finally:
+            chan.close()
+        return CommandResult(command, status, out.text(), err.text(), time.monotonic() - started, timed_out)
+
+
+class _Sink:
+    """Collects a stream's bytes as text and, if asked, echoes it as it arrives."""
+
+    def __init__(self, echo: Optional[TextIO]):
+        self.echo = echo
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.parts: list[str] = []
+
+    def feed(self, data: bytes) -> None:
+        chunk = self.decoder.decode(data)
+        self.parts.append(chunk)
+        if self.echo is not None and chunk:
+            self.echo.write(chunk)
+            self.echo.flush()
+
+    def text(self) -> str:
+        return "".join(self.parts) + self.decoder.decode(b"", final=True)
+
