@@ -121,6 +121,26 @@ def url(value: Any) -> str:
     return value.rstrip("/")
 
 
+def mirror_list(value: Any) -> list:
+    """Mirrors in the order to try: URLs, or local folders laid out like a mirror."""
+    allowed = "a list of http://, https:// or file:// URLs or local folder paths"
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValueError(allowed)
+    return [v.rstrip("/") for v in value]
+
+
+def release(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"\d+\.\d+\.\d+", value):
+        raise ValueError("a release number such as '6.4.2' (quote it in YAML)")
+    return value
+
+
+def checksum_pin(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"(md5:[0-9a-f]{32}|sha256:[0-9a-f]{64})", value):
+        raise ValueError("'md5:<32 hex digits>' or 'sha256:<64 hex digits>'")
+    return value
+
+
 @dataclass(frozen=True)
 class Field:
     parse: Callable[[Any], Any]
@@ -145,6 +165,11 @@ PROFILE_FIELDS: Dict[str, Dict[str, Field]] = {
     "debian": {
         "mirror": Field(url, None, "Debian mirror; default: the one in this host's apt configuration"),
         "suite": Field(text, None, "Debian suite; default: this host's release codename"),
+    },
+    "dragonfly": {
+        "release": Field(release, None, "DragonFly release to install; default: the profile's pinned one"),
+        "mirrors": Field(mirror_list, None, "mirrors to try in order; default: the profile's list"),
+        "checksum": Field(checksum_pin, None, "pin the ISO's checksum instead of trusting md5.txt"),
     },
 }
 

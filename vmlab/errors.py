@@ -31,6 +31,14 @@ class ImageBuildError(VmlabError):
     """Building a guest image failed; the message names the log."""
 
 
+class DownloadError(VmlabError):
+    """A download failed or its file is damaged; the message names the URL."""
+
+
+class ChecksumMismatch(DownloadError):
+    """A file's checksum is not the one expected; it was deleted, never cached."""
+
+
 class MachineError(VmlabError):
     """QEMU failed to start, died, or could not be stopped."""
 

@@ -65,3 +65,7 @@ def qemu_version() -> str:
     out = subprocess.run([which("qemu-system-x86_64") or "qemu-system-x86_64", "--version"],
                          capture_output=True, text=True, check=False).stdout
     return out.splitlines()[0].replace("QEMU emulator version ", "") if out else "unknown"
+
+
+if __name__ == "__main__":  # `python3 -m vmlab.host` lists the Debian packages scripts/setup installs
+    print(" ".join(sorted(set(PACKAGES.values()))))

@@ -73,7 +73,7 @@ class Lab:
                     ssh.wait_ready(vm.boot_timeout, check=machine.assert_alive,
                                    progress=lambda t, why: log.info(
                                        "  still booting after %.0fs (%s); console: %s", t, why,
-                                       last_line(machine.console_log)[-80:]))
+                                       last_line(machine.console_log)[-80:] or "(nothing yet)"))
             except GuestUnreachable as e:
                 machine.stop(soft_timeout=0)
                 raise GuestUnreachable(f"VM {vm.name}: {e}; it was stopped.\nLast console lines "
@@ -120,6 +120,8 @@ class Lab:
     def stop(self, name: Optional[str] = None, soft_timeout: float = 60.0) -> str:
         vm = self.vm(name)
         machine = self.machine(vm)
+        if not machine.dir.exists():
+            return "was not running (never started)"
         with locks.held(machine.dir / ".lock", f"VM {vm.name}", wait=False):
             return machine.stop(soft_timeout)
 
@@ -142,6 +144,29 @@ class Lab:
             how = machine.stop(soft_timeout=0)
             shutil.rmtree(machine.dir, ignore_errors=True)
         return how
+
+    def demo(self, name: Optional[str] = None) -> List[str]:
+        """The main job for now: boot the VM, prove SSH and the console answer, stop it.
+
+        Returns the lines of its report; raises on the first thing that does not work.
+        """
+        vm = self.vm(name)
+        machine = self.machine(vm)
+        if machine.pid() is not None:
+            log.info("VM %s is running; stopping it to boot it afresh", vm.name)
+            self.stop(vm.name)
+        status = self.start(vm.name)
+        try:
+            facts = self.run("echo \"$(hostname) $(uname -sr) $(id -un)\"", vm.name, timeout=60)
+            if not facts.succeeded:
+                raise GuestUnreachable(f"VM {vm.name}: a command over SSH failed: {facts.stderr.strip()}")
+            login = machine.wait_console(r"login:\s*$", timeout=60)
+            report = [f"booted in {status.extra['boot_seconds']}s under {status.accel} (pid {status.pid})",
+                      f"SSH on 127.0.0.1:{status.ssh_port}: {facts.stdout.strip()}",
+                      f"serial console ({machine.console_log}): {login}"]
+        finally:
+            report_stop = self.stop(vm.name)
+        return report + [f"stopped: {report_stop}"]
 
     # --- in the guest ---
 

@@ -13,6 +13,7 @@ import errno
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -225,6 +226,21 @@ class Machine:
         if self.pid() is None:
             raise MachineError(f"QEMU of VM {self.name} exited while the guest was booting.\n"
                                f"qemu.log:\n{tail(self.qemu_log, 10)}\nconsole.log:\n{tail(self.console_log, 20)}")
+
+    def wait_console(self, pattern: str, timeout: float) -> str:
+        """The first console.log line matching `pattern` (a regex), waiting up to `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                for line in self.console_log.read_text(errors="replace").splitlines():
+                    if re.search(pattern, line):
+                        return line.strip()
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise MachineError(f"VM {self.name}: nothing matching {pattern!r} on the console within "
+                                   f"{timeout:.0f}s; last lines of {self.console_log}:\n{tail(self.console_log, 15)}")
+            time.sleep(0.2)
 
     # --- stop ---
 

@@ -147,6 +147,14 @@ def destroy(c, yes=False, vm=None, config=None):
 
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP})
 @cli
+def demo(c, vm=None, config=None):
+    """The main job: boot the VM from scratch, prove SSH and the serial console, stop it."""
+    for line in _lab(config).demo(_vm(vm)):
+        print(line)
+
+
+@task(help={"vm": VM_HELP, "config": CONFIG_HELP})
+@cli
 def image(c, vm=None, config=None):
     """Build (or find in the cache) the base image the VM starts from, and print where it is."""
     lab = _lab(config)
@@ -155,5 +163,5 @@ def image(c, vm=None, config=None):
     print(f"{folder} ({time.monotonic() - started:.1f}s)")
 
 
-vm_tasks = Collection("vm", start, stop, status, ssh, console, destroy, image)
+vm_tasks = Collection("vm", start, stop, status, ssh, console, destroy, demo, image)
 ns = Collection(vm_tasks)

@@ -1,0 +1,126 @@
+"""Shared fixtures: a real project folder, the real CLI, and the prerequisite policy.
+
+Tests that need a VM run a real QEMU guest (the offline Debian guest, built once
+and cached in ~/.cache/vmlab like a user's). Outside CI they are skipped when a
+prerequisite is missing, naming it, and the run then exits 2; under CI=true a
+missing prerequisite stops the run at once with exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+
+from vmlab import config as config_mod
+from vmlab import debian, guests, host
+from vmlab.cache import ArtefactCache
+from vmlab.errors import VmlabError
+from vmlab.lab import Lab
+from vmlab.machine import Machine
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+INVOKE = str(Path(sys.executable).parent / "invoke")
+_missing_prerequisites: List[str] = []
+
+
+def vm_prerequisite_problem() -> Optional[str]:
+    """Why a VM cannot run here, or None."""
+    missing = [t for t in host.VM_TOOLS if host.which(t) is None]
+    if missing:
+        return "host tools missing: " + ", ".join(missing) + " (run scripts/setup)"
+    cache = ArtefactCache(config_mod.default_cache_dir())
+    profile = guests.load("debian")
+    try:
+        cached = cache.has(debian.KIND, debian.image_key(profile, {}))
+    except VmlabError as e:
+        return str(e)
+    if not cached:
+        if os.geteuid() != 0:
+            return "the Debian test guest is not cached and building it needs root"
+        missing = [t for t in debian.BUILD_TOOLS if host.which(t) is None]
+        if missing:
+            return "image build tools missing: " + ", ".join(missing)
+    return None
+
+
+@pytest.fixture(scope="session")
+def vm_ready() -> None:
+    """Depend on this in every test that boots a VM."""
+    problem = vm_prerequisite_problem()
+    if problem:
+        if IN_CI:
+            pytest.exit(f"prerequisite missing under CI: {problem}", returncode=2)
+        _missing_prerequisites.append(problem)
+        pytest.skip(f"prerequisite missing: {problem}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if exitstatus == 0 and _missing_prerequisites:
+        session.exitstatus = 2  # did not finish: tests were skipped for a missing prerequisite
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
+    for problem in sorted(set(_missing_prerequisites)):
+        terminalreporter.write_line(f"VM tests skipped, exit code 2: {problem}", yellow=True)
+
+
+class Project:
+    """A user's project folder: vmlab.yaml, a one-line tasks.py, and its vm/ state."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        (root / "tasks.py").write_text("from vmlab.tasks import ns  # noqa: F401\n")
+
+    def write_config(self, text: str) -> Path:
+        path = self.root / "vmlab.yaml"
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    def lab(self) -> Lab:
+        return Lab(config_mod.load(cwd=self.root))
+
+    def invoke(self, *args: str, env: Optional[Dict[str, str]] = None, timeout: float = 900,
+               input: Optional[str] = None) -> subprocess.CompletedProcess:
+        """Run the real CLI in the project, as a user would."""
+        full_env = dict(os.environ, **(env or {}))
+        full_env.pop("VM", None)
+        full_env.pop("VMLAB_CONFIG", None)
+        full_env.update(env or {})
+        return subprocess.run([INVOKE, *args], cwd=self.root, env=full_env, capture_output=True, text=True,
+                              timeout=timeout, input=input, stdin=None if input is not None else subprocess.DEVNULL)
+
+
+@pytest.fixture
+def project(tmp_path: Path):
+    """A project folder; any QEMU its VMs left running is killed at the end, whatever happened."""
+    proj = Project(tmp_path)
+    yield proj
+    for state_dir in (tmp_path / "vm").glob("*/"):
+        pid = Machine(state_dir.name, state_dir).pid()  # only if it is still this VM's QEMU
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_qemu_left_behind(tmp_path_factory: pytest.TempPathFactory):
+    """Fail the run if any QEMU started from a test folder outlives the tests."""
+    base = str(tmp_path_factory.getbasetemp())
+    yield
+    leaked = []
+    for pid_dir in Path("/proc").iterdir():
+        if pid_dir.name.isdigit():
+            try:
+                cmdline = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "qemu-system" in cmdline and base in cmdline:
+                leaked.append(int(pid_dir.name))
+                os.kill(int(pid_dir.name), signal.SIGKILL)
+    assert not leaked, f"QEMU processes left behind by tests (now killed): {leaked}"

@@ -1,0 +1,64 @@
+"""The accelerator probe: KVM is used only once it has booted a real kernel on this host."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from vmlab import accel, config, debian, guests
+from vmlab.cache import ArtefactCache
+
+
+@pytest.fixture(scope="module")
+def kernel(vm_ready) -> Path:
+    cache = ArtefactCache(config.default_cache_dir())
+    return debian.ensure_image(cache, guests.load("debian"), {}) / "vmlinuz"
+
+
+def kvm_boots_linux(kernel: Path, seconds: int = 20) -> bool:
+    """Ground truth, independent of vmlab: does this kernel reach its panic under KVM?"""
+    out = subprocess.run(["timeout", str(seconds), "qemu-system-x86_64", "-accel", "kvm", "-m", "256",
+                          "-nodefaults", "-display", "none", "-no-reboot", "-kernel", str(kernel),
+                          "-append", "console=ttyS0 panic=-1", "-serial", "stdio"],
+                         capture_output=True, text=True, check=False).stdout
+    return "Kernel panic" in out
+
+
+def probe_processes() -> list:
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in ps.splitlines() if "vmlab-probe-" in line and "qemu-system" in line]
+
+
+def test_probe_matches_what_kvm_really_does_and_never_hangs(kernel: Path) -> None:
+    started = time.monotonic()
+    choice = accel.probe(kernel)
+    assert time.monotonic() - started < accel.PROBE_LIMIT
+    assert choice.accel == ("kvm" if kvm_boots_linux(kernel) else "tcg"), choice.reason
+    assert choice.reason and "\n" not in choice.reason  # one line for the user
+    assert probe_processes() == []
+
+
+def test_verdict_is_remembered_until_the_host_reboots(kernel: Path, tmp_path: Path) -> None:
+    verdict = tmp_path / "accel-verdict.json"
+    first = accel.choose("auto", lambda: kernel, tmp_path)
+    probed_at = json.loads(verdict.read_text())["probed_at"]
+    started = time.monotonic()
+    again = accel.choose("auto", lambda: Path("/kernel/never/needed"), tmp_path)
+    assert time.monotonic() - started < 1.0  # no second probe
+    assert again.accel == first.accel and "kept until the host reboots" in again.reason
+    saved = json.loads(verdict.read_text())
+    verdict.write_text(json.dumps(dict(saved, boot_id="an-earlier-boot")))
+    after_reboot = accel.choose("auto", lambda: kernel, tmp_path)
+    assert json.loads(verdict.read_text())["probed_at"] > probed_at  # probed afresh
+    assert after_reboot.accel == first.accel
+
+
+def test_forced_choices_are_not_probed(tmp_path: Path) -> None:
+    assert accel.choose("tcg", lambda: Path("/none"), tmp_path).accel == "tcg"
+    if accel.kvm_usable() is None:
+        assert accel.choose("kvm", lambda: Path("/none"), tmp_path).accel == "kvm"
+    assert not (tmp_path / "accel-verdict.json").exists()

@@ -1,0 +1,175 @@
+"""A real VM's lifecycle through the CLI: start, QMP, console, SSH, stop, and what goes wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from conftest import INVOKE, Project
+
+RUNTIME_FILES = ("qmp.sock", "console.sock", "qemu.pid", "state.json")
+
+
+def status(project: Project, vm: str = "default") -> dict:
+    result = project.invoke("vm.status", "--json", "--vm", vm)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def start(project: Project, *args: str) -> subprocess.CompletedProcess:
+    result = project.invoke("vm.start", *args)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def alive(pid: int) -> bool:
+    """Running, as a user means it: a zombie waiting for init to reap it is not running."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def wait_for_text(path: Path, text: str, timeout: float) -> bool:
+    """getty prints its prompt a moment after sshd answers: poll the log, do not race it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in path.read_text(errors="replace"):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def listening_addresses(port: int) -> set:
+    """Local addresses with a listening TCP socket on `port`, from /proc/net/tcp{,6}."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            addr, hexport = local.split(":")
+            if state == "0A" and int(hexport, 16) == port:
+                found.add(addr)
+    return found
+
+
+def test_start_status_ssh_stop_start_again(project: Project, vm_ready) -> None:
+    state_dir = project.root / "vm" / "default"
+    start(project)
+    first = status(project)
+    pid = first["pid"]
+    assert first["state"] == "running" and first["accel"] in ("kvm", "tcg")
+    assert os.readlink(f"/proc/{pid}/exe").endswith("qemu-system-x86_64")
+    qmp = QEMUMonitorProtocol(str(state_dir / "qmp.sock"))  # QEMU's own client, not vmlab's wrapper
+    qmp.connect()
+    assert qmp.cmd("query-status")["status"] == "running"
+    qmp.close()
+    assert wait_for_text(state_dir / "console.log", "default login:", 60)
+    assert listening_addresses(first["ssh_port"]) == {"0100007F"}  # 127.0.0.1 only
+    ran = project.invoke("vm.ssh", "-c", "echo hello from $(hostname); echo oops >&2; exit 7")
+    assert ran.returncode == 7
+    assert ran.stdout == "hello from default\n" and "oops" in ran.stderr
+
+    stopped = project.invoke("vm.stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert "powered off by the guest" in stopped.stdout
+    assert not alive(pid)
+    assert [f for f in RUNTIME_FILES if (state_dir / f).exists()] == []
+    assert status(project)["state"] == "stopped"
+
+    start(project)
+    second = status(project)
+    assert second["state"] == "running" and second["pid"] != pid
+    assert project.invoke("vm.ssh", "-c", "true").returncode == 0
+    assert project.invoke("vm.stop").returncode == 0
+
+
+def test_two_vms_at_once_get_their_own_ports_and_do_not_disturb_each_other(project: Project, vm_ready) -> None:
+    project.write_config("vms:\n  one: {}\n  two: {}\n")
+    env = dict(os.environ)
+    procs = [subprocess.Popen([INVOKE, "vm.start", "--vm", name], cwd=project.root, env=env,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name in ("one", "two")]
+    for proc in procs:
+        _, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err
+    one, two = status(project, "one"), status(project, "two")
+    assert one["ssh_port"] != two["ssh_port"] and one["pid"] != two["pid"]
+    assert project.invoke("vm.ssh", "--vm", "one", "-c", "touch /root/only-in-one").returncode == 0
+    two_sees = project.invoke("vm.ssh", "--vm", "two", "-c", "hostname; ls /root/only-in-one")
+    assert two_sees.stdout.startswith("two\n") and two_sees.returncode != 0
+    assert project.invoke("vm.stop", "--vm", "one").returncode == 0
+    assert status(project, "two")["state"] == "running"
+    assert project.invoke("vm.ssh", "--vm", "two", "-c", "true").returncode == 0
+    table = project.invoke("vm.status").stdout
+    assert [line.split()[:2] for line in table.splitlines()[1:]] == [["one", "stopped"], ["two", "running"]]
+    assert project.invoke("vm.stop", "--vm", "two").returncode == 0
+
+
+def test_qemu_killed_is_reported_and_start_recovers(project: Project, vm_ready) -> None:
+    start(project)
+    pid = status(project)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
+    crashed = status(project)
+    assert crashed["state"] == "crashed" and "gone without vmlab stopping it" in crashed["detail"]
+    assert "crashed" in project.invoke("vm.status").stdout
+    restarted = start(project)
+    assert "cleaning up" in restarted.stderr
+    again = status(project)
+    assert again["state"] == "running" and again["pid"] != pid
+    assert project.invoke("vm.ssh", "-c", "true").returncode == 0
+    assert project.invoke("vm.stop").returncode == 0
+
+
+def test_fixed_port_already_taken_is_refused_and_nothing_runs(project: Project, vm_ready) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        project.write_config(f"defaults: {{ssh_port: {port}}}\n")
+        result = project.invoke("vm.start")
+    assert result.returncode == 2
+    assert f"port 127.0.0.1:{port} (ssh_port of VM default) is already in use" in result.stderr
+    assert not (project.root / "vm" / "default" / "qemu.pid").exists()
+
+
+def test_guest_that_never_answers_is_stopped_with_the_console_tail(project: Project, vm_ready) -> None:
+    project.write_config("defaults: {boot_timeout: 4}\n")
+    result = project.invoke("vm.start")
+    assert result.returncode == 1
+    assert "did not answer within 4s" in result.stderr and "Last console lines" in result.stderr
+    assert status(project)["state"] == "stopped"
+
+
+def test_ctrl_c_while_starting_leaves_nothing_running(project: Project, vm_ready) -> None:
+    proc = subprocess.Popen([INVOKE, "vm.start"], cwd=project.root, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pid_file = project.root / "vm" / "default" / "qemu.pid"
+    deadline = time.monotonic() + 300
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    qemu_pid = int(pid_file.read_text())
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err
+    assert not alive(qemu_pid)
+    assert status(project)["state"] == "stopped"
+
+
+def test_stop_and_destroy_of_a_vm_that_is_not_running(project: Project) -> None:
+    result = project.invoke("vm.stop")
+    assert result.returncode == 0 and "was not running" in result.stdout
+    refused = project.invoke("vm.destroy")
+    assert refused.returncode == 1 and "without --yes" in refused.stderr
+    (project.root / "vm" / "default").mkdir(parents=True)
+    (project.root / "vm" / "default" / "disk.qcow2").write_bytes(b"")
+    assert project.invoke("vm.destroy", "--yes").returncode == 0
+    assert not (project.root / "vm" / "default").exists()
