@@ -33,3 +33,8 @@ def create_overlay(overlay: Path, base: Path, size_bytes: int) -> None:
     tmp = overlay.with_suffix(".partial")
     _qemu_img("create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base.resolve()), str(tmp), str(size_bytes))
     tmp.rename(overlay)
+
+
+def delete_snapshot(image: Path, tag: str) -> None:
+    """Delete an internal snapshot from an image no QEMU has open."""
+    _qemu_img("snapshot", "-d", tag, str(image))

@@ -43,6 +43,10 @@ class MachineError(VmlabError):
     """QEMU failed to start, died, or could not be stopped."""
 
 
+class SnapshotError(VmlabError):
+    """Saving, restoring or deleting a snapshot failed; the VM was left running if it was."""
+
+
 class GuestUnreachable(VmlabError):
     """The guest never answered over SSH within its deadline."""
 

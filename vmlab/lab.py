@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
-from vmlab import accel, debian, disk, guests, host, keys, locks, seed
+from vmlab import accel, debian, disk, guests, host, keys, locks, seed, snapshots
 from vmlab.cache import ArtefactCache
 from vmlab.config import LabConfig, VMConfig
-from vmlab.errors import GuestUnreachable, PrerequisiteMissing
+from vmlab.errors import GuestUnreachable, PrerequisiteMissing, SnapshotError
 from vmlab.machine import Machine, MachineSpec, MachineStatus, last_line, tail
+from vmlab.qmp import Monitor
+from vmlab.snapshots import Snapshot
 from vmlab.ssh import CommandResult, GuestSSH
 
 log = logging.getLogger(__name__)
@@ -68,26 +71,31 @@ class Lab:
             status = machine.launch(spec)
             log.info("VM %s: QEMU is up (pid %s, %s); waiting for SSH on 127.0.0.1:%s (console: %s)",
                      vm.name, status.pid, spec.accel.accel, status.ssh_port, machine.console_log)
-            try:
-                with GuestSSH(status.ssh_port, vm.ssh_user, self.keys()) as ssh:
-                    ssh.wait_ready(vm.boot_timeout, check=machine.assert_alive,
-                                   progress=lambda t, why: log.info(
-                                       "  still booting after %.0fs (%s); console: %s", t, why,
-                                       last_line(machine.console_log)[-80:] or "(nothing yet)"))
-            except GuestUnreachable as e:
-                machine.stop(soft_timeout=0)
-                raise GuestUnreachable(f"VM {vm.name}: {e}; it was stopped.\nLast console lines "
-                                       f"({machine.console_log}):\n{tail(machine.console_log, 15)}") from None
-            except BaseException:
-                machine.stop(soft_timeout=0)  # nothing half-started is left running (also on Ctrl-C)
-                raise
+            self._wait_for_ssh(vm, machine, vm.boot_timeout).close()
             status = machine.status()
             status.extra["boot_seconds"] = round(time.monotonic() - started, 1)
             log.info("VM %s is up: ssh 127.0.0.1:%s, %s, pid %s (%.1fs)", vm.name, status.ssh_port,
                      status.accel, status.pid, status.extra["boot_seconds"])
             return status
 
-    def _spec(self, vm: VMConfig, machine: Machine) -> MachineSpec:
+    def _wait_for_ssh(self, vm: VMConfig, machine: Machine, timeout: float) -> GuestSSH:
+        """A session once SSH runs a command; on failure or Ctrl-C, QEMU is stopped, not left half-up."""
+        ssh = GuestSSH(machine.state()["ssh_port"], vm.ssh_user, self.keys())
+        try:
+            ssh.wait_ready(timeout, check=machine.assert_alive,
+                           progress=lambda t, why: log.info(
+                               "  still booting after %.0fs (%s); console: %s", t, why,
+                               last_line(machine.console_log)[-80:] or "(nothing yet)"))
+            return ssh
+        except GuestUnreachable as e:
+            machine.stop(soft_timeout=0)
+            raise GuestUnreachable(f"VM {vm.name}: {e}; it was stopped.\nLast console lines "
+                                   f"({machine.console_log}):\n{tail(machine.console_log, 15)}") from None
+        except BaseException:
+            machine.stop(soft_timeout=0)  # nothing half-started is left running (also on Ctrl-C)
+            raise
+
+    def _spec(self, vm: VMConfig, machine: Machine, paused: bool = False) -> MachineSpec:
         """Disk overlay, seed CD and accelerator for one start of `vm`."""
         profile = guests.load(vm.profile)
         image = self.base_image(vm)
@@ -114,8 +122,90 @@ class Lab:
             seed_iso=seed_iso, ssh_port=vm.ssh_port,
             kernel=base / boot["kernel"] if profile.kernel_boot else None,
             initrd=base / boot["initrd"] if boot.get("initrd") else None,
-            cmdline=boot.get("cmdline", ""),
+            cmdline=boot.get("cmdline", ""), paused=paused,
         )
+
+    # --- snapshots ---
+
+    def snapshot(self, name: Optional[str] = None, snapshot: str = "clean") -> Snapshot:
+        """Save the running VM's disk, RAM and devices as `snapshot`."""
+        vm = self.vm(name)
+        machine = self.machine(vm)
+        with locks.held(machine.dir / ".lock", f"VM {vm.name}", wait=False):
+            self._require_running(vm, machine)
+            with Monitor(machine.qmp_socket, timeout=60) as mon:
+                snap = snapshots.save(mon, machine.disk, snapshot)
+        log.info("VM %s: saved snapshot %r (%d MiB of RAM state)", vm.name, snap.name, snap.vm_state_bytes >> 20)
+        return snap
+
+    def snapshots(self, name: Optional[str] = None) -> List[Snapshot]:
+        machine = self.machine(self.vm(name))
+        return snapshots.listed(machine.disk) if machine.disk.exists() else []
+
+    def snapshot_delete(self, snapshot: str, name: Optional[str] = None) -> None:
+        vm = self.vm(name)
+        machine = self.machine(vm)
+        if not machine.disk.exists():
+            raise SnapshotError(f"VM {vm.name} has no disk, so no snapshot {snapshot!r}")
+        with locks.held(machine.dir / ".lock", f"VM {vm.name}", wait=False):
+            if machine.pid() is None:
+                snapshots.delete(None, machine.disk, snapshot)
+            else:
+                with Monitor(machine.qmp_socket, timeout=60) as mon:
+                    snapshots.delete(mon, machine.disk, snapshot)
+
+    def restore(self, name: Optional[str] = None, snapshot: str = "clean") -> Dict[str, float]:
+        """Put the VM back to `snapshot`: live if QEMU runs, else by starting QEMU from it.
+
+        Returns once a command has run over SSH (a new connection: every earlier one
+        died with the restore) and the guest clock has been set from the host's.
+        """
+        vm = self.vm(name)
+        machine = self.machine(vm)
+        with locks.held(machine.dir / ".lock", f"VM {vm.name}", wait=False):
+            if not machine.disk.exists():
+                raise PrerequisiteMissing(f"VM {vm.name} has no disk yet: start it and take a snapshot first")
+            snapshots.find(machine.disk, snapshot)  # an unknown name fails before anything changes
+            started = time.monotonic()
+            if machine.pid() is not None:
+                with Monitor(machine.qmp_socket, timeout=60) as mon:
+                    snapshots.load(mon, machine.disk, snapshot)
+                how = "live"
+            else:
+                if machine.status(query_qemu=False).state == "crashed":
+                    log.warning("VM %s: QEMU had died; starting it from snapshot %r", vm.name, snapshot)
+                machine.launch(self._spec(vm, machine, paused=True))
+                try:
+                    with Monitor(machine.qmp_socket, timeout=60) as mon:
+                        snapshots.load(mon, machine.disk, snapshot)
+                        mon.command("cont")
+                except BaseException:
+                    machine.stop(soft_timeout=0)
+                    raise
+                how = "started from the snapshot"
+            loaded = time.monotonic() - started
+            with self._wait_for_ssh(vm, machine, vm.boot_timeout) as ssh:
+                self._after_restore(vm, ssh)
+            timings = {"load_seconds": round(loaded, 2), "total_seconds": round(time.monotonic() - started, 2)}
+        log.info("VM %s: restored to %r (%s) in %.1fs", vm.name, snapshot, how, timings["total_seconds"])
+        return timings
+
+    def _after_restore(self, vm: VMConfig, ssh: GuestSSH) -> None:
+        """The guest's clock went back to the snapshot's and its random pool repeats: fix both."""
+        command = guests.load(vm.profile).after_restore
+        if not command:
+            return
+        now = time.time()
+        result = ssh.run(command.format(epoch=f"{now:.3f}", epoch_int=int(round(now)),
+                                        entropy=secrets.token_hex(64)), timeout=30)
+        if not result.succeeded:
+            raise SnapshotError(f"VM {vm.name}: setting the guest clock after the restore failed "
+                                f"(exit {result.exit_status}): {result.stderr.strip()}")
+
+    def _require_running(self, vm: VMConfig, machine: Machine) -> None:
+        state = machine.status(query_qemu=False).state
+        if state != "running":
+            raise PrerequisiteMissing(f"VM {vm.name} is not running ({state}); start it: invoke vm.start")
 
     def stop(self, name: Optional[str] = None, soft_timeout: float = 60.0) -> str:
         vm = self.vm(name)

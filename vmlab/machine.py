@@ -47,6 +47,7 @@ class MachineSpec:
     initrd: Optional[Path] = None
     cmdline: str = ""
     ssh_port: int = 0  # 0: choose a free port at start
+    paused: bool = False  # start with the CPUs stopped (to load a snapshot before anything runs)
 
 
 @dataclass
@@ -101,6 +102,7 @@ class Machine:
         self.qemu_log = self.dir / "qemu.log"
         self.pid_file = self.dir / "qemu.pid"
         self.state_file = self.dir / "state.json"
+        self.disk = self.dir / "disk.qcow2"
 
     # --- what is running ---
 
@@ -193,7 +195,7 @@ class Machine:
             host.which("qemu-system-x86_64") or "qemu-system-x86_64",
             "-name", f"vmlab-{spec.name},process=vmlab-{spec.name}",
             "-machine", "pc", *spec.accel.qemu_args(),
-            "-m", str(spec.memory_mib), "-smp", str(spec.cpus),
+            "-m", str(spec.memory_mib), "-smp", str(spec.cpus), *(["-S"] if spec.paused else []),
             "-nodefaults", "-no-user-config", "-display", "none",
             "-daemonize", "-pidfile", str(self.pid_file), "-D", str(self.qemu_log),
             "-qmp", f"unix:{_qopt(self.qmp_socket)},server=on,wait=off",

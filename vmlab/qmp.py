@@ -56,19 +56,23 @@ class Monitor:
         """QEMU's run state: 'running', 'paused', 'shutdown', 'postmigrate', ..."""
         return self.command("query-status")["status"]
 
-    def wait_event(self, name: str, timeout: float, match: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        """The next event called `name` whose data contains `match`; MachineError after `timeout` s."""
-        assert self._qmp is not None
+    def run_job(self, command: str, job_id: str, timeout: float, **args: Any) -> None:
+        """Run a QMP job (snapshot-save, -load, -delete) to its end and dismiss it.
+
+        Such jobs report failure only in query-jobs[].error, never as a QMP error,
+        so the job is polled until it concludes and its error raised as MachineError.
+        """
+        self.command(command, **{"job-id": job_id}, **args)
         deadline = time.monotonic() + timeout
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise MachineError(f"QEMU sent no {name} event within {timeout:.0f}s")
-            try:
-                event = self._qmp.pull_event(wait=float(left))
-            except asyncio.TimeoutError:
-                continue
-            if event and event.get("event") == name:
-                data = event.get("data", {})
-                if all(data.get(k) == v for k, v in (match or {}).items()):
-                    return event
+            job = next((j for j in self.command("query-jobs") if j["id"] == job_id), None)
+            if job is None:
+                raise MachineError(f"QEMU lost track of its {command} job")
+            if job["status"] == "concluded":
+                break
+            if time.monotonic() > deadline:
+                raise MachineError(f"{command} did not finish within {timeout:.0f}s (job status {job['status']})")
+            time.sleep(0.02)
+        self.command("job-dismiss", id=job_id)
+        if job.get("error"):
+            raise MachineError(f"{command} failed: {job['error']}")

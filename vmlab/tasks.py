@@ -145,6 +145,48 @@ def destroy(c, yes=False, vm=None, config=None):
     print(f"VM {v.name}: {how}; deleted {lab.machine(v).dir}")
 
 
+SNAP_HELP = "snapshot name (default: clean)"
+
+
+@task(help={"name": SNAP_HELP, "vm": VM_HELP, "config": CONFIG_HELP})
+@cli
+def snapshot(c, name="clean", vm=None, config=None):
+    """Save the running VM's disk, RAM and devices as a named snapshot (the old one survives failures)."""
+    snap = _lab(config).snapshot(_vm(vm), name)
+    print(f"saved {snap.name}: {snap.vm_state_bytes >> 20} MiB of RAM state")
+
+
+@task(help={"vm": VM_HELP, "config": CONFIG_HELP, "json": "print JSON"})
+@cli
+def snapshots(c, vm=None, config=None, json_=False):
+    """List the VM's snapshots: name, date, size of the RAM state, guest clock."""
+    found = [s.as_dict() for s in _lab(config).snapshots(_vm(vm))]
+    if json_:
+        print(json.dumps({"snapshots": found}, indent=2))
+        return
+    rows = [("NAME", "DATE", "SIZE", "GUEST CLOCK")] + [
+        (s["name"], s["date"], f"{s['size_bytes'] >> 20} MiB", f"{s['guest_clock_seconds']}s") for s in found]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+
+
+@task(name="snapshot-delete", help={"name": "snapshot to delete (required)", "vm": VM_HELP, "config": CONFIG_HELP})
+@cli
+def snapshot_delete(c, name, vm=None, config=None):
+    """Delete a named snapshot."""
+    _lab(config).snapshot_delete(name, _vm(vm))
+    print(f"deleted {name}")
+
+
+@task(help={"name": SNAP_HELP, "vm": VM_HELP, "config": CONFIG_HELP})
+@cli
+def restore(c, name="clean", vm=None, config=None):
+    """Put the VM back to a snapshot in seconds: live if running, else started from it."""
+    t = _lab(config).restore(_vm(vm), name)
+    print(f"restored {name} in {t['total_seconds']}s (state loaded in {t['load_seconds']}s)")
+
+
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP})
 @cli
 def demo(c, vm=None, config=None):
@@ -163,5 +205,6 @@ def image(c, vm=None, config=None):
     print(f"{folder} ({time.monotonic() - started:.1f}s)")
 
 
-vm_tasks = Collection("vm", start, stop, status, ssh, console, destroy, demo, image)
+vm_tasks = Collection("vm", start, stop, status, ssh, console, destroy, snapshot, snapshots, snapshot_delete,
+                      restore, demo, image)
 ns = Collection(vm_tasks)

@@ -25,6 +25,7 @@ class Profile:
     ssh_user: str
     image: Dict[str, Any]
     boot: Dict[str, Any]
+    after_restore: str  # shell run after a restore; see profile.yaml
 
     @property
     def image_files(self) -> List[Path]:
@@ -45,6 +46,6 @@ def load(name: str) -> Profile:
     try:
         return Profile(name=name, dir=path.parent, description=data["description"], os=data["os"],
                        ssh_user=data.get("ssh_user", "root"), image=data.get("image", {}),
-                       boot=data.get("boot", {}))
+                       boot=data.get("boot", {}), after_restore=data.get("after_restore", ""))
     except (KeyError, TypeError) as e:
         raise ConfigError(f"{path}: missing or malformed key {e}") from None
