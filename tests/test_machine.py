@@ -168,7 +168,7 @@ def test_stop_and_destroy_of_a_vm_that_is_not_running(project: Project) -> None:
     result = project.invoke("vm.stop")
     assert result.returncode == 0 and "was not running" in result.stdout
     refused = project.invoke("vm.destroy")
-    assert refused.returncode == 1 and "without --yes" in refused.stderr
+    assert refused.returncode == 1 and "Refusing without --yes" in refused.stderr
     (project.root / "vm" / "default").mkdir(parents=True)
     (project.root / "vm" / "default" / "disk.qcow2").write_bytes(b"")
     assert project.invoke("vm.destroy", "--yes").returncode == 0

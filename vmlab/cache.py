@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from vmlab import locks
 
@@ -45,9 +45,13 @@ class ArtefactCache:
         return (self.path(kind, key) / MANIFEST).is_file()
 
     def get_or_build(
-        self, kind: str, key: str, inputs: Dict[str, Any], build: Callable[[Path], None], what: str
+        self, kind: str, key: str, inputs: Dict[str, Any], build: Callable[[Path], Optional[Dict[str, Any]]],
+        what: str,
     ) -> Path:
-        """The artefact's folder, building it with `build(tmpdir)` first if it is not cached."""
+        """The artefact's folder, building it with `build(tmpdir)` first if it is not cached.
+
+        `build` may return more facts for the manifest (checksums, say).
+        """
         final = self.path(kind, key)
         if self.has(kind, key):
             return final
@@ -59,10 +63,10 @@ class ArtefactCache:
             tmp.mkdir(parents=True)
             started = time.monotonic()
             try:
-                build(tmp)
+                facts = build(tmp) or {}
                 manifest = {"kind": kind, "key": key, "inputs": inputs,
                             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                            "build_seconds": round(time.monotonic() - started, 1)}
+                            "build_seconds": round(time.monotonic() - started, 1), **facts}
                 (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
                 shutil.rmtree(final, ignore_errors=True)
                 os.rename(tmp, final)

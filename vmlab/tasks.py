@@ -12,11 +12,13 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from invoke import Collection, Exit, task
 
 from vmlab import config as config_mod
+from vmlab import golden as golden_images
 from vmlab.console import attach
 from vmlab.errors import VmlabError
 from vmlab.lab import Lab
@@ -129,18 +131,22 @@ def console(c, vm=None, config=None):
     attach(machine.console_socket, v.name)
 
 
+def _confirm(yes: bool, question: str) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise Exit(f"vmlab: error: {question} Refusing without --yes (no terminal to ask)", code=1)
+    if input(f"{question} [y/N] ").strip().lower() not in ("y", "yes"):
+        raise Exit("vmlab: nothing done", code=1)
+
+
 @task(help={"yes": "do not ask for confirmation", "vm": VM_HELP, "config": CONFIG_HELP})
 @cli
 def destroy(c, yes=False, vm=None, config=None):
     """Stop a VM and delete its disk and state folder (cached images are kept)."""
     lab = _lab(config)
     v = lab.vm(_vm(vm))
-    if not yes:
-        if not sys.stdin.isatty():
-            raise Exit(f"vmlab: error: refusing to destroy VM {v.name} without --yes (no terminal to ask)", code=1)
-        answer = input(f"Destroy VM {v.name} and delete {lab.machine(v).dir}? [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            raise Exit("vmlab: not destroyed", code=1)
+    _confirm(yes, f"Destroy VM {v.name} and delete {lab.machine(v).dir}?")
     how = lab.destroy(v.name)
     print(f"VM {v.name}: {how}; deleted {lab.machine(v).dir}")
 
@@ -187,6 +193,63 @@ def restore(c, name="clean", vm=None, config=None):
     print(f"restored {name} in {t['total_seconds']}s (state loaded in {t['load_seconds']}s)")
 
 
+@task(help={"yes": "do not ask for confirmation", "vm": VM_HELP, "config": CONFIG_HELP})
+@cli
+def reset(c, yes=False, vm=None, config=None):
+    """Stop the VM and give it a fresh disk from its golden (or base) image; images are untouched."""
+    lab = _lab(config)
+    v = lab.vm(_vm(vm))
+    _confirm(yes, f"Throw away everything on VM {v.name}'s disk?")
+    print(f"VM {v.name}: {lab.reset(v.name)}")
+
+
+@task(help={"vm": VM_HELP, "config": CONFIG_HELP})
+@cli
+def suspend(c, vm=None, config=None):
+    """Save the VM's whole running state to its disk and stop QEMU (no RAM held)."""
+    lab = _lab(config)
+    lab.suspend(_vm(vm))
+    print(f"VM {lab.vm(_vm(vm)).name}: suspended; `invoke vm.resume` brings it back")
+
+
+@task(help={"vm": VM_HELP, "config": CONFIG_HELP})
+@cli
+def resume(c, vm=None, config=None):
+    """Bring a suspended VM back, same SSH port, its processes still running."""
+    st = _lab(config).resume(_vm(vm))
+    print(f"VM {st.name}: resumed, ssh 127.0.0.1:{st.ssh_port}")
+
+
+@task(help={"vm": VM_HELP, "config": CONFIG_HELP})
+@cli
+def golden(c, vm=None, config=None):
+    """Freeze the provisioned VM as a golden image (read-only base + clean snapshot); it then runs from it."""
+    gold = _lab(config).make_golden(_vm(vm))
+    print(f"golden image {gold.key}: {gold.dir}")
+
+
+@task(name="golden-export", help={"output": "file to write (default: golden-KEY.tar)", "vm": VM_HELP,
+                                  "config": CONFIG_HELP})
+@cli
+def golden_export(c, output=None, vm=None, config=None):
+    """Write the VM's golden image and its manifest to one file (for a CI cache)."""
+    lab = _lab(config)
+    v = lab.vm(_vm(vm))
+    gold = lab.golden_of(v)
+    if gold is None:
+        raise Exit(f"vmlab: error: VM {v.name} has no golden image yet; make it: invoke vm.golden", code=2)
+    path = golden_images.export(gold, Path(output or f"golden-{gold.key}.tar"))
+    print(f"{path} ({path.stat().st_size >> 20} MiB, golden image {gold.key})")
+
+
+@task(name="golden-import", help={"input": "a file written by vm.golden-export", "config": CONFIG_HELP})
+@cli
+def golden_import(c, input, config=None):
+    """Load a golden image exported by vm.golden-export into the cache, verifying every file."""
+    gold = golden_images.import_(_lab(config).cache, Path(input))
+    print(f"golden image {gold.key}: {gold.dir}")
+
+
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP})
 @cli
 def demo(c, vm=None, config=None):
@@ -205,6 +268,6 @@ def image(c, vm=None, config=None):
     print(f"{folder} ({time.monotonic() - started:.1f}s)")
 
 
-vm_tasks = Collection("vm", start, stop, status, ssh, console, destroy, snapshot, snapshots, snapshot_delete,
-                      restore, demo, image)
+vm_tasks = Collection("vm", start, stop, status, ssh, console, destroy, reset, snapshot, snapshots,
+                      snapshot_delete, restore, suspend, resume, golden, golden_export, golden_import, demo, image)
 ns = Collection(vm_tasks)
