@@ -24,6 +24,15 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 
 
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def key_of(inputs: Dict[str, Any], files: Iterable[Path] = ()) -> str:
     """A short hash of the inputs and the bytes of the given files (by name)."""
     h = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode())

@@ -35,6 +35,13 @@ def create_overlay(overlay: Path, base: Path, size_bytes: int) -> None:
     tmp.rename(overlay)
 
 
+def create_blank(path: Path, size_bytes: int) -> None:
+    """An empty qcow2 disk to install a guest on."""
+    tmp = path.with_suffix(".partial")
+    _qemu_img("create", "-q", "-f", "qcow2", str(tmp), str(size_bytes))
+    tmp.rename(path)
+
+
 def delete_snapshot(image: Path, tag: str) -> None:
     """Delete an internal snapshot from an image no QEMU has open."""
     _qemu_img("snapshot", "-d", tag, str(image))

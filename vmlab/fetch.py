@@ -39,6 +39,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from vmlab import __version__, locks
+from vmlab.cache import sha256_file
 from vmlab.errors import Busy, ChecksumMismatch, ConfigError, DownloadError, PrerequisiteMissing
 
 log = logging.getLogger(__name__)
@@ -634,7 +635,7 @@ def _from_cache(isos: Path, out_name: str, want: Optional[Tuple[str, str]]) -> O
     if entry is None:
         log.warning("%s has no pinned checksum in %s (not fetched by vmlab?): not trusting it", final, isos / PINS)
         return None
-    actual = _sha256_file(final)
+    actual = sha256_file(final)
     if actual != entry.get("sha256"):
         raise ChecksumMismatch(f"the cached {final} has changed since it was verified: its sha256 is {actual}, "
                                f"pinned {entry.get('sha256')} ({entry.get('fetched_at')}, from "
@@ -698,14 +699,6 @@ def _hashers(algos: Set[str]) -> Dict[str, Any]:
 
 def _digests(hashes: Dict[str, Any]) -> Dict[str, str]:
     return {algo: h.hexdigest() for algo, h in hashes.items()}
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _int(value: Optional[str]) -> Optional[int]:

@@ -16,7 +16,6 @@ base.qcow2) and starts by restoring "clean": a restore, not a boot.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from vmlab import __version__, host
-from vmlab.cache import MANIFEST, ArtefactCache, key_of
+from vmlab.cache import MANIFEST, ArtefactCache, key_of, sha256_file
 from vmlab.errors import DownloadError, ImageBuildError
 from vmlab.keys import LabKeys
 
@@ -68,7 +67,7 @@ class Golden:
             stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
             if stamps.get(name) == stamp:
                 continue
-            actual = sha256_of(self.dir / name)
+            actual = sha256_file(self.dir / name)
             if actual != files[name]:
                 raise ImageBuildError(f"golden image {self.dir / name} was modified: sha256 {actual}, "
                                       f"recorded {files[name]}. Delete {self.dir} and make it again")
@@ -115,17 +114,9 @@ def make(cache: ArtefactCache, key: str, inputs: Dict[str, Any], disk: Path, ker
         snapshot_taker(out / "clean.qcow2")
         for name in FROZEN:
             os.chmod(out / name, 0o444)
-        return {"files": {name: sha256_of(out / name) for name in FROZEN}, "vmlab": __version__}
+        return {"files": {name: sha256_file(out / name) for name in FROZEN}, "vmlab": __version__}
 
     return Golden(cache.get_or_build(KIND, key, inputs, build, f"golden image {key}"))
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export(golden: Golden, output: Path) -> Path:
@@ -161,7 +152,7 @@ def import_(cache: ArtefactCache, archive: Path) -> Golden:
         with tarfile.open(archive) as tar:
             tar.extractall(out, filter="data")
         for name, expected in manifest["files"].items():
-            actual = sha256_of(out / name)
+            actual = sha256_file(out / name)
             if actual != expected:
                 raise DownloadError(f"{archive}: {name} has sha256 {actual}, its manifest says {expected}; "
                                     "the export is damaged, nothing was imported")

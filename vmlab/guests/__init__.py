@@ -25,7 +25,9 @@ class Profile:
     ssh_user: str
     image: Dict[str, Any]
     boot: Dict[str, Any]
+    iso: Dict[str, Any]  # release, path, checksums, mirrors: for guests installed from an ISO
     after_restore: str  # shell run after a restore; see profile.yaml
+    privileged: str  # prefix that runs a command as root for a non-root ssh_user (sudo -n, doas -n)
 
     @property
     def image_files(self) -> List[Path]:
@@ -46,6 +48,7 @@ def load(name: str) -> Profile:
     try:
         return Profile(name=name, dir=path.parent, description=data["description"], os=data["os"],
                        ssh_user=data.get("ssh_user", "root"), image=data.get("image", {}),
-                       boot=data.get("boot", {}), after_restore=data.get("after_restore", ""))
+                       boot=data.get("boot", {}), iso=data.get("iso", {}), after_restore=data.get("after_restore", ""),
+                       privileged=data.get("privileged", "sudo -n"))
     except (KeyError, TypeError) as e:
         raise ConfigError(f"{path}: missing or malformed key {e}") from None
