@@ -10,7 +10,7 @@ CMD    ?=
 export VM CMD
 
 .DEFAULT_GOAL := vm-help
-.PHONY: setup test vm-demo vm-start vm-stop vm-status vm-ssh vm-console vm-destroy vm-image vm-help
+.PHONY: $(shell awk -F: '/^[a-z][a-z0-9-]*:/ {print $$1}' $(firstword $(MAKEFILE_LIST)))
 
 $(VENV)/.ready: pyproject.toml
 	scripts/setup
@@ -45,5 +45,50 @@ vm-destroy: $(VENV)/.ready ## Stop the VM and delete its disk and state (asks fi
 vm-image: $(VENV)/.ready ## Build (or find cached) the image the VM starts from
 	$(INVOKE) vm.image
 
+vm-reset: $(VENV)/.ready ## Give the VM a fresh disk from its golden (or base) image (asks first)
+	$(INVOKE) vm.reset
+
+vm-snapshot: $(VENV)/.ready ## Save the running VM's whole state as a snapshot (NAME=clean)
+	$(INVOKE) vm.snapshot --name $(or $(NAME),clean)
+
+vm-snapshots: $(VENV)/.ready ## List the VM's snapshots
+	$(INVOKE) vm.snapshots
+
+vm-restore: $(VENV)/.ready ## Put the VM back to a snapshot in seconds (NAME=clean)
+	$(INVOKE) vm.restore --name $(or $(NAME),clean)
+
+vm-suspend: $(VENV)/.ready ## Save the VM's running state to disk and stop QEMU
+	$(INVOKE) vm.suspend
+
+vm-resume: $(VENV)/.ready ## Bring a suspended VM back, same SSH port
+	$(INVOKE) vm.resume
+
+vm-golden: $(VENV)/.ready ## Freeze the VM as a golden image with a clean snapshot
+	$(INVOKE) vm.golden
+
+vm-sync: $(VENV)/.ready ## rsync the project into the guest
+	$(INVOKE) vm.sync
+
+vm-quick: $(VENV)/.ready ## The edit-test loop: sync, then run the 'quick' suite
+	$(INVOKE) vm.quick
+
+vm-build: $(VENV)/.ready ## Run the configured build command in the guest
+	$(INVOKE) vm.build
+
+vm-test-unit: $(VENV)/.ready ## Run the 'unit' suite in the guest
+	$(INVOKE) vm.test --suite unit
+
+vm-test-integration: $(VENV)/.ready ## Run the 'integration' suite in the guest
+	$(INVOKE) vm.test --suite integration
+
+vm-test-phase4: $(VENV)/.ready ## Run the 'phase4' suite in the guest
+	$(INVOKE) vm.test --suite phase4
+
+vm-test-e2e: $(VENV)/.ready ## Run the 'e2e' suite in the guest
+	$(INVOKE) vm.test --suite e2e
+
+vm-test-all: $(VENV)/.ready ## Run every suite in vmlab.yaml
+	$(INVOKE) vm.test-all
+
 vm-help: ## List every target with what it does
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z0-9-]*:.*## / {printf "  make %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)

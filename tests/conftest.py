@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -97,15 +98,31 @@ class Project:
                               timeout=timeout, input=input, stdin=None if input is not None else subprocess.DEVNULL)
 
 
+def kill_vms(root: Path) -> None:
+    """Kill any QEMU still running for a VM of the project at `root`, and wait until it is gone."""
+    for state_dir in (root / "vm").glob("*/"):
+        machine = Machine(state_dir.name, state_dir)
+        pid = machine.pid()  # only if it is still this VM's QEMU
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while machine.pid() and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+
 @pytest.fixture
 def project(tmp_path: Path):
     """A project folder; any QEMU its VMs left running is killed at the end, whatever happened."""
-    proj = Project(tmp_path)
-    yield proj
-    for state_dir in (tmp_path / "vm").glob("*/"):
-        pid = Machine(state_dir.name, state_dir).pid()  # only if it is still this VM's QEMU
-        if pid:
-            os.kill(pid, signal.SIGKILL)
+    yield Project(tmp_path)
+    kill_vms(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def shared_project(tmp_path_factory: pytest.TempPathFactory):
+    """One project for a whole test module (tests that share a running VM), cleaned the same way."""
+    root = tmp_path_factory.mktemp("proj")
+    yield Project(root)
+    kill_vms(root)
 
 
 @pytest.fixture(scope="session", autouse=True)

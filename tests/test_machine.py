@@ -16,6 +16,9 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from conftest import INVOKE, Project
 
 RUNTIME_FILES = ("qmp.sock", "console.sock", "qemu.pid", "state.json")
+# A new VM starts from a golden image when one matches its shape (then it is restored, not
+# booted); no golden image has this memory size, so these VMs really boot.
+BOOTS = "defaults: {memory: 900}\n"
 
 
 def status(project: Project, vm: str = "default") -> dict:
@@ -62,6 +65,7 @@ def listening_addresses(port: int) -> set:
 
 def test_start_status_ssh_stop_start_again(project: Project, vm_ready) -> None:
     state_dir = project.root / "vm" / "default"
+    project.write_config(BOOTS)
     start(project)
     first = status(project)
     pid = first["pid"]
@@ -114,6 +118,7 @@ def test_two_vms_at_once_get_their_own_ports_and_do_not_disturb_each_other(proje
 
 
 def test_qemu_killed_is_reported_and_start_recovers(project: Project, vm_ready) -> None:
+    project.write_config(BOOTS)
     start(project)
     pid = status(project)["pid"]
     os.kill(pid, signal.SIGKILL)
@@ -142,7 +147,7 @@ def test_fixed_port_already_taken_is_refused_and_nothing_runs(project: Project, 
 
 
 def test_guest_that_never_answers_is_stopped_with_the_console_tail(project: Project, vm_ready) -> None:
-    project.write_config("defaults: {boot_timeout: 4}\n")
+    project.write_config("defaults: {boot_timeout: 4, memory: 900}\n")
     result = project.invoke("vm.start")
     assert result.returncode == 1
     assert "did not answer within 4s" in result.stderr and "Last console lines" in result.stderr
@@ -150,6 +155,7 @@ def test_guest_that_never_answers_is_stopped_with_the_console_tail(project: Proj
 
 
 def test_ctrl_c_while_starting_leaves_nothing_running(project: Project, vm_ready) -> None:
+    project.write_config(BOOTS)
     proc = subprocess.Popen([INVOKE, "vm.start"], cwd=project.root, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     pid_file = project.root / "vm" / "default" / "qemu.pid"

@@ -173,7 +173,67 @@ PROFILE_FIELDS: Dict[str, Dict[str, Field]] = {
     },
 }
 
-TOP_KEYS = ("defaults", "vms", "profiles", "cache_dir")
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("true or false")
+    return value
+
+
+def string_list(value: Any) -> list:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("a list of strings")
+    return value
+
+
+def environment(value: Any) -> dict:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)
+                                              and isinstance(v, (str, int, float)) for k, v in value.items()):
+        raise ValueError("a mapping of variable names to strings")
+    return {k: str(v) for k, v in value.items()}
+
+
+def guest_path(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or any(c in value for c in "\n'\"$`"):
+        raise ValueError("a path in the guest (absolute, or relative to the SSH user's home)")
+    return value.rstrip("/") or "/"
+
+
+# How the project reaches the guest, under `sync:`.
+SYNC_FIELDS: Dict[str, Field] = {
+    "guest_dir": Field(guest_path, "src", "where the project goes in the guest (relative: to the SSH user's home)"),
+    "excludes": Field(string_list, [], "rsync patterns never sent (.git/ and vm/ never are)"),
+    "gitignore": Field(boolean, False, "also leave out what the project's .gitignore files name"),
+}
+
+# One test suite, under `suites: {NAME: ...}`.
+SUITE_FIELDS: Dict[str, Field] = {
+    "command": Field(text, None, "shell command run in the guest (required)"),
+    "workdir": Field(guest_path, ".", "folder to run it in, relative to sync.guest_dir"),
+    "privileged": Field(boolean, False, "run as root (through the profile's sudo/doas when ssh_user is not root)"),
+    "env": Field(environment, {}, "environment variables for the command"),
+    "timeout": Field(seconds, 1800.0, "seconds before the command is killed and reported as timed out"),
+    "junit": Field(guest_path, None, "JUnit XML file the command writes (relative to workdir); vmlab fetches it"),
+}
+
+TOP_KEYS = ("defaults", "vms", "profiles", "cache_dir", "sync", "suites", "build", "quick", "restore_on_failure")
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    guest_dir: str = "src"
+    excludes: Tuple[str, ...] = ()
+    gitignore: bool = False
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    name: str
+    command: str
+    workdir: str = "."
+    privileged: bool = False
+    env: Tuple[Tuple[str, str], ...] = ()
+    timeout: float = 1800.0
+    junit: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +260,11 @@ class LabConfig:
     cache_dir: Path
     vms: Dict[str, VMConfig]
     profiles: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    sync: SyncConfig = SyncConfig()
+    suites: Dict[str, SuiteConfig] = field(default_factory=dict)
+    build: Optional[str] = None  # the command vm.build runs in sync.guest_dir
+    quick: Optional[str] = None  # the suite vm.quick runs after syncing
+    restore_on_failure: bool = False  # restore "clean" after a failed privileged suite
 
     @property
     def state_dir(self) -> Path:
@@ -218,6 +283,13 @@ class LabConfig:
 
     def profile_options(self, profile: str) -> Dict[str, Any]:
         return self.profiles.get(profile, {})
+
+    def suite(self, name: str) -> SuiteConfig:
+        if name not in self.suites:
+            known = ", ".join(self.suites) or "none"
+            raise ConfigError(f"{self.source}: there is no suite named {name!r}; configured suites: {known} "
+                              "(add it under 'suites:')")
+        return self.suites[name]
 
 
 # --- loading ---
@@ -350,9 +422,32 @@ def _build(data: Any, lines: Mapping[Tuple[str, ...], int], source: str, project
             raise where.error(at, "unknown guest profile; known: " + ", ".join(known_profiles()))
         profiles[name] = _fields(_mapping(options, at, where), PROFILE_FIELDS.get(name, {}), at, where)
 
+    sync = SyncConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in
+                         _fields(_mapping(top.get("sync"), ("sync",), where), SYNC_FIELDS, ("sync",), where).items()})
+    suites: Dict[str, SuiteConfig] = {}
+    for name, settings in _mapping(top.get("suites"), ("suites",), where).items():
+        at = ("suites", str(name))
+        if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
+            raise where.error(at, "a suite name is lowercase letters, digits, '-' and '_'")
+        given = _fields(_mapping(settings, at, where), SUITE_FIELDS, at, where)
+        if "command" not in given:
+            raise where.error(at, "a suite needs a 'command'")
+        given["env"] = tuple(sorted(given.get("env", {}).items()))
+        suites[name] = SuiteConfig(name=name, **given)
+    build = top.get("build")
+    if build is not None and (not isinstance(build, str) or not build.strip()):
+        raise where.error(("build",), "expected the build command, a string")
+    quick = top.get("quick")
+    if quick is not None and quick not in suites:
+        raise where.error(("quick",), f"{quick!r} is not a suite; configured suites: {', '.join(suites) or 'none'}")
+    restore_on_failure = top.get("restore_on_failure", False)
+    if not isinstance(restore_on_failure, bool):
+        raise where.error(("restore_on_failure",), "expected true or false")
+
     cache_dir = default_cache_dir()
     if "cache_dir" in top:
         if not isinstance(top["cache_dir"], str) or not top["cache_dir"].strip():
             raise where.error(("cache_dir",), "expected a directory path (relative to the config file)")
         cache_dir = project_dir / Path(top["cache_dir"]).expanduser()
-    return LabConfig(source=source, project_dir=project_dir, cache_dir=cache_dir, vms=vms, profiles=profiles)
+    return LabConfig(source=source, project_dir=project_dir, cache_dir=cache_dir, vms=vms, profiles=profiles,
+                     sync=sync, suites=suites, build=build, quick=quick, restore_on_failure=restore_on_failure)

@@ -47,8 +47,28 @@ class SnapshotError(VmlabError):
     """Saving, restoring or deleting a snapshot failed; the VM was left running if it was."""
 
 
+class ConsoleError(VmlabError):
+    """A serial-console step failed; the message names the step and shows the console's last lines."""
+
+
+class RecipeError(VmlabError):
+    """A recipe file is invalid; the message names the file, the step and the key."""
+
+    exit_code = 2
+
+
 class GuestUnreachable(VmlabError):
     """The guest never answered over SSH within its deadline."""
+
+
+class SyncError(VmlabError):
+    """rsync of the project into the guest failed; the message has rsync's own words."""
+
+
+class RunIncomplete(VmlabError):
+    """A test run could not finish: the VM is not up or SSH stopped answering (exit code 2)."""
+
+    exit_code = 2
 
 
 class HostKeyMismatch(VmlabError):

@@ -13,6 +13,7 @@ files and which SSH keys the VM uses.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import secrets
@@ -21,11 +22,14 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from vmlab import accel, debian, disk, golden, guests, host, keys, locks, seed, snapshots
+from vmlab import __version__, accel, debian, disk, fetch, golden, guests, host, keys, locks, results, seed, snapshots
+from vmlab import suites as suite_runner
+from vmlab import sync as rsync
 from vmlab.cache import ArtefactCache
-from vmlab.config import VM_NAME, LabConfig, VMConfig
-from vmlab.errors import ConfigError, GuestUnreachable, PrerequisiteMissing, SnapshotError
+from vmlab.config import VM_NAME, LabConfig, SuiteConfig, VMConfig
+from vmlab.errors import ConfigError, GuestUnreachable, PrerequisiteMissing, RunIncomplete, SnapshotError
 from vmlab.machine import Machine, MachineSpec, MachineStatus, last_line, tail
+from vmlab.openssh import SharedConnection
 from vmlab.qmp import Monitor
 from vmlab.snapshots import Snapshot
 from vmlab.ssh import CommandResult, GuestSSH
@@ -108,6 +112,9 @@ class Lab:
                 disk.create_overlay(machine.disk, image / "disk.qcow2", vm.disk_bytes)
                 self._set_origin(machine, {"image": str(image)})
         origin = self._origin(machine)
+        if "installer" in origin:
+            raise PrerequisiteMissing(f"VM {vm.name}'s disk is blank (made by vm.setup): install the guest "
+                                      "on it first")
         folder = Path(origin.get("golden") or origin.get("image") or "")
         if not origin or not folder.is_dir():
             raise PrerequisiteMissing(f"the image VM {vm.name}'s disk was made from is gone ({folder}); "
@@ -121,19 +128,9 @@ class Lab:
         return MachineSpec(
             name=vm.name, accel=self._accel(vm, folder), memory_mib=vm.memory_mib, cpus=vm.cpus,
             disk=machine.disk, paused=paused, ssh_port=vm.ssh_port if ssh_port is None else ssh_port,
-            seed_iso=self._seed_iso(machine.dir / "seed.iso", self.keys_for(machine), vm.name),
+            seed_iso=seed.for_vm(machine.dir / "seed.iso", self.keys_for(machine), vm.name),
             **self._boot_files(vm, folder),
         )
-
-    @staticmethod
-    def _seed_iso(path: Path, vm_keys: keys.LabKeys, hostname: str) -> Path:
-        """The seed CD the guest applies at boot: the keys it trusts and presents, and its name."""
-        return seed.build(path, {
-            "authorized_keys": vm_keys.client_public() + "\n",
-            "ssh_host_ed25519_key": vm_keys.host.read_bytes(),
-            "ssh_host_ed25519_key.pub": vm_keys.host.with_suffix(".pub").read_bytes(),
-            "hostname": hostname + "\n",
-        })
 
     @staticmethod
     def _boot_files(vm: VMConfig, folder: Path) -> Dict[str, Any]:
@@ -149,6 +146,35 @@ class Lab:
             log.warning("%s", choice.reason)
             self._warned_tcg = True  # once per command is enough
         return choice
+
+    # --- installer media ---
+
+    def fetch_iso(self, name: Optional[str] = None, offline: bool = False) -> fetch.FetchResult:
+        """The VM profile's installer ISO, verified, from the cache or its mirrors."""
+        vm = self.vm(name)
+        profile = guests.load(vm.profile)
+        if not profile.iso:
+            raise PrerequisiteMissing(f"guest profile {profile.name!r} is not installed from an ISO "
+                                      "(its image is built from packages: invoke vm.image)")
+        options = self.config.profile_options(profile.name)
+        release = options.get("release") or profile.iso["release"]
+        return fetch.fetch(mirrors=options.get("mirrors") or profile.iso["mirrors"],
+                           path=profile.iso["path"].format(release=release), checksums=profile.iso["checksums"],
+                           pin=options.get("checksum"), cache_dir=self.config.cache_dir, offline=offline)
+
+    def setup(self, name: Optional[str] = None, offline: bool = False) -> Dict[str, Any]:
+        """Everything a VM needs before its first start: the ISO and a blank disk, or the base image."""
+        vm = self.vm(name)
+        machine = self.machine(vm)
+        if not guests.load(vm.profile).iso:
+            self._ensure_disk(vm, machine)
+            return {"disk": str(machine.disk), "image": self._origin(machine)["image"]}
+        iso = self.fetch_iso(vm.name, offline=offline)
+        machine.dir.mkdir(parents=True, exist_ok=True)
+        if not machine.disk.exists():
+            disk.create_blank(machine.disk, vm.disk_bytes)
+            self._set_origin(machine, {"installer": str(iso.path)})
+        return {"disk": str(machine.disk), "iso": str(iso.path), "sha256": iso.sha256}
 
     # --- lifecycle ---
 
@@ -170,7 +196,10 @@ class Lab:
                 log.warning("VM %s: %s", vm.name, current.detail.split(";")[0] + "; cleaning up")
                 machine.clean()
             started = time.monotonic()
-            if self._ensure_disk(vm, machine).get("fresh"):
+            origin = self._ensure_disk(vm, machine)
+            if origin.get("fresh"):
+                log.info("VM %s: a fresh copy of golden image %s: restored to %r, not booted",
+                         vm.name, Path(origin["golden"]).name, golden.SNAPSHOT)
                 self._start_from_snapshot(vm, machine, golden.SNAPSHOT).close()
                 self._set_origin(machine, dict(self._origin(machine), fresh=False))
             else:
@@ -207,6 +236,7 @@ class Lab:
         if not machine.dir.exists():
             return "was not running (never started)"
         with locks.held(machine.dir / ".lock", f"VM {vm.name}", wait=False):
+            self._close_shared(vm, machine)
             return machine.stop(soft_timeout)
 
     def status(self, name: Optional[str] = None) -> MachineStatus:
@@ -237,6 +267,7 @@ class Lab:
         vm = self.vm(name)
         machine = self.machine(vm)
         with locks.held(machine.dir / ".lock", f"VM {vm.name}", wait=False):
+            self._close_shared(vm, machine)
             how = machine.stop(soft_timeout=0)
             shutil.rmtree(machine.dir, ignore_errors=True)
         return how
@@ -246,6 +277,7 @@ class Lab:
         vm = self.vm(name)
         machine = self.machine(vm)
         with locks.held(machine.dir / ".lock", f"VM {vm.name}", wait=False):
+            self._close_shared(vm, machine)
             how = machine.stop(soft_timeout=0)
             machine.disk.unlink(missing_ok=True)
             (machine.dir / "disk.json").unlink(missing_ok=True)
@@ -317,6 +349,7 @@ class Lab:
             if not machine.disk.exists():
                 raise PrerequisiteMissing(f"VM {vm.name} has no disk yet: start it and take a snapshot first")
             snapshots.find(machine.disk, snapshot)  # an unknown name fails before anything changes
+            self._close_shared(vm, machine)  # the restore kills the guest's end of it
             started = time.monotonic()
             if machine.pid() is not None:
                 with Monitor(machine.qmp_socket, timeout=60) as mon:
@@ -379,6 +412,7 @@ class Lab:
         machine = self.machine(vm)
         with locks.held(machine.dir / ".lock", f"VM {vm.name}", wait=False):
             self._require_running(vm, machine)
+            self._close_shared(vm, machine)
             port = machine.state()["ssh_port"]
             with Monitor(machine.qmp_socket, timeout=60) as mon:
                 mon.command("stop")  # nothing changes between the snapshot and the quit
@@ -419,12 +453,14 @@ class Lab:
                 self.start(vm.name)
             with locks.held(machine.dir / ".lock", f"VM {vm.name}", wait=False):
                 log.info("VM %s: powering off so its disk is consistent", vm.name)
+                self._close_shared(vm, machine)
                 machine.stop(soft_timeout=120)
                 folder = Path(self._origin(machine).get("golden") or self._origin(machine)["image"])
                 kernel_files = {f.name: f for f in self._boot_files(vm, folder).values() if isinstance(f, Path)}
                 gold = golden.make(self.cache, key, inputs, machine.disk, kernel_files, self.keys_for(machine),
                                    lambda clean: self._snapshot_clean(vm, clean))
         with locks.held(machine.dir / ".lock", f"VM {vm.name}", wait=False):
+            self._close_shared(vm, machine)
             machine.stop(soft_timeout=60)
             machine.disk.unlink(missing_ok=True)  # captured in the golden image
             (machine.dir / "disk.json").unlink(missing_ok=True)
@@ -438,7 +474,7 @@ class Lab:
         gold_keys = keys.LabKeys(folder / "keys")
         spec = MachineSpec(
             name=runner.name, accel=self._accel(vm, folder), memory_mib=vm.memory_mib, cpus=vm.cpus,
-            disk=clean_qcow2, seed_iso=self._seed_iso(folder / "seed.iso", gold_keys, vm.name),
+            disk=clean_qcow2, seed_iso=seed.for_vm(folder / "seed.iso", gold_keys, vm.name),
             **self._boot_files(vm, folder))
         try:
             status = runner.launch(spec)
@@ -453,6 +489,80 @@ class Lab:
             runner.stop(soft_timeout=0)
             shutil.rmtree(runner.dir, ignore_errors=True)
             (folder / "seed.iso").unlink(missing_ok=True)
+
+    # --- the edit-test loop ---
+
+    def shared(self, vm: VMConfig, machine: Machine) -> SharedConnection:
+        """The multiplexed OpenSSH connection the loop uses (see openssh.py for why)."""
+        state = machine.status(query_qemu=False)
+        if state.state != "running":
+            raise RunIncomplete(f"VM {vm.name} is not up ({state.state}): start it with `invoke vm.start`")
+        return SharedConnection(machine.dir, state.ssh_port, vm.ssh_user, self.keys_for(machine))
+
+    def _close_shared(self, vm: VMConfig, machine: Machine) -> None:
+        port = machine.state().get("ssh_port")
+        if port:
+            SharedConnection(machine.dir, port, vm.ssh_user, self.keys_for(machine)).close()
+
+    def sync(self, name: Optional[str] = None) -> rsync.SyncResult:
+        """Make the guest's copy of the project (sync.guest_dir) equal to the project folder."""
+        vm = self.vm(name)
+        conn = self.shared(vm, self.machine(vm))
+        try:
+            done = rsync.sync(conn, self.config.project_dir, self.config.sync)
+        except GuestUnreachable as e:
+            raise RunIncomplete(f"VM {vm.name}: SSH never answered: {e}") from None
+        log.info("synced %s to %s:%s: %s", self.config.project_dir, vm.name, self.config.sync.guest_dir, done)
+        return done
+
+    def run_suites(self, suites: List[SuiteConfig], name: Optional[str] = None,
+                   restore_on_failure: bool = False) -> Dict[str, Any]:
+        """Run suites in order into a new results folder; returns the report (see results.py).
+
+        After a privileged suite fails or times out, `restore_on_failure` puts the VM
+        back to its "clean" snapshot so the next run starts clean.
+        """
+        vm = self.vm(name)
+        machine = self.machine(vm)
+        conn = self.shared(vm, machine)
+        run_dir = results.new_run(machine.dir / "results")
+        run_as_root = "" if vm.ssh_user == "root" else guests.load(vm.profile).privileged
+        guest = {k: v for k, v in self._guest_facts(conn, machine).items() if k != "pid"}
+        meta = {"vm": dataclasses.asdict(vm), "guest": guest, "vmlab": __version__,
+                "qemu": host.qemu_version(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "results_dir": str(run_dir)}
+        done: List[results.SuiteResult] = []
+        for suite in suites:
+            log.info("suite %s: %s%s", suite.name, suite.command, " (as root)" if suite.privileged else "")
+            try:
+                result = suite_runner.run(conn, suite, self.config.sync.guest_dir, run_dir, run_as_root)
+            except GuestUnreachable as e:
+                results.write(run_dir, meta, done)
+                raise RunIncomplete(f"VM {vm.name}: SSH stopped answering during suite {suite.name}: {e}; "
+                                    f"results so far in {run_dir}") from None
+            done.append(result)
+            if not result.passed and suite.privileged and restore_on_failure:
+                log.info("suite %s %s: restoring VM %s to 'clean'", suite.name, result.status, vm.name)
+                self.restore(vm.name, golden.SNAPSHOT)
+                conn = self.shared(vm, machine)
+        return results.write(run_dir, meta, done)
+
+    def _guest_facts(self, conn: SharedConnection, machine: Machine) -> Dict[str, str]:
+        """The guest's OS and kernel, asked once per QEMU process."""
+        cache = machine.dir / "guest.json"
+        pid = machine.pid()
+        try:
+            facts = json.loads(cache.read_text())
+            if facts.get("pid") == pid:
+                return facts
+        except (OSError, ValueError):
+            pass
+        out = io.BytesIO()
+        conn.run("uname -s; uname -r", output=out, timeout=60)
+        os_name, _, kernel = out.getvalue().decode(errors="replace").strip().partition("\n")
+        facts = {"pid": pid, "os": os_name, "kernel": kernel}
+        cache.write_text(json.dumps(facts))
+        return facts
 
     # --- in the guest ---
 

@@ -16,6 +16,7 @@ from typing import Dict, Union
 
 from vmlab import host
 from vmlab.errors import MachineError
+from vmlab.keys import LabKeys
 
 LABEL = "VMLAB_SEED"
 
@@ -41,3 +42,13 @@ def build(iso: Path, files: Dict[str, Union[str, bytes]]) -> Path:
         os.chmod(partial, 0o600)
         os.replace(partial, iso)
     return iso
+
+
+def for_vm(iso: Path, keys: LabKeys, hostname: str) -> Path:
+    """The seed a guest applies at boot: the key it trusts, the host key it presents, its name."""
+    return build(iso, {
+        "authorized_keys": keys.client_public() + "\n",
+        "ssh_host_ed25519_key": keys.host.read_bytes(),
+        "ssh_host_ed25519_key.pub": keys.host.with_suffix(".pub").read_bytes(),
+        "hostname": hostname + "\n",
+    })

@@ -13,6 +13,7 @@ import shlex
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Dict, Optional, TextIO
 
 import paramiko
@@ -124,10 +125,7 @@ class GuestSSH:
             full = "env " + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items()) + " sh -c " + shlex.quote(full)
         if cwd:
             full = f"cd {shlex.quote(cwd)} && {full}"
-        transport = self._client.get_transport()
-        if transport is None or not transport.is_active():
-            raise GuestUnreachable(f"the SSH connection to 127.0.0.1:{self.port} is closed")
-        chan = transport.open_session(timeout=30)
+        chan = self._session()
         chan.exec_command(full)
         started = time.monotonic()
         out, err = _Sink(stdout), _Sink(stderr)
@@ -150,6 +148,38 @@ class GuestSSH:
         finally:
             chan.close()
         return CommandResult(command, status, out.text(), err.text(), time.monotonic() - started, timed_out)
+
+
+    def _session(self) -> paramiko.Channel:
+        """A new channel; if the connection died (a restore kills it), reconnect once first."""
+        assert self._client is not None
+        transport = self._client.get_transport()
+        try:
+            if transport is None or not transport.is_active():
+                raise EOFError("the connection is closed")
+            return transport.open_session(timeout=10)
+        except (EOFError, OSError, paramiko.SSHException):
+            try:
+                self.connect()
+                assert self._client is not None
+                return self._client.get_transport().open_session(timeout=10)  # type: ignore[union-attr]
+            except (EOFError, OSError, paramiko.SSHException) as e:
+                raise GuestUnreachable(f"SSH to 127.0.0.1:{self.port} is gone and reconnecting failed: {e}") from None
+
+    def fetch(self, remote: str, local: Path) -> Path:
+        """Copy a file from the guest over SFTP; written under a temporary name, then renamed."""
+        if self._client is None:
+            self.connect()
+        assert self._client is not None
+        partial = local.with_name(local.name + ".partial")
+        try:
+            with self._client.open_sftp() as sftp:
+                sftp.get(remote, str(partial))
+        except FileNotFoundError:
+            partial.unlink(missing_ok=True)
+            raise FileNotFoundError(f"no file {remote} in the guest") from None
+        partial.replace(local)
+        return local
 
 
 class _Sink:

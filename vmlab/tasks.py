@@ -19,6 +19,9 @@ from invoke import Collection, Exit, task
 
 from vmlab import config as config_mod
 from vmlab import golden as golden_images
+from vmlab import fetch as iso_downloads
+from vmlab import guests, results
+from vmlab.config import SuiteConfig
 from vmlab.console import attach
 from vmlab.errors import VmlabError
 from vmlab.lab import Lab
@@ -250,6 +253,111 @@ def golden_import(c, input, config=None):
     print(f"golden image {gold.key}: {gold.dir}")
 
 
+RESTORE_HELP = "after a privileged suite fails, restore the 'clean' snapshot (default: restore_on_failure)"
+
+
+def _finish(report: dict) -> None:
+    """Print the run's summary; exit 1 unless every suite passed."""
+    for line in results.summary(report):
+        print(line)
+    if not report["passed"]:
+        raise Exit(code=1)
+
+
+@task(help={"vm": VM_HELP, "config": CONFIG_HELP})
+@cli
+def sync(c, vm=None, config=None):
+    """Copy the project into the guest with rsync (incremental, --delete; .git and vm/ left out)."""
+    print(_lab(config).sync(_vm(vm)))
+
+
+@task(iterable=["suite"], help={"suite": "suite from vmlab.yaml (repeat for several)", "vm": VM_HELP,
+                                "config": CONFIG_HELP, "restore_on_failure": RESTORE_HELP})
+@cli
+def test(c, suite, vm=None, config=None, restore_on_failure=False):
+    """Run test suites in the guest; report, JUnit and logs go to vm/NAME/results/RUN/."""
+    lab = _lab(config)
+    if not suite:
+        raise Exit(f"vmlab: error: name a suite with --suite; configured: {', '.join(lab.config.suites) or 'none'}",
+                   code=2)
+    chosen = [lab.config.suite(name) for name in suite]
+    _finish(lab.run_suites(chosen, _vm(vm), restore_on_failure or lab.config.restore_on_failure))
+
+
+@task(name="test-all", help={"vm": VM_HELP, "config": CONFIG_HELP, "restore_on_failure": RESTORE_HELP})
+@cli
+def test_all(c, vm=None, config=None, restore_on_failure=False):
+    """Run every suite in vmlab.yaml, in order."""
+    lab = _lab(config)
+    if not lab.config.suites:
+        raise Exit(f"vmlab: error: {lab.config.source} has no suites (add them under 'suites:')", code=2)
+    _finish(lab.run_suites(list(lab.config.suites.values()), _vm(vm),
+                           restore_on_failure or lab.config.restore_on_failure))
+
+
+@task(help={"vm": VM_HELP, "config": CONFIG_HELP})
+@cli
+def build(c, vm=None, config=None):
+    """Run the configured build command in the guest's copy of the project."""
+    lab = _lab(config)
+    if not lab.config.build:
+        raise Exit(f"vmlab: error: {lab.config.source} has no 'build:' command", code=2)
+    _finish(lab.run_suites([SuiteConfig(name="build", command=lab.config.build, timeout=3600)], _vm(vm)))
+
+
+@task(help={"vm": VM_HELP, "config": CONFIG_HELP, "restore_on_failure": RESTORE_HELP})
+@cli
+def quick(c, vm=None, config=None, restore_on_failure=False):
+    """The edit-test loop: sync the project, then run the suite named by 'quick:' in vmlab.yaml."""
+    lab = _lab(config)
+    if not lab.config.quick:
+        raise Exit(f"vmlab: error: {lab.config.source} names no 'quick:' suite", code=2)
+    lab.sync(_vm(vm))
+    _finish(lab.run_suites([lab.config.suite(lab.config.quick)], _vm(vm),
+                           restore_on_failure or lab.config.restore_on_failure))
+
+
+@task(help={"offline": "use only the cache; never download", "vm": VM_HELP, "config": CONFIG_HELP})
+@cli
+def fetch(c, offline=False, vm=None, config=None):
+    """Download the guest's installer ISO: verified, resumable, cached, with progress."""
+    got = _lab(config).fetch_iso(_vm(vm), offline=offline)
+    print(f"{got.path} (sha256 {got.sha256}, from {got.source})")
+
+
+@task(help={"offline": "use only the cache; never download", "vm": VM_HELP, "config": CONFIG_HELP})
+@cli
+def setup(c, offline=False, vm=None, config=None):
+    """Get the VM ready to install: fetch the ISO and create its disk (or build its base image)."""
+    for key, value in _lab(config).setup(_vm(vm), offline=offline).items():
+        print(f"{key}: {value}")
+
+
+@task(help={"prune": "delete cached ISOs and partial downloads the config no longer uses",
+            "config": CONFIG_HELP, "json": "print JSON"})
+@cli
+def cache(c, prune=False, config=None, json_=False):
+    """List what the cache holds (ISOs, images, golden images); --prune removes unused ISOs."""
+    lab = _lab(config)
+    if prune:
+        keep = {p.iso["path"].format(release=lab.config.profile_options(p.name).get("release") or p.iso["release"])
+                .rsplit("/", 1)[-1] for p in map(guests.load, config_mod.known_profiles()) if p.iso}
+        for path in iso_downloads.prune(lab.cache.root, keep):
+            print(f"deleted {path}")
+    listing = {"cache": str(lab.cache.root), "isos": iso_downloads.cached(lab.cache.root),
+               "images": lab.cache.entries("debian-image"), "golden": lab.cache.entries(golden_images.KIND)}
+    if json_:
+        print(json.dumps(listing, indent=2, default=str))
+        return
+    print(f"cache: {listing['cache']}")
+    for iso in listing["isos"]:
+        print(f"  iso     {iso['name']}  {iso.get('size', 0) >> 20} MiB  sha256 {str(iso.get('sha256'))[:16]}")
+    for kind in ("images", "golden"):
+        for entry in listing[kind]:
+            print(f"  {kind[:-1] if kind == 'images' else kind:<7} {entry['key']}  built {entry['built_at']}  "
+                  f"{entry['path']}")
+
+
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP})
 @cli
 def demo(c, vm=None, config=None):
@@ -269,5 +377,6 @@ def image(c, vm=None, config=None):
 
 
 vm_tasks = Collection("vm", start, stop, status, ssh, console, destroy, reset, snapshot, snapshots,
-                      snapshot_delete, restore, suspend, resume, golden, golden_export, golden_import, demo, image)
+                      snapshot_delete, restore, suspend, resume, golden, golden_export, golden_import,
+                      sync, test, test_all, build, quick, fetch, setup, cache, demo, image)
 ns = Collection(vm_tasks)

@@ -34,6 +34,11 @@ printf 'PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLo
     > "$root/etc/ssh/sshd_config.d/vmlab.conf"
 rm -f "$root"/etc/ssh/ssh_host_*
 passwd --root "$root" --lock root >/dev/null
+# A non-root "lab" user, for suites that must get root through sudo (privileged: true).
+chroot "$root" useradd --create-home --shell /bin/bash lab
+passwd --root "$root" --lock lab >/dev/null
+echo 'lab ALL=(ALL) NOPASSWD: ALL' > "$root/etc/sudoers.d/vmlab-lab"
+chmod 0440 "$root/etc/sudoers.d/vmlab-lab"
 install -m 0755 "$HERE/vmlab-seed" "$root/usr/local/sbin/vmlab-seed"
 install -m 0644 "$HERE/vmlab-seed.service" "$root/etc/systemd/system/vmlab-seed.service"
 ln -sf /etc/systemd/system/vmlab-seed.service "$wants/vmlab-seed.service"

@@ -1,0 +1,141 @@
+"""The edit-test loop on a real guest: sync, suites, results, exit codes (tests/sample-project)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from conftest import Project
+
+SAMPLE = Path(__file__).parent / "sample-project"
+
+
+@pytest.fixture(scope="module")
+def sample(shared_project: Project, vm_ready) -> Project:
+    """A copy of the sample project with its VM running, shared by this module's tests."""
+    shutil.copytree(SAMPLE, shared_project.root, dirs_exist_ok=True, symlinks=True)
+    started = shared_project.invoke("vm.start")
+    assert started.returncode == 0, started.stderr
+    return shared_project
+
+
+def report_of(result_stdout: str) -> dict:
+    folder = next(line.split("results: ", 1)[1] for line in result_stdout.splitlines() if "results: " in line)
+    return json.loads((Path(folder) / "report.json").read_text())
+
+
+def junit_cases(report: dict) -> dict:
+    root = ET.parse(Path(report["results_dir"]) / "junit.xml").getroot()
+    return {case.get("name"): case for case in root.iter("testcase")}
+
+
+def in_guest(project: Project, command: str) -> str:
+    result = project.invoke("vm.ssh", "-c", command)
+    return result.stdout
+
+
+def test_quick_syncs_runs_the_quick_suite_and_records_it(sample: Project) -> None:
+    result = sample.invoke("vm.quick")
+    assert result.returncode == 0, result.stderr
+    assert "greeting: ok; input: ok" in result.stdout  # the suite's output, live
+    assert "PASSED" in result.stdout
+    report = report_of(result.stdout)
+    assert report["passed"] and report["vm"]["name"] == "default"
+    assert report["guest"] == {"os": "Linux", "kernel": in_guest(sample, "uname -r").strip()}
+    assert report["vmlab"] and report["qemu"][0].isdigit()
+    (unit,) = report["suites"]
+    assert (unit["name"], unit["status"], unit["passed"], unit["failed"], unit["exit_code"]) == ("unit", "passed", 2, 0, 0)
+    assert Path(unit["log"]).read_text().startswith("greeting: ok")
+    assert set(junit_cases(report)) == {"greeting from the environment", "input file synced"}
+
+
+def test_a_failing_suite_exits_1_and_says_why(sample: Project) -> None:
+    result = sample.invoke("vm.test", "--suite", "broken")
+    assert result.returncode == 1
+    report = report_of(result.stdout)
+    (broken,) = report["suites"]
+    assert (broken["status"], broken["exit_code"], broken["failed"]) == ("failed", 3, 1)
+    failure = junit_cases(report)["broken"].find("failure")
+    assert failure is not None and failure.get("message") == "exit code 3"
+    assert "expected 4, got 5" in failure.text
+
+
+def test_a_hung_suite_is_killed_at_its_timeout_and_the_guest_stays_usable(sample: Project) -> None:
+    result = sample.invoke("vm.test", "--suite", "hangs", "--suite", "unit")
+    assert result.returncode == 1
+    hangs, unit = report_of(result.stdout)["suites"]
+    assert hangs["status"] == "timed out" and hangs["duration_seconds"] < 5 + 15
+    assert "killed after 5s" in hangs["note"]
+    assert unit["status"] == "passed"  # the next suite ran in the same guest
+    assert in_guest(sample, "pgrep -x sleep || echo none").strip() == "none"  # killed in the guest too
+
+
+def test_sync_mirrors_the_project_deletes_keeps_links_and_leaves_out_excluded(sample: Project) -> None:
+    (sample.root / ".git").mkdir(exist_ok=True)
+    (sample.root / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (sample.root / "notes.tmp").write_text("scratch")
+    (sample.root / "data" / "extra.txt").write_text("temporary")
+    assert sample.invoke("vm.sync").returncode == 0
+    listing = in_guest(sample, "cd sample && ls -A . data; readlink data/link.txt")
+    assert "extra.txt" in listing and "link.txt" in listing and listing.rstrip().endswith("input.txt")
+    assert ".git" not in listing and "notes.tmp" not in listing and "vm" not in listing.split()
+    (sample.root / "data" / "extra.txt").unlink()
+    again = sample.invoke("vm.sync")
+    assert again.returncode == 0
+    assert "0 of" in again.stdout  # nothing changed but a deletion
+    assert in_guest(sample, "test -e sample/data/extra.txt && echo present || echo gone").strip() == "gone"
+
+
+def test_build_runs_the_configured_command(sample: Project) -> None:
+    assert sample.invoke("vm.sync").returncode == 0
+    result = sample.invoke("vm.build")
+    assert result.returncode == 0 and "built out/lines: 2" in result.stdout
+
+
+def test_privileged_suite_gets_root_through_sudo_for_a_non_root_user(sample: Project) -> None:
+    """The same VM, logged into as the image's `lab` user through a second config file."""
+    config = sample.root / "as-lab.yaml"
+    config.write_text((sample.root / "vmlab.yaml").read_text().replace("  default: {}", "  default: {ssh_user: lab}"))
+    assert sample.invoke("vm.sync", "--config", str(config)).returncode == 0
+    result = sample.invoke("vm.test", "--suite", "mounts", "--config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "mounted, used and unmounted a tmpfs as root" in result.stdout
+    assert sample.invoke("vm.ssh", "--config", str(config), "-c", "id -un").stdout.strip() == "lab"
+
+
+def test_restore_on_failure_puts_the_vm_back_to_clean(sample: Project) -> None:
+    assert sample.invoke("vm.snapshot").returncode == 0
+    result = sample.invoke("vm.test", "--suite", "dirty-fail", "--restore-on-failure")
+    assert result.returncode == 1
+    assert "restoring VM default to 'clean'" in result.stderr
+    assert in_guest(sample, "test -e /root/left-by-dirty-fail && echo dirty || echo clean").strip() == "clean"
+    kept = sample.invoke("vm.test", "--suite", "dirty-fail")  # without the flag, the mess stays
+    assert kept.returncode == 1
+    assert in_guest(sample, "test -e /root/left-by-dirty-fail && echo dirty || echo clean").strip() == "dirty"
+
+
+def test_library_session_survives_a_restore_and_fetches_files(sample: Project, tmp_path: Path) -> None:
+    lab = sample.lab()
+    with lab.ssh() as session:
+        assert session.run("echo before > /root/fetch-me").succeeded
+        lab.restore()  # kills the session's connection in the guest
+        after = session.run("echo still here")  # reconnects once
+        assert after.succeeded and after.stdout == "still here\n"
+        fetched = session.fetch("/etc/hostname", tmp_path / "hostname")
+        assert fetched.read_text() == "default\n"
+        with pytest.raises(FileNotFoundError, match="no file /nonexistent"):
+            session.fetch("/nonexistent", tmp_path / "nothing")
+        assert not (tmp_path / "nothing").exists() and not (tmp_path / "nothing.partial").exists()
+
+
+def test_suites_on_a_stopped_vm_exit_2_saying_so(sample: Project) -> None:
+    assert sample.invoke("vm.stop").returncode == 0
+    result = sample.invoke("vm.quick")
+    assert result.returncode == 2
+    assert "VM default is not up (stopped): start it" in result.stderr
+    unknown = sample.invoke("vm.test", "--suite", "nosuch")
+    assert unknown.returncode == 2 and "no suite named 'nosuch'" in unknown.stderr

@@ -1,0 +1,65 @@
+"""Running one test suite from vmlab.yaml in the guest.
+
+The command runs in its work folder under the synced project, as root when it
+is privileged (through the profile's sudo/doas for a non-root SSH user), with
+its environment, under the guest's own `timeout` (so a hung suite is killed in
+the guest, not just abandoned), its output shown live and kept in a log. The
+JUnit file it writes, if any, is fetched back.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import IO, Optional
+
+from vmlab import results
+from vmlab.config import SuiteConfig
+from vmlab.openssh import SharedConnection
+from vmlab.results import SuiteResult
+
+TIMED_OUT = (124, 137)  # `timeout`'s status when it stopped the command (137: it had to SIGKILL)
+KILL_GRACE = 10  # seconds between the guest's TERM and KILL at a timeout
+
+
+def in_workdir(guest_dir: str, workdir: str) -> str:
+    return workdir if workdir.startswith("/") else f"{guest_dir}/{workdir}".replace("/./", "/").rstrip("/.")
+
+
+def remote_command(suite: SuiteConfig, guest_dir: str, run_as_root: str) -> str:
+    """The one shell line the guest runs for `suite`; `run_as_root` is '' when already root."""
+    script = f"cd {shlex.quote(in_workdir(guest_dir, suite.workdir))} && {suite.command}"
+    env = " ".join(shlex.quote(f"{k}={v}") for k, v in suite.env)
+    line = f"timeout -k {KILL_GRACE} {int(suite.timeout)} env {env} sh -c {shlex.quote(script)}"
+    return f"{run_as_root} {line}" if suite.privileged and run_as_root else line
+
+
+def run(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Path, run_as_root: str,
+        echo: Optional[IO[bytes]] = None) -> SuiteResult:
+    """Run `suite`, keeping its output in run_dir/<name>.log and its JUnit in run_dir/<name>.junit.xml."""
+    log_path = run_dir / f"{suite.name}.log"
+    started = time.monotonic()
+    with open(log_path, "wb") as log:
+        status = conn.run(remote_command(suite, guest_dir, run_as_root), output=log,
+                          echo=echo if echo is not None else sys.stdout.buffer,
+                          timeout=suite.timeout + KILL_GRACE + 30)
+    duration = time.monotonic() - started
+    timed_out = status == -1 or (status in TIMED_OUT and duration >= suite.timeout - 1)
+    result = SuiteResult(suite.name, "timed out" if timed_out else ("passed" if status == 0 else "failed"),
+                         status, duration, log_path)
+    if timed_out:
+        result.note = f"killed after {suite.timeout:.0f}s (its timeout)"
+    if suite.junit:
+        remote = in_workdir(in_workdir(guest_dir, suite.workdir), suite.junit)
+        data = conn.read(remote)
+        if data is None:
+            result.note = (result.note + "; " if result.note else "") + f"it wrote no JUnit file at {remote}"
+        else:
+            result.junit = run_dir / f"{suite.name}.junit.xml"
+            result.junit.write_bytes(data)
+    result.counts = results.count(result)
+    if result.status == "passed" and (result.counts["failures"] or result.counts["errors"]):
+        result.status = "failed"  # exit 0, but its own report says otherwise
+    return result
