@@ -1,4 +1,11 @@
-"""The serial console: attach a terminal to a VM's console socket.
+"""The serial console: a conversation with the guest, and a terminal to attach to it.
+
+`Console` drives the console the way a careful person would: it waits for text
+(each wait has an idle deadline that output restarts, and a hard limit), watches
+for signs of failure at every step (a panic, a debugger prompt, a boot loop),
+types at a pace the guest does not drop, and runs commands at a prompt of its
+own whose echo cannot be mistaken for it. When something goes wrong, the error
+names the step, what was expected, how long it waited, and shows the console.
 
 QEMU serves the console on a unix socket and logs every byte to console.log, so
 attaching (and detaching) never disturbs the guest or loses output.
@@ -6,18 +13,211 @@ attaching (and detaching) never disturbs the guest or loses output.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import secrets
 import select
 import socket
 import sys
 import termios
+import time
 import tty
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, List, Optional, Sequence
 
-from vmlab.errors import MachineError
+import pexpect
+import pexpect.fdpexpect
+
+from vmlab.errors import ConsoleError, MachineError
+
+log = logging.getLogger(__name__)
 
 DETACH_KEY = b"\x1d"  # Ctrl-]
 DETACH_NAME = "Ctrl-]"
+TAIL_LINES = 40
+RC = re.compile(r"vmlab-rc=(\d+)")  # what `echo "vmlab-rc=$?"` prints; its echo shows `$?`, not digits
+
+
+@dataclass(frozen=True)
+class FailRule:
+    """Text that means the step cannot succeed: seen `times` times (a boot loop: more than once)."""
+
+    pattern: str
+    means: str
+    times: int = 1
+
+
+DEFAULT_FAILS = (
+    FailRule(r"(?i)\bpanic: ", "the guest kernel panicked"),
+    FailRule(r"Kernel panic - not syncing", "the guest kernel panicked"),
+    FailRule(r"(?m)^db> ", "the guest dropped into its kernel debugger"),
+    FailRule(r"Login incorrect", "the guest refused the login"),
+    FailRule(r"(?m)^Password: *$", "the guest refused the login: it asked for a password, and vmlab has none"),
+)
+
+
+class _Transcript:
+    """pexpect's logfile_read: keeps every character read (for tails and counts) and an optional copy."""
+
+    def __init__(self, copy: Optional[Path]):
+        self.text = ""
+        self.copy = open(copy, "a", encoding="utf-8") if copy else None
+
+    def write(self, data: str) -> None:
+        self.text += data
+        if self.copy:
+            self.copy.write(data)
+
+    def flush(self) -> None:
+        if self.copy:
+            self.copy.flush()
+
+    def tail(self, lines: int = TAIL_LINES) -> str:
+        clean = self.text.replace("\r\n", "\n").replace("\r", "\n")
+        return "\n".join(line for line in clean.splitlines()[-lines:])
+
+
+class Console:
+    """One conversation over a console socket (QEMU's, or a simulator's in tests)."""
+
+    def __init__(self, socket_path: Path, fails: Sequence[FailRule] = DEFAULT_FAILS,
+                 transcript: Optional[Path] = None, key_delay: float = 0.02, time_scale: float = 1.0):
+        self.socket_path = socket_path
+        self.fails = list(fails)
+        self.key_delay = key_delay
+        self.time_scale = time_scale  # tests shrink every deadline with it
+        self.prompt: Optional[str] = None  # our unique shell prompt, once set
+        self._transcript = _Transcript(transcript)
+        self._sock: Optional[socket.socket] = None
+        self._child: Optional[pexpect.fdpexpect.fdspawn] = None
+        self.closed = False
+
+    def __enter__(self) -> "Console":
+        deadline = time.monotonic() + 10
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(str(self.socket_path))
+                break
+            except OSError as e:
+                sock.close()
+                if time.monotonic() > deadline:
+                    raise MachineError(f"cannot open the serial console {self.socket_path}: {e.strerror}") from None
+                time.sleep(0.1)
+        self._sock = sock
+        self._child = pexpect.fdpexpect.fdspawn(sock.fileno(), encoding="utf-8", codec_errors="replace")
+        self._child.logfile_read = self._transcript
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._transcript.copy:
+            self._transcript.copy.close()
+
+    def tail(self, lines: int = TAIL_LINES) -> str:
+        return self._transcript.tail(lines)
+
+    # --- waiting ---
+
+    def expect(self, patterns: Sequence[str], step: str, idle: float, limit: float,
+               resend: Optional[str] = None, resend_every: float = 0.0) -> re.Match:
+        """Wait for the first of `patterns`; its match. `resend` is typed again every `resend_every` s."""
+        assert self._child is not None
+        idle, limit = idle * self.time_scale, limit * self.time_scale
+        fails = [f.pattern for f in self.fails if f.times == 1]
+        compiled = [*patterns, *fails]
+        started = last_output = last_send = time.monotonic()
+        seen = len(self._transcript.text)
+        while True:
+            now = time.monotonic()
+            try:
+                index = self._child.expect(compiled, timeout=max(0.05, min(0.5, limit - (now - started))))
+            except pexpect.TIMEOUT:
+                index = None
+            except pexpect.EOF:
+                self.closed = True
+                raise self._failure(step, patterns, started, "the console closed (the machine stopped)") from None
+            now = time.monotonic()
+            if len(self._transcript.text) != seen:
+                seen, last_output = len(self._transcript.text), now
+                self._check_repeats(step, patterns, started)
+            if index is not None:
+                if index >= len(patterns):
+                    rule = next(f for f in self.fails if f.pattern == compiled[index])
+                    raise self._failure(step, patterns, started, f"{rule.means} ({self._child.after!r})")
+                return self._child.match
+            if now - started > limit:
+                raise self._failure(step, patterns, started, f"gave up after {limit:.0f}s")
+            if now - last_output > idle:
+                raise self._failure(step, patterns, started, f"no output for {idle:.0f}s")
+            if resend is not None and resend_every and now - last_send > resend_every * self.time_scale:
+                log.info("  no answer to %r after %.0fs; typing it again", resend, now - last_send)
+                self.send_keys(resend)
+                last_send = now
+
+    def _check_repeats(self, step: str, patterns: Sequence[str], started: float) -> None:
+        for rule in self.fails:
+            if rule.times > 1 and len(re.findall(rule.pattern, self._transcript.text)) >= rule.times:
+                raise self._failure(step, patterns, started, rule.means)
+
+    def _failure(self, step: str, patterns: Sequence[str], started: float, why: str) -> ConsoleError:
+        waited = time.monotonic() - started
+        wanted = " or ".join(repr(p) for p in patterns)
+        return ConsoleError(f"step {step!r}: {why}; it waited {waited:.0f}s for {wanted}.\n"
+                            f"Last {TAIL_LINES} console lines:\n{self.tail()}")
+
+    # --- typing ---
+
+    def send_keys(self, keys: str) -> None:
+        """Type `keys` one at a time: loaders reading the serial port drop keys typed too fast."""
+        assert self._child is not None
+        for key in keys:
+            self._child.send(key)
+            time.sleep(self.key_delay)
+
+    def send_line(self, line: str) -> None:
+        self.send_keys(line + "\r")
+
+    # --- a shell ---
+
+    def use_shell(self, shell: str, step: str, idle: float = 60, limit: float = 300) -> None:
+        """Switch to `shell` with a prompt no echoed command can match: PS1='tok''$ ' echoes with the quotes."""
+        token = "vmlab" + secrets.token_hex(3)
+        self.send_line(f"exec {shell}")
+        time.sleep(0.5 * self.time_scale)
+        self.send_line(f"PS1='{token}''$ '")
+        self.prompt = re.escape(f"{token}$ ")
+        self.expect([self.prompt], step, idle, limit)
+
+    def run(self, command: str, step: str, idle: float, limit: float,
+            progress: Optional[Callable[[str], None]] = None) -> int:
+        """Run `command` at our prompt; its exit status. Lines 'vmlab-step: ...' go to `progress`."""
+        if self.prompt is None:
+            raise ConsoleError(f"step {step!r}: no shell prompt of ours yet (a 'shell' step must come first)")
+        self.send_line(f'{command}; echo "vmlab-rc=$?"')
+        while True:
+            match = self.expect([r"vmlab-step: ([^\r\n]*)\r?\n", RC.pattern], step, idle, limit)
+            if match.re.pattern == RC.pattern:
+                status = int(match.group(1))
+                break
+            if progress:
+                progress(match.group(1).strip())
+        self.expect([self.prompt], step, idle, limit)
+        return status
+
+    def wait_closed(self, step: str, limit: float) -> None:
+        """Wait until the other end closes the console (QEMU exits when the guest powers off)."""
+        assert self._child is not None
+        try:
+            self._child.expect(pexpect.EOF, timeout=limit * self.time_scale)
+        except pexpect.TIMEOUT:
+            raise self._failure(step, ["<the machine powering off>"], time.monotonic() - limit,
+                                f"it was still running after {limit:.0f}s") from None
+        self.closed = True
 
 
 def attach(console_socket: Path, name: str) -> None:
@@ -53,3 +253,8 @@ def attach(console_socket: Path, name: str) -> None:
             termios.tcsetattr(fd_in, termios.TCSADRAIN, saved)
         sock.close()
         sys.stderr.write(f"\r\n[detached from VM {name}]\n")
+
+
+def rule_list(raw: Optional[List[dict]]) -> List[FailRule]:
+    """The default failure rules plus a recipe's own (each {pattern, means, times})."""
+    return [*DEFAULT_FAILS, *(FailRule(r["pattern"], r["means"], int(r.get("times", 1))) for r in raw or [])]
