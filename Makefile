@@ -21,7 +21,10 @@ setup: ## Install the Debian packages (as root) and the Python venv vmlab runs f
 test: ## Run vmlab's own tests on a real guest (same as scripts/test)
 	scripts/test
 
-vm-demo: $(VENV)/.ready ## The main job: boot the VM from scratch, prove SSH and the console, stop it
+vm-main: $(VENV)/.ready ## The main job: DragonFly's golden image from scratch (offline: the rehearsal guest's)
+	$(INVOKE) vm.golden --from-scratch --vm $(or $(VM),dragonfly)
+
+vm-demo: $(VENV)/.ready ## Boot the VM afresh, prove SSH and the serial console, stop it
 	$(INVOKE) vm.demo
 
 vm-start: $(VENV)/.ready ## Start the VM (building its image if needed) and wait for SSH
@@ -63,8 +66,17 @@ vm-suspend: $(VENV)/.ready ## Save the VM's running state to disk and stop QEMU
 vm-resume: $(VENV)/.ready ## Bring a suspended VM back, same SSH port
 	$(INVOKE) vm.resume
 
-vm-golden: $(VENV)/.ready ## Freeze the VM as a golden image with a clean snapshot
+vm-golden: $(VENV)/.ready ## Make the VM's golden image: provisioned, verified, with a clean snapshot
 	$(INVOKE) vm.golden
+
+vm-setup: $(VENV)/.ready ## Fetch (or build) the installer and create the VM's disk
+	$(INVOKE) vm.setup
+
+vm-install: $(VENV)/.ready ## Install the guest from its ISO over the serial console
+	$(INVOKE) vm.install
+
+vm-provision: $(VENV)/.ready ## Run the profile's provision script in the freshly installed VM
+	$(INVOKE) vm.provision
 
 vm-sync: $(VENV)/.ready ## rsync the project into the guest
 	$(INVOKE) vm.sync

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 import pytest
 
 from vmlab import config as config_mod
-from vmlab import debian, guests, host
+from vmlab import builder, guests, host
 from vmlab.cache import ArtefactCache
 from vmlab.errors import VmlabError
 from vmlab.lab import Lab
@@ -39,13 +39,13 @@ def vm_prerequisite_problem() -> Optional[str]:
     cache = ArtefactCache(config_mod.default_cache_dir())
     profile = guests.load("debian")
     try:
-        cached = cache.has(debian.KIND, debian.image_key(profile, {}))
+        cached = cache.has(builder.kind(profile, "image"), builder.key(profile, "image", {}))
     except VmlabError as e:
         return str(e)
     if not cached:
         if os.geteuid() != 0:
             return "the Debian test guest is not cached and building it needs root"
-        missing = [t for t in debian.BUILD_TOOLS if host.which(t) is None]
+        missing = [t for t in builder.BUILD_TOOLS if host.which(t) is None]
         if missing:
             return "image build tools missing: " + ", ".join(missing)
     return None

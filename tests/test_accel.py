@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from vmlab import accel, config, debian, guests
+from vmlab import accel, builder, config, guests
 from vmlab.cache import ArtefactCache
 
 
 @pytest.fixture(scope="module")
 def kernel(vm_ready) -> Path:
     cache = ArtefactCache(config.default_cache_dir())
-    return debian.ensure_image(cache, guests.load("debian"), {}) / "vmlinuz"
+    return builder.ensure(cache, guests.load("debian"), "image", {}) / "vmlinuz"
 
 
 def kvm_boots_linux(kernel: Path, seconds: int = 20) -> bool:

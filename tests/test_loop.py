@@ -132,6 +132,13 @@ def test_library_session_survives_a_restore_and_fetches_files(sample: Project, t
         assert not (tmp_path / "nothing").exists() and not (tmp_path / "nothing.partial").exists()
 
 
+def test_ssh_command_gets_piped_input_and_never_waits_for_absent_input(sample: Project) -> None:
+    piped = sample.invoke("vm.ssh", "-c", "cat > /root/piped && wc -c < /root/piped", input="hello\n" * 1000)
+    assert piped.returncode == 0 and piped.stdout.strip() == "6000"
+    reads_nothing = sample.invoke("vm.ssh", "-c", "cat; echo done", timeout=60)  # stdin is /dev/null here
+    assert reads_nothing.returncode == 0 and reads_nothing.stdout == "done\n"
+
+
 def test_suites_on_a_stopped_vm_exit_2_saying_so(sample: Project) -> None:
     assert sample.invoke("vm.stop").returncode == 0
     result = sample.invoke("vm.quick")

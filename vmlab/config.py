@@ -158,18 +158,32 @@ VM_FIELDS: Dict[str, Field] = {
     "ssh_user": Field(text, "root", "user vmlab logs in as"),
     "ssh_port": Field(ssh_port, 0, "host port forwarded to the guest's sshd on 127.0.0.1; 0 picks one"),
     "boot_timeout": Field(seconds, 300.0, "seconds from start until SSH must answer"),
+    "fallback": Field(text, None, "another VM whose golden image vm.golden --from-scratch makes instead "
+                                  "when this VM's ISO cannot be had (offline)"),
 }
 
 # Options of a guest profile, under `profiles: {NAME: ...}`.
+def package_list(value: Any) -> list:
+    if not isinstance(value, list) or not all(isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9][\w.+-]*", v)
+                                              for v in value):
+        raise ValueError("a list of package names")
+    return value
+
+
+_PACKAGES = Field(package_list, [], "packages the provision step installs (apt or pkg)")
+_DEBIAN = {
+    "mirror": Field(url, None, "Debian mirror; default: the one in this host's apt configuration"),
+    "suite": Field(text, None, "Debian suite; default: this host's release codename"),
+    "packages": _PACKAGES,
+}
 PROFILE_FIELDS: Dict[str, Dict[str, Field]] = {
-    "debian": {
-        "mirror": Field(url, None, "Debian mirror; default: the one in this host's apt configuration"),
-        "suite": Field(text, None, "Debian suite; default: this host's release codename"),
-    },
+    "debian": _DEBIAN,
+    "rehearsal": _DEBIAN,
     "dragonfly": {
         "release": Field(release, None, "DragonFly release to install; default: the profile's pinned one"),
         "mirrors": Field(mirror_list, None, "mirrors to try in order; default: the profile's list"),
         "checksum": Field(checksum_pin, None, "pin the ISO's checksum instead of trusting md5.txt"),
+        "packages": _PACKAGES,
     },
 }
 
@@ -249,6 +263,7 @@ class VMConfig:
     ssh_user: str
     ssh_port: int
     boot_timeout: float
+    fallback: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -413,8 +428,13 @@ def _build(data: Any, lines: Mapping[Tuple[str, ...], int], source: str, project
             ssh_user=merged["ssh_user"],
             ssh_port=merged["ssh_port"],
             boot_timeout=merged["boot_timeout"],
+            fallback=merged["fallback"],
         )
 
+    for vm in vms.values():
+        if vm.fallback is not None and (vm.fallback not in vms or vm.fallback == vm.name):
+            raise where.error(("vms", vm.name, "fallback"), f"{vm.fallback!r} is not another configured VM; "
+                                                           f"configured: {', '.join(vms)}")
     profiles: Dict[str, Dict[str, Any]] = {}
     for name, options in _mapping(top.get("profiles"), ("profiles",), where).items():
         at = ("profiles", str(name))

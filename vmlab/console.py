@@ -31,6 +31,7 @@ import pexpect
 import pexpect.fdpexpect
 
 from vmlab.errors import ConsoleError, MachineError
+from vmlab.machine import ESCAPES
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ DEFAULT_FAILS = (
     FailRule(r"(?m)^db> ", "the guest dropped into its kernel debugger"),
     FailRule(r"Login incorrect", "the guest refused the login"),
     FailRule(r"(?m)^Password: *$", "the guest refused the login: it asked for a password, and vmlab has none"),
+    FailRule(r"\((?:y|Y)/(?:n|N)\) *\S*$|\[(?:y|Y)/(?:n|N)\] *$|\((?:y|Y),(?:n|N)\) *\S*$",
+             "a command is asking a question nobody will answer"),
 )
 
 
@@ -75,8 +78,9 @@ class _Transcript:
             self.copy.flush()
 
     def tail(self, lines: int = TAIL_LINES) -> str:
-        clean = self.text.replace("\r\n", "\n").replace("\r", "\n")
-        return "\n".join(line for line in clean.splitlines()[-lines:])
+        """The last lines as a person would read them: no terminal escapes, no blank lines."""
+        clean = ESCAPES.sub("", self.text).replace("\r\n", "\n").replace("\r", "\n")
+        return "\n".join([line.rstrip() for line in clean.splitlines() if line.strip()][-lines:])
 
 
 class Console:

@@ -57,6 +57,10 @@ class RecipeError(VmlabError):
     exit_code = 2
 
 
+class ProvisionError(VmlabError):
+    """Provisioning or verifying a guest failed; the message has the end of its output."""
+
+
 class GuestUnreachable(VmlabError):
     """The guest never answered over SSH within its deadline."""
 

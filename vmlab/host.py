@@ -15,7 +15,7 @@ from typing import Iterable, Optional
 
 from vmlab.errors import PrerequisiteMissing
 
-# Every host tool vmlab runs, and the Debian package that provides it.
+# Every host tool (or file) vmlab needs, and the Debian package that provides it.
 PACKAGES = {
     "qemu-system-x86_64": "qemu-system-x86",
     "qemu-img": "qemu-utils",
@@ -24,6 +24,8 @@ PACKAGES = {
     "xorriso": "xorriso",
     "debootstrap": "debootstrap",
     "mkfs.ext4": "e2fsprogs",
+    "grub-mkrescue": "grub-common",  # the rehearsal's install ISO
+    "/usr/lib/grub/i386-pc": "grub-pc-bin",  # GRUB's BIOS modules, which grub-mkrescue packs
 }
 # Tools every command that runs a VM needs; image builds need more (see debian.py).
 VM_TOOLS = ("qemu-system-x86_64", "qemu-img", "ssh", "rsync", "xorriso")
@@ -31,7 +33,9 @@ _SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 
 def which(tool: str) -> Optional[str]:
-    """Like `which`, but also looks in the sbin folders a non-root PATH may lack."""
+    """Like `which`, but also looks in the sbin folders a non-root PATH may lack; a path must exist."""
+    if tool.startswith("/"):
+        return tool if os.path.exists(tool) else None
     path = os.environ.get("PATH", "")
     return shutil.which(tool, path=os.pathsep.join([path, *_SBIN]))
 

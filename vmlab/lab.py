@@ -16,18 +16,24 @@ import dataclasses
 import io
 import json
 import logging
+import os
 import secrets
+import shlex
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from vmlab import __version__, accel, debian, disk, fetch, golden, guests, host, keys, locks, results, seed, snapshots
+from vmlab import __version__, accel, builder, disk, fetch, golden, guests, host, keys, locks, recipe, results, seed
+from vmlab import snapshots
 from vmlab import suites as suite_runner
 from vmlab import sync as rsync
-from vmlab.cache import ArtefactCache
+from vmlab.cache import ArtefactCache, key_of
+from vmlab.console import Console
 from vmlab.config import VM_NAME, LabConfig, SuiteConfig, VMConfig
-from vmlab.errors import ConfigError, GuestUnreachable, PrerequisiteMissing, RunIncomplete, SnapshotError
+from vmlab.errors import (ConfigError, ConsoleError, GuestUnreachable, PrerequisiteMissing, ProvisionError,
+                          RunIncomplete, SnapshotError)
 from vmlab.machine import Machine, MachineSpec, MachineStatus, last_line, tail
 from vmlab.openssh import SharedConnection
 from vmlab.qmp import Monitor
@@ -37,6 +43,8 @@ from vmlab.ssh import CommandResult, GuestSSH
 log = logging.getLogger(__name__)
 
 SUSPEND = "suspend"  # the snapshot vm.suspend saves and vm.resume loads
+INSTALLED = "installed"  # cache kind: a disk a recipe installed, with the keys it trusts
+MOUNT_SUITE = Path(__file__).resolve().parents[1] / "scripts" / "mount-suite.sh"
 
 
 class Lab:
@@ -76,22 +84,45 @@ class Lab:
         (machine.dir / "disk.json").write_text(json.dumps(origin) + "\n")
 
     def keys_for(self, machine: Machine) -> keys.LabKeys:
-        """A VM made from a golden image trusts the keys that image was made with."""
+        """A VM made from an installed or golden image trusts the keys that image was made with."""
         origin = self._origin(machine)
-        return golden.Golden(Path(origin["golden"])).keys if "golden" in origin else self.keys()
+        for kind in ("golden", "installed"):
+            if kind in origin:
+                return keys.LabKeys(Path(origin[kind]) / "keys")
+        return self.keys()
 
-    def base_image(self, vm: VMConfig) -> Path:
-        """The cached image folder a new VM disk is an overlay on."""
+    # --- what a VM's disk starts from ---
+
+    def base(self, vm: VMConfig) -> Dict[str, str]:
+        """The cached disk a new VM starts from: {"image": folder} or {"installed": folder}.
+
+        A profile with an `image:` section builds it from packages (on demand); one
+        that installs from an ISO needs `vm.install` first (it takes minutes).
+        """
         profile = guests.load(vm.profile)
-        if profile.name != "debian":
-            raise PrerequisiteMissing(f"guest profile {profile.name!r} has no image yet; install it first")
-        return debian.ensure_image(self.cache, profile, self.config.profile_options(profile.name))
+        if profile.image:
+            return {"image": str(builder.ensure(self.cache, profile, "image", self.options(profile)))}
+        key, _ = self.installed_key(vm)
+        if not self.cache.has(INSTALLED, key):
+            raise PrerequisiteMissing(f"VM {vm.name}'s guest ({profile.name}) is not installed yet: "
+                                      "invoke vm.install (or vm.golden --from-scratch)")
+        return {"installed": str(self.cache.path(INSTALLED, key))}
+
+    def options(self, profile: guests.Profile) -> Dict[str, Any]:
+        return self.config.profile_options(profile.name)
+
+    def base_key(self, vm: VMConfig) -> str:
+        """What identifies the base without building it: the image's key or the installed one's."""
+        profile = guests.load(vm.profile)
+        if profile.image:
+            return "image:" + builder.key(profile, "image", self.options(profile))
+        return "installed:" + self.installed_key(vm)[0]
 
     def golden_inputs(self, vm: VMConfig) -> Dict[str, Any]:
         """Everything a golden image of `vm` depends on; its hash is the golden key."""
         profile = guests.load(vm.profile)
         return {"profile": profile.name, "memory_mib": vm.memory_mib, "cpus": vm.cpus,
-                "image": debian.image_key(profile, self.config.profile_options(profile.name))}
+                "base": self.base_key(vm), "provision": self.provision_key(vm)}
 
     def golden_of(self, vm: VMConfig) -> Optional[golden.Golden]:
         try:
@@ -100,7 +131,7 @@ class Lab:
             return None
 
     def _ensure_disk(self, vm: VMConfig, machine: Machine) -> Dict[str, Any]:
-        """The VM's disk, made if missing: from the golden image if there is one, else the base image."""
+        """The VM's disk, made if missing: from the golden image if there is one, else from its base."""
         machine.dir.mkdir(parents=True, exist_ok=True)
         if not machine.disk.exists():
             gold = self.golden_of(vm)
@@ -108,14 +139,15 @@ class Lab:
                 gold.new_disk(machine.disk)
                 self._set_origin(machine, {"golden": str(gold.dir), "fresh": True})
             else:
-                image = self.base_image(vm)
-                disk.create_overlay(machine.disk, image / "disk.qcow2", vm.disk_bytes)
-                self._set_origin(machine, {"image": str(image)})
+                origin = self.base(vm)
+                folder = Path(next(iter(origin.values())))
+                disk.create_overlay(machine.disk, folder / "disk.qcow2", vm.disk_bytes)
+                self._set_origin(machine, origin)
         origin = self._origin(machine)
         if "installer" in origin:
             raise PrerequisiteMissing(f"VM {vm.name}'s disk is blank (made by vm.setup): install the guest "
-                                      "on it first")
-        folder = Path(origin.get("golden") or origin.get("image") or "")
+                                      "on it first (invoke vm.install)")
+        folder = Path(origin.get("golden") or origin.get("image") or origin.get("installed") or "")
         if not origin or not folder.is_dir():
             raise PrerequisiteMissing(f"the image VM {vm.name}'s disk was made from is gone ({folder}); "
                                       f"`invoke vm.destroy --vm {vm.name}` and start again")
@@ -124,7 +156,7 @@ class Lab:
     def _spec(self, vm: VMConfig, machine: Machine, paused: bool = False, ssh_port: Optional[int] = None) -> MachineSpec:
         """Disk, seed CD and accelerator for one start of `vm`."""
         origin = self._ensure_disk(vm, machine)
-        folder = Path(origin.get("golden") or origin["image"])
+        folder = Path(origin.get("golden") or origin.get("image") or origin["installed"])
         return MachineSpec(
             name=vm.name, accel=self._accel(vm, folder), memory_mib=vm.memory_mib, cpus=vm.cpus,
             disk=machine.disk, paused=paused, ssh_port=vm.ssh_port if ssh_port is None else ssh_port,
@@ -141,11 +173,162 @@ class Lab:
                 "cmdline": boot.get("cmdline", "")}
 
     def _accel(self, vm: VMConfig, folder: Path) -> accel.AccelChoice:
-        choice = accel.choose(vm.accel, lambda: folder / "vmlinuz", self.config.cache_dir)
+        choice = accel.choose(vm.accel, lambda: self._probe_kernel(folder), self.config.cache_dir)
         if vm.accel == "auto" and choice.accel == "tcg" and not self._warned_tcg:
             log.warning("%s", choice.reason)
             self._warned_tcg = True  # once per command is enough
         return choice
+
+    # --- installing from an ISO ---
+
+    def medium(self, vm: VMConfig) -> Path:
+        """The install ISO: downloaded (DragonFly) or built from packages (the rehearsal)."""
+        profile = guests.load(vm.profile)
+        if profile.medium:
+            return builder.ensure(self.cache, profile, "medium", self.options(profile)) / "live.iso"
+        return self.fetch_iso(vm.name).path
+
+    def installed_key(self, vm: VMConfig) -> tuple:
+        """(key, inputs) of what `vm.install` makes: the medium, the recipe and its scripts, the disk size."""
+        profile = guests.load(vm.profile)
+        if not profile.install:
+            raise PrerequisiteMissing(f"guest profile {profile.name!r} is not installed from an ISO")
+        rec = recipe.load(profile.dir / profile.install["recipe"])
+        if profile.medium:
+            medium = "built:" + builder.key(profile, "medium", self.options(profile))
+        else:  # the verified ISO's sha256, from the cache: asking never downloads
+            medium = "sha256:" + self.fetch_iso(vm.name, offline=True).sha256
+        inputs = {"profile": profile.name, "medium": medium, "disk_bytes": vm.disk_bytes}
+        return key_of(inputs, rec.files), inputs
+
+    def install(self, name: Optional[str] = None) -> Path:
+        """Install the guest from its ISO onto a blank disk by its recipe; a cached checkpoint.
+
+        The installed disk (read-only once made) and the keys it trusts are kept in the
+        cache by key, so a failed provision, a new VM or another lab never installs again.
+        """
+        vm = self.vm(name)
+        profile = guests.load(vm.profile)
+        host.require(host.VM_TOOLS, "installing a guest")
+        medium = self.medium(vm)
+        key, inputs = self.installed_key(vm)
+        if self.cache.has(INSTALLED, key):
+            log.info("VM %s: the %s install %s is cached", vm.name, profile.name, key)
+            return self.cache.path(INSTALLED, key)
+        rec = recipe.load(profile.dir / profile.install["recipe"])
+        return self.cache.get_or_build(INSTALLED, key, inputs, lambda out: self._run_install(vm, rec, medium, out),
+                                       f"the {profile.name} install {key}")
+
+    def _run_install(self, vm: VMConfig, rec: recipe.Recipe, medium: Path, out: Path) -> Dict[str, Any]:
+        """Install onto a new blank disk of the VM, then move it into `out` (the checkpoint)."""
+        machine = self.machine(vm)
+        with locks.held(machine.dir / ".lock", f"VM {vm.name}", wait=False):
+            self._close_shared(vm, machine)
+            machine.stop(soft_timeout=0)
+            machine.disk.unlink(missing_ok=True)  # a failed install's half-written disk is never reused
+            machine.dir.mkdir(parents=True, exist_ok=True)
+            disk.create_blank(machine.disk, vm.disk_bytes)
+            self._set_origin(machine, {"installer": str(medium)})
+        shutil.copytree(self.keys().dir, out / "keys", ignore=shutil.ignore_patterns(".lock"))
+        installed_keys = keys.LabKeys(out / "keys")
+        runner = Machine(f"{vm.name}-install", machine.dir / "install")
+        runner.dir.mkdir(parents=True, exist_ok=True)
+        scripts = {name: (rec.path.parent / name).read_bytes() for name in rec.seed}
+        spec = MachineSpec(name=runner.name, accel=self._accel(vm, out), memory_mib=vm.memory_mib, cpus=vm.cpus,
+                           disk=machine.disk, install_iso=medium,
+                           seed_iso=seed.for_vm(runner.dir / "seed.iso", installed_keys, vm.name, scripts))
+        started = time.monotonic()
+        runner.launch(spec)
+        log.info("VM %s: installing from %s over the serial console (%s; transcript %s)", vm.name, medium.name,
+                 rec.description, runner.console_log)
+        try:
+            with Console(runner.console_socket, fails=rec.fails) as con:
+                rec.run(con, {"vm": vm.name})
+            if not runner.wait_stopped(120):
+                raise ConsoleError(f"VM {vm.name}: the install powered off, but QEMU still runs after 120s")
+        except ConsoleError as e:
+            raise ConsoleError(f"VM {vm.name}: the install failed: {e}\nFull transcript: {runner.console_log}") from None
+        finally:
+            runner.stop(soft_timeout=0)
+        shutil.move(str(machine.disk), out / "disk.qcow2")  # a rename when the cache shares the file system
+        (machine.dir / "disk.json").unlink(missing_ok=True)  # the VM's next disk is an overlay on it
+        os.chmod(out / "disk.qcow2", 0o444)
+        log.info("VM %s: installed in %.0fs", vm.name, time.monotonic() - started)
+        return {"medium": str(medium), "install_seconds": round(time.monotonic() - started, 1),
+                "transcript": str(runner.console_log)}
+
+    # --- provisioning ---
+
+    def provision_key(self, vm: VMConfig) -> str:
+        profile = guests.load(vm.profile)
+        script = profile.provision.get("script")
+        packages = sorted(self.options(profile).get("packages", []))
+        return key_of({"packages": packages}, [profile.dir / script] if script else [])
+
+    def provision(self, name: Optional[str] = None) -> str:
+        """Boot the VM from its base and run the profile's provision script over SSH as root.
+
+        It always starts again from the base (the installed or built disk), so a failed
+        provision costs a provision, never an install. The VM is left running.
+        """
+        vm = self.vm(name)
+        machine = self.machine(vm)
+        profile = guests.load(vm.profile)
+        key = self.provision_key(vm)
+        marker = machine.dir / "provisioned.json"
+        if marker.exists() and json.loads(marker.read_text()).get("key") == key and machine.disk.exists():
+            log.info("VM %s is provisioned already (%s)", vm.name, key)
+            return key
+        with locks.held(machine.dir / ".lock", f"VM {vm.name}", wait=False):
+            self._close_shared(vm, machine)
+            machine.stop(soft_timeout=0)
+            marker.unlink(missing_ok=True)
+            machine.disk.unlink(missing_ok=True)
+            self._set_origin(machine, self.base(vm))  # not a golden copy: provisioning makes goldens
+            folder = Path(next(iter(self._origin(machine).values())))
+            disk.create_overlay(machine.disk, folder / "disk.qcow2", vm.disk_bytes)
+        self.start(vm.name)
+        script = profile.provision.get("script")
+        packages = [str(p) for p in self.options(profile).get("packages", [])]
+        if script:
+            log.info("VM %s: provisioning with %s %s", vm.name, Path(script).name, " ".join(packages))
+            with self.ssh(vm.name) as session:
+                session.put(profile.dir / script, "/tmp/vmlab-provision.sh")
+                result = session.run(shlex.join(["sh", "/tmp/vmlab-provision.sh", *packages]),
+                                     timeout=4 * 3600, stdout=sys.stdout, stderr=sys.stderr)
+            if not result.succeeded:
+                raise ProvisionError(f"VM {vm.name}: provisioning failed (exit {result.exit_status}); the "
+                                     f"install is kept, `invoke vm.provision` tries again from it.\n"
+                                     + "\n".join((result.stdout + result.stderr).splitlines()[-30:]))
+        marker.write_text(json.dumps({"key": key, "packages": packages, "at": time.time()}) + "\n")
+        return key
+
+    def verify(self, name: Optional[str] = None) -> Dict[str, Any]:
+        """Run vmlab's privileged mount suite in the running VM; a golden image must pass it."""
+        vm = self.vm(name)
+        machine = self.machine(vm)
+        run_dir = results.new_run(machine.dir / "results")
+        with GuestSSH(self.shared(vm, machine).port, "root", self.keys_for(machine)) as session:
+            session.put(MOUNT_SUITE, "/tmp/vmlab-mount-suite.sh")
+            started = time.monotonic()
+            outcome = session.run("JUNIT=/tmp/vmlab-mount-suite.xml sh /tmp/vmlab-mount-suite.sh", timeout=900)
+            (run_dir / "mounts.log").write_text(outcome.stdout + outcome.stderr)
+            junit = run_dir / "mounts.junit.xml"
+            try:
+                session.fetch("/tmp/vmlab-mount-suite.xml", junit)
+            except FileNotFoundError:
+                junit = None
+        result = results.SuiteResult("mounts", "passed" if outcome.succeeded else "failed", outcome.exit_status,
+                                     time.monotonic() - started, run_dir / "mounts.log", junit)
+        result.counts = results.count(result)
+        report = results.write(run_dir, {"vm": dataclasses.asdict(vm), "results_dir": str(run_dir),
+                                         "vmlab": __version__, "qemu": host.qemu_version()}, [result])
+        if not report["passed"]:
+            raise ProvisionError(f"VM {vm.name}: the mount suite failed; see {run_dir}\n"
+                                 + "\n".join(outcome.stdout.splitlines()[-20:]))
+        log.info("VM %s: the mount suite passed (%d checks, %.0fs); results in %s", vm.name,
+                 result.counts["tests"], result.duration, run_dir)
+        return report
 
     # --- installer media ---
 
@@ -163,18 +346,32 @@ class Lab:
                            pin=options.get("checksum"), cache_dir=self.config.cache_dir, offline=offline)
 
     def setup(self, name: Optional[str] = None, offline: bool = False) -> Dict[str, Any]:
-        """Everything a VM needs before its first start: the ISO and a blank disk, or the base image."""
+        """Everything a VM needs before its install: the ISO and the blank disk it is installed on
+        (for a guest built from packages: its base image)."""
         vm = self.vm(name)
         machine = self.machine(vm)
-        if not guests.load(vm.profile).iso:
+        profile = guests.load(vm.profile)
+        if profile.image:
             self._ensure_disk(vm, machine)
             return {"disk": str(machine.disk), "image": self._origin(machine)["image"]}
-        iso = self.fetch_iso(vm.name, offline=offline)
+        medium = self.fetch_iso(vm.name, offline=offline).path if profile.iso else self.medium(vm)
         machine.dir.mkdir(parents=True, exist_ok=True)
         if not machine.disk.exists():
             disk.create_blank(machine.disk, vm.disk_bytes)
-            self._set_origin(machine, {"installer": str(iso.path)})
-        return {"disk": str(machine.disk), "iso": str(iso.path), "sha256": iso.sha256}
+            self._set_origin(machine, {"installer": str(medium)})
+        facts = {"disk": str(machine.disk), "medium": str(medium)}
+        if profile.iso:
+            facts["sha256"] = self.fetch_iso(vm.name, offline=True).sha256
+        return facts
+
+    def _probe_kernel(self, folder: Path) -> Path:
+        """A Linux kernel for the KVM probe: the guest's own if it has one, else any cached one,
+        else the Debian image's (built for it: a BSD guest brings no Linux kernel)."""
+        for candidate in [folder / "vmlinuz", *sorted(self.cache.root.glob("*/*/vmlinuz"))]:
+            if candidate.is_file():
+                return candidate
+        debian = guests.load("debian")
+        return builder.ensure(self.cache, debian, "image", self.options(debian)) / "vmlinuz"
 
     # --- lifecycle ---
 
@@ -273,17 +470,13 @@ class Lab:
         return how
 
     def reset(self, name: Optional[str] = None) -> str:
-        """Stop the VM and give it a new disk from where its disk came from; nothing else changes."""
+        """Stop the VM and give it a new disk from where disks of its kind come from; images are untouched."""
         vm = self.vm(name)
         machine = self.machine(vm)
+        self._discard_disk(vm, machine)
         with locks.held(machine.dir / ".lock", f"VM {vm.name}", wait=False):
-            self._close_shared(vm, machine)
-            how = machine.stop(soft_timeout=0)
-            machine.disk.unlink(missing_ok=True)
-            (machine.dir / "disk.json").unlink(missing_ok=True)
-            (machine.dir / f"{SUSPEND}.json").unlink(missing_ok=True)
             origin = self._ensure_disk(vm, machine)
-        return f"{how}; new disk from the {'golden' if 'golden' in origin else 'base'} image"
+        return f"new disk from the {next(iter(origin))} image"
 
     def demo(self, name: Optional[str] = None) -> List[str]:
         """The main job for now: boot the VM, prove SSH and the console answer, stop it.
@@ -438,34 +631,57 @@ class Lab:
 
     # --- golden images ---
 
-    def make_golden(self, name: Optional[str] = None) -> golden.Golden:
-        """Freeze the VM as a golden image (or reuse the cached one with the same key), then run it from it."""
+    def make_golden(self, name: Optional[str] = None, from_scratch: bool = False) -> golden.Golden:
+        """A golden image of the VM, provisioned and verified by the mount suite; the VM then runs from it.
+
+        From scratch, the VM is first reset and every phase runs in turn (fetch or build
+        the medium, install, provision), each reusing its cached checkpoint when its
+        inputs have not changed. A cached golden image with the same key is reused.
+        """
         vm = self.vm(name)
         machine = self.machine(vm)
+        if from_scratch:
+            profile = guests.load(vm.profile)
+            if profile.iso and vm.fallback:
+                try:
+                    self.fetch_iso(vm.name)
+                except PrerequisiteMissing as e:
+                    log.warning("no ISO for VM %s can be had (%s); making the golden image of VM %s instead, "
+                                "as its 'fallback' says", vm.name, str(e).splitlines()[0], vm.fallback)
+                    return self.make_golden(vm.fallback, from_scratch=True)
+            self._discard_disk(vm, machine)
+            if profile.install:
+                self.install(vm.name)
         inputs = self.golden_inputs(vm)
         key = golden.golden_key(inputs)
         gold = golden.find(self.cache, key)
         if gold:
-            log.info("golden image %s (same inputs) is cached in %s: VM %s now runs from it, "
-                     "its current disk is replaced", key, gold.dir, vm.name)
+            log.info("golden image %s (same inputs) is cached in %s: VM %s now runs from it", key, gold.dir, vm.name)
         else:
-            if not machine.disk.exists():
+            self.provision(vm.name)
+            if machine.pid() is None:
                 self.start(vm.name)
+            self.verify(vm.name)
             with locks.held(machine.dir / ".lock", f"VM {vm.name}", wait=False):
                 log.info("VM %s: powering off so its disk is consistent", vm.name)
                 self._close_shared(vm, machine)
                 machine.stop(soft_timeout=120)
-                folder = Path(self._origin(machine).get("golden") or self._origin(machine)["image"])
+                origin = self._origin(machine)
+                folder = Path(origin.get("golden") or origin.get("image") or origin["installed"])
                 kernel_files = {f.name: f for f in self._boot_files(vm, folder).values() if isinstance(f, Path)}
                 gold = golden.make(self.cache, key, inputs, machine.disk, kernel_files, self.keys_for(machine),
                                    lambda clean: self._snapshot_clean(vm, clean))
+        self._discard_disk(vm, machine)  # captured in the golden image
+        self.start(vm.name)  # a fresh copy of the golden image: a restore
+        return gold
+
+    def _discard_disk(self, vm: VMConfig, machine: Machine) -> None:
+        """Stop the VM and forget its disk (and that it was provisioned); images are untouched."""
         with locks.held(machine.dir / ".lock", f"VM {vm.name}", wait=False):
             self._close_shared(vm, machine)
             machine.stop(soft_timeout=60)
-            machine.disk.unlink(missing_ok=True)  # captured in the golden image
-            (machine.dir / "disk.json").unlink(missing_ok=True)
-        self.start(vm.name)  # a fresh copy of the golden image: a restore
-        return gold
+            for name in ("disk.qcow2", "disk.json", "provisioned.json", f"{SUSPEND}.json"):
+                (machine.dir / name).unlink(missing_ok=True)
 
     def _snapshot_clean(self, vm: VMConfig, clean_qcow2: Path) -> None:
         """Boot a guest on a new golden image's clean.qcow2 and save "clean" there, paused first."""

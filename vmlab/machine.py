@@ -30,6 +30,7 @@ from vmlab.qmp import Monitor
 log = logging.getLogger(__name__)
 
 UNIX_PATH_MAX = 107
+ESCAPES = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|[()][A-Z0-9]|[=>])")  # terminal control (boot menus)
 START_ATTEMPTS = 5  # a free port can be taken between choosing it and QEMU binding it
 
 
@@ -48,6 +49,7 @@ class MachineSpec:
     cmdline: str = ""
     ssh_port: int = 0  # 0: choose a free port at start
     paused: bool = False  # start with the CPUs stopped (to load a snapshot before anything runs)
+    install_iso: Optional[Path] = None  # an installer, as the first CD, booted before the disk
 
 
 @dataclass
@@ -205,13 +207,19 @@ class Machine:
             # node names let QMP address the disk (snapshot jobs take node names)
             "-blockdev", f"driver=file,filename={_qopt(spec.disk)},node-name=disk0-file",
             "-blockdev", "driver=qcow2,file=disk0-file,node-name=disk0",
-            "-device", "virtio-blk-pci,drive=disk0,id=disk0-dev",
+            "-device", "virtio-blk-pci,drive=disk0,id=disk0-dev,bootindex=1",
             "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
             "-device", "virtio-net-pci,netdev=net0",
         ]
+        # The installer is the first CD (cd0, sr0) and the seed the second (cd1, sr1): DragonFly's
+        # pfi looks for its seed on cd0/cd1, and the recipes mount the seed by that name.
+        if spec.install_iso:
+            args += ["-blockdev", f"driver=file,filename={_qopt(spec.install_iso)},node-name=installer,"
+                                  "read-only=on",
+                     "-device", "ide-cd,drive=installer,id=installer-dev,bus=ide.0,unit=0,bootindex=0"]
         if spec.seed_iso:
             args += ["-blockdev", f"driver=file,filename={_qopt(spec.seed_iso)},node-name=seed,read-only=on",
-                     "-device", "ide-cd,drive=seed,id=seed-dev"]
+                     "-device", "ide-cd,drive=seed,id=seed-dev,bus=ide.1,unit=0"]
         if spec.kernel:
             args += ["-kernel", str(spec.kernel), "-append", spec.cmdline]
             if spec.initrd:
@@ -279,6 +287,11 @@ class Machine:
             return False
         return self._wait_gone(pid, wait)
 
+    def wait_stopped(self, timeout: float) -> bool:
+        """True once QEMU has exited (the guest powered off), False if it still runs after `timeout` s."""
+        pid = self.pid()
+        return True if pid is None else self._wait_gone(pid, timeout)
+
     def _wait_gone(self, pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -310,5 +323,5 @@ def tail(path: Path, lines: int) -> str:
 
 def last_line(path: Path) -> str:
     """The last line of `path` that is not blank: what a booting guest printed last."""
-    lines = [line for line in tail(path, 5).splitlines() if line.strip()]
+    lines = [line for line in ESCAPES.sub("", tail(path, 5)).splitlines() if line.strip()]
     return lines[-1].strip() if lines else ""

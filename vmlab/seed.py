@@ -12,7 +12,7 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Dict, Union
+from typing import Dict, Optional, Union
 
 from vmlab import host
 from vmlab.errors import MachineError
@@ -44,9 +44,11 @@ def build(iso: Path, files: Dict[str, Union[str, bytes]]) -> Path:
     return iso
 
 
-def for_vm(iso: Path, keys: LabKeys, hostname: str) -> Path:
-    """The seed a guest applies at boot: the key it trusts, the host key it presents, its name."""
+def for_vm(iso: Path, keys: LabKeys, hostname: str, scripts: Optional[Dict[str, bytes]] = None) -> Path:
+    """The seed a guest applies at boot (the key it trusts, the host key it presents, its
+    name) and, for an install, the scripts of the recipe."""
     return build(iso, {
+        **(scripts or {}),
         "authorized_keys": keys.client_public() + "\n",
         "ssh_host_ed25519_key": keys.host.read_bytes(),
         "ssh_host_ed25519_key.pub": keys.host.with_suffix(".pub").read_bytes(),

@@ -8,13 +8,14 @@ The guest's host key is pinned from the lab's keys; a different key is refused.
 from __future__ import annotations
 
 import codecs
+import os
 import select
 import shlex
 import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, TextIO
+from typing import BinaryIO, Callable, Dict, Optional, TextIO
 
 import paramiko
 
@@ -115,8 +116,12 @@ class GuestSSH:
 
     def run(self, command: str, *, env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None,
             timeout: Optional[float] = None, stdout: Optional[TextIO] = None,
-            stderr: Optional[TextIO] = None) -> CommandResult:
-        """Run `command` through the login shell; stream output to `stdout`/`stderr` if given."""
+            stderr: Optional[TextIO] = None, stdin: Optional[BinaryIO] = None) -> CommandResult:
+        """Run `command` through the login shell; stream output to `stdout`/`stderr` if given.
+
+        The command's input is `stdin`, sent as it can be read, then closed; with no
+        `stdin` it is closed at once, so a command that reads its input never waits.
+        """
         if self._client is None:
             self.connect()
         assert self._client is not None
@@ -130,12 +135,22 @@ class GuestSSH:
         started = time.monotonic()
         out, err = _Sink(stdout), _Sink(stderr)
         timed_out = False
+        feeding = stdin is not None
+        if not feeding:
+            chan.shutdown_write()
         try:
             while True:
                 if timeout is not None and time.monotonic() - started > timeout:
                     timed_out = True
                     break
-                select.select([chan], [], [], 0.2)
+                readable = select.select([chan, *([stdin] if feeding else [])], [], [], 0.2)[0]
+                if feeding and stdin in readable:
+                    chunk = os.read(stdin.fileno(), 65536)  # type: ignore[union-attr]
+                    if chunk:
+                        chan.sendall(chunk)
+                    else:
+                        chan.shutdown_write()
+                        feeding = False
                 while chan.recv_ready():
                     out.feed(chan.recv(65536))
                 while chan.recv_stderr_ready():
@@ -165,6 +180,14 @@ class GuestSSH:
                 return self._client.get_transport().open_session(timeout=10)  # type: ignore[union-attr]
             except (EOFError, OSError, paramiko.SSHException) as e:
                 raise GuestUnreachable(f"SSH to 127.0.0.1:{self.port} is gone and reconnecting failed: {e}") from None
+
+    def put(self, local: Path, remote: str) -> None:
+        """Copy a file into the guest over SFTP."""
+        if self._client is None:
+            self.connect()
+        assert self._client is not None
+        with self._client.open_sftp() as sftp:
+            sftp.put(str(local), remote)
 
     def fetch(self, remote: str, local: Path) -> Path:
         """Copy a file from the guest over SFTP; written under a temporary name, then renamed."""

@@ -117,7 +117,8 @@ def ssh(c, command=None, vm=None, config=None):
     if command is None:
         argv = lab.ssh_argv(_vm(vm))
         os.execv(argv[0], argv)
-    result = lab.run(command, _vm(vm), stdout=sys.stdout, stderr=sys.stderr)
+    piped = None if sys.stdin.isatty() else sys.stdin.buffer  # `cat f | invoke vm.ssh -c 'cat > f'`
+    result = lab.run(command, _vm(vm), stdout=sys.stdout, stderr=sys.stderr, stdin=piped)
     if result.exit_status != 0:
         raise Exit(code=result.exit_status if result.exit_status > 0 else 1)
 
@@ -225,9 +226,31 @@ def resume(c, vm=None, config=None):
 
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP})
 @cli
-def golden(c, vm=None, config=None):
-    """Freeze the provisioned VM as a golden image (read-only base + clean snapshot); it then runs from it."""
-    gold = _lab(config).make_golden(_vm(vm))
+def install(c, vm=None, config=None):
+    """Install the guest from its ISO onto a blank disk over the serial console (a cached checkpoint)."""
+    print(_lab(config).install(_vm(vm)))
+
+
+@task(help={"vm": VM_HELP, "config": CONFIG_HELP})
+@cli
+def provision(c, vm=None, config=None):
+    """Boot the VM from its installed (or built) disk and run the profile's provision script as root."""
+    print(f"provisioned ({_lab(config).provision(_vm(vm))})")
+
+
+@task(help={"vm": VM_HELP, "config": CONFIG_HELP})
+@cli
+def verify(c, vm=None, config=None):
+    """Run vmlab's privileged mount suite in the running VM (every golden image must pass it)."""
+    _finish(_lab(config).verify(_vm(vm)))
+
+
+@task(name="golden", help={"from_scratch": "reset the VM and run every phase: fetch, install, provision, verify",
+                           "vm": VM_HELP, "config": CONFIG_HELP})
+@cli
+def golden_task(c, from_scratch=False, vm=None, config=None):
+    """Make the VM's golden image (provisioned, verified, a clean snapshot); the VM then runs from it."""
+    gold = _lab(config).make_golden(_vm(vm), from_scratch=from_scratch)
     print(f"golden image {gold.key}: {gold.dir}")
 
 
@@ -369,14 +392,15 @@ def demo(c, vm=None, config=None):
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP})
 @cli
 def image(c, vm=None, config=None):
-    """Build (or find in the cache) the base image the VM starts from, and print where it is."""
+    """Build (or find cached) the image a new VM disk starts from (an install's, once installed)."""
     lab = _lab(config)
     started = time.monotonic()
-    folder = lab.base_image(lab.vm(_vm(vm)))
+    folder = next(iter(lab.base(lab.vm(_vm(vm))).values()))
     print(f"{folder} ({time.monotonic() - started:.1f}s)")
 
 
 vm_tasks = Collection("vm", start, stop, status, ssh, console, destroy, reset, snapshot, snapshots,
-                      snapshot_delete, restore, suspend, resume, golden, golden_export, golden_import,
+                      snapshot_delete, restore, suspend, resume, install, provision, verify, golden_task,
+                      golden_export, golden_import,
                       sync, test, test_all, build, quick, fetch, setup, cache, demo, image)
 ns = Collection(vm_tasks)

@@ -23,21 +23,26 @@ class Profile:
     description: str
     os: str
     ssh_user: str
-    image: Dict[str, Any]
-    boot: Dict[str, Any]
-    iso: Dict[str, Any]  # release, path, checksums, mirrors: for guests installed from an ISO
+    image: Dict[str, Any]  # a disk image built from packages: builder, packages, files
+    medium: Dict[str, Any]  # an install ISO built from packages: builder, packages, files
+    iso: Dict[str, Any]  # an install ISO downloaded: release, path, checksums, mirrors
+    install: Dict[str, Any]  # recipe: the serial-console recipe that installs from the ISO
+    provision: Dict[str, Any]  # script, run over SSH as root with the config's packages
+    boot: Dict[str, Any]  # kernel, initrd, cmdline when vmlab boots the kernel itself
     after_restore: str  # shell run after a restore; see profile.yaml
     privileged: str  # prefix that runs a command as root for a non-root ssh_user (sudo -n, doas -n)
 
-    @property
-    def image_files(self) -> List[Path]:
-        """Every file in the folder that goes into the image: they key its cache entry."""
-        names = [self.image["builder"], *self.image.get("guest_files", [])]
-        return [self.dir / n for n in names]
+    def section(self, name: str) -> Dict[str, Any]:
+        """A build section (`image` or `medium`) of profile.yaml."""
+        found = {"image": self.image, "medium": self.medium}[name]
+        if not found:
+            raise ConfigError(f"{self.dir / 'profile.yaml'}: guest profile {self.name!r} has no {name!r} section")
+        return found
 
-    @property
-    def kernel_boot(self) -> bool:
-        return "kernel" in self.boot
+    def build_files(self, section: str) -> List[Path]:
+        """The builder and every file it copies (paths relative to this folder): they key the result."""
+        spec = self.section(section)
+        return [(self.dir / n).resolve() for n in [spec["builder"], *spec.get("files", [])]]
 
 
 def load(name: str) -> Profile:
@@ -48,7 +53,8 @@ def load(name: str) -> Profile:
     try:
         return Profile(name=name, dir=path.parent, description=data["description"], os=data["os"],
                        ssh_user=data.get("ssh_user", "root"), image=data.get("image", {}),
-                       boot=data.get("boot", {}), iso=data.get("iso", {}), after_restore=data.get("after_restore", ""),
+                       medium=data.get("medium", {}), iso=data.get("iso", {}), install=data.get("install", {}),
+                       provision=data.get("provision", {}), boot=data.get("boot", {}), after_restore=data.get("after_restore", ""),
                        privileged=data.get("privileged", "sudo -n"))
     except (KeyError, TypeError) as e:
         raise ConfigError(f"{path}: missing or malformed key {e}") from None

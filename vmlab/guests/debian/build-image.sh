@@ -1,6 +1,7 @@
 #!/bin/sh
-# Build the Debian test guest: debootstrap a root file system, configure it,
-# and write it as a qcow2 disk without mounting anything (mkfs.ext4 -d).
+# Build the Debian test guest: debootstrap a root file system, configure it, and
+# write it as a qcow2 disk without mounting anything (mkfs.ext4 -d). The whole
+# disk is one ext4 file system; vmlab boots the kernel left beside it.
 #
 # Inputs (environment): MIRROR, SUITE, PACKAGES (comma-separated), OUT (empty
 # folder for disk.qcow2, vmlinuz, initrd.img), WORK (scratch folder), HERE
@@ -15,35 +16,8 @@ mkdir -p "$DEB_CACHE"
 debootstrap --variant=minbase --include="$PACKAGES" --cache-dir="$DEB_CACHE" "$SUITE" "$root" "$MIRROR"
 
 echo "vmlab-step: configure the guest"
-# The whole disk is one ext4 file system; the kernel is booted directly.
+sh "$HERE/configure-root.sh" "$root"
 echo "/dev/vda / ext4 defaults,errors=remount-ro 0 1" > "$root/etc/fstab"
-echo "vmlab" > "$root/etc/hostname"
-printf '127.0.0.1 localhost\n' > "$root/etc/hosts"
-# DHCP on whatever the NIC is called; QEMU's user network answers DNS at 10.0.2.3.
-mkdir -p "$root/etc/systemd/network"
-printf '[Match]\nName=e*\n\n[Network]\nDHCP=yes\n' > "$root/etc/systemd/network/80-vmlab.network"
-echo "nameserver 10.0.2.3" > "$root/etc/resolv.conf"
-wants="$root/etc/systemd/system/multi-user.target.wants"
-mkdir -p "$wants" "$root/etc/systemd/system/getty.target.wants"
-ln -sf /lib/systemd/system/systemd-networkd.service "$wants/systemd-networkd.service"
-# A login prompt on the serial console, which vmlab logs to vm/<name>/console.log.
-ln -sf /lib/systemd/system/serial-getty@.service \
-    "$root/etc/systemd/system/getty.target.wants/serial-getty@ttyS0.service"
-# SSH: keys only. Host keys are not baked in: the seed CD brings the lab's own.
-printf 'PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUseDNS no\n' \
-    > "$root/etc/ssh/sshd_config.d/vmlab.conf"
-rm -f "$root"/etc/ssh/ssh_host_*
-passwd --root "$root" --lock root >/dev/null
-# A non-root "lab" user, for suites that must get root through sudo (privileged: true).
-chroot "$root" useradd --create-home --shell /bin/bash lab
-passwd --root "$root" --lock lab >/dev/null
-echo 'lab ALL=(ALL) NOPASSWD: ALL' > "$root/etc/sudoers.d/vmlab-lab"
-chmod 0440 "$root/etc/sudoers.d/vmlab-lab"
-install -m 0755 "$HERE/vmlab-seed" "$root/usr/local/sbin/vmlab-seed"
-install -m 0644 "$HERE/vmlab-seed.service" "$root/etc/systemd/system/vmlab-seed.service"
-ln -sf /etc/systemd/system/vmlab-seed.service "$wants/vmlab-seed.service"
-: > "$root/etc/machine-id"   # a fresh id on every boot of every clone
-rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*_Packages
 
 echo "vmlab-step: write the disk image"
 cp -L "$root/vmlinuz" "$OUT/vmlinuz"

@@ -1,0 +1,85 @@
+"""The rehearsal: a real unattended install over the serial console, end to end, under QEMU.
+
+An install medium built offline from Debian packages (a GRUB menu on the serial
+port whose countdown must be interrupted, a live system with a root login on
+ttyS0, the system to install) is installed onto a blank qcow2 by the same engine
+that installs DragonFly, from a recipe folder of its own (vmlab/guests/rehearsal);
+the disk then boots with its own boot loader, is provisioned over SSH, checked
+with the mount suite and snapshotted: `vm.golden --from-scratch`.
+
+The medium is cached by its inputs (building it takes ~100 s); the install, the
+provisioning and the golden image are made afresh in a cache of the test's own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import Project, kill_vms
+from vmlab import builder, config, guests
+from vmlab.cache import ArtefactCache
+from vmlab.machine import ESCAPES
+
+
+@pytest.fixture(scope="module")
+def rehearsal(tmp_path_factory: pytest.TempPathFactory, vm_ready):
+    profile = guests.load("rehearsal")
+    medium = builder.ensure(ArtefactCache(config.default_cache_dir()), profile, "medium", {})
+    root = tmp_path_factory.mktemp("rehearsal")
+    cache = root / "cache"
+    (cache / builder.kind(profile, "medium")).mkdir(parents=True)
+    os.symlink(medium, cache / builder.kind(profile, "medium") / medium.name)
+    project = Project(root)
+    project.write_config(f"""
+        vms:
+          r: {{profile: rehearsal}}
+        profiles:
+          rehearsal: {{packages: [tree]}}
+        cache_dir: {cache}
+        """)
+    made = project.invoke("vm.golden", "--from-scratch", timeout=3600)
+    yield project, made
+    kill_vms(root)
+
+
+def test_golden_from_scratch_installs_provisions_verifies_and_snapshots(rehearsal) -> None:
+    project, made = rehearsal
+    assert made.returncode == 0, made.stderr[-3000:]
+    for phase in ("installing from live.iso over the serial console", "installed in", "provisioning with",
+                  "the mount suite passed (10 checks", "restored to 'clean', not booted"):
+        assert phase in made.stderr
+    golden_dir = Path(made.stdout.strip().splitlines()[-1].split(": ", 1)[1])  # after the guest output
+    assert all(oct((golden_dir / f).stat().st_mode & 0o777) == "0o444" for f in ("base.qcow2", "clean.qcow2"))
+    assert [s["name"] for s in json.loads(project.invoke("vm.snapshots", "--json").stdout)["snapshots"]] == ["clean"]
+    reports = [json.loads(p.read_text()) for p in (project.root / "vm" / "r" / "results").glob("*/report.json")]
+    mounts = [s for r in reports for s in r["suites"] if s["name"] == "mounts"]
+    assert mounts and mounts[0]["status"] == "passed" and mounts[0]["passed"] == 10
+
+
+def test_the_install_drove_the_boot_menu_and_the_live_system(rehearsal) -> None:
+    project, _ = rehearsal
+    raw = (project.root / "vm" / "r" / "install" / "console.log").read_text(errors="replace")
+    transcript = ESCAPES.sub("", raw)  # GRUB echoes each typed key with cursor moves
+    steps = ["executed automatically in 10s", "grub> linux /live/vmlinuz", "console=ttyS0",
+             "live login: root", "PS1='vmlab", "vmlab-rc=0", "vmlab-step: install the boot loader",
+             "vmlab-step: done"]
+    positions = [transcript.find(step) for step in steps]
+    assert -1 not in positions, dict(zip(steps, positions))
+    assert positions == sorted(positions)  # in that order
+
+
+def test_the_installed_disk_boots_with_its_own_boot_loader(rehearsal) -> None:
+    project, _ = rehearsal
+    assert project.invoke("vm.stop").returncode == 0
+    started = project.invoke("vm.start")  # a cold boot of the disk, not a restore
+    assert started.returncode == 0, started.stderr
+    state = json.loads((project.root / "vm" / "r" / "state.json").read_text())
+    assert "-kernel" not in state["argv"]
+    assert "Booting `Debian (installed by vmlab)'" in (project.root / "vm" / "r" / "console.log").read_text(
+        errors="replace")
+    assert project.invoke("vm.ssh", "-c", "command -v tree").stdout.strip() == "/usr/bin/tree"  # provisioned
+    assert project.invoke("vm.stop").returncode == 0
