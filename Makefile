@@ -102,5 +102,8 @@ vm-test-e2e: $(VENV)/.ready ## Run the 'e2e' suite in the guest
 vm-test-all: $(VENV)/.ready ## Run every suite in vmlab.yaml
 	$(INVOKE) vm.test-all
 
+vm-doctor: $(VENV)/.ready ## Check the host, config, cache and VMs; say what to fix
+	$(INVOKE) vm.doctor
+
 vm-help: ## List every target with what it does
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z0-9-]*:.*## / {printf "  make %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)

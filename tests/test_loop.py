@@ -139,6 +139,16 @@ def test_ssh_command_gets_piped_input_and_never_waits_for_absent_input(sample: P
     assert reads_nothing.returncode == 0 and reads_nothing.stdout == "done\n"
 
 
+def test_the_mount_suite_passes_and_leaves_the_mount_table_as_it_was(sample: Project) -> None:
+    before = in_guest(sample, "mount | sort")
+    result = sample.invoke("vm.verify")
+    assert result.returncode == 0, result.stdout + result.stderr
+    (mounts,) = report_of(result.stdout)["suites"]
+    assert (mounts["name"], mounts["status"], mounts["passed"], mounts["failed"]) == ("mounts", "passed", 10, 0)
+    assert in_guest(sample, "mount | sort") == before
+    assert "no-mount-left" in set(junit_cases(report_of(result.stdout)))
+
+
 def test_suites_on_a_stopped_vm_exit_2_saying_so(sample: Project) -> None:
     assert sample.invoke("vm.stop").returncode == 0
     result = sample.invoke("vm.quick")

@@ -61,6 +61,10 @@ class ProvisionError(VmlabError):
     """Provisioning or verifying a guest failed; the message has the end of its output."""
 
 
+class NoSuchSnapshot(SnapshotError):
+    """A snapshot name that the disk does not have (nothing was changed)."""
+
+
 class GuestUnreachable(VmlabError):
     """The guest never answered over SSH within its deadline."""
 

@@ -13,6 +13,7 @@ files and which SSH keys the VM uses.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import logging
@@ -23,17 +24,17 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from vmlab import __version__, accel, builder, disk, fetch, golden, guests, host, keys, locks, recipe, results, seed
-from vmlab import snapshots
+from vmlab import diagnostics, snapshots
 from vmlab import suites as suite_runner
 from vmlab import sync as rsync
 from vmlab.cache import ArtefactCache, key_of
 from vmlab.console import Console
 from vmlab.config import VM_NAME, LabConfig, SuiteConfig, VMConfig
-from vmlab.errors import (ConfigError, ConsoleError, GuestUnreachable, PrerequisiteMissing, ProvisionError,
-                          RunIncomplete, SnapshotError)
+from vmlab.errors import (Busy, ConfigError, ConsoleError, GuestUnreachable, NoSuchSnapshot,
+                          PrerequisiteMissing, ProvisionError, RunIncomplete, SnapshotError, VmlabError)
 from vmlab.machine import Machine, MachineSpec, MachineStatus, last_line, tail
 from vmlab.openssh import SharedConnection
 from vmlab.qmp import Monitor
@@ -47,6 +48,31 @@ INSTALLED = "installed"  # cache kind: a disk a recipe installed, with the keys 
 MOUNT_SUITE = Path(__file__).resolve().parents[1] / "scripts" / "mount-suite.sh"
 
 
+def with_diagnostics(verb: Callable[..., Any]) -> Callable[..., Any]:
+    """If the verb fails after QEMU started, collect a diagnostic bundle and name it in the error."""
+
+    @functools.wraps(verb)
+    def wrapper(self: "Lab", name: Optional[str] = None, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return verb(self, name, *args, **kwargs)
+        except VmlabError as e:
+            if getattr(e, "diagnostics", None) or isinstance(e, (ConfigError, Busy, NoSuchSnapshot)):
+                raise  # a mistake in what was asked, or a bundle made already: nothing to diagnose
+            try:
+                vm = self.vm(name)
+            except VmlabError:
+                raise e from None
+            machine = self.machine(vm)
+            if not diagnostics.started(machine):
+                raise
+            folder = diagnostics.collect(machine, lambda: self._diagnostic_ssh(vm, machine))
+            failure = type(e)(f"{e}\nDiagnostics (console, QEMU log and state, dmesg, mounts): {folder}")
+            failure.diagnostics = folder  # type: ignore[attr-defined]
+            raise failure from None
+
+    return wrapper
+
+
 class Lab:
     def __init__(self, config: LabConfig):
         self.config = config
@@ -56,9 +82,16 @@ class Lab:
     # --- the parts of one VM ---
 
     def vm(self, name: Optional[str] = None) -> VMConfig:
-        """A configured VM, or a clone: any other name, once the first VM has a golden image."""
+        """A configured VM, or a clone: any other name, once the VM it clones has a golden image.
+
+        A clone's origin is recorded in vm/<name>/clone.json (`vm.start --clone-of VM`);
+        without one, a new name clones the first VM of the config.
+        """
         if not name or name in self.config.vms:
             return self.config.vm(name)
+        record = self.config.state_dir / name / "clone.json"
+        if VM_NAME.match(name) and record.exists():
+            return dataclasses.replace(self.config.vm(json.loads(record.read_text())["of"]), name=name, ssh_port=0)
         first = self.config.vm()
         if VM_NAME.match(name) and ((self.config.state_dir / name / "disk.json").exists() or self.golden_of(first)):
             return dataclasses.replace(first, name=name, ssh_port=0)
@@ -123,6 +156,19 @@ class Lab:
         profile = guests.load(vm.profile)
         return {"profile": profile.name, "memory_mib": vm.memory_mib, "cpus": vm.cpus,
                 "base": self.base_key(vm), "provision": self.provision_key(vm)}
+
+    def clone(self, name: str, of: str) -> VMConfig:
+        """Record that VM `name` is a clone of configured VM `of` (it starts from `of`'s golden image)."""
+        origin = self.config.vm(of)
+        if name in self.config.vms or not VM_NAME.match(name):
+            raise ConfigError(f"{name!r} cannot be a clone: it is a configured VM or not a valid VM name")
+        if self.golden_of(origin) is None:
+            raise PrerequisiteMissing(f"VM {of} has no golden image to clone: invoke vm.golden --vm {of} "
+                                      "(or vm.golden-import)")
+        folder = self.config.state_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "clone.json").write_text(json.dumps({"of": of}) + "\n")
+        return self.vm(name)
 
     def golden_of(self, vm: VMConfig) -> Optional[golden.Golden]:
         try:
@@ -201,6 +247,7 @@ class Lab:
         inputs = {"profile": profile.name, "medium": medium, "disk_bytes": vm.disk_bytes}
         return key_of(inputs, rec.files), inputs
 
+    @with_diagnostics
     def install(self, name: Optional[str] = None) -> Path:
         """Install the guest from its ISO onto a blank disk by its recipe; a cached checkpoint.
 
@@ -265,6 +312,7 @@ class Lab:
         packages = sorted(self.options(profile).get("packages", []))
         return key_of({"packages": packages}, [profile.dir / script] if script else [])
 
+    @with_diagnostics
     def provision(self, name: Optional[str] = None) -> str:
         """Boot the VM from its base and run the profile's provision script over SSH as root.
 
@@ -303,6 +351,7 @@ class Lab:
         marker.write_text(json.dumps({"key": key, "packages": packages, "at": time.time()}) + "\n")
         return key
 
+    @with_diagnostics
     def verify(self, name: Optional[str] = None) -> Dict[str, Any]:
         """Run vmlab's privileged mount suite in the running VM; a golden image must pass it."""
         vm = self.vm(name)
@@ -375,6 +424,7 @@ class Lab:
 
     # --- lifecycle ---
 
+    @with_diagnostics
     def start(self, name: Optional[str] = None) -> MachineStatus:
         """Start the VM and return once SSH answers: a boot, or a restore for a fresh golden copy."""
         vm = self.vm(name)
@@ -503,6 +553,7 @@ class Lab:
 
     # --- snapshots ---
 
+    @with_diagnostics
     def snapshot(self, name: Optional[str] = None, snapshot: str = "clean") -> Snapshot:
         """Save the running VM's disk, RAM and devices as `snapshot`."""
         vm = self.vm(name)
@@ -530,6 +581,7 @@ class Lab:
                 with Monitor(machine.qmp_socket, timeout=60) as mon:
                     snapshots.delete(mon, machine.disk, snapshot)
 
+    @with_diagnostics
     def restore(self, name: Optional[str] = None, snapshot: str = "clean") -> Dict[str, float]:
         """Put the VM back to `snapshot`: live if QEMU runs, else by starting QEMU from it.
 
@@ -599,6 +651,7 @@ class Lab:
 
     # --- sleep and wake ---
 
+    @with_diagnostics
     def suspend(self, name: Optional[str] = None) -> Snapshot:
         """Save the whole running state to the VM's disk and stop QEMU: no RAM is held."""
         vm = self.vm(name)
@@ -614,6 +667,7 @@ class Lab:
             (machine.dir / f"{SUSPEND}.json").write_text(json.dumps({"ssh_port": port, "at": time.time()}))
         return snap
 
+    @with_diagnostics
     def resume(self, name: Optional[str] = None) -> MachineStatus:
         """Bring a suspended VM back with the same SSH port and its processes still running."""
         vm = self.vm(name)
@@ -631,6 +685,7 @@ class Lab:
 
     # --- golden images ---
 
+    @with_diagnostics
     def make_golden(self, name: Optional[str] = None, from_scratch: bool = False) -> golden.Golden:
         """A golden image of the VM, provisioned and verified by the mount suite; the VM then runs from it.
 
@@ -647,7 +702,7 @@ class Lab:
                     self.fetch_iso(vm.name)
                 except PrerequisiteMissing as e:
                     log.warning("no ISO for VM %s can be had (%s); making the golden image of VM %s instead, "
-                                "as its 'fallback' says", vm.name, str(e).splitlines()[0], vm.fallback)
+                                "as its 'fallback' says", vm.name, str(e).splitlines()[0].rstrip(":"), vm.fallback)
                     return self.make_golden(vm.fallback, from_scratch=True)
             self._discard_disk(vm, machine)
             if profile.install:
@@ -706,6 +761,11 @@ class Lab:
             shutil.rmtree(runner.dir, ignore_errors=True)
             (folder / "seed.iso").unlink(missing_ok=True)
 
+    def _diagnostic_ssh(self, vm: VMConfig, machine: Machine) -> GuestSSH:
+        session = GuestSSH(machine.state()["ssh_port"], "root", self.keys_for(machine))
+        session.wait_ready(timeout=10)
+        return session
+
     # --- the edit-test loop ---
 
     def shared(self, vm: VMConfig, machine: Machine) -> SharedConnection:
@@ -720,6 +780,7 @@ class Lab:
         if port:
             SharedConnection(machine.dir, port, vm.ssh_user, self.keys_for(machine)).close()
 
+    @with_diagnostics
     def sync(self, name: Optional[str] = None) -> rsync.SyncResult:
         """Make the guest's copy of the project (sync.guest_dir) equal to the project folder."""
         vm = self.vm(name)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from vmlab import disk
-from vmlab.errors import ConfigError, MachineError, SnapshotError
+from vmlab.errors import ConfigError, MachineError, NoSuchSnapshot, SnapshotError
 from vmlab.qmp import Monitor
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,39}$")
@@ -60,7 +60,7 @@ def find(image: Path, name: str) -> Snapshot:
         if s.name == name:
             return s
     names = ", ".join(s.name for s in listed(image)) or "none"
-    raise SnapshotError(f"no snapshot named {name!r} in {image} (snapshots: {names}; see `invoke vm.snapshots`)")
+    raise NoSuchSnapshot(f"no snapshot named {name!r} in {image} (snapshots: {names}; see `invoke vm.snapshots`)")
 
 
 def _all(image: Path) -> List[Snapshot]:

@@ -60,18 +60,30 @@ def cli(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@task(help={"vm": VM_HELP, "config": CONFIG_HELP})
+@task(help={"vm": VM_HELP, "config": CONFIG_HELP,
+            "clone_of": "make VM NAME a clone of this configured VM (started from its golden image)"})
 @cli
-def start(c, vm=None, config=None):
-    """Start a VM (building its image first if needed) and wait until SSH answers."""
-    _lab(config).start(_vm(vm))
+def start(c, vm=None, config=None, clone_of=None):
+    """Start a VM and wait until SSH answers.
+
+    Builds its image first if needed; a fresh copy of a golden image starts by restoring.
+    """
+    lab = _lab(config)
+    if clone_of:
+        if not _vm(vm):
+            raise Exit("vmlab: error: --clone-of needs the clone's name: --vm NAME", code=2)
+        lab.clone(_vm(vm), clone_of)
+    lab.start(_vm(vm))
 
 
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP,
             "timeout": "seconds to wait for the guest to power off before forcing QEMU to quit"})
 @cli
 def stop(c, vm=None, config=None, timeout=60.0):
-    """Stop a VM: ACPI power-off, then QMP quit, then kill; always cleans up sockets and pid file."""
+    """Stop a VM: ACPI power-off, then quit, then kill.
+
+    Always removes its sockets and pid file.
+    """
     lab = _lab(config)
     how = lab.stop(_vm(vm), soft_timeout=float(timeout))
     print(f"VM {lab.vm(_vm(vm)).name}: {how}")
@@ -81,7 +93,10 @@ def stop(c, vm=None, config=None, timeout=60.0):
             "all": "with --json: every VM, as {\"vms\": [...]}"})
 @cli
 def status(c, vm=None, config=None, json_=False, all_=False):
-    """Show VMs: state, pid, SSH port, accelerator (a table, or JSON with --json)."""
+    """Show VMs: state, pid, SSH port, accelerator.
+
+    A table, or one JSON object with --json.
+    """
     lab = _lab(config)
     if json_:
         if all_:
@@ -112,7 +127,10 @@ def _duration(seconds: float) -> str:
             "vm": VM_HELP, "config": CONFIG_HELP})
 @cli
 def ssh(c, command=None, vm=None, config=None):
-    """Open a shell in the VM, or run one command (-c CMD) and return its exit code."""
+    """Open a shell in the VM, or run one command (-c).
+
+    With -c CMD it exits with the command's status; piped input goes to the command.
+    """
     lab = _lab(config)
     if command is None:
         argv = lab.ssh_argv(_vm(vm))
@@ -126,7 +144,10 @@ def ssh(c, command=None, vm=None, config=None):
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP})
 @cli
 def console(c, vm=None, config=None):
-    """Attach to the VM's serial console (Ctrl-] detaches; all output is also in vm/NAME/console.log)."""
+    """Attach to the serial console (Ctrl-] detaches).
+
+    Everything the guest prints is also in vm/NAME/console.log.
+    """
     lab = _lab(config)
     v = lab.vm(_vm(vm))
     machine = lab.machine(v)
@@ -147,7 +168,10 @@ def _confirm(yes: bool, question: str) -> None:
 @task(help={"yes": "do not ask for confirmation", "vm": VM_HELP, "config": CONFIG_HELP})
 @cli
 def destroy(c, yes=False, vm=None, config=None):
-    """Stop a VM and delete its disk and state folder (cached images are kept)."""
+    """Stop a VM and delete its disk and state folder.
+
+    Cached and golden images are kept.
+    """
     lab = _lab(config)
     v = lab.vm(_vm(vm))
     _confirm(yes, f"Destroy VM {v.name} and delete {lab.machine(v).dir}?")
@@ -161,7 +185,10 @@ SNAP_HELP = "snapshot name (default: clean)"
 @task(help={"name": SNAP_HELP, "vm": VM_HELP, "config": CONFIG_HELP})
 @cli
 def snapshot(c, name="clean", vm=None, config=None):
-    """Save the running VM's disk, RAM and devices as a named snapshot (the old one survives failures)."""
+    """Save the running VM's whole state as a snapshot.
+
+    Disk, RAM and devices; a previous snapshot of that name survives any failure.
+    """
     snap = _lab(config).snapshot(_vm(vm), name)
     print(f"saved {snap.name}: {snap.vm_state_bytes >> 20} MiB of RAM state")
 
@@ -169,7 +196,7 @@ def snapshot(c, name="clean", vm=None, config=None):
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP, "json": "print JSON"})
 @cli
 def snapshots(c, vm=None, config=None, json_=False):
-    """List the VM's snapshots: name, date, size of the RAM state, guest clock."""
+    """List the VM's snapshots: name, date, size, clock."""
     found = [s.as_dict() for s in _lab(config).snapshots(_vm(vm))]
     if json_:
         print(json.dumps({"snapshots": found}, indent=2))
@@ -192,7 +219,11 @@ def snapshot_delete(c, name, vm=None, config=None):
 @task(help={"name": SNAP_HELP, "vm": VM_HELP, "config": CONFIG_HELP})
 @cli
 def restore(c, name="clean", vm=None, config=None):
-    """Put the VM back to a snapshot in seconds: live if running, else started from it."""
+    """Put the VM back to a snapshot, in seconds.
+
+    Live if it runs, else QEMU starts from the snapshot; SSH answers and the clock is right
+    when it returns.
+    """
     t = _lab(config).restore(_vm(vm), name)
     print(f"restored {name} in {t['total_seconds']}s (state loaded in {t['load_seconds']}s)")
 
@@ -200,7 +231,10 @@ def restore(c, name="clean", vm=None, config=None):
 @task(help={"yes": "do not ask for confirmation", "vm": VM_HELP, "config": CONFIG_HELP})
 @cli
 def reset(c, yes=False, vm=None, config=None):
-    """Stop the VM and give it a fresh disk from its golden (or base) image; images are untouched."""
+    """Give the VM a fresh disk from its golden or base image.
+
+    Stops it first; the images themselves are never touched.
+    """
     lab = _lab(config)
     v = lab.vm(_vm(vm))
     _confirm(yes, f"Throw away everything on VM {v.name}'s disk?")
@@ -210,7 +244,7 @@ def reset(c, yes=False, vm=None, config=None):
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP})
 @cli
 def suspend(c, vm=None, config=None):
-    """Save the VM's whole running state to its disk and stop QEMU (no RAM held)."""
+    """Save the VM's running state to disk and stop QEMU."""
     lab = _lab(config)
     lab.suspend(_vm(vm))
     print(f"VM {lab.vm(_vm(vm)).name}: suspended; `invoke vm.resume` brings it back")
@@ -219,7 +253,7 @@ def suspend(c, vm=None, config=None):
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP})
 @cli
 def resume(c, vm=None, config=None):
-    """Bring a suspended VM back, same SSH port, its processes still running."""
+    """Bring a suspended VM back, same SSH port."""
     st = _lab(config).resume(_vm(vm))
     print(f"VM {st.name}: resumed, ssh 127.0.0.1:{st.ssh_port}")
 
@@ -227,21 +261,30 @@ def resume(c, vm=None, config=None):
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP})
 @cli
 def install(c, vm=None, config=None):
-    """Install the guest from its ISO onto a blank disk over the serial console (a cached checkpoint)."""
+    """Install the guest from its ISO over the serial console.
+
+    The installed disk is a cached checkpoint keyed by the ISO and the recipe.
+    """
     print(_lab(config).install(_vm(vm)))
 
 
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP})
 @cli
 def provision(c, vm=None, config=None):
-    """Boot the VM from its installed (or built) disk and run the profile's provision script as root."""
+    """Run the profile's provision script in a fresh VM.
+
+    Boots from the installed (or built) disk; a failed provision never redoes the install.
+    """
     print(f"provisioned ({_lab(config).provision(_vm(vm))})")
 
 
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP})
 @cli
 def verify(c, vm=None, config=None):
-    """Run vmlab's privileged mount suite in the running VM (every golden image must pass it)."""
+    """Run vmlab's privileged mount suite in the VM.
+
+    Every golden image must pass it.
+    """
     _finish(_lab(config).verify(_vm(vm)))
 
 
@@ -249,16 +292,30 @@ def verify(c, vm=None, config=None):
                            "vm": VM_HELP, "config": CONFIG_HELP})
 @cli
 def golden_task(c, from_scratch=False, vm=None, config=None):
-    """Make the VM's golden image (provisioned, verified, a clean snapshot); the VM then runs from it."""
+    """Make the VM's golden image (and run the VM from it).
+
+    Provisioned, verified by the mount suite, with a clean snapshot; cached by its key.
+    """
     gold = _lab(config).make_golden(_vm(vm), from_scratch=from_scratch)
     print(f"golden image {gold.key}: {gold.dir}")
+
+
+@task(name="golden-key", help={"vm": VM_HELP, "config": CONFIG_HELP})
+@cli
+def golden_key(c, vm=None, config=None):
+    """Print the golden image's key (a CI cache key).
+
+    A hash of everything that makes it; nothing is built.
+    """
+    lab = _lab(config)
+    print(golden_images.golden_key(lab.golden_inputs(lab.vm(_vm(vm)))))
 
 
 @task(name="golden-export", help={"output": "file to write (default: golden-KEY.tar)", "vm": VM_HELP,
                                   "config": CONFIG_HELP})
 @cli
 def golden_export(c, output=None, vm=None, config=None):
-    """Write the VM's golden image and its manifest to one file (for a CI cache)."""
+    """Write the VM's golden image to one file."""
     lab = _lab(config)
     v = lab.vm(_vm(vm))
     gold = lab.golden_of(v)
@@ -271,7 +328,7 @@ def golden_export(c, output=None, vm=None, config=None):
 @task(name="golden-import", help={"input": "a file written by vm.golden-export", "config": CONFIG_HELP})
 @cli
 def golden_import(c, input, config=None):
-    """Load a golden image exported by vm.golden-export into the cache, verifying every file."""
+    """Load an exported golden image, verifying it."""
     gold = golden_images.import_(_lab(config).cache, Path(input))
     print(f"golden image {gold.key}: {gold.dir}")
 
@@ -290,7 +347,10 @@ def _finish(report: dict) -> None:
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP})
 @cli
 def sync(c, vm=None, config=None):
-    """Copy the project into the guest with rsync (incremental, --delete; .git and vm/ left out)."""
+    """Copy the project into the guest with rsync.
+
+    Incremental, with --delete; .git and vm/ are never sent.
+    """
     print(_lab(config).sync(_vm(vm)))
 
 
@@ -298,7 +358,10 @@ def sync(c, vm=None, config=None):
                                 "config": CONFIG_HELP, "restore_on_failure": RESTORE_HELP})
 @cli
 def test(c, suite, vm=None, config=None, restore_on_failure=False):
-    """Run test suites in the guest; report, JUnit and logs go to vm/NAME/results/RUN/."""
+    """Run test suites from vmlab.yaml in the guest.
+
+    Report, JUnit and logs go to vm/NAME/results/RUN/.
+    """
     lab = _lab(config)
     if not suite:
         raise Exit(f"vmlab: error: name a suite with --suite; configured: {', '.join(lab.config.suites) or 'none'}",
@@ -321,7 +384,7 @@ def test_all(c, vm=None, config=None, restore_on_failure=False):
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP})
 @cli
 def build(c, vm=None, config=None):
-    """Run the configured build command in the guest's copy of the project."""
+    """Run the configured build command in the guest."""
     lab = _lab(config)
     if not lab.config.build:
         raise Exit(f"vmlab: error: {lab.config.source} has no 'build:' command", code=2)
@@ -331,7 +394,7 @@ def build(c, vm=None, config=None):
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP, "restore_on_failure": RESTORE_HELP})
 @cli
 def quick(c, vm=None, config=None, restore_on_failure=False):
-    """The edit-test loop: sync the project, then run the suite named by 'quick:' in vmlab.yaml."""
+    """The edit-test loop: sync, then the 'quick' suite."""
     lab = _lab(config)
     if not lab.config.quick:
         raise Exit(f"vmlab: error: {lab.config.source} names no 'quick:' suite", code=2)
@@ -343,7 +406,7 @@ def quick(c, vm=None, config=None, restore_on_failure=False):
 @task(help={"offline": "use only the cache; never download", "vm": VM_HELP, "config": CONFIG_HELP})
 @cli
 def fetch(c, offline=False, vm=None, config=None):
-    """Download the guest's installer ISO: verified, resumable, cached, with progress."""
+    """Download the guest's ISO: verified, resumable."""
     got = _lab(config).fetch_iso(_vm(vm), offline=offline)
     print(f"{got.path} (sha256 {got.sha256}, from {got.source})")
 
@@ -351,7 +414,7 @@ def fetch(c, offline=False, vm=None, config=None):
 @task(help={"offline": "use only the cache; never download", "vm": VM_HELP, "config": CONFIG_HELP})
 @cli
 def setup(c, offline=False, vm=None, config=None):
-    """Get the VM ready to install: fetch the ISO and create its disk (or build its base image)."""
+    """Fetch (or build) the installer and make the disk."""
     for key, value in _lab(config).setup(_vm(vm), offline=offline).items():
         print(f"{key}: {value}")
 
@@ -360,7 +423,10 @@ def setup(c, offline=False, vm=None, config=None):
             "config": CONFIG_HELP, "json": "print JSON"})
 @cli
 def cache(c, prune=False, config=None, json_=False):
-    """List what the cache holds (ISOs, images, golden images); --prune removes unused ISOs."""
+    """List the cache: ISOs, images, golden images.
+
+    --prune deletes ISOs and partial downloads the config no longer uses.
+    """
     lab = _lab(config)
     if prune:
         keep = {p.iso["path"].format(release=lab.config.profile_options(p.name).get("release") or p.iso["release"])
@@ -381,10 +447,24 @@ def cache(c, prune=False, config=None, json_=False):
                   f"{entry['path']}")
 
 
+@task(help={"config": CONFIG_HELP})
+@cli
+def doctor(c, config=None):
+    """Check host, config, cache and VMs; say the fix."""
+    from vmlab import doctor as checks  # imports the lab: keep `invoke --list` quick
+
+    findings = checks.examine(_lab(config))
+    for finding in findings:
+        print(finding.line())
+    code = checks.exit_code(findings)
+    if code:
+        raise Exit(f"vmlab: {sum(not f.ok for f in findings)} problem(s) found; each has its fix above", code=code)
+
+
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP})
 @cli
 def demo(c, vm=None, config=None):
-    """The main job: boot the VM from scratch, prove SSH and the serial console, stop it."""
+    """Boot the VM afresh, prove SSH and the console."""
     for line in _lab(config).demo(_vm(vm)):
         print(line)
 
@@ -392,7 +472,7 @@ def demo(c, vm=None, config=None):
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP})
 @cli
 def image(c, vm=None, config=None):
-    """Build (or find cached) the image a new VM disk starts from (an install's, once installed)."""
+    """Build (or find) the image a new VM disk starts from."""
     lab = _lab(config)
     started = time.monotonic()
     folder = next(iter(lab.base(lab.vm(_vm(vm))).values()))
@@ -401,6 +481,6 @@ def image(c, vm=None, config=None):
 
 vm_tasks = Collection("vm", start, stop, status, ssh, console, destroy, reset, snapshot, snapshots,
                       snapshot_delete, restore, suspend, resume, install, provision, verify, golden_task,
-                      golden_export, golden_import,
-                      sync, test, test_all, build, quick, fetch, setup, cache, demo, image)
+                      golden_key, golden_export, golden_import,
+                      sync, test, test_all, build, quick, fetch, setup, cache, doctor, demo, image)
 ns = Collection(vm_tasks)

@@ -1,0 +1,93 @@
+"""The CI example lints clean, the golden key follows what made it, and vm.doctor tells the truth."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import INVOKE, Project
+from vmlab import accel, config, golden, guests
+from vmlab.lab import Lab
+
+ROOT = Path(__file__).parents[1]
+WORKFLOW = ROOT / ".github" / "workflows" / "vm-tests.yml"
+
+
+def test_the_workflow_is_valid_for_github_actions() -> None:
+    """Checked against SchemaStore's schema for GitHub workflows, bundled in check-jsonschema."""
+    checker = Path(sys.executable).parent / "check-jsonschema"
+    result = subprocess.run([str(checker), "--builtin-schema", "vendor.github-workflows", str(WORKFLOW)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    broken = Path(os.environ.get("TMPDIR", "/tmp")) / "vmlab-broken-workflow.yml"
+    broken.write_text(WORKFLOW.read_text().replace("runs-on:", "runs_on:", 1))
+    assert subprocess.run([str(checker), "--builtin-schema", "vendor.github-workflows", str(broken)],
+                          capture_output=True).returncode != 0  # the checker does catch mistakes
+
+
+def test_every_task_the_workflow_runs_exists() -> None:
+    listing = subprocess.run([INVOKE, "--list"], cwd=ROOT, capture_output=True, text=True).stdout
+    used = set(re.findall(r"\$INVOKE (vm\.[a-z-]+)", WORKFLOW.read_text()))
+    assert used and used <= set(re.findall(r"^  (vm\.[a-z-]+)", listing, re.MULTILINE))
+
+
+@pytest.fixture
+def guests_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private copy of vmlab/guests, so that a test may change a recipe's script."""
+    copy = tmp_path / "guests"
+    shutil.copytree(config.GUESTS_DIR, copy)
+    monkeypatch.setattr(config, "GUESTS_DIR", copy)
+    monkeypatch.setattr(guests, "GUESTS_DIR", copy)
+    return copy
+
+
+def test_golden_key_changes_with_a_recipe_script_and_not_with_unrelated_files(guests_copy: Path,
+                                                                               tmp_path: Path) -> None:
+    (tmp_path / "vmlab.yaml").write_text("vms:\n  r: {profile: rehearsal}\n")
+
+    def key() -> str:
+        lab = Lab(config.load(cwd=tmp_path))
+        return golden.golden_key(lab.golden_inputs(lab.vm()))
+
+    before = key()
+    (guests_copy / "rehearsal" / "NOTES.md").write_text("an unrelated file\n")
+    (tmp_path / "README.md").write_text("the project changed\n")
+    assert key() == before
+    install = guests_copy / "rehearsal" / "install.sh"
+    install.write_text(install.read_text() + "# one more line\n")
+    after = key()
+    assert after != before
+    provision = guests_copy / "debian" / "provision.sh"  # the rehearsal provisions with it
+    provision.write_text(provision.read_text() + "# changed\n")
+    assert key() not in (before, after)
+
+
+def test_doctor_names_the_kvm_situation_and_passes_here(project: Project, vm_ready) -> None:
+    result = project.invoke("vm.doctor")
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = next(line for line in result.stdout.splitlines() if " accelerator " in line)
+    if accel.kvm_usable() is not None:
+        assert "no KVM" in line
+    else:
+        verdict = accel.choose("auto", lambda: Path("/never/probed/again"), config.default_cache_dir())
+        assert ("KVM works" in line) == (verdict.accel == "kvm")
+        assert ("does not boot a kernel on this host" in line) == (verdict.accel == "tcg")
+
+
+def test_doctor_without_qemu_img_exits_2_with_the_fix(project: Project, tmp_path: Path, vm_ready) -> None:
+    """PATH holds every tool vmlab uses but qemu-img (links in a folder of the test's own)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("qemu-system-x86_64", "ssh", "rsync", "xorriso", "grub-mkrescue"):
+        os.symlink(shutil.which(tool), bin_dir / tool)
+    result = project.invoke("vm.doctor", env={"PATH": f"{bin_dir}:{Path(sys.executable).parent}"})
+    assert result.returncode == 2
+    assert "FAIL host         qemu-img is missing" in result.stdout
+    assert "fix: apt-get install qemu-utils" in result.stdout
+    assert "problem(s) found" in result.stderr

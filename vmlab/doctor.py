@@ -1,0 +1,113 @@
+"""vm.doctor: what is wrong with this host, the config, the cache and each VM, and how to fix it.
+
+Each finding is one line a user can act on: what was checked, what was found,
+and, when it is a problem, the command or change that fixes it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List
+
+from vmlab import accel, host
+from vmlab.errors import VmlabError
+from vmlab.lab import Lab
+
+MIN_FREE_DISK = 10 * 2**30
+
+
+@dataclass(frozen=True)
+class Finding:
+    topic: str
+    detail: str
+    ok: bool = True
+    fix: str = ""
+    prerequisite: bool = False  # a missing tool or resource: exit code 2
+
+    def line(self) -> str:
+        mark = "ok  " if self.ok else "FAIL"
+        return f"{mark} {self.topic:<12} {self.detail}" + (f"\n     fix: {self.fix}" if self.fix else "")
+
+
+def examine(lab: Lab) -> List[Finding]:
+    return [*_host(), _accelerator(lab), *_space(lab), _memory(lab), *_config_and_cache(lab), *_vms(lab)]
+
+
+def exit_code(findings: List[Finding]) -> int:
+    if any(not f.ok and f.prerequisite for f in findings):
+        return 2
+    return 0 if all(f.ok for f in findings) else 1
+
+
+def _host() -> List[Finding]:
+    found = []
+    for tool, package in host.PACKAGES.items():
+        where = host.which(tool)
+        found.append(Finding("host", f"{tool}: {where}") if where else
+                     Finding("host", f"{tool} is missing", ok=False, prerequisite=True,
+                             fix=f"apt-get install {package} (or: make setup)"))
+    if host.which("qemu-system-x86_64"):
+        found.append(Finding("qemu", f"version {host.qemu_version()}"))
+    return found
+
+
+def _accelerator(lab: Lab) -> Finding:
+    problem = accel.kvm_usable()
+    if problem:
+        return Finding("accelerator", f"no KVM ({problem}): guests run under TCG, software emulation (slower)")
+    try:
+        choice = accel.choose("auto", lambda: lab._probe_kernel(Path("/nonexistent")), lab.config.cache_dir)
+    except VmlabError as e:
+        return Finding("accelerator", f"KVM could not be probed: {e}", ok=False,
+                       fix="build a guest image first (invoke vm.image), which brings the probe's kernel")
+    if choice.accel == "kvm":
+        return Finding("accelerator", f"KVM works: {choice.reason}")
+    return Finding("accelerator", f"/dev/kvm is there but KVM does not boot a kernel on this host, so vmlab "
+                                  f"uses TCG: {choice.reason}")
+
+
+def _space(lab: Lab) -> List[Finding]:
+    found = []
+    for what, path in (("vm/", lab.config.state_dir), ("cache", lab.config.cache_dir)):
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        free = shutil.disk_usage(existing).free
+        text = f"{free / 2**30:.1f} GiB free where {what} lives ({path})"
+        found.append(Finding("disk", text) if free >= MIN_FREE_DISK else
+                     Finding("disk", text, ok=False, prerequisite=True,
+                             fix=f"free space there (vmlab wants {MIN_FREE_DISK >> 30} GiB), or prune the "
+                                 "cache: invoke vm.cache --prune"))
+    return found
+
+
+def _memory(lab: Lab) -> Finding:
+    available = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            available = int(line.split()[1]) * 1024
+    biggest = max(vm.memory_mib for vm in lab.config.vms.values()) * 2**20
+    text = f"{available / 2**30:.1f} GiB available; the largest VM wants {biggest / 2**30:.1f} GiB"
+    return Finding("memory", text) if available >= biggest else Finding(
+        "memory", text, ok=False, fix="stop other VMs (invoke vm.status) or lower 'memory' in vmlab.yaml")
+
+
+def _config_and_cache(lab: Lab) -> List[Finding]:
+    entries = sum(1 for _ in lab.config.cache_dir.glob("*/*/manifest.json")) if lab.config.cache_dir.exists() else 0
+    return [Finding("config", f"{lab.config.source}: {len(lab.config.vms)} VM(s), {len(lab.config.suites)} suite(s)"),
+            Finding("cache", f"{lab.config.cache_dir}: {entries} image(s); list them: invoke vm.cache")]
+
+
+def _vms(lab: Lab) -> List[Finding]:
+    found = []
+    for status in lab.statuses():
+        if status.state == "crashed":
+            found.append(Finding(f"vm {status.name}", status.detail, ok=False,
+                                 fix=f"invoke vm.start --vm {status.name} (it cleans up), or vm.destroy"))
+        elif status.state == "running" and status.qemu_status != "running":
+            found.append(Finding(f"vm {status.name}", f"QEMU runs but the guest is {status.qemu_status}", ok=False,
+                                 fix=f"invoke vm.restore --vm {status.name}, or vm.stop and vm.start"))
+        else:
+            found.append(Finding(f"vm {status.name}", f"{status.state}"
+                                 + (f", ssh 127.0.0.1:{status.ssh_port}" if status.state == "running" else "")))
+    return found
