@@ -1,9 +1,10 @@
 # vmlab: each target is one `invoke vm.*` call (the logic lives in vmlab/).
-# VM=name picks the VM (default: the first in vmlab.yaml).
-# Note: make reports any failure as exit status 2; call `.venv/bin/invoke vm.TASK`
-# (or scripts/test) directly when you need vmlab's 0 passed / 1 failed / 2 missing.
+# VM=name picks the VM (default: the first in vmlab.yaml). It works from any project
+# folder (make -f path/to/this/Makefile). Make reports any failure as exit status 2;
+# call `.venv/bin/invoke vm.TASK` (or scripts/test) for vmlab's 0 passed / 1 failed / 2 missing.
 
-VENV   ?= .venv
+HERE   := $(dir $(abspath $(lastword $(MAKEFILE_LIST))))
+VENV   ?= $(HERE).venv
 INVOKE := $(VENV)/bin/invoke
 VM     ?=
 CMD    ?=
@@ -12,14 +13,14 @@ export VM CMD
 .DEFAULT_GOAL := vm-help
 .PHONY: $(shell awk -F: '/^[a-z][a-z0-9-]*:/ {print $$1}' $(firstword $(MAKEFILE_LIST)))
 
-$(VENV)/.ready: pyproject.toml
-	scripts/setup
+$(VENV)/.ready: $(HERE)pyproject.toml
+	$(HERE)scripts/setup
 
 setup: ## Install the Debian packages (as root) and the Python venv vmlab runs from
-	scripts/setup
+	$(HERE)scripts/setup
 
 test: ## Run vmlab's own tests on a real guest (same as scripts/test)
-	scripts/test
+	$(HERE)scripts/test
 
 vm-main: $(VENV)/.ready ## The main job: DragonFly's golden image from scratch (offline: the rehearsal guest's)
 	$(INVOKE) vm.golden --from-scratch --vm $(or $(VM),dragonfly)

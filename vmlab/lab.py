@@ -804,9 +804,9 @@ class Lab:
         conn = self.shared(vm, machine)
         run_dir = results.new_run(machine.dir / "results")
         run_as_root = "" if vm.ssh_user == "root" else guests.load(vm.profile).privileged
-        guest = {k: v for k, v in self._guest_facts(conn, machine).items() if k != "pid"}
-        meta = {"vm": dataclasses.asdict(vm), "guest": guest, "vmlab": __version__,
-                "qemu": host.qemu_version(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        guest = self._guest_facts(conn, machine)
+        meta = {"vm": dataclasses.asdict(vm), "guest": {k: guest[k] for k in ("os", "kernel")}, "vmlab": __version__,
+                "qemu": guest["qemu"], "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "results_dir": str(run_dir)}
         done: List[results.SuiteResult] = []
         for suite in suites:
@@ -825,19 +825,19 @@ class Lab:
         return results.write(run_dir, meta, done)
 
     def _guest_facts(self, conn: SharedConnection, machine: Machine) -> Dict[str, str]:
-        """The guest's OS and kernel, asked once per QEMU process."""
+        """The guest's OS and kernel, and QEMU's version: asked once per QEMU process."""
         cache = machine.dir / "guest.json"
         pid = machine.pid()
         try:
             facts = json.loads(cache.read_text())
-            if facts.get("pid") == pid:
+            if facts.get("pid") == pid and "qemu" in facts:
                 return facts
         except (OSError, ValueError):
             pass
         out = io.BytesIO()
         conn.run("uname -s; uname -r", output=out, timeout=60)
         os_name, _, kernel = out.getvalue().decode(errors="replace").strip().partition("\n")
-        facts = {"pid": pid, "os": os_name, "kernel": kernel}
+        facts = {"pid": pid, "os": os_name, "kernel": kernel, "qemu": host.qemu_version()}
         cache.write_text(json.dumps(facts))
         return facts
 

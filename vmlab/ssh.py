@@ -8,6 +8,7 @@ The guest's host key is pinned from the lab's keys; a different key is refused.
 from __future__ import annotations
 
 import codecs
+import logging
 import os
 import select
 import shlex
@@ -21,6 +22,10 @@ import paramiko
 
 from vmlab.errors import GuestUnreachable, HostKeyMismatch
 from vmlab.keys import LabKeys
+
+# While a guest boots, connection attempts fail by design; paramiko's transport thread
+# logs each with a traceback, which without a handler Python prints to stderr.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 # Failures that mean "not up yet" while a guest boots.
 _NOT_READY = (OSError, EOFError, paramiko.SSHException)

@@ -39,8 +39,8 @@ def rsync_argv(conn: SharedConnection, project_dir: Path, settings: SyncConfig) 
             *(f"--exclude={pattern}" for pattern in settings.excludes)]
     if settings.gitignore:
         argv.append("--filter=:- .gitignore")
-    return argv + ["-e", shlex.join(conn.ssh_command()),
-                   "--rsync-path", f"mkdir -p {shlex.quote(settings.guest_dir)} && rsync",
+    # --mkpath (rsync 3.2.3+) makes guest_dir; a `mkdir -p && rsync` wrapper costs an exec (~40 ms under TCG)
+    return argv + ["--mkpath", "-e", shlex.join(conn.ssh_command()),
                    f"{project_dir}/", f"{conn.destination}:{settings.guest_dir}/"]
 
 
