@@ -3,11 +3,14 @@
 A Lab is one project's set of VMs: its config, its state folder `vm/`, its keys,
 and the cache of images it shares with other projects on the host.
 
-Every VM disk records where it came from in `vm/<name>/disk.json`: an image
-(`{"image": folder}`: an overlay on a cached base image, booted) or a golden image
-(`{"golden": folder, "fresh": bool}`: a copy of its clean.qcow2; a fresh one is
-started by restoring "clean", not by booting). The origin decides which kernel
-files and which SSH keys the VM uses.
+Every VM disk records where it came from in `vm/<name>/disk.json`, its origin:
+  {"image": folder}      an overlay on an image built from packages (booted)
+  {"installed": folder}  an overlay on a disk a recipe installed (booted by its own loader)
+  {"golden": folder, "fresh": bool}   a copy of a golden image's clean.qcow2; a fresh
+                         one starts by restoring "clean", not by booting
+  {"installer": iso}     a blank disk waiting for vm.install
+The origin's folder holds the kernel files (if vmlab boots the kernel) and, for
+installed and golden images, the SSH keys the guest trusts.
 """
 
 from __future__ import annotations
@@ -65,7 +68,12 @@ def with_diagnostics(verb: Callable[..., Any]) -> Callable[..., Any]:
             machine = self.machine(vm)
             if not diagnostics.started(machine):
                 raise
-            folder = diagnostics.collect(machine, lambda: self._diagnostic_ssh(vm, machine))
+            try:
+                folder = diagnostics.collect(machine, lambda: self._diagnostic_ssh(vm, machine))
+            except OSError as why:  # a full disk, say: the failure itself must still be told
+                failure = type(e)(f"{e}\n(no diagnostic bundle: {why.strerror or why})")
+                failure.diagnostics = "none"  # type: ignore[attr-defined]
+                raise failure from None
             failure = type(e)(f"{e}\nDiagnostics (console, QEMU log and state, dmesg, mounts): {folder}")
             failure.diagnostics = folder  # type: ignore[attr-defined]
             raise failure from None
@@ -115,6 +123,11 @@ class Lab:
 
     def _set_origin(self, machine: Machine, origin: Dict[str, Any]) -> None:
         (machine.dir / "disk.json").write_text(json.dumps(origin) + "\n")
+
+    @staticmethod
+    def _origin_folder(origin: Dict[str, Any]) -> Path:
+        """The cached folder a disk's origin names (see the module's docstring)."""
+        return Path(origin.get("golden") or origin.get("image") or origin.get("installed") or "")
 
     def keys_for(self, machine: Machine) -> keys.LabKeys:
         """A VM made from an installed or golden image trusts the keys that image was made with."""
@@ -186,14 +199,13 @@ class Lab:
                 self._set_origin(machine, {"golden": str(gold.dir), "fresh": True})
             else:
                 origin = self.base(vm)
-                folder = Path(next(iter(origin.values())))
-                disk.create_overlay(machine.disk, folder / "disk.qcow2", vm.disk_bytes)
+                disk.create_overlay(machine.disk, self._origin_folder(origin) / "disk.qcow2", vm.disk_bytes)
                 self._set_origin(machine, origin)
         origin = self._origin(machine)
         if "installer" in origin:
             raise PrerequisiteMissing(f"VM {vm.name}'s disk is blank (made by vm.setup): install the guest "
                                       "on it first (invoke vm.install)")
-        folder = Path(origin.get("golden") or origin.get("image") or origin.get("installed") or "")
+        folder = self._origin_folder(origin)
         if not origin or not folder.is_dir():
             raise PrerequisiteMissing(f"the image VM {vm.name}'s disk was made from is gone ({folder}); "
                                       f"`invoke vm.destroy --vm {vm.name}` and start again")
@@ -201,8 +213,7 @@ class Lab:
 
     def _spec(self, vm: VMConfig, machine: Machine, paused: bool = False, ssh_port: Optional[int] = None) -> MachineSpec:
         """Disk, seed CD and accelerator for one start of `vm`."""
-        origin = self._ensure_disk(vm, machine)
-        folder = Path(origin.get("golden") or origin.get("image") or origin["installed"])
+        folder = self._origin_folder(self._ensure_disk(vm, machine))
         return MachineSpec(
             name=vm.name, accel=self._accel(vm, folder), memory_mib=vm.memory_mib, cpus=vm.cpus,
             disk=machine.disk, paused=paused, ssh_port=vm.ssh_port if ssh_port is None else ssh_port,
@@ -333,7 +344,7 @@ class Lab:
             marker.unlink(missing_ok=True)
             machine.disk.unlink(missing_ok=True)
             self._set_origin(machine, self.base(vm))  # not a golden copy: provisioning makes goldens
-            folder = Path(next(iter(self._origin(machine).values())))
+            folder = self._origin_folder(self._origin(machine))
             disk.create_overlay(machine.disk, folder / "disk.qcow2", vm.disk_bytes)
         self.start(vm.name)
         script = profile.provision.get("script")
@@ -721,8 +732,7 @@ class Lab:
                 log.info("VM %s: powering off so its disk is consistent", vm.name)
                 self._close_shared(vm, machine)
                 machine.stop(soft_timeout=120)
-                origin = self._origin(machine)
-                folder = Path(origin.get("golden") or origin.get("image") or origin["installed"])
+                folder = self._origin_folder(self._origin(machine))
                 kernel_files = {f.name: f for f in self._boot_files(vm, folder).values() if isinstance(f, Path)}
                 gold = golden.make(self.cache, key, inputs, machine.disk, kernel_files, self.keys_for(machine),
                                    lambda clean: self._snapshot_clean(vm, clean))
