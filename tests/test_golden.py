@@ -19,6 +19,9 @@ from vmlab.lab import Lab
 def lab_with_golden(shared_project: Project, vm_ready) -> Project:
     made = shared_project.invoke("vm.golden")
     assert made.returncode == 0, made.stderr
+    assert json.loads(shared_project.invoke("vm.status", "--json").stdout)["state"] == "stopped"
+    started = shared_project.invoke("vm.start")
+    assert started.returncode == 0 and "restored to 'clean', not booted" in started.stderr
     return shared_project
 
 

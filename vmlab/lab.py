@@ -81,6 +81,13 @@ def with_diagnostics(verb: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _shorten(line: str, width: int = 80) -> str:
+    """The end of a long console line, cut at a word, for one line of progress."""
+    if len(line) <= width:
+        return line
+    return "..." + line[-width:].split(" ", 1)[-1]
+
+
 class Lab:
     def __init__(self, config: LabConfig):
         self.config = config
@@ -478,7 +485,7 @@ class Lab:
             ssh.wait_ready(timeout, check=machine.assert_alive,
                            progress=lambda t, why: log.info(
                                "  still booting after %.0fs (%s); console: %s", t, why,
-                               last_line(machine.console_log)[-80:] or "(nothing yet)"))
+                               _shorten(last_line(machine.console_log)) or "(nothing yet)"))
             return ssh
         except GuestUnreachable as e:
             machine.stop(soft_timeout=0)
@@ -698,7 +705,7 @@ class Lab:
 
     @with_diagnostics
     def make_golden(self, name: Optional[str] = None, from_scratch: bool = False) -> golden.Golden:
-        """A golden image of the VM, provisioned and verified by the mount suite; the VM then runs from it.
+        """A golden image of the VM, provisioned and verified by the mount suite; the VM is left stopped.
 
         From scratch, the VM is first reset and every phase runs in turn (fetch or build
         the medium, install, provision), each reusing its cached checkpoint when its
@@ -736,8 +743,9 @@ class Lab:
                 kernel_files = {f.name: f for f in self._boot_files(vm, folder).values() if isinstance(f, Path)}
                 gold = golden.make(self.cache, key, inputs, machine.disk, kernel_files, self.keys_for(machine),
                                    lambda clean: self._snapshot_clean(vm, clean))
-        self._discard_disk(vm, machine)  # captured in the golden image
-        self.start(vm.name)  # a fresh copy of the golden image: a restore
+        self._discard_disk(vm, machine)  # captured in the golden image; vm.start now restores from it
+        log.info("VM %s: golden image %s is ready; `invoke vm.start --vm %s` starts from it by restoring "
+                 "'clean'", vm.name, gold.key, vm.name)
         return gold
 
     def _discard_disk(self, vm: VMConfig, machine: Machine) -> None:

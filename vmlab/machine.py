@@ -324,4 +324,4 @@ def tail(path: Path, lines: int) -> str:
 def last_line(path: Path) -> str:
     """The last line of `path` that is not blank: what a booting guest printed last."""
     lines = [line for line in ESCAPES.sub("", tail(path, 5)).splitlines() if line.strip()]
-    return lines[-1].strip() if lines else ""
+    return " ".join(lines[-1].split()) if lines else ""  # boot menus pad with runs of spaces

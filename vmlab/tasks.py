@@ -292,9 +292,10 @@ def verify(c, vm=None, config=None):
                            "vm": VM_HELP, "config": CONFIG_HELP})
 @cli
 def golden_task(c, from_scratch=False, vm=None, config=None):
-    """Make the VM's golden image (and run the VM from it).
+    """Make the VM's golden image: provisioned, verified.
 
-    Provisioned, verified by the mount suite, with a clean snapshot; cached by its key.
+    Verified by the mount suite, with a clean snapshot; cached by its key. The VM is left
+    stopped: vm.start then starts it from the golden image by restoring.
     """
     gold = _lab(config).make_golden(_vm(vm), from_scratch=from_scratch)
     print(f"golden image {gold.key}: {gold.dir}")
