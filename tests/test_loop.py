@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 
 from conftest import Project
+from vmlab import keys
+from vmlab.errors import HostKeyMismatch
+from vmlab.ssh import GuestSSH
 
 SAMPLE = Path(__file__).parent / "sample-project"
 
@@ -147,6 +150,24 @@ def test_the_mount_suite_passes_and_leaves_the_mount_table_as_it_was(sample: Pro
     assert (mounts["name"], mounts["status"], mounts["passed"], mounts["failed"]) == ("mounts", "passed", 10, 0)
     assert in_guest(sample, "mount | sort") == before
     assert "no-mount-left" in set(junit_cases(report_of(result.stdout)))
+
+
+def test_a_guest_presenting_another_host_key_is_refused(sample: Project, tmp_path: Path) -> None:
+    """The lab pins the guest's host key; here the pin is replaced by another key, as if the
+    disk had been swapped. Neither vmlab nor the user's ~/.ssh/known_hosts is consulted otherwise."""
+    lab = sample.lab()
+    machine = lab.machine(lab.vm())
+    pinned = lab.keys_for(machine)
+    other = keys.ensure(tmp_path / "other-lab", comment="another lab")
+    impostor = keys.LabKeys(tmp_path / "mixed")
+    impostor.dir.mkdir()
+    for name in ("id_ed25519", "id_ed25519.pub"):
+        shutil.copy(pinned.dir / name, impostor.dir / name)
+    for name in ("ssh_host_ed25519_key", "ssh_host_ed25519_key.pub", "known_hosts"):
+        shutil.copy(other.dir / name, impostor.dir / name)
+    with pytest.raises(HostKeyMismatch, match="not the key pinned for this lab") as refused:
+        GuestSSH(machine.state()["ssh_port"], "root", impostor).connect()
+    assert "vm.destroy" in str(refused.value)  # says what to do
 
 
 def test_suites_on_a_stopped_vm_exit_2_saying_so(sample: Project) -> None:

@@ -160,8 +160,10 @@ def test_ctrl_c_while_starting_leaves_nothing_running(project: Project, vm_ready
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     pid_file = project.root / "vm" / "default" / "qemu.pid"
     deadline = time.monotonic() + 300
-    while not pid_file.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
+    while time.monotonic() < deadline:  # QEMU creates its pidfile a moment before it writes the pid
+        if pid_file.exists() and pid_file.read_text().strip().isdigit():
+            break
+        time.sleep(0.05)
     qemu_pid = int(pid_file.read_text())
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)

@@ -299,7 +299,9 @@ class Lab:
         runner = Machine(f"{vm.name}-install", machine.dir / "install")
         runner.dir.mkdir(parents=True, exist_ok=True)
         scripts = {name: (rec.path.parent / name).read_bytes() for name in rec.seed}
-        spec = MachineSpec(name=runner.name, accel=self._accel(vm, out), memory_mib=vm.memory_mib, cpus=vm.cpus,
+        # One vCPU: an installer gains nothing from more, and a multi-vCPU guest under TCG can
+        # lose a timer wakeup (an RCU stall that hung the rehearsal's live CD once in CI).
+        spec = MachineSpec(name=runner.name, accel=self._accel(vm, out), memory_mib=vm.memory_mib, cpus=1,
                            disk=machine.disk, install_iso=medium,
                            seed_iso=seed.for_vm(runner.dir / "seed.iso", installed_keys, vm.name, scripts))
         started = time.monotonic()
@@ -468,10 +470,15 @@ class Lab:
                 self._start_from_snapshot(vm, machine, golden.SNAPSHOT).close()
                 self._set_origin(machine, dict(self._origin(machine), fresh=False))
             else:
-                status = machine.launch(self._spec(vm, machine))
-                log.info("VM %s: QEMU is up (pid %s, %s); waiting for SSH on 127.0.0.1:%s (console: %s)",
-                         vm.name, status.pid, status.accel, status.ssh_port, machine.console_log)
-                self._wait_for_ssh(vm, machine, vm.boot_timeout).close()
+                spec = self._spec(vm, machine)
+                try:  # from the launch to SSH answering, any failure or Ctrl-C stops QEMU again
+                    status = machine.launch(spec)
+                    log.info("VM %s: QEMU is up (pid %s, %s); waiting for SSH on 127.0.0.1:%s (console: %s)",
+                             vm.name, status.pid, status.accel, status.ssh_port, machine.console_log)
+                    self._wait_for_ssh(vm, machine, vm.boot_timeout).close()
+                except BaseException:
+                    machine.stop(soft_timeout=0)
+                    raise
             status = machine.status()
             status.extra["boot_seconds"] = round(time.monotonic() - started, 1)
             log.info("VM %s is up: ssh 127.0.0.1:%s, %s, pid %s (%.1fs)", vm.name, status.ssh_port,
@@ -637,8 +644,9 @@ class Lab:
         (QEMU's own -loadvm refuses snapshots saved by the snapshot-save job: QEMU issue #344.)
         """
         machine.clean()
-        machine.launch(self._spec(vm, machine, paused=True, ssh_port=ssh_port))
+        spec = self._spec(vm, machine, paused=True, ssh_port=ssh_port)
         try:
+            machine.launch(spec)
             with Monitor(machine.qmp_socket, timeout=60) as mon:
                 snapshots.load(mon, machine.disk, snapshot)
                 mon.command("cont")

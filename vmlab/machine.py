@@ -171,26 +171,32 @@ class Machine:
         for old in (self.console_log, self.qemu_log):  # one transcript per boot, and the one before
             if old.exists():
                 os.replace(old, old.with_name(old.name + ".1"))
-        for attempt in range(1, START_ATTEMPTS + 1):
-            port = spec.ssh_port or free_port()
-            argv = self.argv(spec, port)
-            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, timeout=120, check=False)
-            if proc.returncode == 0:
-                break
-            if "host forwarding rule" in proc.stderr and not spec.ssh_port and attempt < START_ATTEMPTS:
-                log.debug("port %d was taken before QEMU bound it; trying another", port)
-                continue
+        try:
+            for attempt in range(1, START_ATTEMPTS + 1):
+                port = spec.ssh_port or free_port()
+                argv = self.argv(spec, port)
+                proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, timeout=120, check=False)
+                if proc.returncode == 0:
+                    break
+                if "host forwarding rule" in proc.stderr and not spec.ssh_port and attempt < START_ATTEMPTS:
+                    log.debug("port %d was taken before QEMU bound it; trying another", port)
+                    continue
+                raise MachineError(f"QEMU failed to start VM {self.name} (exit {proc.returncode}):\n"
+                                   f"{proc.stderr.strip()}\ncommand: {' '.join(argv)}")
+            pid = self.pid()
+            if pid is None:
+                raise MachineError(f"QEMU reported success but VM {self.name} is not running; see {self.qemu_log}")
+            self._write_state({"pid": pid, "ssh_port": port, "accel": spec.accel.accel,
+                               "accel_reason": spec.accel.reason, "started_at": time.time(), "argv": argv,
+                               "qemu_warnings": proc.stderr.strip()})
+        except BaseException:  # a failure, or Ctrl-C while QEMU starts: leave no QEMU behind
+            pid = self.pid()
+            if pid is not None:
+                self._kill(pid)
             self.clean()
-            raise MachineError(f"QEMU failed to start VM {self.name} (exit {proc.returncode}):\n"
-                               f"{proc.stderr.strip()}\ncommand: {' '.join(argv)}")
-        pid = self.pid()
-        if pid is None:
-            raise MachineError(f"QEMU reported success but VM {self.name} is not running; see {self.qemu_log}")
-        self._write_state({"pid": pid, "ssh_port": port, "accel": spec.accel.accel,
-                           "accel_reason": spec.accel.reason, "started_at": time.time(), "argv": argv,
-                           "qemu_warnings": proc.stderr.strip()})
-        return self.status()
+            raise
+        return self.status(query_qemu=False)
 
     def argv(self, spec: MachineSpec, ssh_port: int) -> List[str]:
         args = [
