@@ -35,7 +35,7 @@ from vmlab import suites as suite_runner
 from vmlab import sync as rsync
 from vmlab.cache import ArtefactCache, key_of
 from vmlab.console import Console
-from vmlab.config import VM_NAME, LabConfig, SuiteConfig, VMConfig
+from vmlab.config import VM_NAME, LabConfig, SuiteConfig, VMConfig, known_profiles
 from vmlab.errors import (Busy, ConfigError, ConsoleError, GuestUnreachable, NoSuchSnapshot,
                           PrerequisiteMissing, ProvisionError, RunIncomplete, SnapshotError, VmlabError)
 from vmlab.machine import Machine, MachineSpec, MachineStatus, last_line, tail
@@ -413,6 +413,23 @@ class Lab:
         return fetch.fetch(mirrors=options.get("mirrors") or profile.iso["mirrors"],
                            path=profile.iso["path"].format(release=release), checksums=profile.iso["checksums"],
                            pin=options.get("checksum"), cache_dir=self.config.cache_dir, offline=offline)
+
+    def cache_listing(self) -> Dict[str, Any]:
+        """What the cache holds: ISOs, and every built artefact by kind (images, media, installs, goldens)."""
+        root = self.cache.root
+        kinds = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in ("isos", "logs", "debs")) \
+            if root.is_dir() else []
+        return {"cache": str(root), "isos": fetch.cached(root),
+                "artefacts": {kind: self.cache.entries(kind) for kind in kinds if self.cache.entries(kind)}}
+
+    def prune_isos(self) -> List[Path]:
+        """Delete cached ISOs and partial downloads no profile's configured release uses."""
+        keep = set()
+        for profile in map(guests.load, known_profiles()):
+            if profile.iso:
+                release = self.options(profile).get("release") or profile.iso["release"]
+                keep.add(Path(profile.iso["path"].format(release=release)).name)
+        return fetch.prune(self.cache.root, keep)
 
     def setup(self, name: Optional[str] = None, offline: bool = False) -> Dict[str, Any]:
         """Everything a VM needs before its install: the ISO and the blank disk it is installed on

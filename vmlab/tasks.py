@@ -19,8 +19,7 @@ from invoke import Collection, Exit, task
 
 from vmlab import config as config_mod
 from vmlab import golden as golden_images
-from vmlab import fetch as iso_downloads
-from vmlab import guests, results
+from vmlab import results
 from vmlab.config import SuiteConfig
 from vmlab.console import attach
 from vmlab.errors import VmlabError
@@ -109,12 +108,17 @@ def status(c, vm=None, config=None, json_=False, all_=False):
         up = _duration(time.time() - s.started_at) if s.started_at else "-"
         ssh = f"127.0.0.1:{s.ssh_port}" if s.ssh_port else "-"
         rows.append((s.name, s.state, str(s.pid or "-"), ssh, s.accel or "-", s.qemu_status or "-", up))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    _table(rows)
     for s in lab.statuses():
         if s.state == "crashed":
             print(f"\n{s.name}: {s.detail}")
+
+
+def _table(rows: list) -> None:
+    """Print rows of strings as left-aligned columns, the first row a header."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
 
 
 def _duration(seconds: float) -> str:
@@ -203,9 +207,7 @@ def snapshots(c, vm=None, config=None, json_=False):
         return
     rows = [("NAME", "DATE", "SIZE", "GUEST CLOCK")] + [
         (s["name"], s["date"], f"{s['size_bytes'] >> 20} MiB", f"{s['guest_clock_seconds']}s") for s in found]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for r in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    _table(rows)
 
 
 @task(name="snapshot-delete", help={"name": "snapshot to delete (required)", "vm": VM_HELP, "config": CONFIG_HELP})
@@ -430,22 +432,20 @@ def cache(c, prune=False, config=None, json_=False):
     """
     lab = _lab(config)
     if prune:
-        keep = {p.iso["path"].format(release=lab.config.profile_options(p.name).get("release") or p.iso["release"])
-                .rsplit("/", 1)[-1] for p in map(guests.load, config_mod.known_profiles()) if p.iso}
-        for path in iso_downloads.prune(lab.cache.root, keep):
+        for path in lab.prune_isos():
             print(f"deleted {path}")
-    listing = {"cache": str(lab.cache.root), "isos": iso_downloads.cached(lab.cache.root),
-               "images": lab.cache.entries("debian-image"), "golden": lab.cache.entries(golden_images.KIND)}
+    listing = lab.cache_listing()
     if json_:
         print(json.dumps(listing, indent=2, default=str))
         return
-    print(f"cache: {listing['cache']}")
-    for iso in listing["isos"]:
-        print(f"  iso     {iso['name']}  {iso.get('size', 0) >> 20} MiB  sha256 {str(iso.get('sha256'))[:16]}")
-    for kind in ("images", "golden"):
-        for entry in listing[kind]:
-            print(f"  {kind[:-1] if kind == 'images' else kind:<7} {entry['key']}  built {entry['built_at']}  "
-                  f"{entry['path']}")
+    print(f"cache: {lab.cache.root}")
+    rows = [("KIND", "NAME", "SIZE / BUILT", "SHA256 / PATH")]
+    rows += [("iso", iso["name"], f"{iso.get('size', 0) >> 20} MiB", str(iso.get("sha256"))[:16])
+             for iso in listing["isos"]]
+    rows += [(kind, entry["key"], entry["built_at"], entry["path"])
+             for kind, entries in listing["artefacts"].items() for entry in entries]
+    if len(rows) > 1:
+        _table(rows)
 
 
 @task(help={"config": CONFIG_HELP})
