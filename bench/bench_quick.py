@@ -3,9 +3,11 @@
 
 Runs, in one go on the offline test guest:
   before vmlab   rsync -avz --delete over a fresh ssh, then a second fresh ssh runs the command
-  vmlab          make vm-quick (rsync through a shared SSH connection, then the suite)
+  vmlab          make vm-quick (one session on a shared SSH connection checks that neither
+                 copy changed, then runs the suite; rsync runs only when one did)
 The suite is trivial (`true`), so what is measured is the loop's own cost; the
 report's duration of the suite itself is subtracted to give vmlab's overhead.
+Each round also times both after one file was edited (the turn that must sync).
 
     python bench/bench_quick.py [--rounds 7]
 """
@@ -71,27 +73,38 @@ def main() -> int:
                                f"./ root@127.0.0.1:bench-old/ "
                                f"&& {shlex.join(ssh)} root@127.0.0.1 'cd bench-old && true'"]
         quick = ["make", "-s", "-f", str(ROOT / "Makefile"), f"VENV={VENV}", "vm-quick"]
+        suite_seconds: list = []
         try:
             timed(old_way, project)  # first copies: both start from a synced guest
             timed(quick, project)
-            old, new = [], []
+            old, new, old_edited, new_edited = [], [], [], []
+            edited = project / "src" / "pkg00" / "file0000.c"
             for i in range(args.rounds):
                 old.append(timed(old_way, project))
                 new.append(timed(quick, project))
-                print(f"round {i + 1}: before vmlab {old[-1]:.2f}s  make vm-quick {new[-1]:.2f}s", flush=True)
-            reports = sorted((project / "vm" / "default" / "results").glob("*/report.json"))
-            suite_seconds = statistics.median(
-                json.loads(r.read_text())["suites"][0]["duration_seconds"] for r in reports[-args.rounds:])
+                reports = sorted((project / "vm" / "default" / "results").glob("*/report.json"))
+                suite_seconds.append(json.loads(reports[-1].read_text())["suites"][0]["duration_seconds"])
+                edited.write_text(edited.read_text() + f"/* round {i} */\n")
+                old_edited.append(timed(old_way, project))
+                new_edited.append(timed(quick, project))
+                print(f"round {i + 1}: unchanged: before vmlab {old[-1]:.2f}s  make vm-quick {new[-1]:.2f}s; "
+                      f"one file edited: {old_edited[-1]:.2f}s  {new_edited[-1]:.2f}s", flush=True)
         finally:
             lab.destroy()
     m_old, m_new = statistics.median(old), statistics.median(new)
+    e_old, e_new = statistics.median(old_edited), statistics.median(new_edited)
+    m_suite = statistics.median(suite_seconds)
     print()
     print(f"{args.rounds} rounds, 2,000 files, no change since the last sync, medians:")
     print(f"  before vmlab (rsync -avz over fresh ssh, then fresh ssh) : {m_old:6.2f} s")
     print(f"  make vm-quick                                           : {m_new:6.2f} s")
     print(f"  ratio before/vmlab                                      : {m_old / m_new:6.1f}x")
-    print(f"  the suite's own run time (from report.json)             : {suite_seconds:6.2f} s")
-    print(f"  vmlab's overhead above it                               : {m_new - suite_seconds:6.2f} s")
+    print(f"  the suite's own run time (from report.json)             : {m_suite:6.2f} s")
+    print(f"  vmlab's overhead above it                               : {m_new - m_suite:6.2f} s")
+    print("with one file edited since the last sync, medians:")
+    print(f"  before vmlab                                            : {e_old:6.2f} s")
+    print(f"  make vm-quick                                           : {e_new:6.2f} s")
+    print(f"  ratio before/vmlab                                      : {e_old / e_new:6.1f}x")
     return 0
 
 

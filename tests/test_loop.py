@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import Project
 from vmlab import keys
@@ -91,6 +92,45 @@ def test_sync_mirrors_the_project_deletes_keeps_links_and_leaves_out_excluded(sa
     assert again.returncode == 0
     assert "0 of" in again.stdout  # nothing changed but a deletion
     assert in_guest(sample, "test -e sample/data/extra.txt && echo present || echo gone").strip() == "gone"
+
+
+def test_quick_skips_rsync_only_while_neither_copy_changed(sample: Project) -> None:
+    """The loop's fast path (sync.SyncGate) skips rsync when nothing changed; a suite
+    must still never see a copy that differs from the host's: not after a host edit, an
+    edit or a stray file in the guest, nor a restore to a snapshot from before a sync."""
+    config = sample.root / "show.yaml"
+    settings = yaml.safe_load((sample.root / "vmlab.yaml").read_text())
+    settings["suites"]["show"] = {"command": "cat data/input.txt; ls data"}  # writes nothing in the copy
+    config.write_text(yaml.safe_dump({**settings, "quick": "show"}))
+    data = sample.root / "data" / "input.txt"
+    original = data.read_text()
+
+    def quick(expect_sync: bool) -> str:
+        result = sample.invoke("vm.quick", "--config", str(config))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert ("vmlab: synced" in result.stderr) == expect_sync, result.stderr
+        assert ("vmlab: in sync" in result.stderr) != expect_sync, result.stderr
+        assert "vmlab-sync-check" not in result.stdout  # the handshake is not the suite's output
+        return result.stdout
+
+    quick(expect_sync=True)
+    assert original in quick(expect_sync=False)
+    in_guest(sample, "echo edited-in-the-guest > sample/data/input.txt; touch sample/data/stray; "
+                     "mkdir sample/cache.tmp")
+    shown = quick(expect_sync=True)
+    assert original in shown and "edited-in-the-guest" not in shown and "stray" not in shown
+    in_guest(sample, "date > sample/cache.tmp/output")  # in an excluded folder: rsync leaves it alone
+    quick(expect_sync=False)
+    assert sample.invoke("vm.snapshot", "--name", "before-edit").returncode == 0
+    try:
+        data.write_text("edited on the host\n")
+        assert "edited on the host" in quick(expect_sync=True)
+        assert sample.invoke("vm.restore", "--name", "before-edit").returncode == 0  # the guest's copy: old
+        assert "edited on the host" in quick(expect_sync=True)
+        assert "edited on the host" in quick(expect_sync=False)
+    finally:
+        data.write_text(original)
+        sample.invoke("vm.snapshot-delete", "--name", "before-edit")
 
 
 def test_build_runs_the_configured_command(sample: Project) -> None:

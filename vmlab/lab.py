@@ -778,7 +778,7 @@ class Lab:
         with locks.held(machine.dir / ".lock", f"VM {vm.name}", wait=False):
             self._close_shared(vm, machine)
             machine.stop(soft_timeout=60)
-            for name in ("disk.qcow2", "disk.json", "provisioned.json", f"{SUSPEND}.json"):
+            for name in ("disk.qcow2", "disk.json", "provisioned.json", "synced.json", f"{SUSPEND}.json"):
                 (machine.dir / name).unlink(missing_ok=True)
 
     def _snapshot_clean(self, vm: VMConfig, clean_qcow2: Path) -> None:
@@ -836,11 +836,13 @@ class Lab:
         return done
 
     def run_suites(self, suites: List[SuiteConfig], name: Optional[str] = None,
-                   restore_on_failure: bool = False) -> Dict[str, Any]:
+                   restore_on_failure: bool = False, sync_first: bool = False) -> Dict[str, Any]:
         """Run suites in order into a new results folder; returns the report (see results.py).
 
         After a privileged suite fails or times out, `restore_on_failure` puts the VM
-        back to its "clean" snapshot so the next run starts clean.
+        back to its "clean" snapshot so the next run starts clean. `sync_first` syncs
+        the project first, within the first suite's session and only if the guest's copy
+        may differ (see sync.SyncGate): the edit-test loop's fast path.
         """
         vm = self.vm(name)
         machine = self.machine(vm)
@@ -852,10 +854,13 @@ class Lab:
                 "qemu": guest["qemu"], "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "results_dir": str(run_dir)}
         done: List[results.SuiteResult] = []
+        gate = rsync.SyncGate(conn, self.config.project_dir, self.config.sync, machine.dir / "synced.json") \
+            if sync_first else None
         for suite in suites:
             log.info("suite %s: %s%s", suite.name, suite.command, " (as root)" if suite.privileged else "")
             try:
-                result = suite_runner.run(conn, suite, self.config.sync.guest_dir, run_dir, run_as_root)
+                result = suite_runner.run(conn, suite, self.config.sync.guest_dir, run_dir, run_as_root, gate=gate)
+                gate = None
             except GuestUnreachable as e:
                 results.write(run_dir, meta, done)
                 raise RunIncomplete(f"VM {vm.name}: SSH stopped answering during suite {suite.name}: {e}; "

@@ -2,7 +2,7 @@
 
 Every `make vm-quick` is a new process, so it cannot keep a paramiko connection
 open, and a fresh SSH handshake costs about 1.4 s under TCG (the guest's side
-is emulated) where a multiplexed one costs about 0.17 s. So rsync and suite
+is emulated) where a multiplexed one costs about 0.1 s. So rsync and suite
 commands go through an OpenSSH control master that stays up for a while after
 its last use (ControlPersist) and is closed when the VM stops or is restored
 (a restore kills the guest's end of every connection).
@@ -18,7 +18,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, List, Optional
+from typing import IO, Callable, List, Optional, Tuple
 
 from vmlab import host
 from vmlab.errors import GuestUnreachable
@@ -63,20 +63,27 @@ class SharedConnection:
         return [host.which("ssh") or "ssh", *self.ssh_options()]
 
     def run(self, command: str, output: Optional[IO[bytes]] = None, echo: Optional[IO[bytes]] = None,
-            timeout: Optional[float] = None) -> int:
+            timeout: Optional[float] = None, handshake: Optional[Callable[[str], Optional[str]]] = None) -> int:
         """Run `command` in the guest; stdout and stderr go, merged, to `output` and `echo`.
 
         Returns the command's exit status. An SSH failure (exit 255) is GuestUnreachable;
         past `timeout` the local ssh is killed and -1 returned (wrap the command in the
         guest's own `timeout` to kill it there: see suites.py).
+
+        With `handshake`, each line of output goes to it, not to the sinks, until it returns
+        a string: that is the command's whole input, and `timeout` counts from then.
+        (sync.SyncGate uses this to rsync, if needed, while the session waits.)
         """
-        proc = subprocess.Popen([*self.ssh_command(), self.destination, command], stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen([*self.ssh_command(), self.destination, command],
+                                stdin=subprocess.PIPE if handshake else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert proc.stdout is not None
         fd = proc.stdout.fileno()
-        deadline = None if timeout is None else time.monotonic() + timeout
         tail = b""
         try:
+            if handshake:
+                tail = self._handshake(proc, handshake, (output, echo))
+            deadline = None if timeout is None else time.monotonic() + timeout
             while True:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -102,6 +109,36 @@ class SharedConnection:
             raise GuestUnreachable(f"ssh to 127.0.0.1:{self.port} failed: "
                                    f"{tail.decode(errors='replace').strip()[-500:]}")
         return status
+
+    @staticmethod
+    def _handshake(proc: subprocess.Popen, handshake: Callable[[str], Optional[str]],
+                   sinks: Tuple[Optional[IO[bytes]], ...]) -> bytes:
+        """Give `handshake` each line of output until it answers; its answer is the command's
+        whole input. Lines it does not claim, and what follows, go to `sinks`. Returns them."""
+        assert proc.stdout is not None and proc.stdin is not None
+        fd, pending, shown = proc.stdout.fileno(), b"", b""
+        answer = None
+        while answer is None:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break  # it ended (or ssh failed) before the line: its status says how
+            pending += chunk
+            while answer is None and b"\n" in pending:
+                line, _, pending = pending.partition(b"\n")
+                answer = handshake(line.decode(errors="replace"))
+                if answer is None:
+                    shown += line + b"\n"
+        shown += pending
+        for sink in sinks:
+            if sink is not None and shown:
+                sink.write(shown)
+                sink.flush()
+        try:
+            proc.stdin.write((answer or "").encode())
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        return shown[-2000:]
 
     def read(self, remote_path: str) -> Optional[bytes]:
         """The bytes of a file in the guest, or None if it does not exist."""

@@ -17,8 +17,10 @@ from typing import IO, Optional
 
 from vmlab import results
 from vmlab.config import SuiteConfig
+from vmlab.errors import SyncError
 from vmlab.openssh import SharedConnection
 from vmlab.results import SuiteResult
+from vmlab.sync import NOT_SYNCED, SyncGate
 
 TIMED_OUT = (124, 137)  # `timeout`'s status when it stopped the command (137: it had to SIGKILL)
 KILL_GRACE = 10  # seconds between the guest's TERM and KILL at a timeout
@@ -37,15 +39,29 @@ def remote_command(suite: SuiteConfig, guest_dir: str, run_as_root: str) -> str:
 
 
 def run(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Path, run_as_root: str,
-        echo: Optional[IO[bytes]] = None) -> SuiteResult:
-    """Run `suite`, keeping its output in run_dir/<name>.log and its JUnit in run_dir/<name>.junit.xml."""
+        echo: Optional[IO[bytes]] = None, gate: Optional[SyncGate] = None) -> SuiteResult:
+    """Run `suite`, keeping its output in run_dir/<name>.log and its JUnit in run_dir/<name>.junit.xml.
+
+    With `gate`, the same session first syncs the project if the guest's copy may differ."""
     log_path = run_dir / f"{suite.name}.log"
-    started = time.monotonic()
+    started = [time.monotonic()]
+
+    def handshake(line: str) -> Optional[str]:
+        assert gate is not None
+        answer = gate.answer(line)
+        if answer is not None:
+            started[0] = time.monotonic()  # the suite's own time starts once synced
+        return answer
+
+    command = remote_command(suite, guest_dir, run_as_root)
     with open(log_path, "wb") as log:
-        status = conn.run(remote_command(suite, guest_dir, run_as_root), output=log,
+        status = conn.run(gate.prelude() + command if gate else command, output=log,
                           echo=echo if echo is not None else sys.stdout.buffer,
-                          timeout=suite.timeout + KILL_GRACE + 30)
-    duration = time.monotonic() - started
+                          timeout=suite.timeout + KILL_GRACE + 30, handshake=handshake if gate else None)
+    if gate and status == NOT_SYNCED and not gate.answered:
+        raise SyncError(f"the guest never ran vmlab's sync check before suite {suite.name} "
+                        f"(see {log_path}: does the SSH user's shell print or exit first?)")
+    duration = time.monotonic() - started[0]
     timed_out = status == -1 or (status in TIMED_OUT and duration >= suite.timeout - 1)
     result = SuiteResult(suite.name, "timed out" if timed_out else ("passed" if status == 0 else "failed"),
                          status, duration, log_path)

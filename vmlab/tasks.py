@@ -401,9 +401,8 @@ def quick(c, vm=None, config=None, restore_on_failure=False):
     lab = _lab(config)
     if not lab.config.quick:
         raise Exit(f"vmlab: error: {lab.config.source} names no 'quick:' suite", code=2)
-    lab.sync(_vm(vm))
     _finish(lab.run_suites([lab.config.suite(lab.config.quick)], _vm(vm),
-                           restore_on_failure or lab.config.restore_on_failure))
+                           restore_on_failure or lab.config.restore_on_failure, sync_first=True))
 
 
 @task(help={"offline": "use only the cache; never download", "vm": VM_HELP, "config": CONFIG_HELP})
