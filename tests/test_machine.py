@@ -10,7 +10,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from conftest import INVOKE, Project
