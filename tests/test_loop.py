@@ -27,6 +27,16 @@ def sample(shared_project: Project, vm_ready) -> Project:
     return shared_project
 
 
+@pytest.fixture
+def show(sample: Project) -> Path:
+    """A config whose quick suite shows the synced input and writes nothing in the guest's copy."""
+    config = sample.root / "show.yaml"
+    settings = yaml.safe_load((sample.root / "vmlab.yaml").read_text())
+    settings["suites"]["show"] = {"command": "cat data/input.txt; ls data"}
+    config.write_text(yaml.safe_dump({**settings, "quick": "show"}))
+    return config
+
+
 def report_of(result_stdout: str) -> dict:
     folder = next(line.split("results: ", 1)[1] for line in result_stdout.splitlines() if "results: " in line)
     return json.loads((Path(folder) / "report.json").read_text())
@@ -94,14 +104,11 @@ def test_sync_mirrors_the_project_deletes_keeps_links_and_leaves_out_excluded(sa
     assert in_guest(sample, "test -e sample/data/extra.txt && echo present || echo gone").strip() == "gone"
 
 
-def test_quick_skips_rsync_only_while_neither_copy_changed(sample: Project) -> None:
+def test_quick_skips_rsync_only_while_neither_copy_changed(sample: Project, show: Path) -> None:
     """The loop's fast path (sync.SyncGate) skips rsync when nothing changed; a suite
     must still never see a copy that differs from the host's: not after a host edit, an
     edit or a stray file in the guest, nor a restore to a snapshot from before a sync."""
-    config = sample.root / "show.yaml"
-    settings = yaml.safe_load((sample.root / "vmlab.yaml").read_text())
-    settings["suites"]["show"] = {"command": "cat data/input.txt; ls data"}  # writes nothing in the copy
-    config.write_text(yaml.safe_dump({**settings, "quick": "show"}))
+    config = show
     data = sample.root / "data" / "input.txt"
     original = data.read_text()
 
@@ -131,6 +138,25 @@ def test_quick_skips_rsync_only_while_neither_copy_changed(sample: Project) -> N
     finally:
         data.write_text(original)
         sample.invoke("vm.snapshot-delete", "--name", "before-edit")
+
+
+def test_a_chatty_login_shell_is_shown_and_named_when_it_breaks_rsync(sample: Project, show: Path) -> None:
+    """A ~/.bashrc that prints: vmlab's sync check passes its output through, and when a
+    sync is needed rsync cannot work through it: exit 2 (the suite never ran), saying why."""
+    assert sample.invoke("vm.quick", "--config", str(show)).returncode == 0  # in sync from here
+    in_guest(sample, "cp /root/.bashrc /root/.bashrc.saved && echo 'echo hello-from-bashrc' >> /root/.bashrc")
+    added = sample.root / "data" / "added.txt"
+    try:
+        result = sample.invoke("vm.quick", "--config", str(show))
+        assert result.returncode == 0 and "vmlab: in sync" in result.stderr, result.stdout + result.stderr
+        assert "hello-from-bashrc" in result.stdout and "input" in result.stdout
+        added.write_text("a host edit: this turn must sync\n")
+        broken = sample.invoke("vm.quick", "--config", str(show))
+        assert broken.returncode == 2, broken.stdout + broken.stderr
+        assert "suite show did not run" in broken.stderr and "~/.bashrc" in broken.stderr
+    finally:
+        added.unlink(missing_ok=True)
+        in_guest(sample, "mv /root/.bashrc.saved /root/.bashrc")
 
 
 def test_build_runs_the_configured_command(sample: Project) -> None:

@@ -37,7 +37,7 @@ from vmlab.cache import ArtefactCache, key_of
 from vmlab.console import Console
 from vmlab.config import VM_NAME, LabConfig, SuiteConfig, VMConfig, known_profiles
 from vmlab.errors import (Busy, ConfigError, ConsoleError, GuestUnreachable, NoSuchSnapshot,
-                          PrerequisiteMissing, ProvisionError, RunIncomplete, SnapshotError, VmlabError)
+                          PrerequisiteMissing, ProvisionError, RunIncomplete, SnapshotError, SyncError, VmlabError)
 from vmlab.machine import Machine, MachineSpec, MachineStatus, last_line, tail
 from vmlab.openssh import SharedConnection
 from vmlab.qmp import Monitor
@@ -865,6 +865,9 @@ class Lab:
                 results.write(run_dir, meta, done)
                 raise RunIncomplete(f"VM {vm.name}: SSH stopped answering during suite {suite.name}: {e}; "
                                     f"results so far in {run_dir}") from None
+            except SyncError as e:
+                raise RunIncomplete(f"suite {suite.name} did not run: the project could not be synced first.\n{e}") \
+                    from None
             done.append(result)
             if not result.passed and suite.privileged and restore_on_failure:
                 log.info("suite %s %s: restoring VM %s to 'clean'", suite.name, result.status, vm.name)

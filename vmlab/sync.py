@@ -63,8 +63,11 @@ def sync(conn: SharedConnection, project_dir: Path, settings: SyncConfig) -> Syn
     if proc.returncode == SSH_FAILED:
         raise GuestUnreachable(f"rsync could not reach the guest on 127.0.0.1:{conn.port}: {proc.stderr.strip()}")
     if proc.returncode != 0:
+        hint = ("\nThe guest's login shell printed something before rsync could start (a line in "
+                "~/.bashrc, ~/.profile or /etc/profile?): rsync needs it silent for commands. "
+                "`invoke vm.ssh -c true` shows what it prints.") if "is your shell clean" in proc.stderr else ""
         raise SyncError(f"rsync of {project_dir} to the guest's {settings.guest_dir} failed "
-                        f"(exit {proc.returncode}):\n{proc.stderr.strip()}")
+                        f"(exit {proc.returncode}):\n{proc.stderr.strip()}{hint}")
 
     def stat(label: str) -> int:
         m = re.search(rf"^{label}: ([\d,]+)", proc.stdout, re.MULTILINE)
