@@ -135,7 +135,7 @@ class SyncGate:
         if not expected or folder in ("", ".", "~"):
             fresh = "false"  # the host changed (or never synced): no need to ask the guest
         else:
-            fresh = (f'[ -d {shlex.quote(folder)} ] && [ "$(cat "$s" 2>/dev/null)" = {shlex.quote(expected)} ] && '
+            fresh = (f'[ -d {shlex.quote(folder)} ] && {{ read -r t < "$s"; }} 2>/dev/null && [ "$t" = {shlex.quote(expected)} ] && '
                      f'changed=$({self._find_changed(folder)}) && [ -z "$changed" ]')
         # After the stamp, wait out the clock's tick: a file the suite writes in that same
         # tick would have the stamp's ctime, and -cnewer would not see it next time.
