@@ -64,8 +64,8 @@ done
 case "$WORKERS" in ''|*[!0-9]*|0*) cannot_run "MOUNT_WORKERS must be a number >= 1, not '$WORKERS'" ;; esac
 case "$BASE" in /?*) ;; *) cannot_run "MOUNT_BASE must be an absolute path, not '$BASE'" ;; esac
 case "$BASE" in *[[:space:]]*) cannot_run "MOUNT_BASE must not contain spaces" ;; esac
-( : > "$JUNIT" ) 2>/dev/null || cannot_run "cannot write the JUnit report $JUNIT"
 [ -e "$BASE" ] && cannot_run "$BASE already exists (left over from an earlier run?): remove it first"
+( : > "$JUNIT" ) 2>/dev/null || cannot_run "cannot write the JUnit report $JUNIT"
 
 RO_TREES="" SKIPPED=""
 for t in $SYSTEM_TREES; do
@@ -271,7 +271,7 @@ check_no_mount_left() {
 
 # ---- Teardown runs whatever happens: normal end, failed check, or a signal.
 finish() {
-    trap '' INT TERM HUP
+    trap '' INT TERM HUP PIPE
     TEARDOWN_STARTED=yes
     wait        # workers still mounting finish first, then everything is undone
     if [ -n "$INTERRUPTED" ]; then
@@ -287,7 +287,7 @@ finish() {
 
 on_exit() {
     status=$?
-    trap '' INT TERM HUP
+    trap '' INT TERM HUP PIPE
     [ "$TEARDOWN_STARTED" = no ] && { finish; status=$?; }
     rm -rf "$STATE"
     exit "$status"
@@ -296,6 +296,9 @@ on_exit() {
 list_mounts | LC_ALL=C sort > "$STATE/before"
 trap on_exit EXIT
 for s in INT TERM HUP; do trap "INTERRUPTED=$s; exit 1" "$s"; done
+# Whoever read the output is gone (an SSH session closed by Ctrl-C on the host): the
+# next write would kill the shell before teardown, so tear down without output.
+trap 'INTERRUPTED=PIPE; exec >/dev/null 2>&1; exit 1' PIPE
 
 echo "mount-suite on $(uname -sr): $WORKERS workers under $BASE, tmpfs ${TMPFS_MB}m"
 echo "    read-only trees:$RO_TREES${SKIPPED:+ (symlinks, skipped:$SKIPPED)}"

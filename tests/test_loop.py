@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import Project
+from conftest import INVOKE, Project
 from vmlab import keys
 from vmlab.errors import HostKeyMismatch
 from vmlab.ssh import GuestSSH
 
 SAMPLE = Path(__file__).parent / "sample-project"
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +221,38 @@ def test_the_mount_suite_passes_and_leaves_the_mount_table_as_it_was(sample: Pro
     assert (mounts["name"], mounts["status"], mounts["passed"], mounts["failed"]) == ("mounts", "passed", 10, 0)
     assert in_guest(sample, "mount | sort") == before
     assert "no-mount-left" in set(junit_cases(report_of(result.stdout)))
+
+
+def test_ctrl_c_during_the_mount_suite_leaves_no_mount_in_the_guest(sample: Project) -> None:
+    """Ctrl-C on the host (SIGINT to the command's process group, as a terminal sends it)
+    closes the SSH session under the running suite; the suite must still tear down."""
+    shutil.copy(REPO / "scripts" / "mount-suite.sh", sample.root / "mount-suite.sh")
+    config = sample.root / "mount-suite.yaml"
+    settings = yaml.safe_load((sample.root / "vmlab.yaml").read_text())
+    settings["suites"]["mount-suite"] = {"command": "sh mount-suite.sh", "privileged": True}
+    config.write_text(yaml.safe_dump(settings))
+    assert sample.invoke("vm.sync", "--config", str(config)).returncode == 0
+    before = in_guest(sample, "mount | sort")
+    run = subprocess.Popen([INVOKE, "vm.test", "--suite", "mount-suite", "--config", str(config)], cwd=sample.root,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    try:
+        assert run.stdout is not None
+        for line in run.stdout:
+            if line.startswith("ok - setup-workers"):  # every worker's mounts are in place
+                break
+        os.killpg(run.pid, signal.SIGINT)
+        _, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+    assert run.returncode == 130 and "interrupted" in err, err
+    deadline = time.monotonic() + 60  # the guest tears down on its own after the session closed
+    while in_guest(sample, "mount | sort") != before and time.monotonic() < deadline:
+        time.sleep(2)
+    assert in_guest(sample, "mount | sort") == before
+    assert in_guest(sample, "test -e /var/tmp/vmlab-mount-suite && echo left || echo gone").strip() == "gone"
 
 
 def test_a_guest_presenting_another_host_key_is_refused(sample: Project, tmp_path: Path) -> None:
