@@ -9,6 +9,7 @@ from __future__ import annotations
 import bz2
 import hashlib
 import json
+import os
 import logging
 import random
 import signal
@@ -22,6 +23,7 @@ from typing import Any, Dict, Set
 import pytest
 
 from vmlab.errors import ChecksumMismatch, DownloadError, PrerequisiteMissing
+import vmlab.fetch as fetch_module
 from vmlab.fetch import FetchResult, cached, fetch, prune
 
 try:
@@ -310,6 +312,22 @@ def test_a_changed_cached_file_is_an_error_not_a_download(server, iso, cache):
         get(server, cache)
     assert str(r.path) in str(e.value) and r.sha256 in str(e.value)
     assert len(server.requests_for(URL_PATH)) == 1, "not downloaded again"
+
+
+def test_a_verified_file_is_hashed_once_not_on_every_use(server, iso, cache, monkeypatch):
+    """Every phase of a golden build asks for the ISO; hashing 750 MB each time cost seconds.
+    (A counting wrapper around the real sha256_file: the only way to see how often it ran.)"""
+    r = get(server, cache)
+    hashed = []
+    real = fetch_module.sha256_file
+    monkeypatch.setattr(fetch_module, "sha256_file", lambda path: hashed.append(path) or real(path))
+    for _ in range(5):
+        assert get(server, cache, offline=True).sha256 == r.sha256
+    assert hashed == []
+    os.utime(r.path)  # touched: verified again, once
+    for _ in range(3):
+        get(server, cache, offline=True)
+    assert hashed == [r.path]
 
 
 def test_a_new_download_must_match_the_first_pin(server, iso, cache):

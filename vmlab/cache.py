@@ -33,6 +33,13 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def file_stamp(path: Path) -> List[int]:
+    """Size, modification time and inode of a file: while they hold, its bytes are taken as the
+    ones verified, so a big verified file is hashed once, not on every use."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
 def key_of(inputs: Dict[str, Any], files: Iterable[Path] = ()) -> str:
     """A short hash of the inputs and the bytes of the given files (by name)."""
     h = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode())

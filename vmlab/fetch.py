@@ -39,7 +39,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from vmlab import __version__, locks
-from vmlab.cache import sha256_file
+from vmlab.cache import file_stamp, sha256_file
 from vmlab.errors import Busy, ChecksumMismatch, ConfigError, DownloadError, PrerequisiteMissing
 
 log = logging.getLogger(__name__)
@@ -230,7 +230,7 @@ def _fetch_from(src: _Source, isos: Path, name: str, out_name: str,
         raise
     entry = {"sha256": got.out["sha256"], "md5": got.out.get("md5"), "size": got.size, "source": src.url,
              "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-             "published": {"name": name, **got.published}}
+             "published": {"name": name, **got.published}, "stamp": file_stamp(got.file)}
     _record_pin(isos, out_name, entry)  # before the rename: a file in the cache always has its pin
     final = isos / out_name
     os.replace(got.file, final)
@@ -627,7 +627,9 @@ def _reason(e: BaseException) -> str:
 # --- cache and pins -----------------------------------------------------------------------
 
 def _from_cache(isos: Path, out_name: str, want: Optional[Tuple[str, str]]) -> Optional[FetchResult]:
-    """The cached file if there, re-hashed against its pin; a changed file is an error, not a miss."""
+    """The cached file if there, checked against its pin; a changed file is an error, not a miss.
+
+    It is hashed again only if its size, mtime or inode differ from when it was verified."""
     final = isos / out_name
     if not final.is_file():
         return None
@@ -635,7 +637,8 @@ def _from_cache(isos: Path, out_name: str, want: Optional[Tuple[str, str]]) -> O
     if entry is None:
         log.warning("%s has no pinned checksum in %s (not fetched by vmlab?): not trusting it", final, isos / PINS)
         return None
-    actual = sha256_file(final)
+    stamp = file_stamp(final)
+    actual = entry.get("sha256") if entry.get("stamp") == stamp else sha256_file(final)
     if actual != entry.get("sha256"):
         raise ChecksumMismatch(f"the cached {final} has changed since it was verified: its sha256 is {actual}, "
                                f"pinned {entry.get('sha256')} ({entry.get('fetched_at')}, from "
@@ -647,6 +650,8 @@ def _from_cache(isos: Path, out_name: str, want: Optional[Tuple[str, str]]) -> O
             raise ChecksumMismatch(f"the cached {final} was verified as sha256 {actual} (from "
                                    f"{entry.get('source')}), but the configured pin is {algo}:{hexd}. If the pin "
                                    f"is right, delete {final} to download it again.")
+    if entry.get("stamp") != stamp:
+        _record_pin(isos, out_name, dict(entry, stamp=stamp))  # verified again: hashed once more, not every time
     return FetchResult(final, actual, "cache", 0)
 
 
