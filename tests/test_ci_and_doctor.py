@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import INVOKE, Project
-from vmlab import accel, config, golden, guests
+from vmlab import accel, config, guests
 from vmlab.lab import Lab
 
 ROOT = Path(__file__).parents[1]
@@ -53,7 +53,7 @@ def test_golden_key_changes_with_a_recipe_script_and_not_with_unrelated_files(gu
 
     def key() -> str:
         lab = Lab(config.load(cwd=tmp_path))
-        return golden.golden_key(lab.golden_inputs(lab.vm()))
+        return lab.golden_key()
 
     before = key()
     (guests_copy / "rehearsal" / "NOTES.md").write_text("an unrelated file\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,19 @@ def golden_dir(project: Project) -> Path:
 def fingerprint(folder: Path) -> dict:
     return {name: (sha256_file(folder / name), oct((folder / name).stat().st_mode & 0o777))
             for name in golden.FROZEN}
+
+
+def qemu_processes(folder: Path) -> list:
+    """QEMU processes started for a VM folder, read from /proc (not from vmlab's own records)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "qemu-system" in cmdline and str(folder) in cmdline:
+            found.append(proc.name)
+    return found
 
 
 def ssh(project: Project, vm: str, command: str) -> subprocess.CompletedProcess:
@@ -98,17 +112,65 @@ def test_export_import_round_trip_and_damage(lab_with_golden: Project, tmp_path:
     assert not list((other / "golden").glob("*/manifest.json"))
 
 
+def test_item07_a_clone_started_as_a_non_root_user_is_set_right_and_a_failed_start_stays_fresh(
+        lab_with_golden: Project) -> None:
+    """Issue 16, item 7. The after-restore step (clock, randomness, name) runs as root even when
+    vmlab logs in as `lab`; and a start that fails after QEMU started stops QEMU and leaves the
+    copy fresh (so no work is ever done on a disk the next start would throw away)."""
+    project = lab_with_golden
+    as_lab = project.root / "as-lab.yaml"
+    as_lab.write_text("vms:\n  default: {ssh_user: lab}\n")
+    started = project.invoke("vm.start", "--vm", "w5", "--config", str(as_lab))
+    assert started.returncode == 0, started.stderr
+    assert "restored to 'clean', not booted" in started.stderr
+    clock = project.invoke("vm.ssh", "--vm", "w5", "--config", str(as_lab), "-c", "id -un; date +%s")
+    user, seconds = clock.stdout.split()
+    assert user == "lab" and abs(int(seconds) - time.time()) < 5  # the snapshot's clock was set forward
+    assert json.loads(project.invoke("vm.status", "--json", "--vm", "w5").stdout)["origin"] == "golden"
+    assert project.invoke("vm.destroy", "--yes", "--vm", "w5").returncode == 0
+
+    hurried = project.root / "hurried.yaml"
+    hurried.write_text("vms:\n  default: {boot_timeout: 0.001}\n")
+    failed = project.invoke("vm.start", "--vm", "w6", "--config", str(hurried))
+    if failed.returncode == 0:
+        pytest.skip("SSH answered within a millisecond: no failed start to look at")
+    assert not qemu_processes(project.root / "vm" / "w6")
+    assert json.loads((project.root / "vm" / "w6" / "disk.json").read_text())["fresh"] is True
+    again = project.invoke("vm.start", "--vm", "w6")
+    assert again.returncode == 0 and "restored to 'clean', not booted" in again.stderr
+    assert project.invoke("vm.destroy", "--yes", "--vm", "w6").returncode == 0
+
+
+def test_item14_setup_of_a_vm_made_from_a_golden_image_says_where_its_disk_came_from(
+        lab_with_golden: Project) -> None:
+    project = lab_with_golden
+    result = project.invoke("vm.setup", "--vm", "w7")
+    assert result.returncode == 0, result.stderr
+    assert f"golden: {golden_dir(project)}" in result.stdout
+    assert project.invoke("vm.destroy", "--yes", "--vm", "w7").returncode == 0
+
+
 def test_golden_key_follows_what_made_it(tmp_path: Path) -> None:
     def key(text: str) -> str:
         (tmp_path / "vmlab.yaml").write_text(text)
         lab = Lab(config_mod.load(cwd=tmp_path))
-        return golden.golden_key(lab.golden_inputs(lab.vm()))
+        return lab.golden_key()
 
     base = key("defaults: {memory: 1G}\n")
     assert key("defaults: {memory: 1024}\n") == base  # the same machine, spelled differently
     assert key("defaults: {memory: 2G}\n") != base  # a snapshot needs the same RAM size
     assert key("defaults: {memory: 1G}\nprofiles:\n  debian: {suite: trixie}\n") != base
-    assert key("defaults: {memory: 1G, disk_size: 20G}\n") == base  # not part of the image
+
+
+def test_item15_vms_of_other_disk_sizes_do_not_share_a_golden_image(tmp_path: Path) -> None:
+    """Issue 16, item 15: a copy of a golden image has the size the image was made with, so
+    an 8G and a 40G VM must not find each other's golden image."""
+    def key(size: str) -> str:
+        (tmp_path / "vmlab.yaml").write_text(f"defaults: {{disk_size: {size}}}\n")
+        return Lab(config_mod.load(cwd=tmp_path)).golden_key()
+
+    assert key("8G") == key("8192M")  # the same size, spelled differently
+    assert key("8G") != key("40G")
 
 
 def test_a_name_that_is_neither_configured_nor_a_clone_is_refused(project: Project) -> None:

@@ -45,7 +45,7 @@ def test_restore_undoes_files_and_processes_and_sets_the_clock(running: Project)
 
 def test_twenty_restores_do_not_grow_processes_files_or_disk(running: Project) -> None:
     lab = running.lab()
-    machine = lab.machine(lab.vm())
+    machine = lab.vmdir(lab.vm()).machine
     pid = machine.pid()
     lab.restore()
 
@@ -63,7 +63,7 @@ def test_twenty_restores_do_not_grow_processes_files_or_disk(running: Project) -
     # way is that; a leak would be one (or more) per restore, 20 here
     assert after[1] <= before[1] + 3, f"QEMU's open files: {before[1]} before, {after[1]} after 20 restores"
     assert after[2] - before[2] < 32 * 2**20, f"the disk grew by {(after[2] - before[2]) >> 20} MiB"
-    assert lab.run("true").succeeded
+    assert lab.run("true").ok
 
 
 def test_restore_to_a_missing_name_changes_nothing(running: Project) -> None:
@@ -85,7 +85,7 @@ def test_two_restores_at_once_one_is_refused(running: Project) -> None:
 
 def test_restore_after_qemu_was_killed_starts_it_from_the_snapshot(running: Project) -> None:
     assert guest(running, "echo dirty > /root/dirty").returncode == 0
-    os.kill(running.lab().machine(running.lab().vm()).pid(), signal.SIGKILL)
+    os.kill(running.lab().status().pid, signal.SIGKILL)
     restored = running.invoke("vm.restore")
     assert restored.returncode == 0, restored.stderr
     assert "QEMU had died" in restored.stderr

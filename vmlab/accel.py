@@ -50,8 +50,9 @@ def kvm_usable() -> Optional[str]:
     return None
 
 
-def choose(requested: str, probe_kernel: Callable[[], Path], cache_dir: Path) -> AccelChoice:
-    """The accelerator to use for `requested` (auto|kvm|tcg). `probe_kernel` gives a Linux kernel."""
+def choose(requested: str, probe_kernel: Callable[[], Optional[Path]], cache_dir: Path) -> AccelChoice:
+    """The accelerator to use for `requested` (auto|kvm|tcg). `probe_kernel` gives a Linux kernel
+    at hand to prove KVM with, or None: then KVM is unproven and TCG is used, and nothing is kept."""
     if requested == "tcg":
         return AccelChoice("tcg", "accel: tcg is configured")
     problem = kvm_usable()
@@ -66,8 +67,13 @@ def choose(requested: str, probe_kernel: Callable[[], Path], cache_dir: Path) ->
     remembered = _remembered(verdict_file)
     if remembered:
         return remembered
+    kernel = probe_kernel()
+    if kernel is None:
+        return AccelChoice("tcg", "KVM is unproven: there is no Linux kernel at hand to prove it with (a cached "
+                                  "Debian image brings one: invoke vm.image --vm <a debian VM>); using TCG "
+                                  "(software emulation, slower). accel: kvm uses KVM unproven")
     log.info("proving KVM works: booting a kernel under KVM and TCG side by side (once per host boot)")
-    choice = probe(probe_kernel())
+    choice = probe(kernel)
     verdict_file.parent.mkdir(parents=True, exist_ok=True)
     verdict_file.write_text(json.dumps(dict(asdict(choice), boot_id=host.boot_id(),
                                             qemu=host.qemu_version(), probed_at=time.time())))

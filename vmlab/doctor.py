@@ -13,7 +13,7 @@ from typing import List
 
 from vmlab import accel, host
 from vmlab.errors import VmlabError
-from vmlab.lab import Lab
+from vmlab.lab import Lab, images
 
 MIN_FREE_DISK = 10 * 2**30
 
@@ -58,7 +58,7 @@ def _accelerator(lab: Lab) -> Finding:
     if problem:
         return Finding("accelerator", f"no KVM ({problem}): guests run under TCG, software emulation (slower)")
     try:
-        choice = accel.choose("auto", lambda: lab._probe_kernel(Path("/nonexistent")), lab.config.cache_dir)
+        choice = accel.choose("auto", lambda: images.probe_kernel(lab), lab.config.cache_dir)
     except VmlabError as e:
         return Finding("accelerator", f"KVM could not be probed: {e}", ok=False,
                        fix="build a guest image first (invoke vm.image), which brings the probe's kernel")

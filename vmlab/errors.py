@@ -85,3 +85,7 @@ class HostKeyMismatch(VmlabError):
 
 class Busy(VmlabError):
     """Another vmlab command holds the lock this one needs."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is so that it cleans up exactly as after Ctrl-C."""

@@ -18,9 +18,11 @@ import signal
 import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from vmlab import host
 from vmlab.accel import AccelChoice
@@ -52,10 +54,19 @@ class MachineSpec:
     install_iso: Optional[Path] = None  # an installer, as the first CD, booted before the disk
 
 
+class State(StrEnum):
+    """What a VM is doing, as `vm.status` shows it."""
+
+    RUNNING = "running"
+    STOPPED = "stopped"
+    CRASHED = "crashed"  # QEMU died without vmlab stopping it
+    SUSPENDED = "suspended"  # no QEMU; its whole state is saved on the disk (the lab knows this, not QEMU)
+
+
 @dataclass
 class MachineStatus:
     name: str
-    state: str  # "running", "stopped" or "crashed" (QEMU died without vmlab stopping it)
+    state: State
     pid: Optional[int] = None
     ssh_port: Optional[int] = None
     accel: Optional[str] = None
@@ -137,11 +148,11 @@ class Machine:
         pid = self.pid()
         if pid is None:
             if recorded or self.pid_file.exists():
-                return MachineStatus(self.name, "crashed", pid=recorded.get("pid"), accel=recorded.get("accel"),
+                return MachineStatus(self.name, State.CRASHED, pid=recorded.get("pid"), accel=recorded.get("accel"),
                                      detail=f"QEMU (pid {recorded.get('pid', '?')}) is gone without vmlab "
                                             f"stopping it; see {self.qemu_log}. `vm.start` cleans up and starts again")
-            return MachineStatus(self.name, "stopped")
-        st = MachineStatus(self.name, "running", pid=pid, ssh_port=recorded.get("ssh_port"),
+            return MachineStatus(self.name, State.STOPPED)
+        st = MachineStatus(self.name, State.RUNNING, pid=pid, ssh_port=recorded.get("ssh_port"),
                            accel=recorded.get("accel"), started_at=recorded.get("started_at"),
                            detail=recorded.get("accel_reason", ""))
         if query_qemu:
@@ -197,6 +208,17 @@ class Machine:
             self.clean()
             raise
         return self.status(query_qemu=False)
+
+    @contextmanager
+    def launched(self, spec: MachineSpec) -> Iterator[MachineStatus]:
+        """QEMU for `spec`, for a block that makes it useful (waits for SSH, loads a snapshot):
+        if the block fails or is interrupted, QEMU is stopped and cleaned up. A VM is up or not at all."""
+        status = self.launch(spec)
+        try:
+            yield status
+        except BaseException:
+            self.stop(soft_timeout=0)
+            raise
 
     def argv(self, spec: MachineSpec, ssh_port: int) -> List[str]:
         args = [

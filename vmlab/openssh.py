@@ -149,6 +149,16 @@ class SharedConnection:
             raise GuestUnreachable(f"ssh to 127.0.0.1:{self.port} failed: {proc.stderr.decode(errors='replace')}")
         return proc.stdout if proc.returncode == 0 else None
 
+    def put(self, local: Path, remote: str) -> None:
+        """Copy a file into the guest over the shared connection (no SFTP session needed)."""
+        with open(local, "rb") as data:
+            proc = subprocess.run([*self.ssh_command(), self.destination, f"cat > {shlex.quote(remote)}"],
+                                  stdin=data, capture_output=True, check=False)
+        if proc.returncode == SSH_FAILED:
+            raise GuestUnreachable(f"ssh to 127.0.0.1:{self.port} failed: {proc.stderr.decode(errors='replace')}")
+        if proc.returncode != 0:
+            raise GuestUnreachable(f"could not write {remote} in the guest: {proc.stderr.decode(errors='replace')}")
+
     def close(self) -> None:
         """Stop the control master, if one runs (after a restore its connection is dead)."""
         if self.control_path.exists():

@@ -14,12 +14,12 @@ import select
 import shlex
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Dict, Optional, TextIO
 
 import paramiko
 
+from vmlab.command import CommandResult
 from vmlab.errors import GuestUnreachable, HostKeyMismatch
 from vmlab.keys import LabKeys
 
@@ -29,20 +29,6 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 # Failures that mean "not up yet" while a guest boots.
 _NOT_READY = (OSError, EOFError, paramiko.SSHException)
-
-
-@dataclass
-class CommandResult:
-    command: str
-    exit_status: int  # -1 when there was none (timed out, connection lost)
-    stdout: str
-    stderr: str
-    duration: float
-    timed_out: bool = False
-
-    @property
-    def succeeded(self) -> bool:
-        return self.exit_status == 0 and not self.timed_out
 
 
 class GuestSSH:

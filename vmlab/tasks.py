@@ -1,6 +1,8 @@
 """Invoke tasks: argument parsing and printing only; each is a thin call into Lab.
 
-A project uses them with a one-line tasks.py: `from vmlab.tasks import ns`.
+They are the `vmlab` command's subcommands (cli.py). A project with a tasks.py of its
+own mounts them as `vm.*`: `from vmlab.tasks import vm_tasks; ns.add_collection(vm_tasks)`
+(or, with no tasks of its own, a one-line tasks.py: `from vmlab.tasks import ns`).
 Exit codes: 0 done, 1 failed, 2 could not start (something missing or misconfigured).
 """
 
@@ -10,6 +12,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -22,7 +25,7 @@ from vmlab import golden as golden_images
 from vmlab import results
 from vmlab.config import SuiteConfig
 from vmlab.console import attach
-from vmlab.errors import VmlabError
+from vmlab.errors import Terminated, VmlabError
 from vmlab.lab import Lab
 
 VM_HELP = "VM name from vmlab.yaml (default: $VM, else the first VM)"
@@ -43,16 +46,24 @@ def _vm(vm: Optional[str]) -> Optional[str]:
     return vm or os.environ.get("VM") or None
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def cli(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn vmlab's errors into a message and an exit code instead of a traceback."""
+    """Turn vmlab's errors into a message and an exit code instead of a traceback; SIGTERM
+    cleans up as Ctrl-C does (nothing left running), then exits 143 (Ctrl-C: 130)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         _setup_logging()
+        signal.signal(signal.SIGTERM, _terminate)
         try:
             return fn(*args, **kwargs)
         except VmlabError as e:
             raise Exit(f"vmlab: error: {e}", code=e.exit_code) from None
+        except Terminated:
+            raise Exit("vmlab: terminated", code=143) from None
         except KeyboardInterrupt:
             raise Exit("vmlab: interrupted", code=130) from None
 
@@ -154,7 +165,7 @@ def console(c, vm=None, config=None):
     """
     lab = _lab(config)
     v = lab.vm(_vm(vm))
-    machine = lab.machine(v)
+    machine = lab.vmdir(v).machine
     if machine.pid() is None:
         raise Exit(f"vmlab: error: VM {v.name} is not running; start it: invoke vm.start", code=2)
     attach(machine.console_socket, v.name)
@@ -178,9 +189,9 @@ def destroy(c, yes=False, vm=None, config=None):
     """
     lab = _lab(config)
     v = lab.vm(_vm(vm))
-    _confirm(yes, f"Destroy VM {v.name} and delete {lab.machine(v).dir}?")
+    _confirm(yes, f"Destroy VM {v.name} and delete {lab.vmdir(v).dir}?")
     how = lab.destroy(v.name)
-    print(f"VM {v.name}: {how}; deleted {lab.machine(v).dir}")
+    print(f"VM {v.name}: {how}; deleted {lab.vmdir(v).dir}")
 
 
 SNAP_HELP = "snapshot name (default: clean)"
@@ -201,7 +212,7 @@ def snapshot(c, name="clean", vm=None, config=None):
 @cli
 def snapshots(c, vm=None, config=None, json_=False):
     """List the VM's snapshots: name, date, size, clock."""
-    found = [s.as_dict() for s in _lab(config).snapshots(_vm(vm))]
+    found = [s.as_dict() for s in _lab(config).list_snapshots(_vm(vm))]
     if json_:
         print(json.dumps({"snapshots": found}, indent=2))
         return
@@ -227,7 +238,8 @@ def restore(c, name="clean", vm=None, config=None):
     when it returns.
     """
     t = _lab(config).restore(_vm(vm), name)
-    print(f"restored {name} in {t['total_seconds']}s (state loaded in {t['load_seconds']}s)")
+    loaded = f" (state loaded in {t['load_seconds']}s)" if "load_seconds" in t else " (QEMU started from it)"
+    print(f"restored {name} in {t['total_seconds']}s{loaded}")
 
 
 @task(help={"yes": "do not ask for confirmation", "vm": VM_HELP, "config": CONFIG_HELP})
@@ -273,7 +285,7 @@ def install(c, vm=None, config=None):
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP})
 @cli
 def provision(c, vm=None, config=None):
-    """Run the profile's provision script in a fresh VM.
+    """Provision: the config's packages, from the base image.
 
     Boots from the installed (or built) disk; a failed provision never redoes the install.
     """
@@ -310,8 +322,7 @@ def golden_key(c, vm=None, config=None):
 
     A hash of everything that makes it; nothing is built.
     """
-    lab = _lab(config)
-    print(golden_images.golden_key(lab.golden_inputs(lab.vm(_vm(vm)))))
+    print(_lab(config).golden_key(_vm(vm)))
 
 
 @task(name="golden-export", help={"output": "file to write (default: golden-KEY.tar)", "vm": VM_HELP,
@@ -475,12 +486,57 @@ def image(c, vm=None, config=None):
     """Build (or find) the image a new VM disk starts from."""
     lab = _lab(config)
     started = time.monotonic()
-    folder = next(iter(lab.base(lab.vm(_vm(vm))).values()))
+    folder = lab.base(_vm(vm))
     print(f"{folder} ({time.monotonic() - started:.1f}s)")
 
 
-vm_tasks = Collection("vm", start, stop, status, ssh, console, destroy, reset, snapshot, snapshots,
-                      snapshot_delete, restore, suspend, resume, install, provision, verify, golden_task,
-                      golden_key, golden_export, golden_import,
-                      sync, test, test_all, build, quick, fetch, setup, cache, doctor, demo, image)
-ns = Collection(vm_tasks)
+@task(help={"guest": f"the guest to test on: {', '.join(config_mod.known_profiles())} (default: dragonfly; "
+                     "debian is built offline)",
+            "yes": "replace files that exist without asking"})
+@cli
+def init(c, guest="dragonfly", yes=False):
+    """Set this project up: vmlab.yaml, the vm-* Make targets.
+
+    Also puts vm/ in .gitignore. Never overwrites a file without asking; run twice, it changes nothing.
+    """
+    from vmlab import guests
+    from vmlab import init as project_setup
+
+    profile = guests.load(guest)  # an unknown guest is refused, naming the known ones
+
+    def confirm(question: str) -> bool:
+        if yes:
+            return True
+        return sys.stdin.isatty() and input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+    done = project_setup.init(Path.cwd(), guest, profile.os, confirm)
+    for line in done or ["nothing to do: this project is set up already"]:
+        print(f"vmlab: {line}")
+    loop = "vmlab quick" if any(line.startswith("did not include") for line in done) else "make vm-quick"
+    print(f"next: `{loop}` (the first run makes or fetches the guest, then boots it); `vmlab --list` lists "
+          "every task")
+
+
+@task(name="host-setup", help={"install": "install the missing packages with apt-get (needs root)"})
+@cli
+def host_setup(c, install=False):
+    """Check the host's Debian packages (--install adds them)."""
+    from vmlab import host
+
+    missing = host.missing_packages()
+    if not missing:
+        print("vmlab: every Debian package vmlab needs is installed")
+        return
+    if not install:
+        raise Exit(f"vmlab: missing Debian packages: {' '.join(missing)}\n"
+                   f"fix: apt-get install {' '.join(missing)}  (or, as root: vmlab host-setup --install)", code=2)
+    host.install_packages(missing)
+    print(f"vmlab: installed {' '.join(missing)}")
+
+
+TASKS = (start, stop, status, ssh, console, destroy, reset, snapshot, snapshots, snapshot_delete, restore, suspend,
+         resume, install, provision, verify, golden_task, golden_key, golden_export, golden_import, sync, test,
+         test_all, build, quick, fetch, setup, cache, doctor, demo, image, init, host_setup)
+vm_tasks = Collection("vm", *TASKS)  # mounted in a project's own tasks.py: invoke vm.quick
+ns = Collection(vm_tasks)  # a one-line tasks.py: `from vmlab.tasks import ns`
+program_tasks = Collection(*TASKS)  # the `vmlab` command: vmlab quick

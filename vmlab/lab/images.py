@@ -1,0 +1,213 @@
+"""What a VM's disk starts from, and the keys that name each image without building it.
+
+A VM disk starts from a golden image if one exists for its inputs, else from its
+base: an image built from packages (`image:` in the profile) or a disk a recipe
+installed from an ISO (`install:`). Every image is cached by a key that hashes
+what made it, so asking for a key never builds or downloads anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+
+from vmlab import accel, builder, disk, fetch, golden, guests, recipe
+from vmlab.cache import key_of
+from vmlab.config import VMConfig, known_profiles
+from vmlab.errors import ConfigError, PrerequisiteMissing
+from vmlab.lab.vmdir import Origin, OriginKind, VMDir
+
+if TYPE_CHECKING:
+    from vmlab.lab import Lab
+
+log = logging.getLogger(__name__)
+
+INSTALLED = "installed"  # cache kind: a disk a recipe installed, with the keys it trusts
+
+
+def options(lab: "Lab", profile: guests.Profile) -> Dict[str, Any]:
+    return lab.config.profile_options(profile.name)
+
+
+def base(lab: "Lab", vm: VMConfig) -> Origin:
+    """The cached disk a new VM starts from, built first if it is built from packages.
+
+    A guest installed from an ISO needs `vm.install` first (it takes minutes).
+    """
+    profile = lab.profile(vm)
+    if profile.image:
+        return Origin(OriginKind.IMAGE, builder.ensure(lab.cache, profile, "image", options(lab, profile)))
+    key, _ = installed_key(lab, vm)
+    if not lab.cache.has(INSTALLED, key):
+        raise PrerequisiteMissing(f"VM {vm.name}'s guest ({profile.name}) is not installed yet: "
+                                  "invoke vm.install (or vm.golden --from-scratch)")
+    return Origin(OriginKind.INSTALLED, lab.cache.path(INSTALLED, key))
+
+
+def base_key(lab: "Lab", vm: VMConfig) -> str:
+    profile = lab.profile(vm)
+    if profile.image:
+        return "image:" + builder.key(profile, "image", options(lab, profile))
+    return "installed:" + installed_key(lab, vm)[0]
+
+
+def installed_key(lab: "Lab", vm: VMConfig) -> Tuple[str, Dict[str, Any]]:
+    """(key, inputs) of what `vm.install` makes: the medium, the recipe and its scripts, the disk size."""
+    profile = lab.profile(vm)
+    if not profile.install:
+        raise PrerequisiteMissing(f"guest profile {profile.name!r} is not installed from an ISO")
+    rec = recipe.load(profile.dir / profile.install["recipe"])
+    if profile.medium:
+        medium = "built:" + builder.key(profile, "medium", options(lab, profile))
+    else:  # the verified ISO's sha256, from the cache: asking never downloads
+        medium = "sha256:" + fetch_iso(lab, vm, offline=True).sha256
+    inputs = {"profile": profile.name, "medium": medium, "disk_bytes": vm.disk_bytes}
+    return key_of(inputs, rec.files), inputs
+
+
+def provision_key(lab: "Lab", vm: VMConfig) -> str:
+    profile = lab.profile(vm)
+    script = profile.provision.get("script")
+    packages = sorted(options(lab, profile).get("packages", []))
+    return key_of({"packages": packages}, [profile.dir / script] if script else [])
+
+
+def golden_inputs(lab: "Lab", vm: VMConfig) -> Dict[str, Any]:
+    """Everything a golden image of `vm` depends on; its hash is the golden key.
+
+    The disk size is in it: a copy of a golden image has the size the image was made with.
+    """
+    profile = lab.profile(vm)
+    return {"profile": profile.name, "memory_mib": vm.memory_mib, "cpus": vm.cpus, "disk_bytes": vm.disk_bytes,
+            "base": base_key(lab, vm), "provision": provision_key(lab, vm)}
+
+
+def golden_of(lab: "Lab", vm: VMConfig) -> Optional[golden.Golden]:
+    try:
+        return golden.find(lab.cache, golden.golden_key(golden_inputs(lab, vm)))
+    except (ConfigError, PrerequisiteMissing):
+        return None
+
+
+def ensure_disk(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> Origin:
+    """The VM's disk, made if missing: from the golden image if there is one, else from its base."""
+    vmdir.dir.mkdir(parents=True, exist_ok=True)
+    if not vmdir.disk.exists():
+        gold = golden_of(lab, vm)
+        if gold:
+            gold.new_disk(vmdir.disk)
+            vmdir.set_origin(Origin(OriginKind.GOLDEN, gold.dir, fresh=True))
+            # its key holds the provisioning: the image has what the config asks for
+            vmdir.mark_provisioned(provision_key(lab, vm), options(lab, lab.profile(vm)).get("packages", []),
+                                   time.time())
+        else:
+            origin = base(lab, vm)
+            disk.create_overlay(vmdir.disk, origin.path / "disk.qcow2", vm.disk_bytes)
+            vmdir.set_origin(origin)
+    origin = vmdir.origin()
+    if origin and origin.kind == OriginKind.INSTALLER:
+        raise PrerequisiteMissing(f"VM {vm.name}'s disk is blank (made by vm.setup): install the guest "
+                                  "on it first (invoke vm.install)")
+    if origin is None or not origin.path.is_dir():
+        where = f" ({origin.path})" if origin else ""
+        raise PrerequisiteMissing(f"the image VM {vm.name}'s disk was made from is gone{where}; "
+                                  f"`invoke vm.destroy --vm {vm.name}` and start again")
+    return origin
+
+
+def boot_files(lab: "Lab", vm: VMConfig, folder: Path) -> Dict[str, Any]:
+    """Kernel, initrd and command line for a guest its profile boots directly, from `folder`."""
+    boot = lab.profile(vm).boot
+    return {"kernel": folder / boot["kernel"] if "kernel" in boot else None,
+            "initrd": folder / boot["initrd"] if "initrd" in boot else None,
+            "cmdline": boot.get("cmdline", "")}
+
+
+def accelerator(lab: "Lab", vm: VMConfig, folder: Path) -> accel.AccelChoice:
+    """The accelerator for `vm`: proven with a Linux kernel at hand, never built for (see accel.py)."""
+    choice = accel.choose(vm.accel, lambda: probe_kernel(lab, folder), lab.config.cache_dir)
+    if vm.accel == "auto" and choice.accel == "tcg" and not lab.warned_tcg:
+        log.warning("%s", choice.reason)
+        lab.warned_tcg = True  # once per command is enough
+    return choice
+
+
+def probe_kernel(lab: "Lab", folder: Optional[Path] = None) -> Optional[Path]:
+    """A Linux kernel to prove KVM with, from what is at hand: the guest's own, any cached
+    image's, or the host's. None if there is none (a BSD guest on a fresh host): nothing
+    is built just to probe."""
+    candidates = [*([folder / "vmlinuz"] if folder else []), *sorted(lab.cache.root.glob("*/*/vmlinuz")),
+                  *sorted(Path("/boot").glob("vmlinuz-*"), reverse=True)]
+    for candidate in candidates:
+        try:
+            with open(candidate, "rb"):
+                return candidate
+        except OSError:
+            continue  # missing, or a host kernel only root may read
+    return None
+
+
+# --- installer media ---
+
+def medium(lab: "Lab", vm: VMConfig) -> Path:
+    """The install ISO: downloaded (DragonFly) or built from packages (the rehearsal)."""
+    profile = lab.profile(vm)
+    if profile.medium:
+        return builder.ensure(lab.cache, profile, "medium", options(lab, profile)) / "live.iso"
+    return fetch_iso(lab, vm).path
+
+
+def fetch_iso(lab: "Lab", vm: VMConfig, offline: bool = False) -> fetch.FetchResult:
+    """The VM profile's installer ISO, verified, from the cache or its mirrors."""
+    profile = lab.profile(vm)
+    if not profile.iso:
+        raise PrerequisiteMissing(f"guest profile {profile.name!r} is not installed from an ISO "
+                                  "(its image is built from packages: invoke vm.image)")
+    opts = options(lab, profile)
+    release = opts.get("release") or profile.iso["release"]
+    return fetch.fetch(mirrors=opts.get("mirrors") or profile.iso["mirrors"],
+                       path=profile.iso["path"].format(release=release), checksums=profile.iso["checksums"],
+                       pin=opts.get("checksum"), cache_dir=lab.config.cache_dir, offline=offline)
+
+
+def setup(lab: "Lab", vm: VMConfig, vmdir: VMDir, offline: bool = False) -> Dict[str, Any]:
+    """Everything a VM needs before its install: the ISO and the blank disk it is installed on
+    (for a guest built from packages, or a disk already made: where the disk comes from)."""
+    profile = lab.profile(vm)
+    made = vmdir.origin() if vmdir.disk.exists() else None
+    if profile.image or (made and made.kind != OriginKind.INSTALLER):
+        origin = ensure_disk(lab, vm, vmdir)
+        return {"disk": str(vmdir.disk), origin.kind.value: str(origin.path)}
+    iso = fetch_iso(lab, vm, offline=offline) if profile.iso else None
+    installer = iso.path if iso else medium(lab, vm)
+    if not vmdir.disk.exists():
+        vmdir.dir.mkdir(parents=True, exist_ok=True)
+        disk.create_blank(vmdir.disk, vm.disk_bytes)
+        vmdir.set_origin(Origin(OriginKind.INSTALLER, installer))
+    facts = {"disk": str(vmdir.disk), "medium": str(installer)}
+    if iso:
+        facts["sha256"] = iso.sha256
+    return facts
+
+
+# --- the cache ---
+
+def cache_listing(lab: "Lab") -> Dict[str, Any]:
+    """What the cache holds: ISOs, and every built artefact by kind (images, media, installs, goldens)."""
+    root = lab.cache.root
+    kinds = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in ("isos", "logs", "debs")) \
+        if root.is_dir() else []
+    return {"cache": str(root), "isos": fetch.cached(root),
+            "artefacts": {kind: lab.cache.entries(kind) for kind in kinds if lab.cache.entries(kind)}}
+
+
+def prune_isos(lab: "Lab") -> List[Path]:
+    """Delete cached ISOs and partial downloads no profile's configured release uses."""
+    keep = set()
+    for profile in map(guests.load, known_profiles()):
+        if profile.iso:
+            release = options(lab, profile).get("release") or profile.iso["release"]
+            keep.add(Path(profile.iso["path"].format(release=release)).name)
+    return fetch.prune(lab.cache.root, keep)

@@ -1,0 +1,163 @@
+"""The edit-test loop: the project into the guest, suites run there, a report of every run.
+
+A run's report (results.py) is written on every way out of it: all suites done,
+a suite failing, SSH dying, the sync failing, a restore after a failure failing,
+Ctrl-C. It says "passed" only when every suite it was asked to run ran and passed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+from vmlab import __version__, golden, host, results
+from vmlab import suites as suite_runner
+from vmlab import sync as rsync
+from vmlab.command import CommandResult
+from vmlab.config import SuiteConfig, VMConfig
+from vmlab.errors import GuestUnreachable, ProvisionError, RunIncomplete, SyncError, Terminated, VmlabError
+from vmlab.lab import images, lifecycle, snapshotting
+from vmlab.lab.vmdir import VMDir
+from vmlab.openssh import SharedConnection
+from vmlab.ssh import GuestSSH
+
+if TYPE_CHECKING:
+    from vmlab.lab import Lab
+
+log = logging.getLogger(__name__)
+
+GUEST_PROVISION_SCRIPT = "/tmp/vmlab-provision.sh"
+
+
+def ensure_provisioned(lab: "Lab", vm: VMConfig, vmdir: VMDir, conn: SharedConnection) -> None:
+    """What the config asks to be in the guest (`packages:`, the profile's provision script) is
+    there before anything runs in it: a VM whose disk was made without them gets them now,
+    as root, once. (`vm.golden` makes an image that has them, so new VMs start with them.)"""
+    key = images.provision_key(lab, vm)
+    if vmdir.provisioned_key() == key:
+        return
+    profile = lab.profile(vm)
+    script = profile.provision.get("script")
+    packages = [str(p) for p in images.options(lab, profile).get("packages", [])]
+    if script:
+        log.info("VM %s: installing what the config asks for (%s) with %s; `invoke vm.golden --vm %s` makes an "
+                 "image that has it", vm.name, " ".join(packages) or "no packages", Path(script).name, vm.name)
+        conn.put(profile.dir / script, GUEST_PROVISION_SCRIPT)
+        output = io.BytesIO()
+        status = conn.run(lifecycle.as_root(lab, vm, shlex.join(["sh", GUEST_PROVISION_SCRIPT, *packages])),
+                          output=output, echo=sys.stdout.buffer, timeout=4 * 3600)
+        if status != 0:
+            lines = output.getvalue().decode(errors="replace").splitlines()[-30:]
+            raise ProvisionError(f"VM {vm.name}: provisioning ({Path(script).name} {' '.join(packages)}) failed "
+                                 f"(exit {status}):\n" + "\n".join(lines))
+    vmdir.mark_provisioned(key, packages, time.time())
+
+
+def sync(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> rsync.SyncResult:
+    """Make the guest's copy of the project (sync.guest_dir) equal to the project folder."""
+    conn = lifecycle.connection(lab, vm, vmdir)
+    try:
+        ensure_provisioned(lab, vm, vmdir, conn)  # rsync itself may be among what it installs (DragonFly)
+        done = rsync.sync(conn, lab.config.project_dir, lab.config.sync)
+    except GuestUnreachable as e:
+        raise RunIncomplete(f"VM {vm.name}: SSH never answered: {e}") from None
+    log.info("synced %s to %s:%s: %s", lab.config.project_dir, vm.name, lab.config.sync.guest_dir, done)
+    return done
+
+
+def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig],
+               restore_on_failure: bool = False, sync_first: bool = False) -> Dict[str, Any]:
+    """Run suites in order into a new results folder; returns the report (see results.py).
+
+    After a privileged suite fails or times out, `restore_on_failure` puts the VM back
+    to its "clean" snapshot so the next one starts clean. `sync_first` syncs the project
+    first, within the first suite's session and only if the guest's copy may differ
+    (see sync.SyncGate): the edit-test loop's fast path. A run that cannot finish (VM
+    down, SSH gone, sync failed) is RunIncomplete: exit code 2, not a failed suite.
+    """
+    run_dir = results.new_run(vmdir.dir / "results")
+    meta: Dict[str, Any] = {"vm": dataclasses.asdict(vm), "vmlab": __version__,
+                            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "results_dir": str(run_dir)}
+    done: List[results.SuiteResult] = []
+    current: Optional[str] = None  # the suite under way when the run was cut off, if any
+    why = "vmlab stopped unexpectedly"  # what cut the run off; empty once it finished
+    try:
+        conn = lifecycle.connection(lab, vm, vmdir)
+        meta.update(guest_facts(conn, vmdir))
+        ensure_provisioned(lab, vm, vmdir, conn)
+        run_as_root = "" if vm.ssh_user == "root" else lab.profile(vm).privileged
+        gate = rsync.SyncGate(conn, lab.config.project_dir, lab.config.sync, vmdir.sync_record) \
+            if sync_first else None
+        for suite in suites:
+            current = suite.name
+            log.info("suite %s: %s%s", suite.name, suite.command, " (as root)" if suite.privileged else "")
+            result = suite_runner.run(conn, suite, lab.config.sync.guest_dir, run_dir, run_as_root, gate=gate)
+            done.append(result)
+            current, gate = None, None
+            if not result.passed and suite.privileged and restore_on_failure:
+                log.info("suite %s %s: restoring VM %s to 'clean'", suite.name, result.status, vm.name)
+                snapshotting.restore(lab, vm, vmdir, golden.SNAPSHOT)
+                conn = lifecycle.connection(lab, vm, vmdir)
+        why = ""
+    except GuestUnreachable as e:
+        why = f"SSH stopped answering: {e}"
+        raise RunIncomplete(f"VM {vm.name}: {why}\nResults so far: {run_dir}") from None
+    except SyncError as e:
+        why = f"the project could not be synced first: {e}"
+        raise RunIncomplete(f"suite {current} did not run: the project could not be synced first.\n{e}\n"
+                            f"Results: {run_dir}") from None
+    except KeyboardInterrupt as e:
+        why = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (Ctrl-C)"
+        raise
+    except VmlabError as e:
+        why = str(e).splitlines()[0]
+        raise
+    finally:
+        report = results.write(run_dir, meta, done, planned=[s.name for s in suites],
+                               cut_off=results.CutOff(current, why) if why else None)
+    return report
+
+
+def guest_facts(conn: SharedConnection, vmdir: VMDir) -> Dict[str, Any]:
+    """The guest's OS and kernel, and QEMU's version: asked once per QEMU process."""
+    pid = vmdir.machine.pid()
+    try:
+        facts = json.loads(vmdir.guest_facts.read_text())
+        if facts.get("pid") == pid and "qemu" in facts:
+            return {"guest": facts["guest"], "qemu": facts["qemu"]}
+    except (OSError, ValueError, KeyError):
+        pass
+    out = io.BytesIO()
+    conn.run("uname -s; uname -r", output=out, timeout=60)
+    os_name, _, kernel = out.getvalue().decode(errors="replace").strip().partition("\n")
+    facts = {"guest": {"os": os_name, "kernel": kernel}, "qemu": host.qemu_version()}
+    vmdir.guest_facts.write_text(json.dumps(dict(facts, pid=pid)))
+    return facts
+
+
+def ssh(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> GuestSSH:
+    """A connected SSH session to a running VM."""
+    lifecycle.require_running(vm, vmdir)
+    session = GuestSSH(vmdir.machine.state()["ssh_port"], vm.ssh_user, lifecycle.keys_for(lab, vmdir))
+    session.wait_ready(timeout=30)
+    return session
+
+
+def run(lab: "Lab", vm: VMConfig, vmdir: VMDir, command: str, **kwargs: Any) -> CommandResult:
+    with ssh(lab, vm, vmdir) as session:
+        return session.run(command, **kwargs)
+
+
+def ssh_argv(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> List[str]:
+    """The OpenSSH command line for an interactive shell in the VM."""
+    lifecycle.require_running(vm, vmdir)
+    host.require(["ssh"], "an interactive shell")
+    return [host.which("ssh") or "ssh", *lifecycle.keys_for(lab, vmdir).openssh_options(),
+            "-p", str(vmdir.machine.state()["ssh_port"]), "-l", vm.ssh_user, "127.0.0.1"]
