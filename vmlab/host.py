@@ -11,7 +11,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, List, Optional
 
 from vmlab.errors import PrerequisiteMissing
 
@@ -71,5 +71,42 @@ def qemu_version() -> str:
     return out.splitlines()[0].replace("QEMU emulator version ", "") if out else "unknown"
 
 
-if __name__ == "__main__":  # `python3 -m vmlab.host` lists the Debian packages scripts/setup installs
-    print(" ".join(sorted(set(PACKAGES.values()))))
+def missing_packages() -> List[str]:
+    """The Debian packages vmlab needs (and python3-venv, for a venv) that dpkg says are not installed."""
+    missing = []
+    for package in sorted({*PACKAGES.values(), "python3-venv"}):
+        proc = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True,
+                              check=False)
+        if "ok installed" not in proc.stdout:
+            missing.append(package)
+    return missing
+
+
+def install_packages(packages: List[str]) -> None:
+    """apt-get install `packages` (as root), quietly; PrerequisiteMissing with the command otherwise."""
+    command = f"apt-get install {' '.join(packages)}"
+    if os.geteuid() != 0:
+        raise PrerequisiteMissing(f"missing Debian packages: {' '.join(packages)}; install them as root: {command}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for argv in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]):
+        proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise PrerequisiteMissing(f"`{' '.join(argv)}` failed (exit {proc.returncode}):\n"
+                                      + "\n".join((proc.stdout + proc.stderr).splitlines()[-15:]))
+
+
+if __name__ == "__main__":  # python3 -m vmlab.host [--install]: what scripts/setup runs, before any venv
+    import sys
+
+    wanted = missing_packages()
+    if not wanted:
+        sys.exit(0)
+    if "--install" not in sys.argv[1:]:
+        print(f"missing Debian packages: {' '.join(wanted)} (install: apt-get install {' '.join(wanted)})")
+        sys.exit(2)
+    print(f"setup: installing Debian packages: {' '.join(wanted)}")
+    try:
+        install_packages(wanted)
+    except PrerequisiteMissing as e:
+        print(f"setup: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,159 @@
+"""vmlab in someone else's project, the way its users meet it: vmlab's wheel installed into a
+fresh venv outside this checkout (which is then not importable), `vmlab init` in the project,
+and the project's own `make vm-quick` on the offline Debian guest."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Dict, Optional
+
+import pytest
+
+from conftest import kill_vms
+
+REPO = Path(__file__).resolve().parents[1]
+SYSTEM_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
+MOUNT_TEST = """\
+#!/bin/sh
+# The project's privileged test: mount a size-limited tmpfs, use the program in it, check, unmount.
+set -eu
+dir=$(mktemp -d)
+mount -t tmpfs -o size=1m project-test "$dir"
+printf 'one\\ntwo\\nthree\\n' > "$dir/input"
+got=$(sh bin/count-lines "$dir/input")
+umount "$dir" && rmdir "$dir"
+[ "$got" = "$EXPECTED" ] || { echo "count-lines: expected $EXPECTED lines, got $got" >&2; exit 1; }
+echo "count-lines counted $got lines on a tmpfs"
+"""
+MAKEFILE = """\
+EXPECTED ?= 3
+export EXPECTED
+
+hello: ## the project's own first target
+\t@echo "hello from the project's own Makefile"
+
+test:
+\tsh tests/mount-test.sh
+"""
+
+
+@pytest.fixture(scope="module")
+def vmlab_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """vmlab built as a wheel and installed into a fresh venv of the system's python3."""
+    work = tmp_path_factory.mktemp("install")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                    "-w", str(work / "dist"), str(REPO)], check=True, capture_output=True)
+    wheel = next((work / "dist").glob("vmlab-*.whl"))
+    subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(work / "venv")], check=True)
+    subprocess.run([str(work / "venv" / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(wheel)],
+                   check=True, capture_output=True)
+    return work / "venv" / "bin"
+
+
+def run(argv: list, cwd: Path, bin_dir: Path, env: Optional[Dict[str, str]] = None,
+        timeout: float = 1200) -> subprocess.CompletedProcess:
+    """A command as a user types it in the project: the installed vmlab first on PATH, and
+    nothing from this checkout importable."""
+    full = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VM", "VMLAB_CONFIG", "VIRTUAL_ENV")}
+    full["PATH"] = f"{bin_dir}:{full.get('PATH', '')}"
+    full.update(env or {})
+    return subprocess.run(argv, cwd=cwd, env=full, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_the_installed_package_carries_what_it_needs_and_the_command(vmlab_bin: Path, tmp_path: Path) -> None:
+    where = run([str(vmlab_bin / "python"), "-c", "import vmlab, pathlib; print(pathlib.Path(vmlab.__file__).parent)"],
+                tmp_path, vmlab_bin)
+    package = Path(where.stdout.strip())
+    assert REPO not in package.parents, "the checkout was imported, not the installed package"
+    for needed in ("scripts/mount-suite.sh", "vmlab.mk", "guests/dragonfly/profile.yaml",
+                   "guests/debian/build-image.sh", "guests/rehearsal/install.yaml"):
+        assert (package / needed).is_file(), needed
+    listing = run(["vmlab", "--list"], tmp_path, vmlab_bin)
+    assert listing.returncode == 0 and "quick" in listing.stdout and "init" in listing.stdout
+    assert "Can't find any collection" not in listing.stderr
+    helped = run(["vmlab", "--help", "quick"], tmp_path, vmlab_bin)
+    assert helped.returncode == 0 and "Usage: vmlab" in helped.stdout and "--restore-on-failure" in helped.stdout
+    version = run(["vmlab", "--version"], tmp_path, vmlab_bin)
+    assert version.stdout.strip().endswith(run([str(vmlab_bin / "python"), "-c",
+                                                "import vmlab; print(vmlab.__version__)"], tmp_path,
+                                               vmlab_bin).stdout.strip())
+
+
+def make_project(root: Path) -> Path:
+    (root / "bin").mkdir(parents=True)
+    (root / "tests").mkdir()
+    (root / "bin" / "count-lines").write_text("#!/bin/sh\n# The project's program.\nwc -l < \"$1\" | tr -d ' '\n")
+    (root / "tests" / "mount-test.sh").write_text(MOUNT_TEST)
+    (root / "Makefile").write_text(MAKEFILE)
+    return root
+
+
+def test_init_twice_changes_nothing_and_keeps_the_projects_targets(vmlab_bin: Path, tmp_path: Path) -> None:
+    project = make_project(tmp_path / "counter")
+    first = run(["vmlab", "init", "--guest", "debian"], project, vmlab_bin)
+    assert first.returncode == 0, first.stderr
+    files = {p.name: p.read_bytes() for p in project.iterdir() if p.is_file()}
+    assert {"vmlab.yaml", "vmlab.mk", "Makefile", ".gitignore"} <= set(files)
+    config = (project / "vmlab.yaml").read_text()
+    assert "command: 'make test'" in config and "packages: [make]" in config and "profile: debian" in config
+    assert "/vm/" in (project / ".gitignore").read_text().splitlines()
+    again = run(["vmlab", "init", "--guest", "debian"], project, vmlab_bin)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    assert {p.name: p.read_bytes() for p in project.iterdir() if p.is_file()} == files
+    own = run(["make", "-s"], project, vmlab_bin)
+    assert own.returncode == 0 and own.stdout.strip() == "hello from the project's own Makefile"
+    targets = run(["make", "-s", "vm-help"], project, vmlab_bin).stdout
+    assert "make vm-quick" in targets and "make vm-restore" in targets
+
+
+def test_init_without_a_test_command_writes_a_quick_suite_that_says_what_to_set(vmlab_bin: Path,
+                                                                               tmp_path: Path) -> None:
+    project = tmp_path / "bare"
+    project.mkdir()
+    assert run(["vmlab", "init", "--guest", "debian"], project, vmlab_bin).returncode == 0
+    assert "set suites.quick.command in vmlab.yaml" in (project / "vmlab.yaml").read_text()
+    refused = run(["vmlab", "init", "--guest", "nosuch"], project, vmlab_bin)
+    assert refused.returncode == 2 and "debian" in refused.stderr and "dragonfly" in refused.stderr
+
+
+def test_a_project_tests_in_the_guest_with_its_own_make_vm_quick(vmlab_bin: Path, tmp_path: Path, vm_ready) -> None:
+    """The whole adoption: init, then `make vm-start` and `make vm-quick`. The quick suite is the
+    project's `make test`, a privileged tmpfs test; `make` is not in the Debian image, so the
+    config's `packages: [make]` are installed in the guest before the first suite runs."""
+    project = make_project(tmp_path / "counter")
+    try:
+        assert run(["vmlab", "init", "--guest", "debian"], project, vmlab_bin).returncode == 0
+        started = run(["make", "vm-start"], project, vmlab_bin)
+        assert started.returncode == 0, started.stdout + started.stderr
+        passed = run(["make", "vm-quick"], project, vmlab_bin)
+        assert passed.returncode == 0, passed.stdout + passed.stderr
+        assert "installing what the config asks for (make)" in passed.stderr
+        assert "count-lines counted 3 lines on a tmpfs" in passed.stdout
+        report = newest_report(project)
+        assert report["passed"] and [s["status"] for s in report["suites"]] == ["passed"]
+
+        makefile = project / "Makefile"
+        makefile.write_text(makefile.read_text().replace("EXPECTED ?= 3", "EXPECTED ?= 4"))  # a test that fails
+        failed = run(["vmlab", "quick"], project, vmlab_bin)
+        assert failed.returncode == 1, failed.stdout + failed.stderr
+        assert "installing what the config asks for" not in failed.stderr  # once is enough
+        report = newest_report(project)
+        assert not report["passed"]
+        failure = ET.parse(Path(report["results_dir"]) / "junit.xml").getroot().find(".//failure")
+        assert failure is not None and "expected 4 lines, got 3" in (failure.text or "")
+        through_make = run(["make", "vm-quick"], project, vmlab_bin)
+        assert through_make.returncode == 2 and "Error 1" in through_make.stderr  # make's own code for any failure
+    finally:
+        kill_vms(project)
+
+
+def newest_report(project: Path) -> dict:
+    runs = sorted((project / "vm").glob("*/results/*/report.json"), key=os.path.getmtime)
+    return json.loads(runs[-1].read_text())
