@@ -16,26 +16,32 @@ base.qcow2) and starts by restoring "clean": a restore, not a boot.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from vmlab import __version__, host
 from vmlab.cache import MANIFEST, ArtefactCache, key_of, sha256_file
-from vmlab.errors import DownloadError, ImageBuildError
-from vmlab.keys import LabKeys
+from vmlab.errors import ConfigError, DownloadError, ImageBuildError
+from vmlab.keys import LabKeys, private_file
 
 log = logging.getLogger(__name__)
 
 KIND = "golden"
 FROZEN = ("base.qcow2", "clean.qcow2")
 SNAPSHOT = "clean"
+VERIFIED = "verified.json"  # this machine's record of what verify() checked: never exported
+# The files an export carries and an import accepts: top-level names and keys/NAME, nothing else.
+MEMBER = re.compile(r"(keys/)?[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,7 @@ class Golden:
     def verify(self) -> None:
         """Check every frozen file against its recorded sha256 (once per change of the file)."""
         files = self.manifest["files"]
-        stamp_file = self.dir / "verified.json"
+        stamp_file = self.dir / VERIFIED
         try:
             stamps = json.loads(stamp_file.read_text())
         except (OSError, ValueError):
@@ -120,16 +126,26 @@ def make(cache: ArtefactCache, key: str, inputs: Dict[str, Any], disk: Path, ker
 
 
 def export(golden: Golden, output: Path) -> Path:
-    """One file (tar) with everything in the golden folder, the manifest first."""
+    """One file (tar) with everything in the golden folder, the manifest first, recording the
+    sha256 of every file. It holds the lab's private keys: mode 0600 from its first byte, and
+    never left half-written (see keys.private_file)."""
+    if output.is_dir() or not output.parent.is_dir():
+        raise ConfigError(f"cannot write the export to {output}: " + (
+            "it is a folder; name a file in it" if output.is_dir() else
+            f"there is no folder {output.parent}; create it or name another output file"))
     golden.verify()
-    tmp = output.with_name(output.name + ".partial")
-    with tarfile.open(tmp, "w") as tar:
-        tar.add(golden.dir / MANIFEST, arcname=MANIFEST)
-        for path in sorted(golden.dir.rglob("*")):
-            rel = path.relative_to(golden.dir)
-            if path.is_file() and rel.name not in (MANIFEST, "verified.json", ".lock"):
-                tar.add(path, arcname=str(rel))
-    os.replace(tmp, output)
+    manifest = golden.manifest
+    names = [p.relative_to(golden.dir).as_posix() for p in sorted(golden.dir.rglob("*"))
+             if p.is_file() and not p.is_symlink()]
+    names = [n for n in names if MEMBER.fullmatch(n) and n not in (MANIFEST, VERIFIED)]
+    manifest["files"] = {n: manifest["files"][n] if n in FROZEN else sha256_file(golden.dir / n) for n in names}
+    data = json.dumps(manifest, indent=2).encode() + b"\n"
+    info = tarfile.TarInfo(MANIFEST)
+    info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+    with private_file(output) as f, tarfile.open(fileobj=f, mode="w") as tar:
+        tar.addfile(info, io.BytesIO(data))
+        for name in names:
+            tar.add(golden.dir / name, arcname=name)
     return output
 
 
