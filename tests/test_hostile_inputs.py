@@ -11,6 +11,8 @@ VM runs), git. What is not real is said in the test's docstring.
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import signal
 import stat
@@ -18,11 +20,14 @@ import subprocess
 import tarfile
 import time
 from pathlib import Path
-from typing import Dict
+from typing import Callable, Dict, List, Optional
+
+import pytest
 
 from conftest import INVOKE, Project
-from vmlab import golden, keys
-from vmlab.cache import ArtefactCache
+from vmlab import __version__, golden, keys
+from vmlab.cache import ArtefactCache, key_of
+from vmlab.errors import VmlabError
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:
@@ -59,9 +64,183 @@ def make_golden(project: Project, cache: Path, disk_bytes: int = 0) -> golden.Go
                        lab_keys, lambda clean: None)
 
 
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real export (by the CLI) of a golden image of the default VM."""
+    project = Project(tmp_path_factory.mktemp("exporter"))
+    cache = project.root / "cache"
+    make_golden(project, cache)
+    out = project.root / "golden.tar"
+    result = project.invoke("vm.golden-export", "--output", str(out), env={"VMLAB_CACHE": str(cache)})
+    assert result.returncode == 0, result.stderr
+    return out
+
+
 def members_of(archive: Path) -> Dict[str, bytes]:
     with tarfile.open(archive) as tar:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+
+
+def craft(path: Path, manifest: object, files: Dict[str, bytes], extra: Optional[List[tarfile.TarInfo]] = None,
+          ) -> Path:
+    """A tar like an export: manifest.json (any JSON, even not an object), the files, then `extra` members."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in [("manifest.json", json.dumps(manifest).encode()), *files.items()]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for info in extra or []:
+            tar.addfile(info, io.BytesIO(b"x" * info.size) if info.isreg() else None)
+    return path
+
+
+def real_parts(exported: Path) -> tuple:
+    """The manifest and files of the real export, to alter one thing at a time."""
+    parts = members_of(exported)
+    return json.loads(parts.pop("manifest.json")), parts
+
+
+@pytest.fixture
+def importer(project: Project, tmp_path: Path) -> Callable[[Path], subprocess.CompletedProcess]:
+    """Import an archive into a fresh cache with the real CLI; the cache sits beside a victim
+    folder that a traversal would reach (<cache>/golden/../../victim)."""
+    (tmp_path / "victim").mkdir()
+    (tmp_path / "victim" / "precious.txt").write_text("the user's work\n")
+
+    def import_(archive: Path) -> subprocess.CompletedProcess:
+        return project.invoke("vm.golden-import", "--input", str(archive),
+                              env={"VMLAB_CACHE": str(tmp_path / "cache")})
+
+    return import_
+
+
+def assert_nothing_imported(tmp_path: Path) -> None:
+    """The victim folder as it was; the cache holds at most the golden kind's lock files."""
+    assert tree(tmp_path / "victim") == {"precious.txt": b"the user's work\n"}
+    cache = tmp_path / "cache"
+    assert all(p.parent == cache / "golden" and p.name.endswith(".lock") for p in cache.rglob("*") if p.is_file())
+
+
+def test_item01_golden_import_refuses_a_key_that_leaves_the_cache(exported: Path, importer, tmp_path: Path) -> None:
+    manifest, files = real_parts(exported)
+    archive = craft(tmp_path / "evil.tar", dict(manifest, key="../../victim"), files)
+    result = importer(archive)
+    assert result.returncode == 1
+    assert "no valid 'key'" in one_line_error(result) and "nothing was imported" in result.stderr
+    assert_nothing_imported(tmp_path)
+
+
+def test_item01_the_cache_refuses_a_key_that_is_not_hex(tmp_path: Path) -> None:
+    """Defence in depth: the cache itself, asked for a key that names another place."""
+    (tmp_path / "victim").mkdir()
+    (tmp_path / "victim" / "precious.txt").write_text("the user's work\n")
+    cache = ArtefactCache(tmp_path / "cache")
+    for key in ("../../victim", "/tmp", "ABC", ""):
+        with pytest.raises(VmlabError, match="refusing cache entry"):
+            cache.get_or_build("golden", key, {}, lambda out: None, "test")
+    assert tree(tmp_path / "victim") == {"precious.txt": b"the user's work\n"}
+
+
+def _member(name: str, kind: bytes, size: int = 0, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.size, info.linkname = kind, size, link
+    return info
+
+
+@pytest.mark.parametrize("replace, extra, expected", [
+    ("base.qcow2", _member("base.qcow2", tarfile.SYMTYPE, link="/etc/passwd"), "not a plain file"),
+    ("base.qcow2", _member("base.qcow2", tarfile.SYMTYPE, link="../../victim/precious.txt"), "not a plain file"),
+    ("base.qcow2", _member("base.qcow2", tarfile.LNKTYPE, link="keys/id_ed25519"), "not a plain file"),
+    ("vmlinuz", _member("vmlinuz", tarfile.CHRTYPE), "not a plain file"),
+    ("vmlinuz", _member("vmlinuz", tarfile.FIFOTYPE), "not a plain file"),
+    (None, _member("keys", tarfile.DIRTYPE), "not a plain file"),
+    (None, _member("../victim/precious.txt", tarfile.REGTYPE, size=3), "is not a file its manifest lists"),
+    (None, _member("/tmp/evil", tarfile.REGTYPE, size=3), "is not a file its manifest lists"),
+    (None, _member("run/console.log", tarfile.REGTYPE, size=3), "is not a file its manifest lists"),
+    (None, _member("vmlinuz", tarfile.REGTYPE, size=3), "more than once"),
+    ("vmlinuz", None, "vmlinuz is listed in its manifest but is not in it"),
+], ids=["symlink-out", "symlink-victim", "hardlink", "device", "fifo", "folder", "traversal", "absolute",
+        "unlisted", "twice", "missing"])
+def test_item01_golden_import_refuses_members_that_are_not_the_listed_plain_files(
+        exported: Path, importer, tmp_path: Path, replace: Optional[str], extra: Optional[tarfile.TarInfo],
+        expected: str) -> None:
+    manifest, files = real_parts(exported)
+    if replace:
+        files.pop(replace)
+    archive = craft(tmp_path / "evil.tar", manifest, files, [extra] if extra else [])
+    result = importer(archive)
+    assert result.returncode == 1
+    assert expected in one_line_error(result)
+    assert_nothing_imported(tmp_path)
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda m: [1, 2], "not a JSON object"),
+    (lambda m: {k: v for k, v in m.items() if k != "key"}, "no valid 'key'"),
+    (lambda m: dict(m, key=m["key"].upper()), "no valid 'key'"),
+    (lambda m: {k: v for k, v in m.items() if k != "inputs"}, "no 'inputs' mapping"),
+    (lambda m: dict(m, inputs=["a"]), "no 'inputs' mapping"),
+    (lambda m: {k: v for k, v in m.items() if k != "files"}, "no 'files' mapping"),
+    (lambda m: dict(m, files={**m["files"], "../x": "0" * 64}), "no 'files' mapping"),
+    (lambda m: dict(m, files={**m["files"], "vmlinuz": "not a digest"}), "no 'files' mapping"),
+    (lambda m: dict(m, files={k: v for k, v in m["files"].items() if k != "keys/known_hosts"}),
+     "no sha256 for keys/known_hosts"),
+    (lambda m: dict(m, inputs=dict(m["inputs"], cpus=64)), "is not the hash of its recorded inputs"),
+], ids=["not-an-object", "no-key", "upper-key", "no-inputs", "inputs-list", "no-files", "files-traversal",
+        "bad-digest", "unlisted-key-file", "key-not-inputs"])
+def test_item01_golden_import_refuses_a_malformed_manifest(exported: Path, importer, tmp_path: Path, change,
+                                                            expected: str) -> None:
+    manifest, files = real_parts(exported)
+    result = importer(craft(tmp_path / "evil.tar", change(manifest), files))
+    assert result.returncode == 1
+    assert expected in one_line_error(result)
+    assert_nothing_imported(tmp_path)
+
+
+def test_item01_golden_import_refuses_what_is_not_an_export(importer, tmp_path: Path) -> None:
+    for name, data in (("empty.tar", b""), ("text.tar", b"hello\n" * 200)):
+        (tmp_path / name).write_bytes(data)
+        result = importer(tmp_path / name)
+        assert result.returncode == 1 and "not a vmlab golden image export" in one_line_error(result)
+    result = importer(tmp_path / "absent.tar")
+    assert result.returncode == 1 and "absent.tar" in one_line_error(result)
+    assert_nothing_imported(tmp_path)
+
+
+def test_item01_golden_import_publishes_nothing_when_a_checksum_is_wrong(exported: Path, importer,
+                                                                          tmp_path: Path) -> None:
+    manifest, files = real_parts(exported)
+    files["clean.qcow2"] = files["clean.qcow2"][:-1] + bytes([files["clean.qcow2"][-1] ^ 1])
+    result = importer(craft(tmp_path / "damaged.tar", manifest, files))
+    assert result.returncode == 1
+    assert "clean.qcow2 has sha256" in one_line_error(result) and "damaged" in result.stderr
+    assert_nothing_imported(tmp_path)
+
+
+def test_item01_golden_import_refuses_an_export_of_another_vmlab_version(exported: Path, importer,
+                                                                          tmp_path: Path) -> None:
+    manifest, files = real_parts(exported)
+    other = dict(manifest, vmlab="0.0.9", key=key_of(dict(manifest["inputs"], vmlab="0.0.9", format=1)))
+    result = importer(craft(tmp_path / "old.tar", other, files))
+    assert result.returncode == 1
+    line = one_line_error(result)
+    assert f"exported by vmlab 0.0.9, and this is vmlab {__version__}" in line and "never be used" in line
+    assert_nothing_imported(tmp_path)
+
+
+def test_item10_golden_export_and_import_work_on_debian_12s_python(exported: Path, importer,
+                                                                   tmp_path: Path) -> None:
+    """The venv is Debian 12's python3 (3.11.2): no tarfile API newer than that may be used."""
+    result = importer(exported)
+    assert result.returncode == 0, result.stderr
+    key = json.loads(members_of(exported)["manifest.json"])["key"]
+    folder = tmp_path / "cache" / "golden" / key
+    assert {k: v for k, v in tree(folder).items() if k != "manifest.json"} == \
+        {k: v for k, v in members_of(exported).items() if k != "manifest.json"}
+    assert stat.S_IMODE((folder / "keys").stat().st_mode) == 0o700
+    assert stat.S_IMODE((folder / "keys" / "id_ed25519").stat().st_mode) == 0o600
+    assert stat.S_IMODE((folder / "base.qcow2").stat().st_mode) == 0o444
+    golden.Golden(folder).verify()
 
 
 # --- golden export ---
