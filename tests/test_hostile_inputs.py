@@ -14,20 +14,32 @@ from __future__ import annotations
 import io
 import json
 import os
+import pwd
+import shlex
+import shutil
 import signal
+import socket
 import stat
 import subprocess
 import tarfile
+import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import pytest
 
-from conftest import INVOKE, Project
-from vmlab import __version__, golden, keys
+from conftest import INVOKE, Project, prerequisite_missing
+from vmlab import __version__, golden, host, keys
 from vmlab.cache import ArtefactCache, key_of
-from vmlab.errors import VmlabError
+from vmlab.config import SyncConfig
+from vmlab.errors import GuestUnreachable, PrerequisiteMissing, VmlabError
+from vmlab.keys import LabKeys
+from vmlab.openssh import SharedConnection
+from vmlab.sync import sync
+
+HOSTILE_NAMES = ["with space", "quote's \"double\"", "ünïcødé ☃", "50%d %h", "back\\slash"]
+ME = pwd.getpwuid(os.getuid()).pw_name
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:
@@ -42,6 +54,84 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
 def tree(folder: Path) -> Dict[str, bytes]:
     """Every file under `folder` and its bytes: to show a folder untouched."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --- a real sshd on 127.0.0.1, standing in for the guest's ---
+
+
+@pytest.fixture
+def runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private XDG_RUNTIME_DIR (short: a socket path has 108 bytes at most)."""
+    folder = Path(tempfile.mkdtemp(prefix="vr-"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(folder))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[Callable[[LabKeys], int]]:
+    """serve(keys) starts an sshd on 127.0.0.1 that presents the lab's host key and accepts its
+    client key for the current user; returns its port. Stopped at the end of the test."""
+    binary = host.which("sshd")
+    if binary is None:
+        prerequisite_missing("sshd (Debian package openssh-server; its service need not run)")
+    started: List[subprocess.Popen] = []
+
+    def serve(lab_keys: LabKeys) -> int:
+        folder = Path(tempfile.mkdtemp(prefix="sshd-", dir=tmp_path))
+        shutil.copy(lab_keys.host, folder / "host_key")
+        (folder / "host_key").chmod(0o600)
+        (folder / "authorized_keys").write_text(lab_keys.client_public() + "\n")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        (folder / "sshd_config").write_text(
+            f"Port {port}\nListenAddress 127.0.0.1\nHostKey {folder}/host_key\n"
+            f"AuthorizedKeysFile {folder}/authorized_keys\nPidFile none\nStrictModes no\nUsePAM no\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n")
+        if os.geteuid() == 0:
+            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # its privilege separation folder
+        with open(folder / "sshd.log", "wb") as log:
+            proc = subprocess.Popen([binary, "-D", "-e", "-f", str(folder / "sshd_config")],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        started.append(proc)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                    if s.recv(4).startswith(b"SSH-"):
+                        return port
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, (folder / "sshd.log").read_text()
+            time.sleep(0.05)
+
+    yield serve
+    for proc in started:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def connect(sshd: Callable[[LabKeys], int], runtime: Path) -> Iterator[Callable[..., SharedConnection]]:
+    """connect(project_dir) -> the lab's shared OpenSSH connection to the sshd, as the current
+    user; every control master is closed at the end."""
+    made: List[SharedConnection] = []
+
+    def connect_(project_dir: Path, user: str = ME) -> SharedConnection:
+        lab_keys = keys.ensure(project_dir / "vm" / "keys", "hostile-inputs test")
+        conn = SharedConnection(project_dir / "vm" / "default", sshd(lab_keys), user, lab_keys)
+        made.append(conn)
+        return conn
+
+    yield connect_
+    for conn in made:
+        conn.close()
+
+
+def run(conn: SharedConnection, command: str) -> tuple:
+    out = io.BytesIO()
+    return conn.run(command, output=out, timeout=60), out.getvalue()
 
 
 # --- golden exports: a real golden folder, real tars ---
@@ -290,3 +380,106 @@ def test_item02_an_interrupted_golden_export_leaves_nothing_behind(project: Proj
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted" in stderr
     assert list(out.iterdir()) == []
+
+
+# --- SSH: names and paths OpenSSH must read as data ---
+
+
+def test_item03_an_ssh_user_that_is_an_option_is_refused_where_config_is_read(project: Project,
+                                                                              tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    project.write_config(f"""\
+        defaults:
+          ssh_user: "-oProxyCommand=touch {marker}"
+        """)
+    result = project.invoke("vm.status")
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert "vmlab.yaml:2: defaults.ssh_user:" in line and "a user name" in line
+    assert not marker.exists()
+
+
+def test_item03_openssh_gets_the_user_as_a_name_never_as_an_option(connect, tmp_path: Path) -> None:
+    """Past the config's check (a profile's user, a future caller), -l keeps it a name."""
+    marker = tmp_path / "pwned"
+    conn = connect(tmp_path / "project", user=f"-oProxyCommand=touch {marker}")
+    with pytest.raises(GuestUnreachable):
+        run(conn, "true")
+    assert not list(tmp_path.glob("pwned*"))  # as user@host, ssh would have run `touch .../pwned@127.0.0.1`
+
+
+@pytest.mark.parametrize("make_unsafe", ["open to others", "owned by another user", "a symlink"])
+def test_item04_an_unsafe_control_socket_folder_is_refused(runtime: Path, tmp_path: Path, make_unsafe: str) -> None:
+    folder = runtime / f"vmlab-{os.getuid()}"
+    if make_unsafe == "open to others":
+        folder.mkdir(mode=0o700)
+        folder.chmod(0o777)
+    elif make_unsafe == "owned by another user":
+        if os.geteuid() != 0:
+            pytest.skip("making a folder owned by another user needs root")
+        folder.mkdir(mode=0o700)
+        os.chown(folder, pwd.getpwnam("nobody").pw_uid, -1)
+    else:
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        folder.symlink_to(tmp_path / "elsewhere")
+    conn = SharedConnection(tmp_path / "vm", 1, ME, keys.ensure(tmp_path / "keys", "test"))
+    conn.close()  # what vm.stop does: it must still stop the VM
+    with pytest.raises(PrerequisiteMissing) as refused:
+        conn.run("true")
+    message = str(refused.value)
+    assert refused.value.exit_code == 2 and len(message.splitlines()) == 1
+    assert f"{folder} is unsafe" in message and "XDG_RUNTIME_DIR" in message
+    assert not list(runtime.rglob("*.ctl")) and not list(tmp_path.rglob("*.ctl"))
+
+
+def test_item04_the_control_socket_folder_is_made_private(connect, runtime: Path, tmp_path: Path) -> None:
+    assert run(connect(tmp_path / "project"), "echo ok") == (0, b"ok\n")
+    folder = runtime / f"vmlab-{os.getuid()}"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and folder.stat().st_uid == os.getuid()
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_item11_ssh_and_rsync_work_from_a_project_path_with_spaces_quotes_and_non_ascii(
+        connect, tmp_path: Path, name: str) -> None:
+    project_dir = tmp_path / name / "project"
+    (project_dir / "src").mkdir(parents=True)
+    (project_dir / "src" / "main.c").write_text("int main(void) { return 0; }\n")
+    conn = connect(project_dir)
+    assert run(conn, "echo ok") == (0, b"ok\n")
+    guest = tmp_path / "guest" / name
+    done = sync(conn, project_dir, SyncConfig(guest_dir=str(guest)))
+    assert done.files_transferred == 1
+    assert (guest / "src" / "main.c").read_text() == "int main(void) { return 0; }\n"
+    # the interactive `vm.ssh` argv: the lab's options, -l, then the host
+    interactive = [host.which("ssh"), *conn.keys.openssh_options(), "-p", str(conn.port), "-l", ME,
+                   "127.0.0.1", "echo ok"]
+    assert subprocess.run(interactive, capture_output=True, stdin=subprocess.DEVNULL).stdout == b"ok\n"
+
+
+def test_item11_a_path_openssh_would_expand_is_refused_in_one_line(tmp_path: Path) -> None:
+    lab_keys = keys.ensure(tmp_path / "${HOME}" / "vm" / "keys", "test")
+    with pytest.raises(PrerequisiteMissing) as refused:
+        lab_keys.openssh_options()
+    assert "has no way to escape it" in str(refused.value) and len(str(refused.value).splitlines()) == 1
+
+
+def test_small_the_users_ssh_config_does_not_apply(connect, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenSSH reads ~/.ssh/config from the passwd entry's home, not $HOME, so the real ssh
+    runs in a mount namespace (unshare -m) where that home is a folder holding a hostile
+    config; the rest of the machine is untouched."""
+    if os.geteuid() != 0 or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("giving ssh another home needs root and unshare -m")
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text("Host *\n  ProxyCommand /bin/false\n  Port 1\n")
+    shim = tmp_path / "bin" / "ssh"
+    shim.parent.mkdir()
+    real, own_home = host.which("ssh"), pwd.getpwuid(os.getuid()).pw_dir
+    shim.write_text("#!/bin/sh\n# the real ssh, where the home in the passwd entry is the test's folder\n"
+                    "exec unshare -m sh -c 'mount --bind \"$1\" \"$2\" && shift 2 && exec \"$0\" \"$@\"' "
+                    f"{shlex.quote(real)} {shlex.quote(str(home))} {shlex.quote(own_home)} \"$@\"\n")
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim.parent}:{os.environ['PATH']}")
+    assert host.which("ssh") == str(shim)
+    conn = connect(tmp_path / "project")
+    assert run(conn, "echo ok") == (0, b"ok\n")

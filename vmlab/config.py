@@ -102,6 +102,13 @@ def text(value: Any) -> str:
     return value
 
 
+def user_name(value: Any) -> str:
+    """A login name, as it reaches ssh and the guest's shell: never an option, never more than a name."""
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}", value):
+        raise ValueError("a user name: letters, digits, '_', '.' and '-', not starting with '-' or '.'")
+    return value
+
+
 def profile_name(value: Any) -> str:
     profiles = known_profiles()
     if value not in profiles:
@@ -155,7 +162,7 @@ VM_FIELDS: Dict[str, Field] = {
     "cpus": Field(integer(1, 64), 2, "virtual CPUs"),
     "disk_size": Field(disk_bytes, 8 * 2**30, "size of the VM's disk, with a unit ('8G')"),
     "accel": Field(choice("auto", "kvm", "tcg"), "auto", "auto proves KVM works before using it"),
-    "ssh_user": Field(text, "root", "user vmlab logs in as"),
+    "ssh_user": Field(user_name, "root", "user vmlab logs in as"),
     "ssh_port": Field(ssh_port, 0, "host port forwarded to the guest's sshd on 127.0.0.1; 0 picks one"),
     "boot_timeout": Field(seconds, 300.0, "seconds from start until SSH must answer"),
     "fallback": Field(text, None, "another VM whose golden image vm.golden --from-scratch makes instead "

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from vmlab import locks
+from vmlab.errors import PrerequisiteMissing
 
 HOST_ALIAS = "vmlab-guest"  # the name OpenSSH checks the pinned host key under
 
@@ -49,11 +50,13 @@ class LabKeys:
         return paramiko.Ed25519Key.from_private_key_file(str(self.host))
 
     def openssh_options(self) -> list[str]:
-        """Options that make the OpenSSH client (ssh, rsync -e) use this lab's keys only."""
+        """Options that make the OpenSSH client (ssh, rsync -e) use this lab's keys only, and
+        nothing of the user's ~/.ssh/config or /etc/ssh/ssh_config (-F none)."""
         return [
-            "-i", str(self.client),
+            "-F", "none",
+            "-o", f"IdentityFile={openssh_path(self.client)}",
             "-o", "IdentitiesOnly=yes",
-            "-o", f"UserKnownHostsFile={self.known_hosts}",
+            "-o", f"UserKnownHostsFile={openssh_path(self.known_hosts)}",
             "-o", f"HostKeyAlias={HOST_ALIAS}",
             "-o", "StrictHostKeyChecking=yes",
             "-o", "BatchMode=yes",
@@ -75,6 +78,17 @@ def ensure(keys_dir: Path, comment: str) -> LabKeys:
             with private_file(keys.known_hosts) as f:
                 f.write(f"{HOST_ALIAS} {' '.join(host_pub)}\n".encode())
     return keys
+
+
+def openssh_path(path: Path) -> str:
+    """A file path as the value of an OpenSSH option (-o Key=VALUE), which OpenSSH splits at
+    spaces and unquotes, then expands %-tokens and ${VARIABLES} in: so it is quoted, its
+    quotes and backslashes escaped and its % doubled. ${ has no escape: such a path is refused."""
+    value = os.path.abspath(path)
+    if "${" in value:
+        raise PrerequisiteMissing(f"{value}: OpenSSH would expand '${{...}}' in this path and has no way to "
+                                  "escape it; move the project (or the cache) to a path without '${'")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
 
 
 @contextmanager
