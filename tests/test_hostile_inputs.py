@@ -36,6 +36,7 @@ from vmlab.config import SyncConfig
 from vmlab.errors import GuestUnreachable, PrerequisiteMissing, VmlabError
 from vmlab.keys import LabKeys
 from vmlab.openssh import SharedConnection
+from vmlab.ssh import GuestSSH
 from vmlab.sync import sync
 
 HOSTILE_NAMES = ["with space", "quote's \"double\"", "ünïcødé ☃", "50%d %h", "back\\slash"]
@@ -483,3 +484,16 @@ def test_small_the_users_ssh_config_does_not_apply(connect, tmp_path: Path, monk
     assert host.which("ssh") == str(shim)
     conn = connect(tmp_path / "project")
     assert run(conn, "echo ok") == (0, b"ok\n")
+
+
+def test_small_ssh_c_gives_a_binary_sink_the_bytes_untouched(sshd, tmp_path: Path) -> None:
+    """`vm.ssh -c` runs through GuestSSH.run (paramiko) with the CLI's stdout; here the sink is
+    a binary stream, as sys.stdout.buffer is."""
+    lab_keys = keys.ensure(tmp_path / "keys", "test")
+    data = bytes(range(256)) * 64 + "ünï\r\n".encode()
+    (tmp_path / "blob").write_bytes(data)
+    out, err = io.BytesIO(), io.BytesIO()
+    with GuestSSH(sshd(lab_keys), ME, lab_keys) as session:
+        result = session.run(f"cat '{tmp_path}/blob'; printf '\\377' >&2", stdout=out, stderr=err)
+    assert result.exit_status == 0
+    assert out.getvalue() == data and err.getvalue() == b"\xff"

@@ -8,6 +8,7 @@ The guest's host key is pinned from the lab's keys; a different key is refused.
 from __future__ import annotations
 
 import codecs
+import io
 import logging
 import os
 import select
@@ -16,7 +17,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Dict, Optional, TextIO
+from typing import IO, Any, BinaryIO, Callable, Dict, Optional
 
 import paramiko
 
@@ -120,9 +121,12 @@ class GuestSSH:
             delay = min(delay * 1.5, 3.0)
 
     def run(self, command: str, *, env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None,
-            timeout: Optional[float] = None, stdout: Optional[TextIO] = None,
-            stderr: Optional[TextIO] = None, stdin: Optional[BinaryIO] = None) -> CommandResult:
+            timeout: Optional[float] = None, stdout: Optional[IO[Any]] = None,
+            stderr: Optional[IO[Any]] = None, stdin: Optional[BinaryIO] = None) -> CommandResult:
         """Run `command` through the login shell; stream output to `stdout`/`stderr` if given.
+
+        A text stream gets the output decoded as UTF-8; a binary one (sys.stdout.buffer) gets
+        its bytes untouched, so `vm.ssh -c 'cat image' > copy` copies it exactly.
 
         The command's input is `stdin`, sent as it can be read, then closed; with no
         `stdin` it is closed at once, so a command that reads its input never waits.
@@ -211,18 +215,21 @@ class GuestSSH:
 
 
 class _Sink:
-    """Collects a stream's bytes as text and, if asked, echoes it as it arrives."""
+    """Collects a stream's bytes as text and, if asked, echoes it as it arrives: decoded to a
+    text stream, as they came to a binary one."""
 
-    def __init__(self, echo: Optional[TextIO]):
+    def __init__(self, echo: Optional[IO[Any]]):
         self.echo = echo
+        self.binary = echo is not None and not isinstance(echo, io.TextIOBase)
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.parts: list[str] = []
 
     def feed(self, data: bytes) -> None:
         chunk = self.decoder.decode(data)
         self.parts.append(chunk)
-        if self.echo is not None and chunk:
-            self.echo.write(chunk)
+        shown = data if self.binary else chunk
+        if self.echo is not None and shown:
+            self.echo.write(shown)
             self.echo.flush()
 
     def text(self) -> str:
