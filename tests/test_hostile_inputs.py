@@ -30,7 +30,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 import pytest
 
 from conftest import INVOKE, Project, prerequisite_missing
-from vmlab import __version__, golden, host, keys
+from vmlab import __version__, golden, host, keys, suites
 from vmlab.cache import ArtefactCache, key_of
 from vmlab.config import SyncConfig
 from vmlab.errors import GuestUnreachable, PrerequisiteMissing, VmlabError
@@ -497,3 +497,42 @@ def test_small_ssh_c_gives_a_binary_sink_the_bytes_untouched(sshd, tmp_path: Pat
         result = session.run(f"cat '{tmp_path}/blob'; printf '\\377' >&2", stdout=out, stderr=err)
     assert result.exit_status == 0
     assert out.getvalue() == data and err.getvalue() == b"\xff"
+
+
+# --- config values ---
+
+
+@pytest.mark.parametrize("text, where", [
+    (b"suites:\n  s1: {command: 'true'}\nquick: [s1]\n", b"vmlab.yaml:3: quick:"),
+    (b"defaults:\n  memory: 1024\n  ssh_user: r\xe9ot\n", b"vmlab.yaml:3: defaults.ssh_user: byte 0xe9 is not UTF-8"),
+    (b"suites:\n  s1:\n    command: |\n      echo \xff\n", b"vmlab.yaml:4: suites.s1.command: byte 0xff"),
+    (b"suites:\n  s1:\n    command: 'true'\n    timeout: .inf\n", b"vmlab.yaml:4: suites.s1.timeout:"),
+    (b"suites:\n  s1:\n    command: 'true'\n    timeout: .nan\n", b"vmlab.yaml:4: suites.s1.timeout:"),
+    (b"defaults:\n  boot_timeout: -.inf\n", b"vmlab.yaml:2: defaults.boot_timeout:"),
+    (b"defaults:\n  boot_timeout: 1.0e+999\n", b"vmlab.yaml:2: defaults.boot_timeout:"),
+    (b"defaults:\n  memory: .inf\n", b"vmlab.yaml:2: defaults.memory:"),
+    (b"defaults:\n  ssh_user: r\x00ot\n", b"vmlab.yaml:2: not valid YAML"),
+    (b"defaults: &a\n  memory: 1024\n  again: *a\n", b"vmlab.yaml:3: defaults.again: unknown key"),
+], ids=["quick-list", "latin1-byte", "bad-byte-in-block", "timeout-inf", "timeout-nan", "boot-minus-inf",
+        "float-overflow", "memory-inf", "nul-byte", "alias-cycle"])
+def test_item13_config_mistakes_are_one_line_errors_naming_file_line_and_key(project: Project, text: bytes,
+                                                                             where: bytes) -> None:
+    (project.root / "vmlab.yaml").write_bytes(text)
+    result = project.invoke("vm.status")
+    assert result.returncode == 2
+    assert where.decode("latin-1") in one_line_error(result)
+
+
+@pytest.mark.parametrize("setting, key", [
+    ("suites: {s1: {command: 'true', workdir: ..}}", "suites.s1.workdir"),
+    ("suites: {s1: {command: 'true', junit: ../../x.xml}}", "suites.s1.junit"),
+    ("sync: {guest_dir: src/../..}", "sync.guest_dir"),
+    ("sync: {guest_dir: -delete}", "sync.guest_dir"),
+    ("suites: {s1: {command: 'true', workdir: --help}}", "suites.s1.workdir"),
+], ids=["workdir-dotdot", "junit-dotdot", "guest-dir-dotdot", "guest-dir-option", "workdir-option"])
+def test_small_a_guest_path_that_leaves_its_folder_or_is_an_option_is_refused(project: Project, setting: str,
+                                                                              key: str) -> None:
+    project.write_config(setting + "\n")
+    result = project.invoke("vm.status")
+    assert result.returncode == 2
+    assert f"vmlab.yaml:1: {key}:" in one_line_error(result) and "without '..'" in result.stderr
