@@ -32,7 +32,7 @@ import pytest
 from conftest import INVOKE, Project, prerequisite_missing
 from vmlab import __version__, golden, host, keys, suites
 from vmlab.cache import ArtefactCache, key_of
-from vmlab.config import SyncConfig
+from vmlab.config import SuiteConfig, SyncConfig
 from vmlab.errors import GuestUnreachable, PrerequisiteMissing, VmlabError
 from vmlab.keys import LabKeys
 from vmlab.openssh import SharedConnection
@@ -497,6 +497,21 @@ def test_small_ssh_c_gives_a_binary_sink_the_bytes_untouched(sshd, tmp_path: Pat
         result = session.run(f"cat '{tmp_path}/blob'; printf '\\377' >&2", stdout=out, stderr=err)
     assert result.exit_status == 0
     assert out.getvalue() == data and err.getvalue() == b"\xff"
+
+
+def test_small_a_junit_file_left_by_an_earlier_run_is_not_taken_for_this_runs(connect, tmp_path: Path) -> None:
+    conn = connect(tmp_path / "project")
+    guest_dir = tmp_path / "guest"
+    guest_dir.mkdir()
+    (guest_dir / "report.xml").write_text('<testsuite tests="1" failures="1"><testcase name="old">'
+                                          '<failure message="from last week"/></testcase></testsuite>\n')
+    run_dir = tmp_path / "results"
+    run_dir.mkdir()
+    suite = SuiteConfig(name="unit", command="true", junit="report.xml", timeout=60)
+    result = suites.run(conn, suite, str(guest_dir), run_dir, run_as_root="", echo=io.BytesIO())
+    assert result.status == "passed" and result.junit is None
+    assert "it wrote no JUnit file" in (result.note or "")
+    assert not (guest_dir / "report.xml").exists()
 
 
 # --- config values ---
