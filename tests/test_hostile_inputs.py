@@ -30,10 +30,10 @@ from typing import Callable, Dict, Iterator, List, Optional
 import pytest
 
 from conftest import INVOKE, Project, prerequisite_missing
-from vmlab import __version__, golden, host, keys, suites
+from vmlab import __version__, golden, host, keys, recipe, suites
 from vmlab.cache import ArtefactCache, key_of
 from vmlab.config import SuiteConfig, SyncConfig
-from vmlab.errors import GuestUnreachable, PrerequisiteMissing, VmlabError
+from vmlab.errors import GuestUnreachable, PrerequisiteMissing, RecipeError, VmlabError
 from vmlab.keys import LabKeys
 from vmlab.openssh import SharedConnection
 from vmlab.ssh import GuestSSH
@@ -551,3 +551,31 @@ def test_small_a_guest_path_that_leaves_its_folder_or_is_an_option_is_refused(pr
     result = project.invoke("vm.status")
     assert result.returncode == 2
     assert f"vmlab.yaml:1: {key}:" in one_line_error(result) and "without '..'" in result.stderr
+
+
+# --- install recipes ---
+
+
+@pytest.mark.parametrize("line, problem", [
+    ("echo ${d}", "unknown placeholder {d}"),
+    ("awk '{print $1}' f", "unknown placeholder {print $1}"),
+    ("echo {}", "Replacement index 0"),
+    ("echo { x", "expected '}'"),
+], ids=["shell-variable", "awk", "positional", "lone-brace"])
+def test_small_a_recipe_placeholder_the_lab_does_not_fill_is_refused_at_load(tmp_path: Path, line: str,
+                                                                             problem: str) -> None:
+    path = tmp_path / "install.yaml"
+    path.write_text(f"steps:\n  - name: ok\n    line: 'echo {{vm}} {{{{literal}}}}'\n"
+                    f"  - name: partition\n    run: {json.dumps(line)}\n")
+    with pytest.raises(RecipeError) as refused:
+        recipe.load(path)
+    message = str(refused.value)
+    assert message.startswith(f"{path}: step 2 (partition): run: {problem}")
+    assert "write a literal brace twice" in message and refused.value.exit_code == 2
+
+
+def test_small_a_recipe_with_doubled_braces_and_the_lab_placeholders_loads(tmp_path: Path) -> None:
+    path = tmp_path / "install.yaml"
+    path.write_text("steps:\n  - name: s\n    run: \"awk '{{print $1}}' /etc/{vm}\"\n")
+    assert recipe.load(path).steps[0].run is not None
+    assert recipe.load(path).steps[0].run.format(vm="w1") == "awk '{print $1}' /etc/w1"  # type: ignore[union-attr]
