@@ -37,7 +37,7 @@ from vmlab.errors import GuestUnreachable, PrerequisiteMissing, RecipeError, Vml
 from vmlab.keys import LabKeys
 from vmlab.openssh import SharedConnection
 from vmlab.ssh import GuestSSH
-from vmlab.sync import sync
+from vmlab.sync import host_digest, sync
 
 HOSTILE_NAMES = ["with space", "quote's \"double\"", "ünïcødé ☃", "50%d %h", "back\\slash"]
 ME = pwd.getpwuid(os.getuid()).pw_name
@@ -512,6 +512,46 @@ def test_small_a_junit_file_left_by_an_earlier_run_is_not_taken_for_this_runs(co
     assert result.status == "passed" and result.junit is None
     assert "it wrote no JUnit file" in (result.note or "")
     assert not (guest_dir / "report.xml").exists()
+
+
+def git_project(root: Path) -> Path:
+    """A git checkout whose .gitignore re-includes (!) and whose ignored folder holds a tracked file."""
+    root.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    (root / ".gitignore").write_text("*.log\n!keep.log\nbuild/\n")
+    for name in ("a.log", "keep.log", "main.c", "build/out.o", "sub/deep.log", "sub/keep.log", "st*r.log",
+                 "tracked/t.log", "bra[c]ket.c", "bra[c]ket.log", "bracket.c"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(name)
+    subprocess.run(["git", "add", "-f", "tracked/t.log"], cwd=root, check=True)
+    return root
+
+
+def test_small_gitignore_follows_gits_own_rules(connect, tmp_path: Path) -> None:
+    project_dir = git_project(tmp_path / "project")
+    guest = tmp_path / "guest"
+    sync(connect(project_dir), project_dir, SyncConfig(guest_dir=str(guest), gitignore=True))
+    sent = sorted(str(p.relative_to(guest)) for p in guest.rglob("*") if p.is_file())
+    assert sent == [".gitignore", "bra[c]ket.c", "bracket.c", "keep.log", "main.c", "sub/keep.log", "tracked/t.log"]
+
+
+def test_small_the_sync_digest_sees_what_git_ignores_as_rsync_does(tmp_path: Path) -> None:
+    project_dir = git_project(tmp_path / "project")
+    settings = SyncConfig(gitignore=True)
+    first = host_digest(project_dir, settings)
+    (project_dir / "build" / "out.o").write_text("rebuilt")  # ignored: rsync would send nothing
+    (project_dir / "a.log").write_text("more log")
+    assert host_digest(project_dir, settings) == first
+    (project_dir / ".git" / "info").mkdir(exist_ok=True)
+    (project_dir / ".git" / "info" / "exclude").write_text("main.c\n")  # now main.c is not sent
+    assert host_digest(project_dir, settings) != first
+
+
+def test_small_gitignore_outside_a_git_checkout_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(VmlabError) as refused:
+        host_digest(tmp_path / "plain", SyncConfig(gitignore=True))
+    assert refused.value.exit_code == 2 and "must be a git checkout" in str(refused.value)
 
 
 # --- config values ---
