@@ -488,15 +488,18 @@ def test_small_the_users_ssh_config_does_not_apply(connect, tmp_path: Path, monk
 
 def test_small_ssh_c_gives_a_binary_sink_the_bytes_untouched(sshd, tmp_path: Path) -> None:
     """`vm.ssh -c` runs through GuestSSH.run (paramiko) with the CLI's stdout; here the sink is
-    a binary stream, as sys.stdout.buffer is."""
+    a binary stream, as sys.stdout.buffer is. The last byte comes after the exit status."""
     lab_keys = keys.ensure(tmp_path / "keys", "test")
     data = bytes(range(256)) * 64 + "ünï\r\n".encode()
     (tmp_path / "blob").write_bytes(data)
     out, err = io.BytesIO(), io.BytesIO()
     with GuestSSH(sshd(lab_keys), ME, lab_keys) as session:
-        result = session.run(f"cat '{tmp_path}/blob'; printf '\\377' >&2", stdout=out, stderr=err)
-    assert result.exit_status == 0
-    assert out.getvalue() == data and err.getvalue() == b"\xff"
+        result = session.run(f"cat '{tmp_path}/blob'; (sleep 0.5; printf '\\377' >&2) &", stdout=out, stderr=err)
+        assert result.exit_status == 0
+        assert out.getvalue() == data and err.getvalue() == b"\xff"
+        started = time.monotonic()
+        assert session.run("sleep 12 &").exit_status == 0  # a daemon holding the output open
+        assert time.monotonic() - started < 8
 
 
 def test_small_a_junit_file_left_by_an_earlier_run_is_not_taken_for_this_runs(connect, tmp_path: Path) -> None:

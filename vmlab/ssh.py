@@ -30,6 +30,7 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 # Failures that mean "not up yet" while a guest boots.
 _NOT_READY = (OSError, EOFError, paramiko.SSHException)
+OUTPUT_GRACE = 2.0  # seconds to wait for output after the exit status, if EOF does not come
 
 
 @dataclass
@@ -145,6 +146,7 @@ class GuestSSH:
         out, err = _Sink(stdout), _Sink(stderr)
         timed_out = False
         feeding = stdin is not None
+        exited = 0.0  # when the exit status came
         if not feeding:
             chan.shutdown_write()
         try:
@@ -165,7 +167,12 @@ class GuestSSH:
                 while chan.recv_stderr_ready():
                     err.feed(chan.recv_stderr(65536))
                 if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                    break
+                    # sshd may send the exit status before the last output (it reads the
+                    # command's pipes apart): wait for its EOF, but not for a daemon the
+                    # command left holding them open
+                    exited = exited or time.monotonic()
+                    if chan.eof_received or time.monotonic() - exited > OUTPUT_GRACE:
+                        break
             status = -1 if timed_out else chan.recv_exit_status()
         except socket.error as e:
             raise GuestUnreachable(f"the SSH connection to 127.0.0.1:{self.port} broke during {command!r}: {e}") from None
