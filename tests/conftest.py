@@ -15,7 +15,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, NoReturn, Optional
 
 import pytest
 
@@ -51,15 +51,20 @@ def vm_prerequisite_problem() -> Optional[str]:
     return None
 
 
+def prerequisite_missing(problem: str) -> NoReturn:
+    """Skip the test naming what is missing (the run then exits 2); under CI, stop the run with exit 2."""
+    if IN_CI:
+        pytest.exit(f"prerequisite missing under CI: {problem}", returncode=2)
+    _missing_prerequisites.append(problem)
+    pytest.skip(f"prerequisite missing: {problem}")
+
+
 @pytest.fixture(scope="session")
 def vm_ready() -> None:
     """Depend on this in every test that boots a VM."""
     problem = vm_prerequisite_problem()
     if problem:
-        if IN_CI:
-            pytest.exit(f"prerequisite missing under CI: {problem}", returncode=2)
-        _missing_prerequisites.append(problem)
-        pytest.skip(f"prerequisite missing: {problem}")
+        prerequisite_missing(problem)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -69,7 +74,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
     for problem in sorted(set(_missing_prerequisites)):
-        terminalreporter.write_line(f"VM tests skipped, exit code 2: {problem}", yellow=True)
+        terminalreporter.write_line(f"tests skipped, exit code 2: {problem}", yellow=True)
 
 
 class Project:

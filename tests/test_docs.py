@@ -57,3 +57,11 @@ def test_every_config_key_is_documented() -> None:
     keys = [*config.TOP_KEYS, *config.VM_FIELDS, *config.SYNC_FIELDS, *config.SUITE_FIELDS,
             *{k for fields in config.PROFILE_FIELDS.values() for k in fields}]
     assert [k for k in keys if f"`{k}" not in section] == []
+
+
+def test_every_test_named_in_the_security_table_exists() -> None:
+    named = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", (ROOT / "docs" / "security.md").read_text())
+    assert named
+    missing = [f"{path}::{name}" for path, name in named
+               if not re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.MULTILINE)]
+    assert not missing

@@ -108,7 +108,7 @@ def test_export_import_round_trip_and_damage(lab_with_golden: Project, tmp_path:
     other = tmp_path / "third-machine-cache"
     refused = project.invoke("vm.golden-import", "--input", str(damaged), env={"VMLAB_CACHE": str(other)})
     assert refused.returncode == 1
-    assert "the export is damaged, nothing was imported" in refused.stderr
+    assert "the export is damaged; nothing was imported" in refused.stderr
     assert not list((other / "golden").glob("*/manifest.json"))
 
 

@@ -12,12 +12,14 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from vmlab import locks
+from vmlab.errors import VmlabError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,10 @@ class ArtefactCache:
         self.root = root
 
     def path(self, kind: str, key: str) -> Path:
+        """Where an artefact lives; a kind or key that could name another place is refused."""
+        if not re.fullmatch(r"[a-z][a-z0-9-]*", kind) or not re.fullmatch(r"[0-9a-f]{1,64}", key):
+            raise VmlabError(f"refusing cache entry {kind!r}/{key!r}: a kind is a lowercase name and a key "
+                             "is hexadecimal; nothing in the cache was touched")
         return self.root / kind / key
 
     def has(self, kind: str, key: str) -> bool:

@@ -7,6 +7,7 @@ anything starts, and the message says where it is and what is allowed.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -82,8 +83,8 @@ def integer(lo: int, hi: int) -> Callable[[Any], int]:
 
 
 def seconds(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError("a number of seconds greater than 0")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError("a number of seconds greater than 0 (not .inf or .nan)")
     return float(value)
 
 
@@ -99,6 +100,13 @@ def choice(*allowed: str) -> Callable[[Any], str]:
 def text(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError("a non-empty string")
+    return value
+
+
+def user_name(value: Any) -> str:
+    """A login name, as it reaches ssh and the guest's shell: never an option, never more than a name."""
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}", value):
+        raise ValueError("a user name: letters, digits, '_', '.' and '-', not starting with '-' or '.'")
     return value
 
 
@@ -155,7 +163,7 @@ VM_FIELDS: Dict[str, Field] = {
     "cpus": Field(integer(1, 64), 2, "virtual CPUs"),
     "disk_size": Field(disk_bytes, 8 * 2**30, "size of the VM's disk, with a unit ('8G')"),
     "accel": Field(choice("auto", "kvm", "tcg"), "auto", "auto proves KVM works before using it"),
-    "ssh_user": Field(text, "root", "user vmlab logs in as"),
+    "ssh_user": Field(user_name, "root", "user vmlab logs in as"),
     "ssh_port": Field(ssh_port, 0, "host port forwarded to the guest's sshd on 127.0.0.1; 0 picks one"),
     "boot_timeout": Field(seconds, 300.0, "seconds from start until SSH must answer"),
     "fallback": Field(text, None, "another VM whose golden image vm.golden --from-scratch makes instead "
@@ -207,8 +215,11 @@ def environment(value: Any) -> dict:
 
 
 def guest_path(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip() or any(c in value for c in "\n'\"$`"):
-        raise ValueError("a path in the guest (absolute, or relative to the SSH user's home)")
+    """A folder or file in the guest; never outside where it is relative to ('..'), never an option ('-')."""
+    if (not isinstance(value, str) or not value.strip() or any(c in value for c in "\n'\"$`")
+            or value.startswith("-") or ".." in value.split("/")):
+        raise ValueError("a path in the guest (absolute, or relative to the SSH user's home), "
+                         "without '..' and not starting with '-'")
     return value.rstrip("/") or "/"
 
 
@@ -335,29 +346,45 @@ def load(explicit: Optional[str] = None, cwd: Optional[Path] = None) -> LabConfi
     if path is None:
         return _build({}, {}, "built-in defaults", (cwd or Path.cwd()).resolve())
     try:
-        data, lines = _read_yaml(path)
+        raw = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        data, lines = _read_yaml(raw.decode("utf-8"), str(path))
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        try:  # the key on (or above) that line, to say which value to fix
+            _, lines = _read_yaml(raw.decode("utf-8", errors="replace"), str(path))
+        except ConfigError:
+            lines = {}
+        at = max((k for k, n in lines.items() if n <= line), key=lambda k: (lines[k], len(k)), default=())
+        raise _Where(str(path), lines).error(at, f"byte 0x{raw[e.start]:02x} is not UTF-8 text; "
+                                                 "save the file as UTF-8", line=line) from None
     return _build(data, lines, str(path), path.parent)
 
 
-def _read_yaml(path: Path) -> Tuple[Any, Dict[Tuple[str, ...], int]]:
+def _read_yaml(text_: str, source: str) -> Tuple[Any, Dict[Tuple[str, ...], int]]:
     """The document, and the line of every mapping key (by its path) for messages."""
-    text_ = path.read_text()
-    loader = yaml.SafeLoader(text_)
+    try:
+        loader = yaml.SafeLoader(text_)  # refuses control characters already
+    except yaml.YAMLError as e:
+        line = text_.count("\n", 0, getattr(e, "position", 0)) + 1
+        raise ConfigError(f"{source}:{line}: not valid YAML: {e}".splitlines()[0]) from None
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        where = f"{source}:{mark.line + 1}" if mark else source
         raise ConfigError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
     finally:
         loader.dispose()
     lines: Dict[Tuple[str, ...], int] = {}
+    seen: set = set()  # an alias can make the node graph a cycle
 
     def walk(n: yaml.Node, at: Tuple[str, ...]) -> None:
-        if isinstance(n, yaml.MappingNode):
+        if isinstance(n, yaml.MappingNode) and id(n) not in seen:
+            seen.add(id(n))
             for k, v in n.value:
                 key = at + (str(k.value),)
                 lines[key] = k.start_mark.line + 1
@@ -374,8 +401,8 @@ class _Where:
     def __init__(self, source: str, lines: Mapping[Tuple[str, ...], int]):
         self.source, self.lines = source, lines
 
-    def error(self, at: Tuple[str, ...], problem: str) -> ConfigError:
-        line = next((self.lines[at[:i]] for i in range(len(at), 0, -1) if at[:i] in self.lines), None)
+    def error(self, at: Tuple[str, ...], problem: str, line: Optional[int] = None) -> ConfigError:
+        line = line or next((self.lines[at[:i]] for i in range(len(at), 0, -1) if at[:i] in self.lines), None)
         loc = f"{self.source}:{line}" if line else self.source
         return ConfigError(f"{loc}: {'.'.join(at) or 'top level'}: {problem}")
 
@@ -458,8 +485,9 @@ def _build(data: Any, lines: Mapping[Tuple[str, ...], int], source: str, project
     if build is not None and (not isinstance(build, str) or not build.strip()):
         raise where.error(("build",), "expected the build command, a string")
     quick = top.get("quick")
-    if quick is not None and quick not in suites:
-        raise where.error(("quick",), f"{quick!r} is not a suite; configured suites: {', '.join(suites) or 'none'}")
+    if quick is not None and (not isinstance(quick, str) or quick not in suites):
+        raise where.error(("quick",), f"{quick!r} is not the name of a suite (one name, not a list); "
+                                      f"configured suites: {', '.join(suites) or 'none'}")
     restore_on_failure = top.get("restore_on_failure", False)
     if not isinstance(restore_on_failure, bool):
         raise where.error(("restore_on_failure",), "expected true or false")

@@ -12,30 +12,43 @@ shape the snapshot needs, vmlab's version), so CI can cache it by key:
 
 A VM made from it gets a copy of clean.qcow2 (its writes land there, never in
 base.qcow2) and starts by restoring "clean": a restore, not a boot.
+
+An export (one tar) may come from anywhere (CI imports a downloaded artifact, as
+root): an import trusts nothing in it until checked, and writes only into
+`<cache>/golden/<key>/`, published whole once every file's sha256 matched.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, NoReturn, Optional
 
 from vmlab import __version__, host
 from vmlab.cache import MANIFEST, ArtefactCache, key_of, sha256_file
-from vmlab.errors import DownloadError, ImageBuildError
-from vmlab.keys import LabKeys
+from vmlab.errors import ConfigError, DownloadError, ImageBuildError
+from vmlab.keys import LabKeys, private_file
 
 log = logging.getLogger(__name__)
 
 KIND = "golden"
 FROZEN = ("base.qcow2", "clean.qcow2")
 SNAPSHOT = "clean"
+VERIFIED = "verified.json"  # this machine's record of what verify() checked: never exported
+KEY_FILES = tuple(f"keys/{name}" for name in ("id_ed25519", "id_ed25519.pub", "ssh_host_ed25519_key",
+                                                "ssh_host_ed25519_key.pub", "known_hosts"))
+# The files an export carries and an import accepts: top-level names and keys/NAME, nothing else.
+MEMBER = re.compile(r"(keys/)?[A-Za-z0-9][A-Za-z0-9._-]*")
+MANIFEST_MAX_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -57,7 +70,7 @@ class Golden:
     def verify(self) -> None:
         """Check every frozen file against its recorded sha256 (once per change of the file)."""
         files = self.manifest["files"]
-        stamp_file = self.dir / "verified.json"
+        stamp_file = self.dir / VERIFIED
         try:
             stamps = json.loads(stamp_file.read_text())
         except (OSError, ValueError):
@@ -120,44 +133,123 @@ def make(cache: ArtefactCache, key: str, inputs: Dict[str, Any], disk: Path, ker
 
 
 def export(golden: Golden, output: Path) -> Path:
-    """One file (tar) with everything in the golden folder, the manifest first."""
+    """One file (tar) with everything in the golden folder, the manifest first, recording the
+    sha256 of every file. It holds the lab's private keys: mode 0600 from its first byte, and
+    never left half-written (see keys.private_file)."""
+    if output.is_dir() or not output.parent.is_dir():
+        raise ConfigError(f"cannot write the export to {output}: " + (
+            "it is a folder; name a file in it" if output.is_dir() else
+            f"there is no folder {output.parent}; create it or name another output file"))
     golden.verify()
-    tmp = output.with_name(output.name + ".partial")
-    with tarfile.open(tmp, "w") as tar:
-        tar.add(golden.dir / MANIFEST, arcname=MANIFEST)
-        for path in sorted(golden.dir.rglob("*")):
-            rel = path.relative_to(golden.dir)
-            if path.is_file() and rel.name not in (MANIFEST, "verified.json", ".lock"):
-                tar.add(path, arcname=str(rel))
-    os.replace(tmp, output)
+    manifest = golden.manifest
+    names = [p.relative_to(golden.dir).as_posix() for p in sorted(golden.dir.rglob("*"))
+             if p.is_file() and not p.is_symlink()]
+    names = [n for n in names if MEMBER.fullmatch(n) and n not in (MANIFEST, VERIFIED)]
+    manifest["files"] = {n: manifest["files"][n] if n in FROZEN else sha256_file(golden.dir / n) for n in names}
+    data = json.dumps(manifest, indent=2).encode() + b"\n"
+    info = tarfile.TarInfo(MANIFEST)
+    info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+    with private_file(output) as f, tarfile.open(fileobj=f, mode="w") as tar:
+        tar.addfile(info, io.BytesIO(data))
+        for name in names:
+            tar.add(golden.dir / name, arcname=name)
     return output
 
 
 def import_(cache: ArtefactCache, archive: Path) -> Golden:
-    """Unpack an exported golden image into the cache, verifying every file against its manifest."""
+    """Unpack an exported golden image into the cache, as `<cache>/golden/<key>/` and nowhere else.
+
+    Refused before anything is written: a manifest without a well-formed key, inputs and
+    files; a key that is not the hash of its inputs under this vmlab version; a member that
+    is not a plain file its manifest lists (links, devices, absolute or `..` names). Each
+    file's sha256 is checked as it is unpacked, before the folder is published.
+    """
+    def refuse(problem: str) -> NoReturn:
+        raise DownloadError(f"{archive}: {problem}; nothing was imported")
+
     try:
-        with tarfile.open(archive) as tar:
-            manifest = json.load(tar.extractfile(MANIFEST))  # type: ignore[arg-type]
-    except (OSError, tarfile.TarError, KeyError, ValueError) as e:
-        raise DownloadError(f"{archive} is not a vmlab golden image export: {e}") from None
-    key = manifest["key"]
-    if golden_key(manifest["inputs"]) != key and manifest.get("vmlab") == __version__:
-        raise DownloadError(f"{archive}: its key {key} does not match its recorded inputs")
-    existing = find(cache, key)
-    if existing:
-        log.info("golden image %s is already in the cache", key)
-        return existing
+        tar = tarfile.open(archive, "r:")  # vm.golden-export writes a plain tar
+    except OSError as e:
+        refuse(f"cannot read it: {e.strerror or e}")
+    except tarfile.TarError as e:
+        refuse(f"not a vmlab golden image export (a plain tar file): {e}")
+    with tar:
+        try:
+            members = tar.getmembers()
+        except tarfile.TarError as e:
+            refuse(f"not a vmlab golden image export (a plain tar file): {e}")
+        manifest = _checked_manifest(tar, members, refuse)
+        files: Dict[str, str] = manifest["files"]
+        names: set = set()
+        for m in members:
+            if not m.isreg():
+                refuse(f"member {m.name[:200]!r} is not a plain file (a link, folder, device or fifo)")
+            if m.name != MANIFEST and m.name not in files:
+                refuse(f"member {m.name[:200]!r} is not a file its manifest lists")
+            if m.name in names:
+                refuse(f"member {m.name!r} is in it more than once")
+            names.add(m.name)
+        missing = sorted(set(files) - names)
+        if missing:
+            refuse(f"{missing[0]} is listed in its manifest but is not in it")
+        key = manifest["key"]
+        existing = find(cache, key)
+        if existing:
+            log.info("golden image %s is already in the cache", key)
+            return existing
 
-    def build(out: Path) -> Dict[str, Any]:
-        with tarfile.open(archive) as tar:
-            tar.extractall(out, filter="data")
-        for name, expected in manifest["files"].items():
-            actual = sha256_file(out / name)
-            if actual != expected:
-                raise DownloadError(f"{archive}: {name} has sha256 {actual}, its manifest says {expected}; "
-                                    "the export is damaged, nothing was imported")
-        for name in FROZEN:
-            os.chmod(out / name, 0o444)
-        return {"files": manifest["files"], "vmlab": manifest.get("vmlab"), "imported_from": str(archive)}
+        def build(out: Path) -> Dict[str, Any]:
+            (out / "keys").mkdir(mode=0o700)
+            for m in members:
+                if m.name == MANIFEST:
+                    continue
+                dest = out / m.name
+                try:
+                    with private_file(dest) if m.name.startswith("keys/") else open(dest, "xb") as f:
+                        shutil.copyfileobj(tar.extractfile(m), f, 1 << 20)  # type: ignore[misc]
+                except tarfile.TarError as e:
+                    refuse(f"cannot read {m.name} from it ({e}): the export is damaged")
+                actual = sha256_file(dest)
+                if actual != files[m.name]:
+                    refuse(f"{m.name} has sha256 {actual}, its manifest says {files[m.name]}: the export is damaged")
+            for name in FROZEN:
+                os.chmod(out / name, 0o444)
+            return {"files": files, "vmlab": __version__, "imported_from": str(archive)}
 
-    return Golden(cache.get_or_build(KIND, key, manifest["inputs"], build, f"golden image {key}"))
+        return Golden(cache.get_or_build(KIND, key, manifest["inputs"], build, f"golden image {key}"))
+
+
+def _checked_manifest(tar: tarfile.TarFile, members: List[tarfile.TarInfo],
+                      refuse: Callable[[str], NoReturn]) -> Dict[str, Any]:
+    """The export's manifest, if it is well-formed, of this vmlab version, and its key is its inputs' hash."""
+    found = [m for m in members if m.name == MANIFEST]
+    if len(found) != 1 or not found[0].isreg() or found[0].size > MANIFEST_MAX_BYTES:
+        refuse(f"it has no {MANIFEST} (one plain file at its top): not a vmlab golden image export")
+    try:
+        manifest = json.load(tar.extractfile(found[0]))  # type: ignore[arg-type]
+    except (ValueError, RecursionError, tarfile.TarError) as e:
+        refuse(f"its {MANIFEST} is not JSON ({e})")
+    if not isinstance(manifest, dict):
+        refuse(f"its {MANIFEST} is not a JSON object")
+    key, inputs, files = manifest.get("key"), manifest.get("inputs"), manifest.get("files")
+    if not isinstance(key, str) or not re.fullmatch(r"[0-9a-f]{16}", key):
+        refuse(f"its {MANIFEST} has no valid 'key' (16 lowercase hex digits): {str(key)[:40]!r}")
+    if not isinstance(inputs, dict):
+        refuse(f"its {MANIFEST} has no 'inputs' mapping")
+    if not isinstance(files, dict) or not all(
+            isinstance(n, str) and MEMBER.fullmatch(n) and n not in (MANIFEST, VERIFIED)
+            and isinstance(h, str) and re.fullmatch(r"[0-9a-f]{64}", h) for n, h in files.items()):
+        refuse(f"its {MANIFEST} has no 'files' mapping of file names (NAME or keys/NAME) to sha256 digests")
+    missing = [n for n in (*FROZEN, *KEY_FILES) if n not in files]
+    if missing:
+        refuse(f"its {MANIFEST} records no sha256 for {missing[0]} (an export by an older vmlab? export it again)")
+    if manifest.get("kind", KIND) != KIND:
+        refuse(f"it holds a {manifest.get('kind')!r}, not a golden image")
+    if manifest.get("vmlab") != __version__:
+        theirs = " ".join(str(manifest.get("vmlab")).split())[:40]
+        refuse(f"it was exported by vmlab {theirs}, and this is vmlab {__version__}: a golden image's key "
+               f"includes vmlab's version, so it would never be used here. Import it with vmlab {theirs}, "
+               "or make the golden image with this one (invoke vm.golden)")
+    if golden_key(inputs) != key:
+        refuse(f"its key {key} is not the hash of its recorded inputs (expected {golden_key(inputs)})")
+    return manifest

@@ -21,6 +21,7 @@ PACKAGES = {
     "qemu-img": "qemu-utils",
     "ssh": "openssh-client",
     "rsync": "rsync",
+    "git": "git",  # sync.gitignore: git says what it ignores
     "xorriso": "xorriso",
     "debootstrap": "debootstrap",
     "mkfs.ext4": "e2fsprogs",

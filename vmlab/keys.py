@@ -3,19 +3,26 @@
 Both are ed25519, generated on first use into `vm/keys/` with mode 0600. The
 guest's host key is made here, not in the guest, so it is known before the guest
 ever boots: vmlab pins it and never touches the user's ~/.ssh/known_hosts.
+
+Every file holding a secret (these keys, an exported golden image, a seed CD)
+is created by `private_file`: mode 0600 from its first byte, never half-written.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from vmlab import locks
+from vmlab.errors import PrerequisiteMissing
 
 HOST_ALIAS = "vmlab-guest"  # the name OpenSSH checks the pinned host key under
 
@@ -43,11 +50,13 @@ class LabKeys:
         return paramiko.Ed25519Key.from_private_key_file(str(self.host))
 
     def openssh_options(self) -> list[str]:
-        """Options that make the OpenSSH client (ssh, rsync -e) use this lab's keys only."""
+        """Options that make the OpenSSH client (ssh, rsync -e) use this lab's keys only, and
+        nothing of the user's ~/.ssh/config or /etc/ssh/ssh_config (-F none)."""
         return [
-            "-i", str(self.client),
+            "-F", "none",
+            "-o", f"IdentityFile={openssh_path(self.client)}",
             "-o", "IdentitiesOnly=yes",
-            "-o", f"UserKnownHostsFile={self.known_hosts}",
+            "-o", f"UserKnownHostsFile={openssh_path(self.known_hosts)}",
             "-o", f"HostKeyAlias={HOST_ALIAS}",
             "-o", "StrictHostKeyChecking=yes",
             "-o", "BatchMode=yes",
@@ -66,8 +75,36 @@ def ensure(keys_dir: Path, comment: str) -> LabKeys:
         if not keys.host.exists():
             _write_keypair(keys.host, f"{comment} guest host key")
             host_pub = keys.host.with_suffix(".pub").read_text().split()[:2]
-            _write_private(keys.known_hosts, f"{HOST_ALIAS} {' '.join(host_pub)}\n".encode())
+            with private_file(keys.known_hosts) as f:
+                f.write(f"{HOST_ALIAS} {' '.join(host_pub)}\n".encode())
     return keys
+
+
+def openssh_path(path: Path) -> str:
+    """A file path as the value of an OpenSSH option (-o Key=VALUE), which OpenSSH splits at
+    spaces and unquotes, then expands %-tokens and ${VARIABLES} in: so it is quoted, its
+    quotes and backslashes escaped and its % doubled. ${ has no escape: such a path is refused."""
+    value = os.path.abspath(path)
+    if "${" in value:
+        raise PrerequisiteMissing(f"{value}: OpenSSH would expand '${{...}}' in this path and has no way to "
+                                  "escape it; move the project (or the cache) to a path without '${'")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
+
+
+@contextmanager
+def private_file(path: Path) -> Iterator[BinaryIO]:
+    """A new file at `path`, mode 0600 from its first byte (whatever the umask), written under
+    a temporary name beside it and renamed into place only if the block ends without error:
+    on any failure or Ctrl-C, nothing is left behind. A link planted at `path` is replaced,
+    never followed."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _write_keypair(private: Path, comment: str) -> None:
@@ -76,11 +113,5 @@ def _write_keypair(private: Path, comment: str) -> None:
                             serialization.NoEncryption())
     pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     private.with_suffix(".pub").write_bytes(pub + f" {comment}\n".encode())
-    _write_private(private, pem)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a file that is mode 0600 from its first byte."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    with private_file(private) as f:
+        f.write(pem)

@@ -14,6 +14,7 @@ import hashlib
 import os
 import select
 import shlex
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
@@ -21,17 +22,35 @@ from pathlib import Path
 from typing import IO, Callable, List, Optional, Tuple
 
 from vmlab import host
-from vmlab.errors import GuestUnreachable
-from vmlab.keys import LabKeys
+from vmlab.errors import GuestUnreachable, PrerequisiteMissing
+from vmlab.keys import LabKeys, openssh_path
 
 PERSIST_SECONDS = 600
 SSH_FAILED = 255  # what ssh exits with when it, not the remote command, failed
+HOST = "127.0.0.1"  # the guest's sshd, forwarded; the user goes with -l, never as user@host
 
 
 def runtime_dir() -> Path:
-    """A private folder for control sockets: short paths (a unix socket path has 108 bytes at most)."""
+    """A private folder for control sockets: short paths (a unix socket path has 108 bytes at most).
+
+    Whoever can write to it can plant a socket vmlab would send its commands through, so
+    (as OpenSSH refuses unsafe files) a folder not ours, or open to others, is refused."""
     base = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / f"vmlab-{os.getuid()}"
-    base.mkdir(mode=0o700, exist_ok=True)
+    try:
+        base.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise PrerequisiteMissing(f"cannot make {base} for vmlab's SSH control sockets: {e.strerror}; "
+                                  "set XDG_RUNTIME_DIR to a private folder") from None
+    st = os.lstat(base)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        what = "not a folder" if not stat.S_ISDIR(st.st_mode) else \
+            f"owned by uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}"
+        raise PrerequisiteMissing(
+            f"{base} is unsafe for vmlab's SSH control sockets ({what}; it must be a folder of uid "
+            f"{os.getuid()} with mode 0700): remove it (rm -r {shlex.quote(str(base))}) or set XDG_RUNTIME_DIR "
+            "to a private folder")
     return base
 
 
@@ -51,15 +70,15 @@ class SharedConnection:
 
     def ssh_options(self) -> List[str]:
         return [*self.keys.openssh_options(), "-o", "ControlMaster=auto",
-                "-o", f"ControlPath={self.control_path}", "-o", f"ControlPersist={PERSIST_SECONDS}",
-                "-o", "ConnectTimeout=30", "-p", str(self.port)]
+                "-o", f"ControlPath={openssh_path(self.control_path)}", "-o", f"ControlPersist={PERSIST_SECONDS}",
+                "-o", "ConnectTimeout=30", "-p", str(self.port), "-l", self.user]
 
     @property
     def destination(self) -> str:
-        return f"{self.user}@127.0.0.1"
+        return HOST
 
     def ssh_command(self) -> List[str]:
-        """ssh with this connection's options, without a destination (what rsync -e wants)."""
+        """ssh with this connection's options and user, without a destination (what rsync -e wants)."""
         return [host.which("ssh") or "ssh", *self.ssh_options()]
 
     def run(self, command: str, output: Optional[IO[bytes]] = None, echo: Optional[IO[bytes]] = None,
@@ -106,7 +125,7 @@ class SharedConnection:
             proc.wait()
             raise
         if status == SSH_FAILED:
-            raise GuestUnreachable(f"ssh to 127.0.0.1:{self.port} failed: "
+            raise GuestUnreachable(f"ssh to {HOST}:{self.port} failed: "
                                    f"{tail.decode(errors='replace').strip()[-500:]}")
         return status
 
@@ -146,7 +165,7 @@ class SharedConnection:
                                f"test -f {shlex.quote(remote_path)} && cat {shlex.quote(remote_path)}"],
                               stdin=subprocess.DEVNULL, capture_output=True, check=False)
         if proc.returncode == SSH_FAILED:
-            raise GuestUnreachable(f"ssh to 127.0.0.1:{self.port} failed: {proc.stderr.decode(errors='replace')}")
+            raise GuestUnreachable(f"ssh to {HOST}:{self.port} failed: {proc.stderr.decode(errors='replace')}")
         return proc.stdout if proc.returncode == 0 else None
 
     def put(self, local: Path, remote: str) -> None:
@@ -161,7 +180,11 @@ class SharedConnection:
 
     def close(self) -> None:
         """Stop the control master, if one runs (after a restore its connection is dead)."""
-        if self.control_path.exists():
+        try:
+            control_path = self.control_path
+        except PrerequisiteMissing:
+            return  # an unsafe folder holds no master of ours: stopping a VM must not fail on it
+        if control_path.exists():
             subprocess.run([*self.ssh_command(), "-O", "exit", self.destination], stdin=subprocess.DEVNULL,
                            capture_output=True, check=False, timeout=10)
-            self.control_path.unlink(missing_ok=True)
+            control_path.unlink(missing_ok=True)

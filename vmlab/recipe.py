@@ -12,7 +12,8 @@ or release is a new folder, not new Python. Each step does one thing:
 and may set idle (seconds without output before failing, restarted by output)
 and limit (hard cap). `fail:` adds failure patterns checked at every step.
 The long work is done by scripts on the seed CD (`seed:` lists them); the console
-only types short commands. Text may use {placeholders} the lab fills in.
+only types short commands. Text may use {placeholders} the lab fills in (PLACEHOLDERS);
+a literal brace is written twice, {{ or }}.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 ACTIONS = ("expect", "keys", "line", "shell", "run", "power_off")
 STEP_KEYS = ("name", *ACTIONS, "idle", "limit", "resend_every")
 RECIPE_KEYS = ("description", "boot", "seed", "fail", "key_delay", "steps")
+PLACEHOLDERS = ("vm",)  # what the lab fills in (Recipe.run's values)
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,9 @@ def load(path: Path) -> Recipe:
             raise RecipeError(f"{where} ({raw['name']}): unknown key {unknown[0]!r}; allowed: {', '.join(STEP_KEYS)}")
         if not any(k in raw for k in ACTIONS):
             raise RecipeError(f"{where} ({raw['name']}): it does nothing; give one of {', '.join(ACTIONS)}")
+        for key in ACTIONS:
+            if key in raw:
+                _check_placeholders(str(raw[key]), f"{where} ({raw['name']}): {key}")
         steps.append(Step(**{k: _number(v, where, k) if k in ("idle", "limit", "resend_every") else str(v)
                              for k, v in raw.items()}))
     if not steps:
@@ -127,6 +132,20 @@ def load(path: Path) -> Recipe:
     return Recipe(path=path, description=str(data.get("description", "")), boot=boot,
                   seed=list(data.get("seed") or []), fails=rule_list(data.get("fail")),
                   key_delay=_number(data.get("key_delay", 0.02), str(path), "key_delay"), steps=steps)
+
+
+def _check_placeholders(text: str, where: str) -> None:
+    """Refuse now, not mid-install, a {placeholder} the lab does not fill or a lone brace."""
+    try:
+        text.format(**dict.fromkeys(PLACEHOLDERS, "x"))
+        return
+    except KeyError as e:
+        problem = f"unknown placeholder {{{e.args[0]}}}"
+    except (IndexError, AttributeError, ValueError) as e:
+        problem = str(e)
+    filled = ", ".join("{" + name + "}" for name in PLACEHOLDERS)
+    raise RecipeError(f"{where}: {problem} in {text!r}; the lab fills in {filled}; "
+                      "write a literal brace twice: {{ or }}")
 
 
 def _number(value: Any, where: str, key: str) -> float:

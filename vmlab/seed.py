@@ -8,7 +8,6 @@ ISO (a DragonFly `pfi.conf` must sit on cd0 or cd1).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Dict, Optional, Union
 
 from vmlab import host
 from vmlab.errors import MachineError
-from vmlab.keys import LabKeys
+from vmlab.keys import LabKeys, private_file
 
 LABEL = "VMLAB_SEED"
 
@@ -30,17 +29,14 @@ def build(iso: Path, files: Dict[str, Union[str, bytes]]) -> Path:
             path.write_bytes(content.encode() if isinstance(content, str) else content)
             if name.endswith(".sh"):
                 path.chmod(0o755)
-        partial = iso.with_suffix(".partial")
-        proc = subprocess.run(
-            [host.which("xorriso") or "xorriso", "-as", "mkisofs", "-quiet", "-V", LABEL,
-             "-J", "-R", "-o", str(partial), tmp],
-            capture_output=True, text=True, check=False,
-        )
-        if proc.returncode != 0:
-            partial.unlink(missing_ok=True)
-            raise MachineError(f"could not build the seed ISO {iso}: xorriso said:\n{proc.stderr.strip()}")
-        os.chmod(partial, 0o600)
-        os.replace(partial, iso)
+        with private_file(iso) as out:  # xorriso writes the ISO to its stdout: this private file
+            proc = subprocess.run(
+                [host.which("xorriso") or "xorriso", "-as", "mkisofs", "-quiet", "-V", LABEL,
+                 "-J", "-R", "-o", "-", tmp],
+                stdout=out, stderr=subprocess.PIPE, text=True, check=False,
+            )
+            if proc.returncode != 0:
+                raise MachineError(f"could not build the seed ISO {iso}: xorriso said:\n{proc.stderr.strip()}")
     return iso
 
 

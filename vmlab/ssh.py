@@ -8,6 +8,7 @@ The guest's host key is pinned from the lab's keys; a different key is refused.
 from __future__ import annotations
 
 import codecs
+import io
 import logging
 import os
 import select
@@ -15,7 +16,7 @@ import shlex
 import socket
 import time
 from pathlib import Path
-from typing import BinaryIO, Callable, Dict, Optional, TextIO
+from typing import IO, Any, BinaryIO, Callable, Dict, Optional
 
 import paramiko
 
@@ -29,6 +30,7 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 # Failures that mean "not up yet" while a guest boots.
 _NOT_READY = (OSError, EOFError, paramiko.SSHException)
+OUTPUT_GRACE = 2.0  # seconds to wait for output after the exit status, if EOF does not come
 
 
 class GuestSSH:
@@ -106,9 +108,12 @@ class GuestSSH:
             delay = min(delay * 1.5, 3.0)
 
     def run(self, command: str, *, env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None,
-            timeout: Optional[float] = None, stdout: Optional[TextIO] = None,
-            stderr: Optional[TextIO] = None, stdin: Optional[BinaryIO] = None) -> CommandResult:
+            timeout: Optional[float] = None, stdout: Optional[IO[Any]] = None,
+            stderr: Optional[IO[Any]] = None, stdin: Optional[BinaryIO] = None) -> CommandResult:
         """Run `command` through the login shell; stream output to `stdout`/`stderr` if given.
+
+        A text stream gets the output decoded as UTF-8; a binary one (sys.stdout.buffer) gets
+        its bytes untouched, so `vm.ssh -c 'cat image' > copy` copies it exactly.
 
         The command's input is `stdin`, sent as it can be read, then closed; with no
         `stdin` it is closed at once, so a command that reads its input never waits.
@@ -127,6 +132,7 @@ class GuestSSH:
         out, err = _Sink(stdout), _Sink(stderr)
         timed_out = False
         feeding = stdin is not None
+        exited = 0.0  # when the exit status came
         if not feeding:
             chan.shutdown_write()
         try:
@@ -147,7 +153,12 @@ class GuestSSH:
                 while chan.recv_stderr_ready():
                     err.feed(chan.recv_stderr(65536))
                 if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                    break
+                    # sshd may send the exit status before the last output (it reads the
+                    # command's pipes apart): wait for its EOF, but not for a daemon the
+                    # command left holding them open
+                    exited = exited or time.monotonic()
+                    if chan.eof_received or time.monotonic() - exited > OUTPUT_GRACE:
+                        break
             status = -1 if timed_out else chan.recv_exit_status()
         except socket.error as e:
             raise GuestUnreachable(f"the SSH connection to 127.0.0.1:{self.port} broke during {command!r}: {e}") from None
@@ -197,18 +208,21 @@ class GuestSSH:
 
 
 class _Sink:
-    """Collects a stream's bytes as text and, if asked, echoes it as it arrives."""
+    """Collects a stream's bytes as text and, if asked, echoes it as it arrives: decoded to a
+    text stream, as they came to a binary one."""
 
-    def __init__(self, echo: Optional[TextIO]):
+    def __init__(self, echo: Optional[IO[Any]]):
         self.echo = echo
+        self.binary = echo is not None and not isinstance(echo, io.TextIOBase)
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.parts: list[str] = []
 
     def feed(self, data: bytes) -> None:
         chunk = self.decoder.decode(data)
         self.parts.append(chunk)
-        if self.echo is not None and chunk:
-            self.echo.write(chunk)
+        shown = data if self.binary else chunk
+        if self.echo is not None and shown:
+            self.echo.write(shown)
             self.echo.flush()
 
     def text(self) -> str:

@@ -31,8 +31,12 @@ def in_workdir(guest_dir: str, workdir: str) -> str:
 
 
 def remote_command(suite: SuiteConfig, guest_dir: str, run_as_root: str) -> str:
-    """The one shell line the guest runs for `suite`; `run_as_root` is '' when already root."""
-    script = f"cd {shlex.quote(in_workdir(guest_dir, suite.workdir))} && {suite.command}"
+    """The one shell line the guest runs for `suite`; `run_as_root` is '' when already root.
+
+    A JUnit file an earlier run left is deleted first (as the suite's own user, who may own
+    it), so the file fetched afterwards is this run's or none."""
+    stale = f"rm -f {shlex.quote(suite.junit)} && " if suite.junit else ""
+    script = f"cd {shlex.quote(in_workdir(guest_dir, suite.workdir))} && {stale}{suite.command}"
     env = "env " + " ".join(shlex.quote(f"{k}={v}") for k, v in suite.env) + " " if suite.env else ""
     line = f"timeout -k {KILL_GRACE} {int(suite.timeout)} {env}sh -c {shlex.quote(script)}"
     return f"{run_as_root} {line}" if suite.privileged and run_as_root else line

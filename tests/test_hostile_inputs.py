@@ -1,0 +1,624 @@
+"""Hostile inputs: everything vmlab reads from outside is refused early with one clear line,
+or handled exactly; nothing outside vmlab's own folders is touched.
+
+One test per defect of issue 16 (named for its item), and a home for every new input
+vmlab accepts: crafted golden exports (traversal, links, devices, missing fields, wrong
+checksums, another version), hostile config values, paths with spaces, quotes and
+non-ASCII. The parts are real: tar files, the CLI (`project.invoke`), OpenSSH's client and
+rsync against a real sshd on 127.0.0.1 (standing in for the guest's: the same programs a
+VM runs), git. What is not real is said in the test's docstring.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pwd
+import shlex
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional
+
+import pytest
+
+from conftest import INVOKE, Project, prerequisite_missing
+from vmlab import __version__, golden, host, keys, recipe, suites
+from vmlab.cache import ArtefactCache, key_of
+from vmlab.config import SuiteConfig, SyncConfig
+from vmlab.errors import GuestUnreachable, PrerequisiteMissing, RecipeError, VmlabError
+from vmlab.keys import LabKeys
+from vmlab.openssh import SharedConnection
+from vmlab.ssh import GuestSSH
+from vmlab.sync import host_digest, sync
+
+HOSTILE_NAMES = ["with space", "quote's \"double\"", "ünïcødé ☃", "50%d %h", "back\\slash"]
+ME = pwd.getpwuid(os.getuid()).pw_name
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    """The CLI's error: one line on stderr, no traceback."""
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("vmlab: error: "), result.stderr
+    return lines[0]
+
+
+def tree(folder: Path) -> Dict[str, bytes]:
+    """Every file under `folder` and its bytes: to show a folder untouched."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --- a real sshd on 127.0.0.1, standing in for the guest's ---
+
+
+@pytest.fixture
+def runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private XDG_RUNTIME_DIR (short: a socket path has 108 bytes at most)."""
+    folder = Path(tempfile.mkdtemp(prefix="vr-"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(folder))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[Callable[[LabKeys], int]]:
+    """serve(keys) starts an sshd on 127.0.0.1 that presents the lab's host key and accepts its
+    client key for the current user; returns its port. Stopped at the end of the test."""
+    binary = host.which("sshd")
+    if binary is None:
+        prerequisite_missing("sshd (Debian package openssh-server; its service need not run)")
+    started: List[subprocess.Popen] = []
+
+    def serve(lab_keys: LabKeys) -> int:
+        folder = Path(tempfile.mkdtemp(prefix="sshd-", dir=tmp_path))
+        shutil.copy(lab_keys.host, folder / "host_key")
+        (folder / "host_key").chmod(0o600)
+        (folder / "authorized_keys").write_text(lab_keys.client_public() + "\n")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        (folder / "sshd_config").write_text(
+            f"Port {port}\nListenAddress 127.0.0.1\nHostKey {folder}/host_key\n"
+            f"AuthorizedKeysFile {folder}/authorized_keys\nPidFile none\nStrictModes no\nUsePAM no\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n")
+        if os.geteuid() == 0:
+            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # its privilege separation folder
+        with open(folder / "sshd.log", "wb") as log:
+            proc = subprocess.Popen([binary, "-D", "-e", "-f", str(folder / "sshd_config")],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        started.append(proc)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                    if s.recv(4).startswith(b"SSH-"):
+                        return port
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, (folder / "sshd.log").read_text()
+            time.sleep(0.05)
+
+    yield serve
+    for proc in started:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def connect(sshd: Callable[[LabKeys], int], runtime: Path) -> Iterator[Callable[..., SharedConnection]]:
+    """connect(project_dir) -> the lab's shared OpenSSH connection to the sshd, as the current
+    user; every control master is closed at the end."""
+    made: List[SharedConnection] = []
+
+    def connect_(project_dir: Path, user: str = ME) -> SharedConnection:
+        lab_keys = keys.ensure(project_dir / "vm" / "keys", "hostile-inputs test")
+        conn = SharedConnection(project_dir / "vm" / "default", sshd(lab_keys), user, lab_keys)
+        made.append(conn)
+        return conn
+
+    yield connect_
+    for conn in made:
+        conn.close()
+
+
+def run(conn: SharedConnection, command: str) -> tuple:
+    out = io.BytesIO()
+    return conn.run(command, output=out, timeout=60), out.getvalue()
+
+
+# --- golden exports: a real golden folder, real tars ---
+
+
+def make_golden(project: Project, cache: Path, disk_bytes: int = 0) -> golden.Golden:
+    """The project's default VM's golden image, in `cache`, from a small real disk.
+
+    Not real: the "clean" snapshot (taking it boots a guest), and the kernel (a few bytes)."""
+    lab = project.lab()
+    inputs = lab.golden_inputs(lab.vm())
+    work = cache.parent / "golden-src"
+    work.mkdir(exist_ok=True)
+    disk = work / "disk.raw"
+    with open(disk, "wb") as f:
+        f.write(os.urandom(disk_bytes) if disk_bytes else b"\0" * 2**20)
+    (work / "vmlinuz").write_bytes(b"a kernel")
+    lab_keys = keys.ensure(work / "keys", "hostile-inputs test")
+    return golden.make(ArtefactCache(cache), golden.golden_key(inputs), inputs, disk, {"vmlinuz": work / "vmlinuz"},
+                       lab_keys, lambda clean: None)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real export (by the CLI) of a golden image of the default VM."""
+    project = Project(tmp_path_factory.mktemp("exporter"))
+    cache = project.root / "cache"
+    make_golden(project, cache)
+    out = project.root / "golden.tar"
+    result = project.invoke("vm.golden-export", "--output", str(out), env={"VMLAB_CACHE": str(cache)})
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def members_of(archive: Path) -> Dict[str, bytes]:
+    with tarfile.open(archive) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+
+
+def craft(path: Path, manifest: object, files: Dict[str, bytes], extra: Optional[List[tarfile.TarInfo]] = None,
+          ) -> Path:
+    """A tar like an export: manifest.json (any JSON, even not an object), the files, then `extra` members."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in [("manifest.json", json.dumps(manifest).encode()), *files.items()]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for info in extra or []:
+            tar.addfile(info, io.BytesIO(b"x" * info.size) if info.isreg() else None)
+    return path
+
+
+def real_parts(exported: Path) -> tuple:
+    """The manifest and files of the real export, to alter one thing at a time."""
+    parts = members_of(exported)
+    return json.loads(parts.pop("manifest.json")), parts
+
+
+@pytest.fixture
+def importer(project: Project, tmp_path: Path) -> Callable[[Path], subprocess.CompletedProcess]:
+    """Import an archive into a fresh cache with the real CLI; the cache sits beside a victim
+    folder that a traversal would reach (<cache>/golden/../../victim)."""
+    (tmp_path / "victim").mkdir()
+    (tmp_path / "victim" / "precious.txt").write_text("the user's work\n")
+
+    def import_(archive: Path) -> subprocess.CompletedProcess:
+        return project.invoke("vm.golden-import", "--input", str(archive),
+                              env={"VMLAB_CACHE": str(tmp_path / "cache")})
+
+    return import_
+
+
+def assert_nothing_imported(tmp_path: Path) -> None:
+    """The victim folder as it was; the cache holds at most the golden kind's lock files."""
+    assert tree(tmp_path / "victim") == {"precious.txt": b"the user's work\n"}
+    cache = tmp_path / "cache"
+    assert all(p.parent == cache / "golden" and p.name.endswith(".lock") for p in cache.rglob("*") if p.is_file())
+
+
+def test_item01_golden_import_refuses_a_key_that_leaves_the_cache(exported: Path, importer, tmp_path: Path) -> None:
+    manifest, files = real_parts(exported)
+    archive = craft(tmp_path / "evil.tar", dict(manifest, key="../../victim"), files)
+    result = importer(archive)
+    assert result.returncode == 1
+    assert "no valid 'key'" in one_line_error(result) and "nothing was imported" in result.stderr
+    assert_nothing_imported(tmp_path)
+
+
+def test_item01_the_cache_refuses_a_key_that_is_not_hex(tmp_path: Path) -> None:
+    """Defence in depth: the cache itself, asked for a key that names another place."""
+    (tmp_path / "victim").mkdir()
+    (tmp_path / "victim" / "precious.txt").write_text("the user's work\n")
+    cache = ArtefactCache(tmp_path / "cache")
+    for key in ("../../victim", "/tmp", "ABC", ""):
+        with pytest.raises(VmlabError, match="refusing cache entry"):
+            cache.get_or_build("golden", key, {}, lambda out: None, "test")
+    assert tree(tmp_path / "victim") == {"precious.txt": b"the user's work\n"}
+
+
+def _member(name: str, kind: bytes, size: int = 0, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.size, info.linkname = kind, size, link
+    return info
+
+
+@pytest.mark.parametrize("replace, extra, expected", [
+    ("base.qcow2", _member("base.qcow2", tarfile.SYMTYPE, link="/etc/passwd"), "not a plain file"),
+    ("base.qcow2", _member("base.qcow2", tarfile.SYMTYPE, link="../../victim/precious.txt"), "not a plain file"),
+    ("base.qcow2", _member("base.qcow2", tarfile.LNKTYPE, link="keys/id_ed25519"), "not a plain file"),
+    ("vmlinuz", _member("vmlinuz", tarfile.CHRTYPE), "not a plain file"),
+    ("vmlinuz", _member("vmlinuz", tarfile.FIFOTYPE), "not a plain file"),
+    (None, _member("keys", tarfile.DIRTYPE), "not a plain file"),
+    (None, _member("../victim/precious.txt", tarfile.REGTYPE, size=3), "is not a file its manifest lists"),
+    (None, _member("/tmp/evil", tarfile.REGTYPE, size=3), "is not a file its manifest lists"),
+    (None, _member("run/console.log", tarfile.REGTYPE, size=3), "is not a file its manifest lists"),
+    (None, _member("vmlinuz", tarfile.REGTYPE, size=3), "more than once"),
+    ("vmlinuz", None, "vmlinuz is listed in its manifest but is not in it"),
+], ids=["symlink-out", "symlink-victim", "hardlink", "device", "fifo", "folder", "traversal", "absolute",
+        "unlisted", "twice", "missing"])
+def test_item01_golden_import_refuses_members_that_are_not_the_listed_plain_files(
+        exported: Path, importer, tmp_path: Path, replace: Optional[str], extra: Optional[tarfile.TarInfo],
+        expected: str) -> None:
+    manifest, files = real_parts(exported)
+    if replace:
+        files.pop(replace)
+    archive = craft(tmp_path / "evil.tar", manifest, files, [extra] if extra else [])
+    result = importer(archive)
+    assert result.returncode == 1
+    assert expected in one_line_error(result)
+    assert_nothing_imported(tmp_path)
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda m: [1, 2], "not a JSON object"),
+    (lambda m: {k: v for k, v in m.items() if k != "key"}, "no valid 'key'"),
+    (lambda m: dict(m, key=m["key"].upper()), "no valid 'key'"),
+    (lambda m: {k: v for k, v in m.items() if k != "inputs"}, "no 'inputs' mapping"),
+    (lambda m: dict(m, inputs=["a"]), "no 'inputs' mapping"),
+    (lambda m: {k: v for k, v in m.items() if k != "files"}, "no 'files' mapping"),
+    (lambda m: dict(m, files={**m["files"], "../x": "0" * 64}), "no 'files' mapping"),
+    (lambda m: dict(m, files={**m["files"], "vmlinuz": "not a digest"}), "no 'files' mapping"),
+    (lambda m: dict(m, files={k: v for k, v in m["files"].items() if k != "keys/known_hosts"}),
+     "no sha256 for keys/known_hosts"),
+    (lambda m: dict(m, inputs=dict(m["inputs"], cpus=64)), "is not the hash of its recorded inputs"),
+], ids=["not-an-object", "no-key", "upper-key", "no-inputs", "inputs-list", "no-files", "files-traversal",
+        "bad-digest", "unlisted-key-file", "key-not-inputs"])
+def test_item01_golden_import_refuses_a_malformed_manifest(exported: Path, importer, tmp_path: Path, change,
+                                                            expected: str) -> None:
+    manifest, files = real_parts(exported)
+    result = importer(craft(tmp_path / "evil.tar", change(manifest), files))
+    assert result.returncode == 1
+    assert expected in one_line_error(result)
+    assert_nothing_imported(tmp_path)
+
+
+def test_item01_golden_import_refuses_what_is_not_an_export(importer, tmp_path: Path) -> None:
+    for name, data in (("empty.tar", b""), ("text.tar", b"hello\n" * 200)):
+        (tmp_path / name).write_bytes(data)
+        result = importer(tmp_path / name)
+        assert result.returncode == 1 and "not a vmlab golden image export" in one_line_error(result)
+    result = importer(tmp_path / "absent.tar")
+    assert result.returncode == 1 and "absent.tar" in one_line_error(result)
+    assert_nothing_imported(tmp_path)
+
+
+def test_item01_golden_import_publishes_nothing_when_a_checksum_is_wrong(exported: Path, importer,
+                                                                          tmp_path: Path) -> None:
+    manifest, files = real_parts(exported)
+    files["clean.qcow2"] = files["clean.qcow2"][:-1] + bytes([files["clean.qcow2"][-1] ^ 1])
+    result = importer(craft(tmp_path / "damaged.tar", manifest, files))
+    assert result.returncode == 1
+    assert "clean.qcow2 has sha256" in one_line_error(result) and "damaged" in result.stderr
+    assert_nothing_imported(tmp_path)
+
+
+def test_item01_golden_import_refuses_an_export_of_another_vmlab_version(exported: Path, importer,
+                                                                          tmp_path: Path) -> None:
+    manifest, files = real_parts(exported)
+    other = dict(manifest, vmlab="0.0.9", key=key_of(dict(manifest["inputs"], vmlab="0.0.9", format=1)))
+    result = importer(craft(tmp_path / "old.tar", other, files))
+    assert result.returncode == 1
+    line = one_line_error(result)
+    assert f"exported by vmlab 0.0.9, and this is vmlab {__version__}" in line and "never be used" in line
+    assert_nothing_imported(tmp_path)
+
+
+def test_item10_golden_export_and_import_work_on_debian_12s_python(exported: Path, importer,
+                                                                   tmp_path: Path) -> None:
+    """The venv is Debian 12's python3 (3.11.2): no tarfile API newer than that may be used."""
+    result = importer(exported)
+    assert result.returncode == 0, result.stderr
+    key = json.loads(members_of(exported)["manifest.json"])["key"]
+    folder = tmp_path / "cache" / "golden" / key
+    assert {k: v for k, v in tree(folder).items() if k != "manifest.json"} == \
+        {k: v for k, v in members_of(exported).items() if k != "manifest.json"}
+    assert stat.S_IMODE((folder / "keys").stat().st_mode) == 0o700
+    assert stat.S_IMODE((folder / "keys" / "id_ed25519").stat().st_mode) == 0o600
+    assert stat.S_IMODE((folder / "base.qcow2").stat().st_mode) == 0o444
+    golden.Golden(folder).verify()
+
+
+# --- golden export ---
+
+
+def test_item02_golden_export_is_private_from_its_first_byte(project: Project) -> None:
+    cache = project.root / "cache"
+    make_golden(project, cache)
+    umask = os.umask(0o022)  # a usual umask: a plain create would make the file 0644
+    try:
+        result = project.invoke("vm.golden-export", "--output", "g.tar", env={"VMLAB_CACHE": str(cache)})
+    finally:
+        os.umask(umask)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE((project.root / "g.tar").stat().st_mode) == 0o600
+    assert "keys/id_ed25519" in members_of(project.root / "g.tar")
+
+
+def test_item02_golden_export_to_a_missing_folder_is_exit_2_naming_it(project: Project) -> None:
+    cache = project.root / "cache"
+    make_golden(project, cache)
+    result = project.invoke("vm.golden-export", "--output", "no such dir/g.tar", env={"VMLAB_CACHE": str(cache)})
+    assert result.returncode == 2
+    assert "there is no folder no such dir" in one_line_error(result)
+    assert not (project.root / "no such dir").exists()
+    assert not [p for p in project.root.rglob("*") if "partial" in p.name]
+
+
+def test_item02_an_interrupted_golden_export_leaves_nothing_behind(project: Project) -> None:
+    """Ctrl-C (SIGINT) while the tar is being written: the process is stopped (SIGSTOP) the
+    moment its temporary file appears, so the interrupt lands mid-write every time."""
+    cache = project.root / "cache"
+    make_golden(project, cache, disk_bytes=96 << 20)
+    out = project.root / "out"
+    out.mkdir()
+    proc = subprocess.Popen([INVOKE, "vm.golden-export", "--output", str(out / "g.tar")], cwd=project.root, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, VMLAB_CACHE=str(cache)))
+    deadline = time.monotonic() + 120
+    while not list(out.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGSTOP)
+    assert not (out / "g.tar").exists(), "the export finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGCONT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in stderr
+    assert list(out.iterdir()) == []
+
+
+# --- SSH: names and paths OpenSSH must read as data ---
+
+
+def test_item03_an_ssh_user_that_is_an_option_is_refused_where_config_is_read(project: Project,
+                                                                              tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    project.write_config(f"""\
+        defaults:
+          ssh_user: "-oProxyCommand=touch {marker}"
+        """)
+    result = project.invoke("vm.status")
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert "vmlab.yaml:2: defaults.ssh_user:" in line and "a user name" in line
+    assert not marker.exists()
+
+
+def test_item03_openssh_gets_the_user_as_a_name_never_as_an_option(connect, tmp_path: Path) -> None:
+    """Past the config's check (a profile's user, a future caller), -l keeps it a name."""
+    marker = tmp_path / "pwned"
+    conn = connect(tmp_path / "project", user=f"-oProxyCommand=touch {marker}")
+    with pytest.raises(GuestUnreachable):
+        run(conn, "true")
+    assert not list(tmp_path.glob("pwned*"))  # as user@host, ssh would have run `touch .../pwned@127.0.0.1`
+
+
+@pytest.mark.parametrize("make_unsafe", ["open to others", "owned by another user", "a symlink"])
+def test_item04_an_unsafe_control_socket_folder_is_refused(runtime: Path, tmp_path: Path, make_unsafe: str) -> None:
+    folder = runtime / f"vmlab-{os.getuid()}"
+    if make_unsafe == "open to others":
+        folder.mkdir(mode=0o700)
+        folder.chmod(0o777)
+    elif make_unsafe == "owned by another user":
+        if os.geteuid() != 0:
+            pytest.skip("making a folder owned by another user needs root")
+        folder.mkdir(mode=0o700)
+        os.chown(folder, pwd.getpwnam("nobody").pw_uid, -1)
+    else:
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        folder.symlink_to(tmp_path / "elsewhere")
+    conn = SharedConnection(tmp_path / "vm", 1, ME, keys.ensure(tmp_path / "keys", "test"))
+    conn.close()  # what vm.stop does: it must still stop the VM
+    with pytest.raises(PrerequisiteMissing) as refused:
+        conn.run("true")
+    message = str(refused.value)
+    assert refused.value.exit_code == 2 and len(message.splitlines()) == 1
+    assert f"{folder} is unsafe" in message and "XDG_RUNTIME_DIR" in message
+    assert not list(runtime.rglob("*.ctl")) and not list(tmp_path.rglob("*.ctl"))
+
+
+def test_item04_the_control_socket_folder_is_made_private(connect, runtime: Path, tmp_path: Path) -> None:
+    assert run(connect(tmp_path / "project"), "echo ok") == (0, b"ok\n")
+    folder = runtime / f"vmlab-{os.getuid()}"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and folder.stat().st_uid == os.getuid()
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_item11_ssh_and_rsync_work_from_a_project_path_with_spaces_quotes_and_non_ascii(
+        connect, tmp_path: Path, name: str) -> None:
+    project_dir = tmp_path / name / "project"
+    (project_dir / "src").mkdir(parents=True)
+    (project_dir / "src" / "main.c").write_text("int main(void) { return 0; }\n")
+    conn = connect(project_dir)
+    assert run(conn, "echo ok") == (0, b"ok\n")
+    guest = tmp_path / "guest" / name
+    done = sync(conn, project_dir, SyncConfig(guest_dir=str(guest)))
+    assert done.files_transferred == 1
+    assert (guest / "src" / "main.c").read_text() == "int main(void) { return 0; }\n"
+    # the interactive `vm.ssh` argv: the lab's options, -l, then the host
+    interactive = [host.which("ssh"), *conn.keys.openssh_options(), "-p", str(conn.port), "-l", ME,
+                   "127.0.0.1", "echo ok"]
+    assert subprocess.run(interactive, capture_output=True, stdin=subprocess.DEVNULL).stdout == b"ok\n"
+
+
+def test_item11_a_path_openssh_would_expand_is_refused_in_one_line(tmp_path: Path) -> None:
+    lab_keys = keys.ensure(tmp_path / "${HOME}" / "vm" / "keys", "test")
+    with pytest.raises(PrerequisiteMissing) as refused:
+        lab_keys.openssh_options()
+    assert "has no way to escape it" in str(refused.value) and len(str(refused.value).splitlines()) == 1
+
+
+def test_small_the_users_ssh_config_does_not_apply(connect, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenSSH reads ~/.ssh/config from the passwd entry's home, not $HOME, so the real ssh
+    runs in a mount namespace (unshare -m) where that home is a folder holding a hostile
+    config; the rest of the machine is untouched."""
+    if os.geteuid() != 0 or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("giving ssh another home needs root and unshare -m")
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text("Host *\n  ProxyCommand /bin/false\n  Port 1\n")
+    shim = tmp_path / "bin" / "ssh"
+    shim.parent.mkdir()
+    real, own_home = host.which("ssh"), pwd.getpwuid(os.getuid()).pw_dir
+    shim.write_text("#!/bin/sh\n# the real ssh, where the home in the passwd entry is the test's folder\n"
+                    "exec unshare -m sh -c 'mount --bind \"$1\" \"$2\" && shift 2 && exec \"$0\" \"$@\"' "
+                    f"{shlex.quote(real)} {shlex.quote(str(home))} {shlex.quote(own_home)} \"$@\"\n")
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim.parent}:{os.environ['PATH']}")
+    assert host.which("ssh") == str(shim)
+    conn = connect(tmp_path / "project")
+    assert run(conn, "echo ok") == (0, b"ok\n")
+
+
+def test_small_ssh_c_gives_a_binary_sink_the_bytes_untouched(sshd, tmp_path: Path) -> None:
+    """`vm.ssh -c` runs through GuestSSH.run (paramiko) with the CLI's stdout; here the sink is
+    a binary stream, as sys.stdout.buffer is. The last byte comes after the exit status."""
+    lab_keys = keys.ensure(tmp_path / "keys", "test")
+    data = bytes(range(256)) * 64 + "ünï\r\n".encode()
+    (tmp_path / "blob").write_bytes(data)
+    out, err = io.BytesIO(), io.BytesIO()
+    with GuestSSH(sshd(lab_keys), ME, lab_keys) as session:
+        result = session.run(f"cat '{tmp_path}/blob'; (sleep 0.5; printf '\\377' >&2) &", stdout=out, stderr=err)
+        assert result.exit_status == 0
+        assert out.getvalue() == data and err.getvalue() == b"\xff"
+        started = time.monotonic()
+        assert session.run("sleep 12 &").exit_status == 0  # a daemon holding the output open
+        assert time.monotonic() - started < 8
+
+
+def test_small_a_junit_file_left_by_an_earlier_run_is_not_taken_for_this_runs(connect, tmp_path: Path) -> None:
+    conn = connect(tmp_path / "project")
+    guest_dir = tmp_path / "guest"
+    guest_dir.mkdir()
+    (guest_dir / "report.xml").write_text('<testsuite tests="1" failures="1"><testcase name="old">'
+                                          '<failure message="from last week"/></testcase></testsuite>\n')
+    run_dir = tmp_path / "results"
+    run_dir.mkdir()
+    suite = SuiteConfig(name="unit", command="true", junit="report.xml", timeout=60)
+    result = suites.run(conn, suite, str(guest_dir), run_dir, run_as_root="", echo=io.BytesIO())
+    assert result.status == "passed" and result.junit is None
+    assert "it wrote no JUnit file" in (result.note or "")
+    assert not (guest_dir / "report.xml").exists()
+
+
+def git_project(root: Path) -> Path:
+    """A git checkout whose .gitignore re-includes (!) and whose ignored folder holds a tracked file."""
+    root.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    (root / ".gitignore").write_text("*.log\n!keep.log\nbuild/\n")
+    for name in ("a.log", "keep.log", "main.c", "build/out.o", "sub/deep.log", "sub/keep.log", "st*r.log",
+                 "tracked/t.log", "bra[c]ket.c", "bra[c]ket.log", "bracket.c"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(name)
+    subprocess.run(["git", "add", "-f", "tracked/t.log"], cwd=root, check=True)
+    return root
+
+
+def test_small_gitignore_follows_gits_own_rules(connect, tmp_path: Path) -> None:
+    project_dir = git_project(tmp_path / "project")
+    guest = tmp_path / "guest"
+    sync(connect(project_dir), project_dir, SyncConfig(guest_dir=str(guest), gitignore=True))
+    sent = sorted(str(p.relative_to(guest)) for p in guest.rglob("*") if p.is_file())
+    assert sent == [".gitignore", "bra[c]ket.c", "bracket.c", "keep.log", "main.c", "sub/keep.log", "tracked/t.log"]
+
+
+def test_small_the_sync_digest_sees_what_git_ignores_as_rsync_does(tmp_path: Path) -> None:
+    project_dir = git_project(tmp_path / "project")
+    settings = SyncConfig(gitignore=True)
+    first = host_digest(project_dir, settings)
+    (project_dir / "build" / "out.o").write_text("rebuilt")  # ignored: rsync would send nothing
+    (project_dir / "a.log").write_text("more log")
+    assert host_digest(project_dir, settings) == first
+    (project_dir / ".git" / "info").mkdir(exist_ok=True)
+    (project_dir / ".git" / "info" / "exclude").write_text("main.c\n")  # now main.c is not sent
+    assert host_digest(project_dir, settings) != first
+
+
+def test_small_gitignore_outside_a_git_checkout_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(VmlabError) as refused:
+        host_digest(tmp_path / "plain", SyncConfig(gitignore=True))
+    assert refused.value.exit_code == 2 and "must be a git checkout" in str(refused.value)
+
+
+# --- config values ---
+
+
+@pytest.mark.parametrize("text, where", [
+    (b"suites:\n  s1: {command: 'true'}\nquick: [s1]\n", b"vmlab.yaml:3: quick:"),
+    (b"defaults:\n  memory: 1024\n  ssh_user: r\xe9ot\n", b"vmlab.yaml:3: defaults.ssh_user: byte 0xe9 is not UTF-8"),
+    (b"suites:\n  s1:\n    command: |\n      echo \xff\n", b"vmlab.yaml:4: suites.s1.command: byte 0xff"),
+    (b"suites:\n  s1:\n    command: 'true'\n    timeout: .inf\n", b"vmlab.yaml:4: suites.s1.timeout:"),
+    (b"suites:\n  s1:\n    command: 'true'\n    timeout: .nan\n", b"vmlab.yaml:4: suites.s1.timeout:"),
+    (b"defaults:\n  boot_timeout: -.inf\n", b"vmlab.yaml:2: defaults.boot_timeout:"),
+    (b"defaults:\n  boot_timeout: 1.0e+999\n", b"vmlab.yaml:2: defaults.boot_timeout:"),
+    (b"defaults:\n  memory: .inf\n", b"vmlab.yaml:2: defaults.memory:"),
+    (b"defaults:\n  ssh_user: r\x00ot\n", b"vmlab.yaml:2: not valid YAML"),
+    (b"defaults: &a\n  memory: 1024\n  again: *a\n", b"vmlab.yaml:3: defaults.again: unknown key"),
+], ids=["quick-list", "latin1-byte", "bad-byte-in-block", "timeout-inf", "timeout-nan", "boot-minus-inf",
+        "float-overflow", "memory-inf", "nul-byte", "alias-cycle"])
+def test_item13_config_mistakes_are_one_line_errors_naming_file_line_and_key(project: Project, text: bytes,
+                                                                             where: bytes) -> None:
+    (project.root / "vmlab.yaml").write_bytes(text)
+    result = project.invoke("vm.status")
+    assert result.returncode == 2
+    assert where.decode("latin-1") in one_line_error(result)
+
+
+@pytest.mark.parametrize("setting, key", [
+    ("suites: {s1: {command: 'true', workdir: ..}}", "suites.s1.workdir"),
+    ("suites: {s1: {command: 'true', junit: ../../x.xml}}", "suites.s1.junit"),
+    ("sync: {guest_dir: src/../..}", "sync.guest_dir"),
+    ("sync: {guest_dir: -delete}", "sync.guest_dir"),
+    ("suites: {s1: {command: 'true', workdir: --help}}", "suites.s1.workdir"),
+], ids=["workdir-dotdot", "junit-dotdot", "guest-dir-dotdot", "guest-dir-option", "workdir-option"])
+def test_small_a_guest_path_that_leaves_its_folder_or_is_an_option_is_refused(project: Project, setting: str,
+                                                                              key: str) -> None:
+    project.write_config(setting + "\n")
+    result = project.invoke("vm.status")
+    assert result.returncode == 2
+    assert f"vmlab.yaml:1: {key}:" in one_line_error(result) and "without '..'" in result.stderr
+
+
+# --- install recipes ---
+
+
+@pytest.mark.parametrize("line, problem", [
+    ("echo ${d}", "unknown placeholder {d}"),
+    ("awk '{print $1}' f", "unknown placeholder {print $1}"),
+    ("echo {}", "Replacement index 0"),
+    ("echo { x", "expected '}'"),
+], ids=["shell-variable", "awk", "positional", "lone-brace"])
+def test_small_a_recipe_placeholder_the_lab_does_not_fill_is_refused_at_load(tmp_path: Path, line: str,
+                                                                             problem: str) -> None:
+    path = tmp_path / "install.yaml"
+    path.write_text(f"steps:\n  - name: ok\n    line: 'echo {{vm}} {{{{literal}}}}'\n"
+                    f"  - name: partition\n    run: {json.dumps(line)}\n")
+    with pytest.raises(RecipeError) as refused:
+        recipe.load(path)
+    message = str(refused.value)
+    assert message.startswith(f"{path}: step 2 (partition): run: {problem}")
+    assert "write a literal brace twice" in message and refused.value.exit_code == 2
+
+
+def test_small_a_recipe_with_doubled_braces_and_the_lab_placeholders_loads(tmp_path: Path) -> None:
+    path = tmp_path / "install.yaml"
+    path.write_text("steps:\n  - name: s\n    run: \"awk '{{print $1}}' /etc/{vm}\"\n")
+    assert recipe.load(path).steps[0].run is not None
+    assert recipe.load(path).steps[0].run.format(vm="w1") == "awk '{print $1}' /etc/w1"  # type: ignore[union-attr]
