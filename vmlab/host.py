@@ -72,10 +72,17 @@ def qemu_version() -> str:
     return out.splitlines()[0].replace("QEMU emulator version ", "") if out else "unknown"
 
 
-def missing_packages() -> List[str]:
-    """The Debian packages vmlab needs (and python3-venv, for a venv) that dpkg says are not installed."""
+# What only vmlab's own tests need: a real sshd on 127.0.0.1 stands in for a guest's.
+# Installed with its service neither started nor enabled (see install_packages).
+TEST_PACKAGES = {"sshd": "openssh-server"}
+
+
+def missing_packages(for_tests: bool = False) -> List[str]:
+    """The Debian packages vmlab needs (and python3-venv, for a venv; and, `for_tests`, what
+    vmlab's own tests need) that dpkg says are not installed."""
+    wanted = {*PACKAGES.values(), "python3-venv", *(TEST_PACKAGES.values() if for_tests else ())}
     missing = []
-    for package in sorted({*PACKAGES.values(), "python3-venv"}):
+    for package in sorted(wanted):
         proc = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True,
                               check=False)
         if "ok installed" not in proc.stdout:
@@ -84,22 +91,38 @@ def missing_packages() -> List[str]:
 
 
 def install_packages(packages: List[str]) -> None:
-    """apt-get install `packages` (as root), quietly; PrerequisiteMissing with the command otherwise."""
+    """apt-get install `packages` (as root), quietly; PrerequisiteMissing with the command otherwise.
+
+    No service a package brings is started or enabled: vmlab needs their programs (an sshd
+    for its tests), never a daemon listening on the host's network."""
     command = f"apt-get install {' '.join(packages)}"
     if os.geteuid() != 0:
         raise PrerequisiteMissing(f"missing Debian packages: {' '.join(packages)}; install them as root: {command}")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for argv in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]):
-        proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise PrerequisiteMissing(f"`{' '.join(argv)}` failed (exit {proc.returncode}):\n"
-                                      + "\n".join((proc.stdout + proc.stderr).splitlines()[-15:]))
+    policy = Path("/usr/sbin/policy-rc.d")  # Debian asks it before starting a service; 101: do not
+    ours = not policy.exists()
+    if ours:
+        policy.write_text("#!/bin/sh\n# vmlab: no service starts while it installs packages\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        for argv in (["apt-get", "update", "-q"],
+                     ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]):
+            proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                  check=False)
+            if proc.returncode != 0:
+                raise PrerequisiteMissing(f"`{' '.join(argv)}` failed (exit {proc.returncode}):\n"
+                                          + "\n".join((proc.stdout + proc.stderr).splitlines()[-15:]))
+    finally:
+        if ours:
+            policy.unlink(missing_ok=True)
+    if "openssh-server" in packages and which("systemctl"):
+        subprocess.run(["systemctl", "disable", "--quiet", "ssh"], capture_output=True, check=False)
 
 
-if __name__ == "__main__":  # python3 -m vmlab.host [--install]: what scripts/setup runs, before any venv
+if __name__ == "__main__":  # python3 -m vmlab.host [--install] [--tests]: what scripts/setup runs, before any venv
     import sys
 
-    wanted = missing_packages()
+    wanted = missing_packages(for_tests="--tests" in sys.argv[1:])
     if not wanted:
         sys.exit(0)
     if "--install" not in sys.argv[1:]:

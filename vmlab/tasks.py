@@ -151,7 +151,7 @@ def ssh(c, command=None, vm=None, config=None):
         argv = lab.ssh_argv(_vm(vm))
         os.execv(argv[0], argv)
     piped = None if sys.stdin.isatty() else sys.stdin.buffer  # `cat f | invoke vm.ssh -c 'cat > f'`
-    result = lab.run(command, _vm(vm), stdout=sys.stdout, stderr=sys.stderr, stdin=piped)
+    result = lab.run(command, _vm(vm), stdout=sys.stdout.buffer, stderr=sys.stderr.buffer, stdin=piped)
     if result.exit_status != 0:
         raise Exit(code=result.exit_status if result.exit_status > 0 else 1)
 
