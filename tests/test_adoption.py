@@ -157,3 +157,28 @@ def test_a_project_tests_in_the_guest_with_its_own_make_vm_quick(vmlab_bin: Path
 def newest_report(project: Path) -> dict:
     runs = sorted((project / "vm").glob("*/results/*/report.json"), key=os.path.getmtime)
     return json.loads(runs[-1].read_text())
+
+
+def test_a_project_carries_its_own_guest_and_vmlab_uses_it(project, vm_ready) -> None:
+    """The project copies vmlab's debian guest into its own guests/ folder and changes what runs
+    after a restore; `guests: [guests]` makes vmlab use that copy instead of its own."""
+    import shutil
+
+    from vmlab.config import GUESTS_DIR
+
+    own = project.root / "guests" / "debian"
+    shutil.copytree(GUESTS_DIR / "debian", own)
+    profile = own / "profile.yaml"
+    profile.write_text(profile.read_text().replace(
+        "after_restore: date", "after_restore: touch /run/restored-by-the-projects-guest && date"))
+    project.write_config("guests: [guests]\nvms:\n  default: {profile: debian}\n")
+    doctor = project.invoke("vm.doctor")
+    assert f"guest debian from {own} (the project's own; it replaces vmlab's of that name)" in doctor.stdout
+    assert project.invoke("vm.start").returncode == 0  # the image is vmlab's cached one: the same build files
+    assert project.invoke("vm.snapshot").returncode == 0
+    assert project.invoke("vm.restore").returncode == 0
+    marker = project.invoke("vm.ssh", "-c", "test -e /run/restored-by-the-projects-guest && echo used || echo not")
+    assert marker.stdout.strip() == "used"
+    missing = project.write_config("guests: [guests]\nvms:\n  default: {profile: freebsd}\n")
+    refused = project.invoke("vm.status")
+    assert refused.returncode == 2 and f"{missing}:3: vms.default.profile: 'freebsd' is not allowed" in refused.stderr

@@ -35,6 +35,7 @@ from vmlab.cache import ArtefactCache, key_of
 from vmlab.config import SuiteConfig, SyncConfig
 from vmlab.errors import GuestUnreachable, PrerequisiteMissing, RecipeError, VmlabError
 from vmlab.keys import LabKeys
+from vmlab.lab import images
 from vmlab.openssh import SharedConnection
 from vmlab.ssh import GuestSSH
 from vmlab.sync import host_digest, sync
@@ -143,7 +144,7 @@ def make_golden(project: Project, cache: Path, disk_bytes: int = 0) -> golden.Go
 
     Not real: the "clean" snapshot (taking it boots a guest), and the kernel (a few bytes)."""
     lab = project.lab()
-    inputs = lab.golden_inputs(lab.vm())
+    inputs = images.golden_inputs(lab, lab.vm())
     work = cache.parent / "golden-src"
     work.mkdir(exist_ok=True)
     disk = work / "disk.raw"

@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
@@ -23,9 +23,10 @@ VM_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
 GUESTS_DIR = Path(__file__).parent / "guests"
 
 
-def known_profiles() -> list[str]:
-    """Guest profiles are the folders under vmlab/guests/ that hold a profile.yaml."""
-    return sorted(p.parent.name for p in GUESTS_DIR.glob("*/profile.yaml"))
+def known_profiles(guest_dirs: Sequence[Path] = ()) -> list[str]:
+    """Guest profiles are the folders holding a profile.yaml: the project's own (its
+    `guests:` folders) and vmlab's built-in ones under vmlab/guests/."""
+    return sorted({p.parent.name for d in (*guest_dirs, GUESTS_DIR) for p in Path(d).glob("*/profile.yaml")})
 
 
 # --- value parsers: each returns the value or raises ValueError(what is allowed) ---
@@ -111,9 +112,10 @@ def user_name(value: Any) -> str:
 
 
 def profile_name(value: Any) -> str:
-    profiles = known_profiles()
-    if value not in profiles:
-        raise ValueError("one of the guest profiles in vmlab/guests/: " + ", ".join(profiles))
+    """A guest profile's name; whether it exists is checked once the config's `guests:` are known."""
+    if not isinstance(value, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", value):
+        raise ValueError("the name of a guest profile: " + ", ".join(known_profiles()) + ", or one of the "
+                         "project's own (see 'guests:')")
     return value
 
 
@@ -184,7 +186,7 @@ _DEBIAN = {
     "suite": Field(text, None, "Debian suite; default: this host's release codename"),
     "packages": _PACKAGES,
 }
-PROFILE_FIELDS: Dict[str, Dict[str, Field]] = {
+PROFILE_FIELDS: Dict[str, Dict[str, Field]] = {  # by name; a project's own guest: by its OS (below)
     "debian": _DEBIAN,
     "rehearsal": _DEBIAN,
     "dragonfly": {
@@ -194,6 +196,8 @@ PROFILE_FIELDS: Dict[str, Dict[str, Field]] = {
         "packages": _PACKAGES,
     },
 }
+PROFILE_FIELDS_BY_OS: Dict[str, Dict[str, Field]] = {"linux": _DEBIAN, "dragonfly": PROFILE_FIELDS["dragonfly"]}
+
 
 def boolean(value: Any) -> bool:
     if not isinstance(value, bool):
@@ -240,7 +244,8 @@ SUITE_FIELDS: Dict[str, Field] = {
     "junit": Field(guest_path, None, "JUnit XML file the command writes (relative to workdir); vmlab fetches it"),
 }
 
-TOP_KEYS = ("defaults", "vms", "profiles", "cache_dir", "sync", "suites", "build", "quick", "restore_on_failure")
+TOP_KEYS = ("defaults", "vms", "profiles", "guests", "cache_dir", "state_dir", "sync", "suites", "build", "quick",
+            "restore_on_failure")
 
 
 @dataclass(frozen=True)
@@ -285,16 +290,14 @@ class LabConfig:
     project_dir: Path
     cache_dir: Path
     vms: Dict[str, VMConfig]
+    state_dir: Path  # the VMs' folders (vm/ beside the config unless it says otherwise)
+    guest_dirs: Tuple[Path, ...] = ()  # the project's own guest profiles, searched before vmlab's
     profiles: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     sync: SyncConfig = SyncConfig()
     suites: Dict[str, SuiteConfig] = field(default_factory=dict)
     build: Optional[str] = None  # the command vm.build runs in sync.guest_dir
     quick: Optional[str] = None  # the suite vm.quick runs after syncing
     restore_on_failure: bool = False  # restore "clean" after a failed privileged suite
-
-    @property
-    def state_dir(self) -> Path:
-        return self.project_dir / "vm"
 
     def vm(self, name: Optional[str] = None) -> VMConfig:
         """The VM called `name`, or the first one configured."""
@@ -462,12 +465,21 @@ def _build(data: Any, lines: Mapping[Tuple[str, ...], int], source: str, project
         if vm.fallback is not None and (vm.fallback not in vms or vm.fallback == vm.name):
             raise where.error(("vms", vm.name, "fallback"), f"{vm.fallback!r} is not another configured VM; "
                                                            f"configured: {', '.join(vms)}")
+    guest_dirs = tuple(_folder(project_dir, item, ("guests",), where) for item in _list(top.get("guests"), ("guests",),
+                                                                                          where))
+    known = known_profiles(guest_dirs)
+    for vm in vms.values():
+        if vm.profile not in known:
+            at = ("vms", vm.name, "profile") if ("vms", vm.name, "profile") in lines else ("defaults", "profile")
+            raise where.error(at, f"{vm.profile!r} is not allowed; expected a guest profile: {', '.join(known)} "
+                                  "(a project's own profiles are folders under those named in 'guests:')")
     profiles: Dict[str, Dict[str, Any]] = {}
     for name, options in _mapping(top.get("profiles"), ("profiles",), where).items():
         at = ("profiles", str(name))
-        if name not in known_profiles():
-            raise where.error(at, "unknown guest profile; known: " + ", ".join(known_profiles()))
-        profiles[name] = _fields(_mapping(options, at, where), PROFILE_FIELDS.get(name, {}), at, where)
+        if name not in known:
+            raise where.error(at, "unknown guest profile; known: " + ", ".join(known))
+        fields = PROFILE_FIELDS.get(name) or PROFILE_FIELDS_BY_OS.get(_os_of(name, guest_dirs), {})
+        profiles[name] = _fields(_mapping(options, at, where), fields, at, where)
 
     sync = SyncConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in
                          _fields(_mapping(top.get("sync"), ("sync",), where), SYNC_FIELDS, ("sync",), where).items()})
@@ -492,10 +504,30 @@ def _build(data: Any, lines: Mapping[Tuple[str, ...], int], source: str, project
     if not isinstance(restore_on_failure, bool):
         raise where.error(("restore_on_failure",), "expected true or false")
 
-    cache_dir = default_cache_dir()
-    if "cache_dir" in top:
-        if not isinstance(top["cache_dir"], str) or not top["cache_dir"].strip():
-            raise where.error(("cache_dir",), "expected a directory path (relative to the config file)")
-        cache_dir = project_dir / Path(top["cache_dir"]).expanduser()
-    return LabConfig(source=source, project_dir=project_dir, cache_dir=cache_dir, vms=vms, profiles=profiles,
-                     sync=sync, suites=suites, build=build, quick=quick, restore_on_failure=restore_on_failure)
+    cache_dir = _folder(project_dir, top["cache_dir"], ("cache_dir",), where) if "cache_dir" in top \
+        else default_cache_dir()
+    state_dir = _folder(project_dir, top["state_dir"], ("state_dir",), where) if "state_dir" in top \
+        else project_dir / "vm"
+    return LabConfig(source=source, project_dir=project_dir, cache_dir=cache_dir, vms=vms, state_dir=state_dir,
+                     guest_dirs=guest_dirs, profiles=profiles, sync=sync, suites=suites, build=build, quick=quick,
+                     restore_on_failure=restore_on_failure)
+
+
+def _folder(project_dir: Path, value: Any, at: Tuple[str, ...], where: _Where) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise where.error(at, "expected a folder path (relative to the config file)")
+    return project_dir / Path(value).expanduser()
+
+
+def _list(value: Any, at: Tuple[str, ...], where: _Where) -> List[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise where.error(at, "expected a list of folders, e.g. [guests]")
+    return value
+
+
+def _os_of(profile: str, guest_dirs: Sequence[Path]) -> str:
+    from vmlab import guests  # guests reads profile.yaml files; config only needs the OS here
+
+    return guests.load(profile, guest_dirs).os

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import List
 
 from vmlab import accel, host
+from vmlab.config import GUESTS_DIR
 from vmlab.errors import VmlabError
 from vmlab.lab import Lab, images
 
@@ -99,7 +100,7 @@ def _config_and_cache(lab: Lab) -> List[Finding]:
 
 
 def _vms(lab: Lab) -> List[Finding]:
-    found = []
+    found = [_guest(lab, name) for name in lab.config.vms]
     for status in lab.statuses():
         if status.state == "crashed":
             found.append(Finding(f"vm {status.name}", status.detail, ok=False,
@@ -111,3 +112,16 @@ def _vms(lab: Lab) -> List[Finding]:
             found.append(Finding(f"vm {status.name}", f"{status.state}"
                                  + (f", ssh 127.0.0.1:{status.ssh_port}" if status.state == "running" else "")))
     return found
+
+
+def _guest(lab: Lab, name: str) -> Finding:
+    """Which folder a VM's guest profile comes from: a project's own replaces vmlab's of that name."""
+    vm = lab.config.vm(name)
+    try:
+        profile = lab.profile(vm)
+    except VmlabError as e:
+        return Finding(f"vm {name}", f"guest {vm.profile!r}: {e}", ok=False, fix="see 'guests:' in vmlab.yaml")
+    own = GUESTS_DIR not in profile.dir.parents
+    return Finding(f"vm {name}", f"guest {profile.name} from {profile.dir}"
+                   + (" (the project's own; it replaces vmlab's of that name)" if own and
+                      (GUESTS_DIR / profile.name).is_dir() else " (the project's own)" if own else " (vmlab's)"))

@@ -66,6 +66,9 @@ def cli(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise Exit("vmlab: terminated", code=143) from None
         except KeyboardInterrupt:
             raise Exit("vmlab: interrupted", code=130) from None
+        except OSError as e:  # the host refused (a full disk, a permission): say so, no traceback
+            raise Exit(f"vmlab: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), code=1) \
+                from None
 
     return wrapper
 

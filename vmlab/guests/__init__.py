@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
@@ -45,10 +45,12 @@ class Profile:
         return [(self.dir / n).resolve() for n in [spec["builder"], *spec.get("files", [])]]
 
 
-def load(name: str) -> Profile:
-    path = GUESTS_DIR / name / "profile.yaml"
+def load(name: str, guest_dirs: Sequence[Path] = ()) -> Profile:
+    """The profile `name`: from the project's own guest folders if one has it, else vmlab's."""
+    path = next((Path(d) / name / "profile.yaml" for d in guest_dirs if (Path(d) / name / "profile.yaml").is_file()),
+                GUESTS_DIR / name / "profile.yaml")
     if not path.is_file():
-        raise ConfigError(f"no guest profile {name!r} (no {path}); known: {', '.join(known_profiles())}")
+        raise ConfigError(f"no guest profile {name!r} (no {path}); known: {', '.join(known_profiles(guest_dirs))}")
     data: Optional[Dict[str, Any]] = yaml.safe_load(path.read_text())
     try:
         return Profile(name=name, dir=path.parent, description=data["description"], os=data["os"],

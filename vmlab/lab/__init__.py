@@ -97,8 +97,8 @@ class Lab:
                               f"starts a clone of VM {first.name!r}") from None
 
     def profile(self, vm: VMConfig) -> guests.Profile:
-        """The guest profile a VM runs."""
-        return guests.load(vm.profile)
+        """The guest profile a VM runs: the project's own folder of that name, else vmlab's."""
+        return guests.load(vm.profile, self.config.guest_dirs)
 
     def vmdir(self, vm: VMConfig) -> VMDir:
         return VMDir(vm.name, self.config.state_dir / vm.name)

@@ -206,7 +206,7 @@ def cache_listing(lab: "Lab") -> Dict[str, Any]:
 def prune_isos(lab: "Lab") -> List[Path]:
     """Delete cached ISOs and partial downloads no profile's configured release uses."""
     keep = set()
-    for profile in map(guests.load, known_profiles()):
+    for profile in (guests.load(name, lab.config.guest_dirs) for name in known_profiles(lab.config.guest_dirs)):
         if profile.iso:
             release = options(lab, profile).get("release") or profile.iso["release"]
             keep.add(Path(profile.iso["path"].format(release=release)).name)
