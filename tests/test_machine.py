@@ -10,9 +10,13 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from conftest import INVOKE, Project
+from vmlab import host
+from vmlab.errors import MachineError
+from vmlab.qmp import Monitor
 
 RUNTIME_FILES = ("qmp.sock", "console.sock", "qemu.pid", "state.json")
 # A new VM starts from a golden image when one matches its shape (then it is restored, not
@@ -180,3 +184,23 @@ def test_stop_and_destroy_of_a_vm_that_is_not_running(project: Project) -> None:
     (project.root / "vm" / "default" / "disk.qcow2").write_bytes(b"")
     assert project.invoke("vm.destroy", "--yes").returncode == 0
     assert not (project.root / "vm" / "default").exists()
+
+
+def test_qemu_refusing_a_command_is_a_one_line_vmlab_error(tmp_path: Path) -> None:
+    """A real QEMU (no guest: -machine none) refuses a QMP command; before, reading the
+    error's description raised AttributeError and the user got a traceback."""
+    sock = tmp_path / "qmp.sock"
+    qemu = subprocess.Popen([host.which("qemu-system-x86_64") or "qemu-system-x86_64", "-machine", "none",
+                             "-nodefaults", "-display", "none", "-qmp", f"unix:{sock},server=on,wait=off"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with Monitor(sock) as mon:
+            with pytest.raises(MachineError) as refused:
+                mon.command("blockdev-del", **{"node-name": "no-such-node"})
+    finally:
+        qemu.kill()
+        qemu.wait()
+    assert str(refused.value) == "QEMU refused blockdev-del: Failed to find node with node-name='no-such-node'"

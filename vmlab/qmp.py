@@ -47,8 +47,8 @@ class Monitor:
         assert self._qmp is not None, "use Monitor as a context manager"
         try:
             return self._qmp.cmd(name, **args)
-        except ExecuteError as e:
-            raise MachineError(f"QEMU refused {name}: {e.error.desc}") from None
+        except ExecuteError as e:  # str() is QEMU's own description of why
+            raise MachineError(f"QEMU refused {name}: {e}") from None
         except (QMPError, OSError, EOFError, asyncio.TimeoutError) as e:
             raise MachineError(f"QEMU's monitor failed during {name}: {e or type(e).__name__}") from None
 
