@@ -179,3 +179,23 @@ def test_a_name_that_is_neither_configured_nor_a_clone_is_refused(project: Proje
     assert result.returncode == 2
     assert "no VM named 'w9'" in result.stderr and "invoke vm.golden" in result.stderr
     assert not (project.root / "vm" / "w9").exists()
+
+
+def test_a_qemu_img_failure_during_a_golden_build_is_vmlabs_error_with_the_command(tmp_path: Path) -> None:
+    """The VM disk handed to golden.make is not a qcow2 (as after a crash that left garbage):
+    the real qemu-img refuses it, and vmlab says so with the command and qemu-img's words,
+    and publishes nothing."""
+    from vmlab.cache import ArtefactCache
+    from vmlab.errors import CommandFailed
+    from vmlab.keys import ensure
+
+    broken = tmp_path / "disk.qcow2"
+    broken.write_bytes(b"not an image" * 1000)
+    cache = ArtefactCache(tmp_path / "cache")
+    with pytest.raises(CommandFailed) as failed:
+        golden.make(cache, "0123456789abcdef", {}, broken, {}, ensure(tmp_path / "keys", "test"),
+                    lambda clean: pytest.fail("no snapshot is taken of a golden image that was never made"))
+    message = str(failed.value)
+    assert "qemu-img convert -f qcow2 -O qcow2" in message and "exited with status 1" in message
+    assert "Image is not in qcow2 format" in message
+    assert not cache.has(golden.KIND, "0123456789abcdef") and not list((tmp_path / "cache" / "golden").glob(".*partial"))

@@ -147,9 +147,11 @@ def make_golden(project: Project, cache: Path, disk_bytes: int = 0) -> golden.Go
     inputs = images.golden_inputs(lab, lab.vm())
     work = cache.parent / "golden-src"
     work.mkdir(exist_ok=True)
-    disk = work / "disk.raw"
-    with open(disk, "wb") as f:
+    raw = work / "disk.raw"
+    with open(raw, "wb") as f:
         f.write(os.urandom(disk_bytes) if disk_bytes else b"\0" * 2**20)
+    disk = work / "disk.qcow2"  # a VM's disk is a qcow2, and golden.make reads it as one
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(disk)], check=True)
     (work / "vmlinuz").write_bytes(b"a kernel")
     lab_keys = keys.ensure(work / "keys", "hostile-inputs test")
     return golden.make(ArtefactCache(cache), golden.golden_key(inputs), inputs, disk, {"vmlinuz": work / "vmlinuz"},

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any, Dict
 
@@ -11,17 +10,13 @@ from vmlab import host
 from vmlab.errors import MachineError
 
 
-def _qemu_img(*args: str) -> str:
-    argv = [host.which("qemu-img") or "qemu-img", *args]
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise MachineError(f"`{' '.join(argv)}` failed: {proc.stderr.strip()}")
-    return proc.stdout
+def _qemu_img(*args: str, what: str) -> str:
+    return host.run(["qemu-img", *args], what).stdout
 
 
 def info(image: Path) -> Dict[str, Any]:
     """qemu-img's facts about one image (virtual-size, backing-filename, ...). -U: it may be in use."""
-    return json.loads(_qemu_img("info", "-U", "--output=json", str(image)))
+    return json.loads(_qemu_img("info", "-U", "--output=json", str(image), what=f"reading the image {image}"))
 
 
 def create_overlay(overlay: Path, base: Path, size_bytes: int) -> None:
@@ -31,17 +26,34 @@ def create_overlay(overlay: Path, base: Path, size_bytes: int) -> None:
         raise MachineError(f"disk_size {size_bytes / 2**30:.1f}G is smaller than the image it starts from "
                            f"({base_size / 2**30:.1f}G, {base}); raise disk_size")
     tmp = overlay.with_suffix(".partial")
-    _qemu_img("create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base.resolve()), str(tmp), str(size_bytes))
+    _qemu_img("create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base.resolve()), str(tmp), str(size_bytes),
+              what=f"making the disk {overlay}")
     tmp.rename(overlay)
 
 
 def create_blank(path: Path, size_bytes: int) -> None:
     """An empty qcow2 disk to install a guest on."""
     tmp = path.with_suffix(".partial")
-    _qemu_img("create", "-q", "-f", "qcow2", str(tmp), str(size_bytes))
+    _qemu_img("create", "-q", "-f", "qcow2", str(tmp), str(size_bytes), what=f"making the blank disk {path}")
     tmp.rename(path)
 
 
 def delete_snapshot(image: Path, tag: str) -> None:
     """Delete an internal snapshot from an image no QEMU has open."""
-    _qemu_img("snapshot", "-d", tag, str(image))
+    _qemu_img("snapshot", "-d", tag, str(image), what=f"deleting snapshot {tag} of {image}")
+
+
+def flatten(image: Path, out: Path) -> None:
+    """`image` and everything below it as one standalone qcow2 (the image is read as qcow2, never probed)."""
+    _qemu_img("convert", "-f", "qcow2", "-O", "qcow2", str(image), str(out), what=f"flattening {image}")
+
+
+def create_child(folder: Path, name: str, base_name: str) -> None:
+    """A qcow2 `name` in `folder` on `base_name` beside it, named relatively: the pair can move together."""
+    host.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base_name, name],
+             f"making {folder / name}", cwd=folder)
+
+
+def rebase_in_place(image: Path, base: Path) -> None:
+    """Make `image` name `base` as its backing file, changing only its header (-u)."""
+    _qemu_img("rebase", "-u", "-F", "qcow2", "-b", str(base), str(image), what=f"pointing {image} at {base}")

@@ -83,6 +83,10 @@ class HostKeyMismatch(VmlabError):
     """The guest presented an SSH host key other than the one pinned for this lab."""
 
 
+class CommandFailed(VmlabError):
+    """A host command vmlab ran failed; the message has the command, its exit status and the end of its output."""
+
+
 class Busy(VmlabError):
     """Another vmlab command holds the lock this one needs."""
 

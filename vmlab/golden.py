@@ -26,14 +26,13 @@ import logging
 import os
 import re
 import shutil
-import subprocess
 import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, NoReturn, Optional
 
-from vmlab import __version__, host
+from vmlab import __version__, disk
 from vmlab.cache import MANIFEST, ArtefactCache, key_of, sha256_file
 from vmlab.errors import ConfigError, DownloadError, ImageBuildError
 from vmlab.keys import LabKeys, private_file
@@ -93,9 +92,7 @@ class Golden:
         tmp = path.with_suffix(".partial")
         shutil.copyfile(self.dir / "clean.qcow2", tmp)
         os.chmod(tmp, 0o644)
-        # clean.qcow2 names its base relatively; the copy must name it absolutely (-u: header only)
-        subprocess.run([host.which("qemu-img") or "qemu-img", "rebase", "-u", "-F", "qcow2", "-b",
-                        str(self.dir / "base.qcow2"), str(tmp)], check=True, capture_output=True)
+        disk.rebase_in_place(tmp, self.dir / "base.qcow2")  # clean.qcow2 names its base relatively; a copy can't
         os.replace(tmp, path)
 
 
@@ -107,20 +104,18 @@ def find(cache: ArtefactCache, key: str) -> Optional[Golden]:
     return Golden(cache.path(KIND, key)) if cache.has(KIND, key) else None
 
 
-def make(cache: ArtefactCache, key: str, inputs: Dict[str, Any], disk: Path, kernel_files: Dict[str, Path],
+def make(cache: ArtefactCache, key: str, inputs: Dict[str, Any], vm_disk: Path, kernel_files: Dict[str, Path],
          keys: LabKeys, snapshot_taker: Callable[[Path], None]) -> Golden:
-    """Freeze the stopped VM disk `disk` as golden image `key`.
+    """Freeze the stopped VM disk `vm_disk` as golden image `key`.
 
     `snapshot_taker(clean_qcow2)` boots a guest on the new clean.qcow2 and saves
     the snapshot "clean" in it (the lab does that: it knows how to run a VM).
     """
 
     def build(out: Path) -> Dict[str, Any]:
-        log.info("golden image %s: flattening %s into base.qcow2", key, disk)
-        subprocess.run([host.which("qemu-img") or "qemu-img", "convert", "-O", "qcow2", str(disk),
-                        str(out / "base.qcow2")], check=True, capture_output=True)
-        subprocess.run([host.which("qemu-img") or "qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
-                        "-b", "base.qcow2", "clean.qcow2"], cwd=out, check=True, capture_output=True)
+        log.info("golden image %s: flattening %s into base.qcow2", key, vm_disk)
+        disk.flatten(vm_disk, out / "base.qcow2")
+        disk.create_child(out, "clean.qcow2", "base.qcow2")
         for name, src in kernel_files.items():
             shutil.copyfile(src, out / name)
         shutil.copytree(keys.dir, out / "keys", ignore=shutil.ignore_patterns(".lock"))

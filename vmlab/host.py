@@ -8,12 +8,13 @@ with a traceback from deep inside a subprocess call.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import Any, Iterable, List, Optional, Sequence
 
-from vmlab.errors import PrerequisiteMissing
+from vmlab.errors import CommandFailed, PrerequisiteMissing
 
 # Every host tool (or file) vmlab needs, and the Debian package that provides it.
 PACKAGES = {
@@ -51,6 +52,25 @@ def require(tools: Iterable[str], purpose: str) -> None:
             f"{purpose} needs tools that are not installed:\n{lines}\n"
             f"Install them with: apt-get install {' '.join(packages)}  (or run: make setup)"
         )
+
+
+def run(argv: Sequence[str], what: str, hint: str = "", **kwargs: Any) -> "subprocess.CompletedProcess[str]":
+    """Run a host command that must succeed, for `what`; its output is captured (text).
+
+    A missing tool is PrerequisiteMissing (with its package); a failure is CommandFailed
+    with the command, its exit status, the last lines of its output and `hint`."""
+    require([argv[0]], what)
+    kwargs.setdefault("stdin", subprocess.DEVNULL)
+    if "stdout" in kwargs:
+        kwargs.setdefault("stderr", subprocess.PIPE)
+    else:
+        kwargs["capture_output"] = True
+    proc = subprocess.run([which(argv[0]) or argv[0], *argv[1:]], text=True, check=False, **kwargs)
+    if proc.returncode != 0:
+        output = "\n".join(((proc.stdout or "") + (proc.stderr or "")).strip().splitlines()[-15:])
+        raise CommandFailed(f"{what} failed: `{shlex.join(argv)}` exited with status {proc.returncode}"
+                            + (f":\n{output}" if output else "") + (f"\n{hint}" if hint else ""))
+    return proc
 
 
 def require_root(purpose: str) -> None:
@@ -105,13 +125,9 @@ def install_packages(packages: List[str]) -> None:
         policy.write_text("#!/bin/sh\n# vmlab: no service starts while it installs packages\nexit 101\n")
         policy.chmod(0o755)
     try:
-        for argv in (["apt-get", "update", "-q"],
-                     ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]):
-            proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  check=False)
-            if proc.returncode != 0:
-                raise PrerequisiteMissing(f"`{' '.join(argv)}` failed (exit {proc.returncode}):\n"
-                                          + "\n".join((proc.stdout + proc.stderr).splitlines()[-15:]))
+        run(["apt-get", "update", "-q"], "updating the package lists", env=env)
+        run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
+            f"installing {' '.join(packages)}", env=env)
     finally:
         if ours:
             policy.unlink(missing_ok=True)
@@ -131,6 +147,6 @@ if __name__ == "__main__":  # python3 -m vmlab.host [--install] [--tests]: what 
     print(f"setup: installing Debian packages: {' '.join(wanted)}")
     try:
         install_packages(wanted)
-    except PrerequisiteMissing as e:
+    except (PrerequisiteMissing, CommandFailed) as e:
         print(f"setup: {e}", file=sys.stderr)
         sys.exit(2)

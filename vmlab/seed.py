@@ -8,13 +8,11 @@ ISO (a DragonFly `pfi.conf` must sit on cd0 or cd1).
 
 from __future__ import annotations
 
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Dict, Optional, Union
 
 from vmlab import host
-from vmlab.errors import MachineError
 from vmlab.keys import LabKeys, private_file
 
 LABEL = "VMLAB_SEED"
@@ -30,13 +28,8 @@ def build(iso: Path, files: Dict[str, Union[str, bytes]]) -> Path:
             if name.endswith(".sh"):
                 path.chmod(0o755)
         with private_file(iso) as out:  # xorriso writes the ISO to its stdout: this private file
-            proc = subprocess.run(
-                [host.which("xorriso") or "xorriso", "-as", "mkisofs", "-quiet", "-V", LABEL,
-                 "-J", "-R", "-o", "-", tmp],
-                stdout=out, stderr=subprocess.PIPE, text=True, check=False,
-            )
-            if proc.returncode != 0:
-                raise MachineError(f"could not build the seed ISO {iso}: xorriso said:\n{proc.stderr.strip()}")
+            host.run(["xorriso", "-as", "mkisofs", "-quiet", "-V", LABEL, "-J", "-R", "-o", "-", tmp],
+                     f"building the seed ISO {iso}", stdout=out)
     return iso
 
 
