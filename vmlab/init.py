@@ -62,25 +62,26 @@ def config_text(project: Path, guest: str, os_name: str) -> str:
     package = TOOL_PACKAGES.get(test.tool or "", {}).get(os_name)
     packages = f"[{package}]" if package else "[]"
     name = re.sub(r"[^A-Za-z0-9._-]", "-", project.name) or "project"
+    git = (project / ".git").exists()
     return f"""\
 # vmlab: the VM this project's privileged tests run in (docs: vmlab's docs/VM-TESTING.md).
 # `make vm-quick` syncs this folder into the guest and runs the quick suite there, as root.
 vms:
-  {guest}: {{profile: {guest}}}   # the guest OS; `vmlab --help init` lists the guests
+  {guest}: {{profile: {guest}}}  # the guest OS; `vmlab --help init` lists the guests
 profiles:
   {guest}:
     # Installed in the guest before the first suite runs; `make vm-golden` makes an
     # image that has them, so new VMs start with them.
     packages: {packages}
 sync:
-  guest_dir: {name}          # where this folder goes in the guest (under the SSH user's home)
-  gitignore: true            # leave out what .gitignore names (vm/ never goes)
+  guest_dir: {name}  # where this folder goes in the guest (under the SSH user's home)
+  gitignore: {"true  # leave out what git ignores" if git else "false  # true leaves out what git ignores (in a git checkout)"}; vm/ never goes
 suites:
   quick:
     # {test.found}
     command: {_yaml_string(test.command)}
-    privileged: true         # as root: mounts, jails and the like need it
-    timeout: 1800            # seconds; the suite is killed in the guest after it
+    privileged: true  # as root: mounts, jails and the like need it
+    timeout: 1800  # seconds; the suite is killed in the guest after it
 quick: quick
 """
 
