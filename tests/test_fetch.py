@@ -23,7 +23,7 @@ from typing import Any, Dict, Set
 import pytest
 
 from vmlab.errors import ChecksumMismatch, DownloadError, PrerequisiteMissing
-import vmlab.fetch as fetch_module
+import vmlab.pins as pins_module
 from vmlab.fetch import FetchResult, cached, fetch, prune
 
 try:
@@ -319,8 +319,8 @@ def test_a_verified_file_is_hashed_once_not_on_every_use(server, iso, cache, mon
     (A counting wrapper around the real sha256_file: the only way to see how often it ran.)"""
     r = get(server, cache)
     hashed = []
-    real = fetch_module.sha256_file
-    monkeypatch.setattr(fetch_module, "sha256_file", lambda path: hashed.append(path) or real(path))
+    real = pins_module.sha256_file
+    monkeypatch.setattr(pins_module, "sha256_file", lambda path: hashed.append(path) or real(path))
     for _ in range(5):
         assert get(server, cache, offline=True).sha256 == r.sha256
     assert hashed == []
