@@ -11,7 +11,7 @@ from vmlab import config
 
 ROOT = Path(__file__).parents[1]
 DOC = (ROOT / "docs" / "VM-TESTING.md").read_text()
-PROSE = DOC + (ROOT / "README.md").read_text()
+PROSE = DOC + (ROOT / "README.md").read_text() + (ROOT / "docs" / "ADOPTING.md").read_text()
 
 
 def make_targets() -> set:
@@ -47,7 +47,7 @@ def test_help_describes_each_target_and_task_in_one_line() -> None:
 
 def test_every_target_and_task_named_in_the_prose_exists() -> None:
     named_targets = set(re.findall(r"make (vm-[a-z0-9-]+)", PROSE))
-    named_tasks = set(re.findall(r"\b(vm\.[a-z][a-z-]*[a-z])\b", PROSE))
+    named_tasks = set(re.findall(r"(?<![\w/-])(vm\.[a-z][a-z-]*[a-z])\b", PROSE))  # not stop-vm.sh
     assert named_targets - make_targets() == set()
     assert named_tasks - invoke_tasks() == set()
 
@@ -65,3 +65,11 @@ def test_every_test_named_in_the_security_table_exists() -> None:
     missing = [f"{path}::{name}" for path, name in named
                if not re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.MULTILINE)]
     assert not missing
+
+
+def test_every_vmlab_command_named_in_the_prose_exists() -> None:
+    """`vmlab TASK` in backticks or in an indented command line must be a task of the vmlab command."""
+    command = r"(?:sudo )?(?:[\w./-]*/)?vmlab ([a-z][a-z-]*)"
+    named = set(re.findall(rf"(?:`|^ {{4}}|&& ){command}", PROSE, re.MULTILINE))
+    tasks = {t.split(".", 1)[1] for t in invoke_tasks()}
+    assert named and named - tasks == set()
