@@ -56,7 +56,7 @@ DEFAULT_FAILS = (
     FailRule(r"Kernel panic - not syncing", "the guest kernel panicked"),
     FailRule(r"(?m)^db> ", "the guest dropped into its kernel debugger"),
     FailRule(r"Login incorrect", "the guest refused the login"),
-    FailRule(r"(?m)^Password: *$", "the guest refused the login: it asked for a password, and vmlab has none"),
+    FailRule(r"(?m)^Password:", "the guest refused the login: it asked for a password, and vmlab has none"),
     FailRule(r"\((?:y|Y)/(?:n|N)\) *\S*$|\[(?:y|Y)/(?:n|N)\] *$|\((?:y|Y),(?:n|N)\) *\S*$",
              "a command is asking a question nobody will answer"),
 )

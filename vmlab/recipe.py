@@ -23,6 +23,7 @@ the lab fills in.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from dataclasses import dataclass, field
@@ -72,6 +73,14 @@ class Recipe:
     def files(self) -> List[Path]:
         """The recipe and every script it carries: their bytes key what it installs."""
         return [self.path, *(self.path.parent / name for name in self.seed)]
+
+    @property
+    def version(self) -> str:
+        """A short hash of those files: which recipe a report of a failed install is about."""
+        digest = hashlib.sha256()
+        for f in self.files:
+            digest.update(f.name.encode() + b"\0" + f.read_bytes())
+        return digest.hexdigest()[:12]
 
     def run(self, console: Console, values: Dict[str, str]) -> None:
         """Play every step on `console`; ConsoleError at the first that fails."""
