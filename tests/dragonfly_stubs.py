@@ -105,11 +105,11 @@ class World:
         tmp.write_text(json.dumps(state, indent=1))
         os.replace(tmp, self.state_file)
 
-    def node(self, name: str) -> str:
-        """The device name of `/dev/NAME` (or NAME) if that node exists, else Refused (ENOENT)."""
+    def node(self, name: str, who: str = "", status: int = 1) -> str:
+        """The device name of `/dev/NAME` (or NAME) if that node exists, else Refused (ENOENT) told by `who`."""
         dev = name[len("/dev/"):] if name.startswith("/dev/") else name
         if "/" in dev or not (self.folder / "dev" / dev).exists():
-            raise Refused(f"{name}: No such file or directory")
+            raise Refused(f"{who}{name}: No such file or directory", status)
         return dev
 
     def make_node(self, dev: str) -> None:
@@ -192,11 +192,14 @@ def on_dragonfly(command: str, world: World) -> str:
 # --- the stubs: each takes its argv (without the name) and returns an exit status ---
 
 
-def _opts(argv: List[str], spec: str, tool: str) -> Tuple[Dict[str, str], List[str]]:
+def _opts(argv: List[str], spec: str, tool: str, usage: str = "", count: int = -1) -> Tuple[Dict[str, str], List[str]]:
+    """getopt(3) with `spec`; with `count`, exactly that many operands or `usage`."""
     try:
         found, operands = getopt.getopt(argv, spec)
     except getopt.GetoptError as e:
         raise Refused(f"{tool}: illegal option -- {e.opt}") from None
+    if count >= 0 and len(operands) != count:
+        raise Refused(f"usage: {usage}")
     return {flag[1]: value for flag, value in found}, operands
 
 
@@ -229,22 +232,15 @@ def dd(world: World, argv: List[str]) -> int:
         if key not in ("if", "of", "bs", "count", "seek", "skip", "conv") or not value:
             raise Refused(f"dd: unknown operand {key}")
         if key == "of":
-            try:
-                world.node(value)
-            except Refused as e:
-                raise Refused(f"dd: {e}") from None
+            world.node(value, "dd: ")
     return 0
 
 
 def fdisk(world: World, argv: List[str]) -> int:
     """fdisk -I [-B] disk writes one DragonFly slice over the whole disk (sbin/fdisk/fdisk.c)."""
-    opts, operands = _opts(argv, "BCEIab:f:p:istuvx1234", "fdisk")
-    if len(operands) != 1:
-        raise Refused("usage: fdisk [-BCEIaistu] [-b bootcode] [-p diskimage] [-1234] [disk]")
-    try:
-        disk = world.node(operands[0])
-    except Refused as e:
-        raise Refused(f"fdisk: cannot open disk {e}") from None
+    opts, operands = _opts(argv, "BCEIab:f:p:istuvx1234", "fdisk",
+                           "fdisk [-BCEIaistu] [-b bootcode] [-p diskimage] [-1234] [disk]", 1)
+    disk = world.node(operands[0], "fdisk: cannot open disk ")
     if "I" not in opts:
         raise Refused("fdisk: without -I or -f it asks questions (this stub has nobody to answer them)")
     print(f"******* Working on device /dev/{disk} *******")
@@ -258,10 +254,7 @@ def disklabel64(world: World, argv: List[str]) -> int:
     usage = Refused("usage: disklabel64 [-r] disk | -w [-r] disk [type] | -R [-r] disk protofile")
     if len([f for f in "NRWew" if f in opts]) > 1 or not operands:
         raise usage
-    try:
-        slice_ = world.node(operands[0])
-    except Refused as e:
-        raise Refused(f"disklabel64: {e}", 4) from None
+    slice_ = world.node(operands[0], "disklabel64: ", 4)
     labels = world.load()["labels"]
     if "w" in opts:
         if len(operands) > 3:
@@ -345,9 +338,8 @@ def _parse_label(path: Path) -> Dict[str, str]:
 
 def newfs(world: World, argv: List[str]) -> int:
     """newfs [options] special: UFS (the newfs(8) synopsis' options)."""
-    _, operands = _opts(argv, "NCEOUlL:S:T:a:b:c:d:e:f:g:h:i:k:m:n:o:p:r:s:t:u:vx:", "newfs")
-    if len(operands) != 1:
-        raise Refused("usage: newfs [-NCEOUl] [-L volname] ... special")
+    _, operands = _opts(argv, "NCEOUlL:S:T:a:b:c:d:e:f:g:h:i:k:m:n:o:p:r:s:t:u:vx:", "newfs",
+                        "newfs [-NCEOUl] [-L volname] ... special", 1)
     _format(world, operands[0], "ufs", "newfs")
     return 0
 
@@ -367,10 +359,7 @@ def newfs_hammer2(world: World, argv: List[str]) -> int:
 
 
 def _format(world: World, special: str, fs: str, tool: str) -> None:
-    try:
-        dev = world.node(special)
-    except Refused as e:
-        raise Refused(f"{tool}: {e}") from None
+    dev = world.node(special, f"{tool}: ")
     state = world.load()
     slice_, letter = dev[:-1], dev[-1]
     wanted = {"ufs": "4.2BSD", "hammer2": "HAMMER2"}[fs.split(":")[0]]
@@ -382,9 +371,8 @@ def _format(world: World, special: str, fs: str, tool: str) -> None:
 
 def mount(world: World, argv: List[str]) -> int:
     """mount [-adfpruvw] [-o options] [-t type] special node (sbin/mount); no -t means ufs."""
-    opts, operands = _opts(argv, "adF:fo:prt:uvw", "mount")
-    if len(operands) != 2:
-        raise Refused("usage: mount [-adfpruvw] [-F fstab] [-o options] [-t type] special node")
+    opts, operands = _opts(argv, "adF:fo:prt:uvw", "mount",
+                           "mount [-adfpruvw] [-F fstab] [-o options] [-t type] special node", 2)
     fstype = opts.get("t", "ufs")
     special, node = operands
     if not Path(node).is_dir():
@@ -395,10 +383,7 @@ def mount(world: World, argv: List[str]) -> int:
     if fstype == "cd9660":
         return mount_cd9660(world, [special, node])
     dev, _, label = special.partition("@")
-    try:
-        dev = world.node(dev)
-    except Refused as e:
-        raise Refused(f"mount_{fstype}: {e}") from None
+    dev = world.node(dev, f"mount_{fstype}: ")
     made = world.load()["fs"].get(dev, "")
     if fstype == "hammer2":
         if not made.startswith("hammer2:") or (label or "LOCAL") not in made.split(":")[1].split(","):
@@ -411,13 +396,9 @@ def mount(world: World, argv: List[str]) -> int:
 
 def mount_cd9660(world: World, argv: List[str]) -> int:
     """mount_cd9660 [-begjrv] [-o options] [-s startsector] special node: only CDs that exist."""
-    _, operands = _opts(argv, "begjo:rs:v", "mount_cd9660")
-    if len(operands) != 2:
-        raise Refused("usage: mount_cd9660 [-begjrv] [-o options] [-s startsector] special node")
-    try:
-        dev = world.node(operands[0])
-    except Refused as e:
-        raise Refused(f"mount_cd9660: {e}") from None
+    _, operands = _opts(argv, "begjo:rs:v", "mount_cd9660",
+                        "mount_cd9660 [-begjrv] [-o options] [-s startsector] special node", 2)
+    dev = world.node(operands[0], "mount_cd9660: ")
     if dev not in world.load()["media"]:
         raise Refused(f"mount_cd9660: {operands[0]}: Invalid argument")
     world.mount(dev, operands[1], "cd9660")
@@ -425,9 +406,7 @@ def mount_cd9660(world: World, argv: List[str]) -> int:
 
 
 def umount(world: World, argv: List[str]) -> int:
-    _, operands = _opts(argv, "fv", "umount")
-    if len(operands) != 1:
-        raise Refused("usage: umount [-fv] special | node")
+    _, operands = _opts(argv, "fv", "umount", "umount [-fv] special | node", 1)
     try:
         world.umount(operands[0])
     except Refused as e:
