@@ -92,6 +92,7 @@ def altered(tmp_path: Path, source: Path, old: str, new: str, file: Optional[str
 
 def test_pfi_installs_with_no_key_typed_after_the_loader(tmp_path: Path) -> None:
     played = play(tmp_path, profile_recipe())
+    assert not any("before the loader started" in line for line in played.typed())  # none typed too early
     typed = [line for line in played.typed() if "[dropped" not in line]
     assert typed[-1] == "boot" and "set console=comconsole" in typed  # then only watched
     out = played.printed()
@@ -127,6 +128,23 @@ def test_the_root_shell_recipe_installs_from_the_live_shell(tmp_path: Path) -> N
     run = next(i for i, c in enumerate(commands) if c.startswith("sh /mnt/install.sh"))
     assert commands.index("boot") < commands.index("root") < mount < run
     assert played.world.load()["poweroff"] and (played.disk / "etc" / "rc.conf").is_file()
+
+
+def test_the_live_shell_shows_the_seed_only_once_it_is_mounted(tmp_path: Path) -> None:
+    text = SHELL_RECIPE.read_text().split("  - name: mount the seed CD")[0]
+    (tmp_path / "recipe").mkdir()
+    shutil.copy(DRAGONFLY / "install.sh", tmp_path / "recipe")
+    (tmp_path / "recipe" / "look.yaml").write_text(text + """\
+  - {name: look before, run: ls /mnt}
+  - {name: mount, run: mount_cd9660 /dev/cd1 /mnt}
+  - {name: look after, run: ls /mnt}
+  - {name: unmount, run: umount /mnt}
+  - {name: look again, run: ls /mnt}
+  - {name: power off, power_off: poweroff}
+""")
+    out = play(tmp_path, recipe.load(tmp_path / "recipe" / "look.yaml")).printed()
+    listings = re.findall(r'ls /mnt; echo "vmlab-rc=\$\?"\n(.*?)vmlab-rc=0', out, re.S)
+    assert ["install.sh" in listing for listing in listings] == [False, True, False], listings
 
 
 @pytest.mark.parametrize("old, new, step", [
