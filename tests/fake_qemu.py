@@ -12,7 +12,7 @@ It reads the argv vmlab gives QEMU and does what vmlab relies on QEMU for:
   also appended to the chardev's logfile=; the installer is cd0, and vmlab's real
   seed ISO (its -blockdev node `seed`) is cd1 in the simulation;
 - the QMP socket answers the greeting, qmp_capabilities, query-status,
-  system_powerdown and quit;
+  system_powerdown and quit; the daemon's stderr goes to the -D log;
 - the process ends, removing its sockets and pid file, when the simulated guest
   powers off.
 
@@ -117,8 +117,9 @@ def main(argv: List[str]) -> int:
         os.close(ready_r)
         os.setsid()
         null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
+        log = os.open(opts["-D"][0], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644) if "-D" in opts else null
+        for fd, to in ((0, null), (1, null), (2, log)):  # a daemonized QEMU's stderr goes to its -D log
+            os.dup2(to, fd)
     pidfile.write_text(f"{os.getpid()}\n")
 
     def stop() -> None:

@@ -118,6 +118,8 @@ def test_a_failed_install_names_the_step_console_transcript_and_what_to_read(dfl
     assert f"Full transcript: {transcript}" in message and "newfs_hammer2: No space left" in transcript.read_text()
     section = re.search(r'docs/dragonfly\.md, section "([^"]+)"', message).group(1)
     assert f"## {section}" in DOCS.read_text()  # the section it names exists
+    bundle = Path(re.search(r"^Diagnostics \(.*\): (.+)$", message, re.M).group(1))
+    assert "newfs_hammer2 vbd0s1d failed" in (bundle / "install-console-tail.txt").read_text()
     assert not (dfly.root / "vm" / "dfly" / "install" / "qemu.pid").exists()
 
 
