@@ -1,32 +1,36 @@
-"""A simulated DragonFlyBSD 6.4 live CD on a QEMU serial socket, for tests.
+"""A simulated DragonFlyBSD 6.4 machine on a QEMU-like serial socket, for tests.
 
-Run as a program, it listens on a unix stream socket (like QEMU's
-``-chardev socket,server=on``), accepts one connection and plays the serial
-console of the live CD booting: BIOS noise, the dloader menu and countdown, the
-``OK`` prompt, the kernel, the getty banner and ``login:``, root's csh, and a
-tiny /bin/sh that answers the commands the DragonFly recipe types. When the
-simulated guest powers off it closes the connection, removes the socket and
-exits 0, as QEMU does; if the client hangs up first it exits 1.
+No DragonFly ISO can be fetched here, so this plays what its serial console
+would show, built from DragonFly's own strings (../shared/dragonfly-console.md
+and dragonfly.md, which cite the sources; [INF] there means reconstructed), and
+refuses what DragonFly refuses:
 
-    python tests/dragonfly_sim.py --socket PATH [--fault NAME] [--tick SECONDS]
+- the BIOS loader (dloader): it drains keys typed before it starts; `Console:
+  serial port`, the banner `DragonFly/i386 bootstrap loader, Revision 1.1`, the
+  real menu items, `\\rBooting in %d second%s... `; `9` or ESC gives `OK `;
+  Enter, `1` or the end of the countdown boot with the video console, after
+  which serial stays silent. At `OK ` the line editor of libstand's ngets()
+  (echo, backspace, Ctrl-U clears the line): keys typed while it redraws stack
+  up (`9set console=comconsole`) and an unknown word answers `unknown command`;
+- the live CD's rc with rc.d/pfi as written (`Starting pfi...`, `Looking for
+  pfi.conf on /dev/cd1... /dev/cd1 ok... found!`): it mounts each CD that exists,
+  reads pfi.conf from the seed ISO vmlab really built (extracted with xorriso),
+  and runs `pfi_script` from it only if that file is there and executable, under
+  dash with the DragonFly stand-ins of dragonfly_stubs.py first in PATH;
+- getty's banner and `login:` on ttyd0; without a video device (--no-video)
+  init and getty report the missing ttyv* right after the prompt; root's csh
+  (`root@# `) and a small sh: `mount_cd9660` mounts only devices that exist, `ls`
+  shows only what is mounted, `sh FILE` runs only a file that is there;
+- booting an installed disk (--boot disk): boot2 reads /boot.config and stops at
+  its own prompt for a flag it lacks; then the loader honours loader.conf.
 
-Where the strings come from (../shared/dragonfly.md, which cites DragonFly's
-own sources):
-- menu lines `` N. text``, ``1. Boot DragonFly [kernel]``, ``9. Escape to loader
-  prompt (also ESC)``, ``\\rBooting in %d second%s... ``, ``Countdown halted by
-  space`` and the prompt ``OK ``: "Boot loader (dloader) on the serial port"
-  (stand/boot/dloader/dloader.menu, cmds.c). Menu lines 2-8 are invented.
-- the trap: Enter, or the countdown running out, boots with the video console and
-  nothing more appears on serial; ``set console=comconsole`` then ``boot`` works
-  (golang/build's recipe).
-- the banner, ``login:`` and root's csh: "Live CD after boot" (nrelease/root/etc/
-  issue, gettytab, ttys); the csh prompt ``# `` is marked uncertain there.
-- device names vbd0/cd0/cd1 and ``sysctl -n kern.disks``: "Installing from the
-  live shell". Kernel lines, the install script's output and the panic are made up.
+    python tests/dragonfly_sim.py --socket PATH [--seed ISO] [--world DIR] [--boot cd|disk]
+                                  [--disk DIR] [--no-video] [--fault NAME] [--tick SECONDS]
 
-Everything sent and received is appended to ``PATH.transcript``: ``< `` lines are
-what the guest printed, ``> `` lines what the client typed. ``--tick`` is the
-length of one countdown step and of each simulated pause (1.0 is realistic).
+It accepts one connection on PATH and plays; when the guest powers off it closes
+the connection and exits 0, as QEMU does; if the client hangs up first, exit 1.
+Everything sent and received is appended to `PATH.transcript` (`< ` printed,
+`> ` typed); with --logfile, the guest's bytes also go there (QEMU's logfile=).
 """
 
 from __future__ import annotations
@@ -45,48 +49,45 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional
 
-FAULTS = ("none", "panic", "no-login", "boot-loop", "drop-first-key", "drop-all-keys",
-          "install-exit-3", "login-incorrect")
+from dragonfly_stubs import BOOT2_FLAGS, Refused, World, install, mount_cd9660, umount
 
-BIOS = ("SeaBIOS (version 1.16.2)", "", "Booting from DVD/CD...", "",
-        "Consoles: internal video/keyboard  serial port",
-        "BIOS 639kB/2096000kB available memory", "",
-        "DragonFly/x86_64 bootstrap loader, Revision 1.1",
-        "Loading /boot/defaults/loader.conf")
-MENU = ("", " 1. Boot DragonFly [kernel]", " 2. Boot DragonFly in single user mode",
-        " 3. Boot DragonFly without ACPI driver", " 4. Boot DragonFly in safe mode",
-        " 5. Boot DragonFly with verbose logging", " 6. Load an alternative kernel",
-        " 7. Boot the backup kernel [kernel.old]", " 8. Reboot",
-        " 9. Escape to loader prompt (also ESC)", "")
+FAULTS = ("none", "panic", "hang-after-kernel", "boot-loop", "drop-first-key", "drop-all-keys", "slow-prompt",
+          "login-incorrect")
+DATE = "Feb 21 20:19:12"
+BIOS = ("SeaBIOS (version 1.16.2-debian-1.16.2-1)", "", "iPXE (https://ipxe.org) 00:03.0 CA00 PCI2.10 PnP PMM", "")
+LOADER = ("Console: serial port", "BIOS 639kB/2096000kB available memory", "",
+          "DragonFly/i386 bootstrap loader, Revision 1.1", "(root@bsd64.dragonflybsd.org, Mon Nov 20 2023)")
+LOGO = ("  ,--,                       ,--,  ", "  |   `-,       _:_       ,-'   |  ", "   `,    `-,   (/ \\)   ,-'    ,'   ",
+        "     `-,    `-,/   \\,-'    ,-'     ", "        `------{   }------'        ", "    ,----------{   }----------,    ",
+        "   |        _,-{   }-,_        |   ", "    `-,__,-'   \\   /   `-,__,-'    ", "               | |               ")
+MENU_ITEMS = ("1. Boot DragonFly [kernel]", "2. Boot DragonFly in Safe Mode", "3. Boot DragonFly without AHCI driver",
+              "4. Boot DragonFly without ACPI driver", "9. Escape to loader prompt (also ESC)",
+              "r. Boot DragonFly to a rescue ramdisk", "s. Boot DragonFly in single user mode",
+              "v. Boot DragonFly with verbose logging", "R. Reboot")
+LOADER_COMMANDS = ("set", "unset", "show", "boot", "autoboot", "load", "unload", "lsmod", "echo", "include",
+                   "optinclude", "help", "?", "reboot", "ls", "more", "cd", "optcd", "menu", "lunset", "lunsetif")
 KERNEL = ("Copyright (c) 2003-2023 The DragonFly Project.",
           "Copyright (c) 1992-2003 The FreeBSD Project.",
-          "DragonFly v6.4.2-RELEASE #0: Sun Jun 23 12:00:00 UTC 2024",
-          "    root@builder:/usr/obj/usr/src/sys/X86_64_GENERIC",
-          "CPU: QEMU Virtual CPU version 2.5+ (2400.00-MHz K8-class CPU)",
-          "real memory  = 2147483648 (2048 MiB)",
-          "avail memory = 2045300736 (1950 MiB)",
-          "virtio_blk0: <VirtIO Block Adapter> on pci0",
+          "Copyright (c) 1979, 1980, 1983, 1986, 1988, 1989, 1991, 1992, 1993, 1994",
+          "\tThe Regents of the University of California. All rights reserved.",
+          "DragonFly v6.4.2-RELEASE #1: Mon Nov 20 2023",
+          "    root@bsd64.dragonflybsd.org:/usr/obj/usr/src/sys/X86_64_GENERIC",
+          "real memory  = 2147483648 (2048 MB)", "avail memory = 2012741632 (1919 MB)",
+          "virtio_blk0: <VirtIO Block Adapter> port 0xc000-0xc07f mem 0xfebd1000-0xfebd1fff irq 11 at device 2.0 on pci0",
           "vbd0: 20480MB (41943040 512 byte sectors)",
-          "vtnet0: <VirtIO Networking Adapter> on pci0",
-          "cd0: <QEMU QEMU DVD-ROM> Removable CD-ROM SCSI-5 device",
-          "cd1: <QEMU QEMU DVD-ROM> Removable CD-ROM SCSI-5 device",
-          "Mounting root from cd9660:cd0")
+          "vtnet0: <VirtIO Networking Adapter> port 0xc080-0xc09f irq 10 at device 3.0 on pci0",
+          "cd0 at ata0 bus 0 target 0 lun 0", "cd0: <QEMU QEMU DVD-ROM 2.5+> Removable CD-ROM SCSI-5 device",
+          "cd1 at ata1 bus 0 target 0 lun 0", "cd1: <QEMU QEMU DVD-ROM 2.5+> Removable CD-ROM SCSI-5 device",
+          "Mounting devfs")
 BANNER = ("\r\nWelcome to DragonFly!\r\n\r\n"
           "To start the installer, login as 'installer'.  To just get a shell prompt,\r\n"
-          "login as 'root'.\r\n\r\n"
-          "DragonFly/x86_64 (Amnesiac) (ttyd0)\r\n\r\n"
-          "login: ")
-PANIC = ("panic: vm_fault: page not present", "cpuid = 0",
-         "Trace beginning at frame 0xfffff8007c1e3a28",
-         "panic() at panic+0x236 0xffffffff805f8666",
-         "vm_fault() at vm_fault+0x1a3 0xffffffff80891e23",
-         'Debugger("panic")', "", "CPU0 stopped at Debugger+0x7c:  movb $0,0xbcb9a9(%rip)")
-MNT_LISTING = "install.sh  pfi.conf  provision.sh  authorized_keys  ssh_host_ed25519_key  ssh_host_ed25519_key.pub"
-FIXED = {("ls",): ("", 0), ("ls", "/mnt"): (MNT_LISTING + "\r\n", 0), ("ls", "/mnt/"): (MNT_LISTING + "\r\n", 0),
-         ("sysctl", "-n", "kern.disks"): ("vbd0 cd1 cd0\r\n", 0), ("true",): ("", 0), ("false",): ("", 1)}
-INSTALL_STEPS = ("partition vbd0", "newfs", "copy the system", "configure", "done")
-POWEROFF = ("Syncing disks... done", "Uptime: 1m", "The operating system has halted.", "Powering off...")
-NO_OPS = {"set", "stty", "export", "unset", "cd", ":", "umask", "sync", "umount", "trap"}
+          "login as 'root'.\r\n\r\n")
+PANIC = ("panic: vm_fault: page not present", "cpuid = 0", "Trace beginning at frame 0xfffff8007c1e3a28",
+         "panic() at panic+0x236 0xffffffff805f8666", 'Debugger("panic")', "",
+         "CPU0 stopped at Debugger+0x7c:  movb $0,0xbcb9a9(%rip)")
+POWEROFF = ("Stopping cron.", "Waiting (max 60 seconds) for system process `bufdaemon' to stop...stopped",
+            "Syncing disks... 0 0 0 done", "Uptime: 4m12s", "The operating system has halted.", "ACPI power-off")
+RC_PATH = "/sbin:/bin:/usr/sbin:/usr/bin"  # rc's and login's PATH on DragonFly (etc/rc)
 
 State = Optional[Callable[[], "State"]]
 
@@ -96,7 +97,7 @@ class Disconnected(Exception):
 
 
 class Goto(Exception):
-    """Leave the shell for another state (poweroff, panic, logout)."""
+    """Leave the current state (poweroff, panic, logout)."""
 
     def __init__(self, state: State):
         super().__init__()
@@ -104,22 +105,29 @@ class Goto(Exception):
 
 
 class Serial:
-    """The guest's end of the serial line: writes, reads with deadlines, and the transcript."""
+    """The guest's end of the serial line: writes, reads with deadlines, the transcript, idle noise."""
 
-    def __init__(self, conn: socket.socket, transcript: Path):
+    def __init__(self, conn: socket.socket, transcript: Path, logfile: Optional[Path] = None):
         self.conn = conn
         self.log = open(transcript, "a", encoding="utf-8", buffering=1)
+        self.logfile = open(logfile, "ab", buffering=0) if logfile else None
         self.pending = bytearray()
         self.out_line = ""  # guest output not yet written to the transcript
-        self.out_cr = False  # a CR was printed: the next character starts a new line
-        self.out_split = False  # out_line was logged early (before input, or when idle)
+        self.out_cr = False
+        self.out_split = False
         self.last_in = b""
+        self.noise: Optional[Callable[[], None]] = None  # called when the line is idle (getty errors)
+        self.noise_every = 1.0
+        self.quiet_since = time.monotonic()
 
     def write(self, text: str, raw: Optional[bytes] = None) -> None:
+        data = text.encode() if raw is None else raw
         try:
-            self.conn.sendall(text.encode() if raw is None else raw)
+            self.conn.sendall(data)
         except OSError as e:
             raise Disconnected() from e
+        if self.logfile:
+            self.logfile.write(data)
         for ch in text:
             if ch == "\n":
                 self.flush_out()
@@ -137,14 +145,13 @@ class Serial:
             time.sleep(pause)
 
     def flush_out(self, early: bool = False) -> None:
-        """Log the current output line; `early`: it is not finished yet."""
         if self.out_line or not self.out_split:
             self.log.write("< " + self.out_line + "\n")
         self.out_line, self.out_cr, self.out_split = "", False, early
 
     def received(self, text: str, note: str = "") -> None:
         if self.out_line:
-            self.flush_out(early=True)  # what the client answered comes after it in the log
+            self.flush_out(early=True)
         self.log.write("> " + text + (f"   [{note}]" if note else "") + "\n")
 
     def _fill(self, timeout: float) -> bool:
@@ -155,6 +162,7 @@ class Serial:
         if not data:
             raise Disconnected()
         self.pending += data
+        self.quiet_since = time.monotonic()
         return True
 
     def read_byte(self, timeout: Optional[float] = None) -> Optional[bytes]:
@@ -162,11 +170,15 @@ class Serial:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             while not self.pending:
-                left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+                left = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
                 if left <= 0:
                     return None
-                if not self._fill(left) and self.out_line:
-                    self.flush_out(early=True)  # idle: a prompt without a newline still reaches the log
+                if not self._fill(left):
+                    if self.out_line:
+                        self.flush_out(early=True)
+                    if self.noise and time.monotonic() - self.quiet_since > self.noise_every:
+                        self.noise()
+                        self.quiet_since = time.monotonic()
             b = bytes(self.pending[:1])
             del self.pending[:1]
             skip = b == b"\n" and self.last_in == b"\r"
@@ -175,15 +187,14 @@ class Serial:
                 return b
 
     def discard_input(self, why: str) -> None:
-        """Drop what the client typed ahead, as the firmware does with early keys."""
         while self._fill(0):
             pass
         if self.pending:
             self.received(printable(self.pending.decode("latin-1")), f"dropped: {why}")
             self.pending.clear()
 
-    def read_line(self, echo: bool = True) -> Optional[str]:
-        """A line as a tty in cooked mode reads it (echo, backspace); None on ^C."""
+    def read_line(self, echo: bool = True, kill: bool = False) -> Optional[str]:
+        """A line as a cooked tty (or the loader's ngets) reads it; `kill`: Ctrl-U clears the line."""
         buf = bytearray()
         while True:
             b = self.read_byte()
@@ -198,18 +209,22 @@ class Serial:
                     del buf[-1:]
                     if echo:
                         self.write("\b \b")
-            elif b == b"\x03":
+            elif b == b"\x15" and kill:
+                self.received(printable(buf.decode("utf-8", "replace")) + "^U", "line cleared")
+                buf.clear()
+                if echo:
+                    self.write("\r\n")
+            elif b == b"\x03" and not kill:
                 self.received(printable(buf.decode("utf-8", "replace") + "\x03"))
                 self.write("^C\r\n")
                 return None
-            elif b >= b" " or b == b"\t":
+            else:
                 buf += b
                 if echo:
                     self.write(b.decode("latin-1"), raw=b)
 
     def hang_up(self) -> None:
-        """Close our side like QEMU exiting: EOF for the client, and swallow what it still
-        sends (closing a unix socket with unread input resets the client's connection)."""
+        """Close our side like QEMU exiting, and swallow what the client still sends."""
         with contextlib.suppress(OSError):
             self.conn.shutdown(socket.SHUT_WR)
             deadline = time.monotonic() + 1
@@ -221,6 +236,8 @@ class Serial:
         if self.out_line:
             self.flush_out()
         self.log.close()
+        if self.logfile:
+            self.logfile.close()
         self.conn.close()
 
 
@@ -228,28 +245,46 @@ def printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
 
 
-class Guest:
-    """The live CD as a state machine: each st_* method plays one state and returns the next."""
+class Machine:
+    """The guest as a state machine: each st_* method plays one state and returns the next."""
 
-    def __init__(self, serial: Serial, fault: str, tick: float):
-        self.io, self.fault, self.tick = serial, fault, tick
+    def __init__(self, serial: Serial, world: World, disk: Path, fault: str, tick: float, video: bool):
+        self.io, self.world, self.disk, self.fault, self.tick, self.video = serial, world, disk, fault, tick, video
+        self.bin = install(world.folder / "bin", world)
         self.keys_in_countdown = 0
-        self.comconsole = False
+        self.env = {"console": ""}  # the loader's environment
         self.ps1 = "# "
         self.status = 0
 
     def pause(self, ticks: float) -> None:
         time.sleep(ticks * self.tick)
 
-    def run(self) -> None:
-        state: State = self.st_firmware
+    def run(self, boot: str) -> None:
+        state: State = self.st_firmware if boot == "cd" else self.st_boot2
         while state is not None:
-            state = state()
+            try:
+                state = state()
+            except Goto as jump:
+                state = jump.state
+
+    # --- the loader ---
 
     def st_firmware(self) -> State:
-        self.comconsole = False
-        self.io.lines(BIOS, self.tick / 2)
-        self.io.lines(MENU)
+        self.env = {"console": ""}
+        self.io.noise = None
+        self.io.lines(BIOS, self.tick / 4)
+        self.io.write("Booting from DVD/CD...\r\n")
+        self.pause(1)
+        return self.st_loader
+
+    def st_loader(self) -> State:
+        self.io.discard_input("typed before the loader started (comc_probe drains the port)")
+        self.io.lines(LOADER, self.tick / 4)
+        self.io.write(" " * 79 + "\r\n")
+        for i in range(16):
+            item = f" {MENU_ITEMS[i]:<38.38s}" if i < len(MENU_ITEMS) else " " * 39
+            logo = LOGO[min(i, len(LOGO) - 1)] if i < 15 else " " * len(LOGO[0])
+            self.io.write(f"{item}  {logo}  \r\n")
         return self.st_countdown
 
     def _dropped(self, b: bytes) -> bool:
@@ -259,24 +294,27 @@ class Guest:
         return drop
 
     def st_countdown(self) -> State:
-        self.io.discard_input("typed before the countdown")
-        for n in range(10, 0, -1):
+        delay = int(self.env.get("autoboot_delay", "10") or 10)
+        for n in range(delay, -1, -1):
             self.io.write("\rBooting in %d second%s... " % (n, "" if n == 1 else "s"))
-            deadline = time.monotonic() + self.tick
-            while (b := self.io.read_byte(deadline - time.monotonic())) is not None:
+            deadline = time.monotonic() + 4 * self.tick  # a second of the countdown
+            while n and (b := self.io.read_byte(deadline - time.monotonic())) is not None:
                 if self._dropped(b):
                     continue
                 if b in (b"9", b"\x1b"):
-                    self.io.write("\r\n")
+                    self.io.write("\r\n" if b == b"9" else "")
                     return self.st_loader_prompt
                 if b == b" ":
-                    self.io.write("\r\nCountdown halted by space\r\n")
+                    self.io.write("\rCountdown halted by space   ")
                     return self.st_menu_halted
-                if b in (b"\r", b"\n") or b"1" <= b <= b"8":
-                    self.io.write("\r\n")
-                    return self.st_boot_video
-        self.io.write("\r\n")
-        return self.st_boot_video
+                if b in (b"\r", b"\n", b"1"):
+                    return self.st_boot
+                if b in (b"2", b"3", b"4", b"r", b"s", b"v"):
+                    return self.st_boot
+                if b == b"R":
+                    self.io.write("\r\nRebooting...\r\n")
+                    return self.st_firmware
+        return self.st_boot
 
     def st_menu_halted(self) -> State:
         while True:
@@ -285,70 +323,164 @@ class Guest:
             if b in (b"9", b"\x1b"):
                 self.io.write("\r\n")
                 return self.st_loader_prompt
-            if b in (b"\r", b"\n") or b"1" <= b <= b"8":
-                return self.st_boot_video
+            if b in (b"\r", b"\n", b"1"):
+                return self.st_boot
 
     def st_loader_prompt(self) -> State:
+        if self.fault == "slow-prompt":
+            self.pause(4)  # the loader is slow to answer (TCG): keys resent meanwhile stack on its line
+        self.io.write("\r\n\r\nType '?' for a list of commands, 'help' for more detailed help.\r\n")
         while True:
             self.io.write("OK ")
-            line = (self.io.read_line() or "").strip()
-            word = line.split()[0] if line else ""
-            if not line:
+            line = self.io.read_line(kill=True) or ""
+            words = line.split()
+            if not words:
                 continue
-            if word == "set" and "=" in line:
-                name, _, value = line[3:].strip().partition("=")
-                if name.strip() == "console":
-                    self.comconsole = value.strip().strip('"') == "comconsole"
-            elif word == "boot":
-                return self.st_kernel if self.comconsole else self.st_boot_video
-            else:
-                self.io.write(f"{word}: Command not found\r\n")
+            if words[0] not in LOADER_COMMANDS:
+                self.io.write(f"{words[0]}: unknown command\r\n")
+                continue
+            if words[0] == "set" and len(words) == 2 and "=" in words[1]:
+                name, _, value = words[1].partition("=")
+                value = value.strip('"')
+                if name == "console" and value not in ("vidconsole", "comconsole"):
+                    self.io.write(f"no such console '{value}'\r\nAvailable consoles:\r\n    vidconsole\r\n"
+                                  "    comconsole\r\n")
+                    continue
+                self.env[name] = value
+            elif words[0] == "boot":
+                return self.st_boot
+            elif words[0] == "reboot":
+                self.io.write("Rebooting...\r\n")
+                return self.st_firmware
 
-    def st_boot_video(self) -> State:
-        """Booting with the video console: the kernel never writes to serial again."""
-        self.io.write("Loading /boot/kernel/kernel\r\n")
+    def st_boot(self) -> State:
+        """Load the kernel; it keeps the serial port only when the loader's console is comconsole."""
+        self.io.write("\r\n/boot/kernel/kernel text=0x1094a10 data=0x1316d8+0x5c0f80 "
+                      "syms=[0x8+0x155c58+0x8+0x13f1ff]\r\n")
+        self.pause(1)
+        if self.env.get("console") != "comconsole":
+            if self.fault == "boot-loop":
+                self.pause(3)
+                return self.st_firmware
+            return self.st_silent  # the kernel talks to the video console only
         if self.fault == "boot-loop":
-            self.pause(5)
-            return self.st_firmware
-        return self.st_silent
-
-    def st_kernel(self) -> State:
-        self.io.write("Loading /boot/kernel/kernel\r\n")
-        self.pause(2)
-        if self.fault == "boot-loop":
-            self.io.lines(KERNEL[:5], self.tick / 4)
-            self.pause(2)
+            self.io.lines(KERNEL[:4], self.tick / 4)
             self.io.write("Rebooting...\r\n")
             self.pause(2)
             return self.st_firmware
-        self.io.lines(KERNEL, self.tick / 4)
-        self.pause(3)
-        return self.st_silent if self.fault == "no-login" else self.st_login
+        self.io.lines(KERNEL, self.tick / 8)
+        root = self.env.get("vfs.root.mountfrom", "cd9660:cd0")
+        self.io.write(f"Mounting root from {root}\r\n")
+        fstype, _, dev = root.partition(":")
+        if fstype == "hammer2" and not (self.disk / "etc" / "fstab").is_file():
+            self.io.write(f"no disk named '{dev}'\r\n\r\nManual root filesystem specification:\r\n")
+            return self.st_silent
+        if self.fault == "hang-after-kernel":
+            return self.st_silent
+        return self.st_rc
 
     def st_silent(self) -> State:
         while True:  # read (and log) whatever comes, answer nothing, until killed
             self.io.read_line(echo=False)
 
+    # --- the installed disk: boot2 first ---
+
+    def st_boot2(self) -> State:
+        """boot2 reads /boot.config from the UFS partition a (the installed /boot)."""
+        self.io.lines(BIOS, self.tick / 4)
+        self.io.write("Booting from Hard Disk...\r\n")
+        config = self.disk / "boot" / "boot.config"
+        if config.is_file():
+            line = config.read_text().rstrip("\n")
+            self.io.write(f"/boot.config: {line}\r\n")
+            if not boot2_accepts(line):  # parse() failed: autoboot is off, boot2 waits at its prompt
+                self.io.write("\r\nDragonFly boot\r\n0:ad(0,a)/boot/loader: ")
+                return self.st_silent
+        loader_conf = self.disk / "boot" / "loader.conf"
+        for line in (loader_conf.read_text().splitlines() if loader_conf.is_file() else []):
+            if m := re.fullmatch(r'\s*([\w.]+)\s*=\s*"?([^"]*)"?\s*', line):
+                self.env[m.group(1)] = m.group(2)
+        if self.env.get("console") != "comconsole":
+            return self.st_silent  # the loader and the kernel use the video console
+        return self.st_loader
+
+    # --- rc, pfi, getty ---
+
+    def st_rc(self) -> State:
+        root = self.env.get("vfs.root.mountfrom", "cd9660:cd0")
+        self.io.lines(("Starting file system checks:", "Mounting local file systems:.", "Setting hostname: .",
+                       "Starting devd.", "Starting dhcpcd."), self.tick / 4)
+        if root.startswith("cd9660"):
+            self.pfi()
+        self.io.lines(("Starting sshd.", "", DATE + " UTC 2024"), self.tick / 4)
+        return self.st_login
+
+    def pfi(self) -> None:
+        """nrelease/root/etc/rc.d/pfi: find pfi.conf on a CD, run its pfi_script from there."""
+        self.io.write("Starting pfi...\r\n")
+        for dev in ("acd0", "cd0", "acd1", "cd1"):
+            try:
+                self.world.node(dev)
+            except Refused:
+                continue  # [ -c /dev/$try_device ] is false
+            self.io.write(f"Looking for pfi.conf on /dev/{dev}...")
+            if self.sh(f"mount_cd9660 /dev/{dev} /mnt") != 0:
+                self.io.write(" not found\r\n")
+                continue
+            self.io.write(f" /dev/{dev} ok...")
+            conf = self.world.resolve("/mnt/pfi.conf")
+            if conf is None or not conf.is_file():
+                self.sh("umount /mnt")
+                self.io.write(" not found\r\n")
+                continue
+            self.io.write(" found!\r\n")
+            settings = pfi_settings(conf)
+            script = settings.get("pfi_script", "")
+            path = self.world.resolve(f"/mnt/{script}") if script else None
+            if path is not None and path.is_file() and os.access(path, os.X_OK):
+                self.run_script(path, [], f"/mnt/{script}")
+            if (self.world.resolve("/mnt/authorized_keys") or Path("/nonexistent")).is_file():
+                self.io.write("authorized_keys found!\r\n")
+            self.sh("umount /mnt")
+            actions = settings.get("pfi_rc_actions", "").split()
+            for action in reversed(actions):
+                self.io.write(f"Stopping {action}...\r\n")
+            for action in actions:
+                self.io.write(f"Starting {action}...\r\n")
+            return
+
     def st_login(self) -> State:
-        self.io.write(BANNER)
+        hostname = "Amnesiac" if self.env.get("vfs.root.mountfrom", "cd9660").startswith("cd9660") else "vmlab"
+        banner = BANNER if hostname == "Amnesiac" else "\r\n"
+        self.io.write(banner + f"DragonFly/x86_64 ({hostname}) (ttyd0)\r\n\r\nlogin: " + self.getty_errors())
+        if not self.video:
+            self.io.noise, self.io.noise_every = lambda: self.io.write(self.getty_errors()), 8 * self.tick
         while True:
             user = (self.io.read_line() or "").strip()
             if user == "root" and self.fault != "login-incorrect":
                 return self.st_csh
             if user:
                 self.io.write("Password:")
-                self.io.read_byte(10 * self.tick)  # a password, not echoed (or none)
-                self.pause(1)
+                self.io.read_byte(10 * self.tick)
                 self.io.discard_input("password")
                 self.io.write("\r\nLogin incorrect\r\n")
             self.io.write("login: ")
 
+    def getty_errors(self) -> str:
+        """What init and getty log on the console for ttyv* with no video device (sbin/init, libexec/getty)."""
+        if self.video:
+            return ""
+        lines = [f"{DATE} getty[{700 + n}]: open /dev/ttyv{n}: No such file or directory" for n in (0, 2, 3)]
+        lines += [f"{DATE} init: getty repeating too quickly on port /dev/ttyv{n}, sleeping 30 secs" for n in (0, 2)]
+        return "".join(line + "\r\n" for line in lines)
+
     def st_csh(self) -> State:
+        self.io.lines(("DragonFly v6.4.2-RELEASE (X86_64_GENERIC) #1: Mon Nov 20 2023", "",
+                       "Welcome to DragonFly!", "", "Use \"pkg search\" to find packages."))
         while True:
-            self.io.write("# ")
+            self.io.write("root@# ")
             line = (self.io.read_line() or "").strip()
-            if line in ("exec /bin/sh", "exec sh", "/bin/sh", "sh"):
-                self.ps1 = "# "
+            if line in ("exec /bin/sh", "exec sh"):
                 return self.st_sh
             if line in ("exit", "logout"):
                 return self.st_login
@@ -358,76 +490,123 @@ class Guest:
     def st_sh(self) -> State:
         while True:
             self.io.write(self.ps1)
-            line = self.io.read_line()
-            try:
-                for command in split_commands(line or ""):
-                    self.status = self.sh_command(command.replace("$?", str(self.status)))
-            except Goto as jump:
-                return jump.state
+            for command in split_commands(self.io.read_line() or ""):
+                self.status = self.sh(command.replace("$?", str(self.status)))
 
     def st_poweroff(self) -> State:
-        self.io.lines(POWEROFF, self.tick)
+        state = self.world.load()
+        state["poweroff"] = True
+        self.world.save(state)
+        self.io.lines(POWEROFF, self.tick / 2)
         return None
 
-    def sh_command(self, command: str) -> int:
-        """Run one simple command of the sh state; its exit status."""
+    def st_panic(self) -> State:
+        self.io.lines(PANIC)
+        self.io.write("db> ")
+        return self.st_silent
+
+    # --- the live system's sh ---
+
+    def sh(self, command: str) -> int:
+        """One simple command as /bin/sh runs it on the live CD; its exit status."""
         try:
             words = shlex.split(command)
         except ValueError:
             self.io.write("sh: Syntax error: Unterminated quoted string\r\n")
             return 2
         words = [w for w in words if not re.fullmatch(r"\d?>&\d|\d?>+/dev/null", w)]
-        while words and words[0] in ("env", "exec"):
-            words = words[1:]
-        assignments = []
-        while words and re.match(r"[A-Za-z_]\w*=", words[0]):
-            assignments.append(words.pop(0))
+        if words and all(re.match(r"[A-Za-z_]\w*=", w) for w in words):
+            for w in words:
+                if w.startswith("PS1="):
+                    self.ps1 = w[4:]
+            return 0
         if not words:
-            for a in assignments:
-                if a.startswith("PS1="):
-                    self.ps1 = a[4:]
             return 0
         cmd, args = words[0], words[1:]
-        if cmd in NO_OPS:
+        if cmd in ("true", ":", "sync", "cd", "set", "export", "umask", "trap", "unset"):
             return 0
-        if tuple(words) in FIXED:
-            output, status = FIXED[tuple(words)]
-            self.io.write(output)
-            return status
+        if cmd == "false":
+            return 1
         if cmd == "echo":
             self.io.write(" ".join(args) + "\r\n")
             return 0
-        if cmd in ("mount_cd9660", "mount"):
-            return 0
+        if cmd in ("mount_cd9660", "umount") or (cmd == "mount" and args[:2] == ["-t", "cd9660"]):
+            call = {"mount_cd9660": mount_cd9660, "umount": umount, "mount": mount_cd9660}[cmd]
+            try:
+                return call(self.world, args[2:] if cmd == "mount" else args)
+            except Refused as e:
+                self.io.write(f"{e}\r\n")
+                return e.status
         if cmd == "ls":
-            self.io.write(f"ls: {args[-1] if args else '.'}: No such file or directory\r\n")
-            return 1
-        if cmd.endswith("install.sh") or cmd in ("sh", "/bin/sh") and any(a.endswith("install.sh") for a in args):
-            return self.install()
-        if cmd in ("sh", "/bin/sh") and not args:
-            return 0  # already in sh
-        if words in (["poweroff"], ["poweroff", "-p"], ["shutdown", "-p", "now"], ["halt", "-p"]):
+            return self.ls(args[-1] if args else "/")
+        if cmd in ("sh", "/bin/sh") and args:
+            path = self.world.resolve(args[0])
+            if path is None or not path.is_file():
+                self.io.write(f"sh: cannot open {args[0]}: No such file or directory\r\n")
+                return 127
+            return self.run_script(path, args[1:], args[0])
+        if cmd.startswith("/"):
+            path = self.world.resolve(cmd)
+            if path is None or not path.is_file():
+                self.io.write(f"sh: {cmd}: not found\r\n")
+                return 127
+            if not os.access(path, os.X_OK):
+                self.io.write(f"sh: {cmd}: Permission denied\r\n")
+                return 126
+            return self.run_script(path, args, cmd)
+        if words in (["poweroff"], ["shutdown", "-p", "now"], ["halt", "-p"]):
             raise Goto(self.st_poweroff)
         if cmd == "exit":
             raise Goto(self.st_login)
         self.io.write(f"sh: {cmd}: not found\r\n")
         return 127
 
-    def install(self) -> int:
-        """The seed ISO's install.sh, as far as its progress markers go."""
-        for i, step in enumerate(INSTALL_STEPS):
-            self.pause(2)
-            self.io.write(f"vmlab-step: {step}\r\n")
-            if self.fault == "install-exit-3":
-                self.pause(1)
-                self.io.write("install.sh: newfs_hammer2 failed: No space left on device\r\n")
-                return 3
-            if self.fault == "panic" and i == 1:
-                self.pause(1)
-                self.io.lines(PANIC)
-                self.io.write("db> ")
-                raise Goto(self.st_silent)
+    def ls(self, where: str) -> int:
+        path = self.world.resolve(where)
+        if path is None or not path.exists():
+            self.io.write(f"ls: {where}: No such file or directory\r\n")
+            return 1
+        names = sorted(p.name for p in path.iterdir()) if path.is_dir() else [where]
+        self.io.write("  ".join(names) + ("\r\n" if names else ""))
         return 0
+
+    def run_script(self, path: Path, args: List[str], shown: str) -> int:
+        """Run a script of the seed CD under dash, with DragonFly's commands stubbed; its output on the console."""
+        env = {"PATH": RC_PATH, "HOME": "/root", "VMLAB_TEST_PATH": str(self.bin), "VMLAB_TARGET": str(self.disk),
+               "TMPDIR": str(self.world.folder / "tmp"), **{k: v for k, v in os.environ.items()
+                                                             if k.startswith(("DFLY_", "VMLAB_HEARTBEAT"))}}
+        (self.world.folder / "tmp").mkdir(exist_ok=True)
+        self.disk.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen(["dash", str(path), *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        assert proc.stdout is not None
+        steps = 0
+        try:
+            for raw in iter(lambda: os.read(proc.stdout.fileno(), 4096), b""):
+                text = raw.decode("utf-8", "replace")
+                self.io.write(text.replace("\n", "\r\n"))
+                steps += text.count("vmlab-step:")
+                if self.fault == "panic" and steps >= 2:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    raise Goto(self.st_panic)
+        finally:
+            status = proc.wait()
+        if self.world.load()["poweroff"]:
+            raise Goto(self.st_poweroff)
+        return status if status >= 0 else 128 - status
+
+
+def boot2_accepts(line: str) -> bool:
+    """boot2's parse(): every word of /boot.config that starts with '-' holds only flags it knows."""
+    return all(word[0] != "-" or all(c in BOOT2_FLAGS for c in word[1:]) for word in line.split())
+
+
+def pfi_settings(conf: Path) -> dict:
+    """pfi.conf read as rc.d/pfi reads it: sourced by /bin/sh."""
+    out = subprocess.run(["dash", "-c", '. "$1"; printf "pfi_script=%s\\npfi_rc_actions=%s\\n" '
+                          '"$pfi_script" "$pfi_rc_actions"', "sh", str(conf)],
+                         capture_output=True, text=True, check=False).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
 def split_commands(line: str) -> List[str]:
@@ -446,47 +625,71 @@ def split_commands(line: str) -> List[str]:
     return [p for p in parts + [current] if p.strip()]
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--socket", required=True, type=Path)
-    parser.add_argument("--fault", default="none", choices=FAULTS)
-    parser.add_argument("--tick", default=0.05, type=float)
-    args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with contextlib.suppress(FileNotFoundError):
-        args.socket.unlink()
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    serial = None
+def extract(iso: Path, into: Path) -> Path:
+    """The files of a real ISO, as mount_cd9660 shows them (Rock Ridge names and modes)."""
+    into.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", "/", str(into)],
+                   capture_output=True, check=True)
+    return into
+
+
+def serve(server: socket.socket, args: argparse.Namespace, transcript: Path) -> int:
+    """Accept one client on `server` and play the machine to its end."""
+    world_dir = args.world or Path(str(transcript) + ".world")
+    media = {"cd1": str(extract(args.seed, world_dir / "cd1"))} if args.seed else {}
+    world = World.create(world_dir, media)
+    disk = args.disk or world_dir / "disk"
+    conn, _ = server.accept()  # the guest starts when a client connects
+    server.close()
+    serial = Serial(conn, transcript, args.logfile)
     try:
-        server.bind(str(args.socket))
-        server.listen(1)
-        conn, _ = server.accept()  # like QEMU's wait=on: the guest starts when a client connects
-        server.close()
-        serial = Serial(conn, Path(str(args.socket) + ".transcript"))
-        serial.log.write(f"# dragonfly_sim fault={args.fault} tick={args.tick}\n")
-        Guest(serial, args.fault, args.tick).run()
+        serial.log.write(f"# dragonfly_sim boot={args.boot} fault={args.fault} tick={args.tick} video={args.video}\n")
+        Machine(serial, world, disk, args.fault, args.tick, args.video).run(args.boot)
         serial.hang_up()
         return 0
     except Disconnected:
         return 1
     finally:
-        if serial is not None:
-            serial.close()
+        serial.close()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--socket", required=True, type=Path)
+    p.add_argument("--seed", type=Path, help="the seed ISO, the second CD (cd1)")
+    p.add_argument("--world", type=Path, help="folder for the live system's state (default: beside the socket)")
+    p.add_argument("--disk", type=Path, help="folder holding the installed disk's files")
+    p.add_argument("--boot", default="cd", choices=("cd", "disk"))
+    p.add_argument("--no-video", dest="video", action="store_false")
+    p.add_argument("--logfile", type=Path)
+    p.add_argument("--fault", default="none", choices=FAULTS)
+    p.add_argument("--tick", default=0.05, type=float)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    with contextlib.suppress(FileNotFoundError):
+        args.socket.unlink()
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        server.bind(str(args.socket))
+        server.listen(1)
+        return serve(server, args, Path(str(args.socket) + ".transcript"))
+    finally:
         server.close()
         with contextlib.suppress(FileNotFoundError):
             args.socket.unlink()
 
 
 @contextlib.contextmanager
-def simulator(socket_path: Path, fault: str = "none", tick: float = 0.05) -> Iterator[subprocess.Popen]:
-    """Run the simulator on `socket_path` until the block ends; yields its process."""
-    if fault not in FAULTS:
-        raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
+def simulator(socket_path: Path, *options: str) -> Iterator[subprocess.Popen]:
+    """Run the simulator on `socket_path` (with command-line `options`) until the block ends."""
     socket_path = Path(socket_path)
     with contextlib.suppress(FileNotFoundError):
         socket_path.unlink()  # a stale socket would look ready before the simulator is
-    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--socket", str(socket_path),
-                             "--fault", fault, "--tick", str(tick)])
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--socket", str(socket_path), *options])
     try:
         deadline = time.monotonic() + 10
         while not socket_path.exists():
@@ -498,7 +701,7 @@ def simulator(socket_path: Path, fault: str = "none", tick: float = 0.05) -> Ite
         yield proc
     finally:
         if proc.poll() is None:
-            proc.terminate()  # SIGTERM lets it finish the transcript
+            proc.terminate()
             try:
                 proc.wait(timeout=2)
             except subprocess.TimeoutExpired:

@@ -39,6 +39,7 @@ DETACH_KEY = b"\x1d"  # Ctrl-]
 DETACH_NAME = "Ctrl-]"
 TAIL_LINES = 40
 RC = re.compile(r"vmlab-rc=(\d+)")  # what `echo "vmlab-rc=$?"` prints; its echo shows `$?`, not digits
+STEP = re.compile(r"vmlab-step: ([^\r\n]*)\r?\n")  # a progress line of vmlab's guest scripts
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ DEFAULT_FAILS = (
     FailRule(r"Kernel panic - not syncing", "the guest kernel panicked"),
     FailRule(r"(?m)^db> ", "the guest dropped into its kernel debugger"),
     FailRule(r"Login incorrect", "the guest refused the login"),
-    FailRule(r"(?m)^Password: *$", "the guest refused the login: it asked for a password, and vmlab has none"),
+    FailRule(r"(?m)^Password:", "the guest refused the login: it asked for a password, and vmlab has none"),
     FailRule(r"\((?:y|Y)/(?:n|N)\) *\S*$|\[(?:y|Y)/(?:n|N)\] *$|\((?:y|Y),(?:n|N)\) *\S*$",
              "a command is asking a question nobody will answer"),
 )
@@ -128,18 +129,23 @@ class Console:
     # --- waiting ---
 
     def expect(self, patterns: Sequence[str], step: str, idle: float, limit: float,
-               resend: Optional[str] = None, resend_every: float = 0.0) -> re.Match:
-        """Wait for the first of `patterns`; its match. `resend` is typed again every `resend_every` s."""
+               resend: Optional[str] = None, resend_every: float = 0.0, since: Optional[float] = None) -> re.Match:
+        """Wait for the first of `patterns`; its match. `resend` is typed again every `resend_every` s.
+
+        `limit` counts from `since` (a time.monotonic() value; default: now)."""
         assert self._child is not None
         idle, limit = idle * self.time_scale, limit * self.time_scale
         fails = [f.pattern for f in self.fails if f.times == 1]
         compiled = [*patterns, *fails]
-        started = last_output = last_send = time.monotonic()
+        last_output = last_send = time.monotonic()
+        started = since if since is not None else last_output
         seen = len(self._transcript.text)
+        every = resend_every * self.time_scale if resend is not None and resend_every else float("inf")
         while True:
             now = time.monotonic()
+            wait = min(0.5, limit - (now - started), every - (now - last_send))  # wake up to type it again
             try:
-                index = self._child.expect(compiled, timeout=max(0.05, min(0.5, limit - (now - started))))
+                index = self._child.expect(compiled, timeout=max(0.02, wait))
             except pexpect.TIMEOUT:
                 index = None
             except pexpect.EOF:
@@ -158,7 +164,7 @@ class Console:
                 raise self._failure(step, patterns, started, f"gave up after {limit:.0f}s")
             if now - last_output > idle:
                 raise self._failure(step, patterns, started, f"no output for {idle:.0f}s")
-            if resend is not None and resend_every and now - last_send > resend_every * self.time_scale:
+            if now - last_send >= every:
                 log.info("  no answer to %r after %.0fs; typing it again", resend, now - last_send)
                 self.send_keys(resend)
                 last_send = now
@@ -203,15 +209,23 @@ class Console:
         if self.prompt is None:
             raise ConsoleError(f"step {step!r}: no shell prompt of ours yet (a 'shell' step must come first)")
         self.send_line(f'{command}; echo "vmlab-rc=$?"')
-        while True:
-            match = self.expect([r"vmlab-step: ([^\r\n]*)\r?\n", RC.pattern], step, idle, limit)
-            if match.re.pattern == RC.pattern:
-                status = int(match.group(1))
-                break
-            if progress:
-                progress(match.group(1).strip())
+        status = int(self.watch(RC.pattern, step, idle, limit, progress).group(1))
         self.expect([self.prompt], step, idle, limit)
         return status
+
+    def watch(self, end: str, step: str, idle: float, limit: float,
+              progress: Optional[Callable[[str], None]] = None) -> re.Match:
+        """Wait for `end` without typing (a script the guest runs by itself); its match.
+
+        Each 'vmlab-step: ...' line on the way goes to `progress`; output restarts the
+        idle deadline, and `limit` caps the whole wait."""
+        started = time.monotonic()
+        while True:
+            match = self.expect([STEP.pattern, end], step, idle, limit, since=started)
+            if match.re.pattern != STEP.pattern:
+                return match
+            if progress:
+                progress(match.group(1).strip())
 
     def wait_closed(self, step: str, limit: float) -> None:
         """Wait until the other end closes the console (QEMU exits when the guest powers off)."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
-from vmlab import accel, host
+from vmlab import __version__, accel, fetch, host, recipe
 from vmlab.config import GUESTS_DIR
 from vmlab.errors import VmlabError
 from vmlab.lab import Lab, images
@@ -33,7 +33,8 @@ class Finding:
 
 
 def examine(lab: Lab) -> List[Finding]:
-    return [*_host(), _accelerator(lab), *_space(lab), _memory(lab), *_config_and_cache(lab), *_vms(lab)]
+    return [*_host(), _accelerator(lab), *_space(lab), _memory(lab), *_config_and_cache(lab), *installs(lab),
+            *_vms(lab)]
 
 
 def exit_code(findings: List[Finding]) -> int:
@@ -97,6 +98,28 @@ def _config_and_cache(lab: Lab) -> List[Finding]:
     entries = sum(1 for _ in lab.config.cache_dir.glob("*/*/manifest.json")) if lab.config.cache_dir.exists() else 0
     return [Finding("config", f"{lab.config.source}: {len(lab.config.vms)} VM(s), {len(lab.config.suites)} suite(s)"),
             Finding("cache", f"{lab.config.cache_dir}: {entries} image(s); list them: invoke vm.cache")]
+
+
+def installs(lab: Lab) -> List[Finding]:
+    """For each VM installed from a downloaded ISO: the ISO, its sha256, the mirror it came from
+    and the recipe's version, which a report of a failed install needs (docs/dragonfly.md)."""
+    found = []
+    sources = {entry["name"]: entry.get("source") for entry in fetch.cached(lab.config.cache_dir)}
+    for vm in lab.config.vms.values():
+        profile = lab.profile(vm)
+        if not profile.iso or not profile.install:
+            continue
+        rec = recipe.load(profile.dir / profile.install["recipe"])
+        using = f"recipe {rec.path.name} {rec.version} (vmlab {__version__})"
+        try:
+            iso = lab.fetch_iso(vm.name, offline=True)
+        except VmlabError:
+            found.append(Finding(f"vm {vm.name}", f"its ISO is not fetched yet; {using}",
+                                 fix=f"invoke vm.fetch --vm {vm.name}"))
+            continue
+        found.append(Finding(f"vm {vm.name}", f"ISO {iso.path.name} sha256:{iso.sha256} from "
+                                              f"{sources.get(iso.path.name) or 'an unknown mirror'}; {using}"))
+    return found
 
 
 def _vms(lab: Lab) -> List[Finding]:

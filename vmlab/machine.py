@@ -238,6 +238,11 @@ class Machine:
             "-device", "virtio-blk-pci,drive=disk0,id=disk0-dev,bootindex=1",
             "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
             "-device", "virtio-net-pci,netdev=net0",
+            # A video card, shown nowhere (-display none), as every public DragonFly automation
+            # has: without one the live CD's init reports its missing ttyv* between console
+            # lines. It comes last so the devices above keep their PCI slots (a snapshot taken
+            # without it still loads; `-vga std` would take slot 2 and break them).
+            "-device", "VGA",
         ]
         # The installer is the first CD (cd0, sr0) and the seed the second (cd1, sr1): DragonFly's
         # pfi looks for its seed on cd0/cd1, and the recipes mount the seed by that name.

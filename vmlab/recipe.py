@@ -8,17 +8,24 @@ or release is a new folder, not new Python. Each step does one thing:
     line: TEXT             type a line and Enter
     shell: /bin/sh         switch to that shell with a unique prompt of ours
     run: COMMAND           run at our prompt; the step fails unless it exits 0
+    watch: REGEX           type nothing: wait for a script's own end marker, whose first
+                           group is its exit status (the step fails unless it is 0)
     power_off: COMMAND     type it, then wait for the machine to stop
+    powered_off: true      wait for the machine to stop by itself
 and may set idle (seconds without output before failing, restarted by output)
-and limit (hard cap). `fail:` adds failure patterns checked at every step.
-The long work is done by scripts on the seed CD (`seed:` lists them); the console
-only types short commands. Text may use {placeholders} the lab fills in (PLACEHOLDERS);
-a literal brace is written twice, {{ or }}.
+and limit (hard cap). `fail:` adds failure patterns checked at every step, and
+`help:` is added to every failure (where to read about it).
+The long work is done by scripts on the seed CD (`seed:` lists them), started by
+the console's few typed words or by the guest itself (DragonFly's PFI); lines
+`vmlab-step: ...` they print are logged as progress. Text may use {placeholders}
+the lab fills in (PLACEHOLDERS); a literal brace is written twice, {{ or }}.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -30,9 +37,9 @@ from vmlab.errors import ConsoleError, RecipeError
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("expect", "keys", "line", "shell", "run", "power_off")
+ACTIONS = ("expect", "keys", "line", "shell", "run", "watch", "power_off", "powered_off")
 STEP_KEYS = ("name", *ACTIONS, "idle", "limit", "resend_every")
-RECIPE_KEYS = ("description", "boot", "seed", "fail", "key_delay", "steps")
+RECIPE_KEYS = ("description", "boot", "seed", "fail", "key_delay", "help", "steps")
 PLACEHOLDERS = ("vm",)  # what the lab fills in (Recipe.run's values)
 
 
@@ -44,7 +51,9 @@ class Step:
     line: Optional[str] = None
     shell: Optional[str] = None
     run: Optional[str] = None
+    watch: Optional[str] = None
     power_off: Optional[str] = None
+    powered_off: Optional[str] = None
     idle: float = 120.0
     limit: float = 600.0
     resend_every: float = 0.0
@@ -58,6 +67,7 @@ class Recipe:
     seed: List[str]  # files of the recipe folder to put on the seed CD
     fails: List[FailRule]
     key_delay: float
+    help: str = ""  # added to every failure: where to read what to do
     steps: List[Step] = field(default_factory=list)
 
     @property
@@ -65,16 +75,30 @@ class Recipe:
         """The recipe and every script it carries: their bytes key what it installs."""
         return [self.path, *(self.path.parent / name for name in self.seed)]
 
+    @property
+    def version(self) -> str:
+        """A short hash of those files: which recipe a report of a failed install is about."""
+        digest = hashlib.sha256()
+        for f in self.files:
+            digest.update(f.name.encode() + b"\0" + f.read_bytes())
+        return digest.hexdigest()[:12]
+
     def run(self, console: Console, values: Dict[str, str]) -> None:
         """Play every step on `console`; ConsoleError at the first that fails."""
         console.key_delay = self.key_delay
-        for number, step in enumerate(self.steps, 1):
-            log.info("  [%d/%d] %s", number, len(self.steps), step.name)
-            _play(console, step, values)
+        try:
+            for number, step in enumerate(self.steps, 1):
+                log.info("  [%d/%d] %s", number, len(self.steps), step.name)
+                _play(console, step, values)
+        except ConsoleError as e:
+            if not self.help:
+                raise
+            raise ConsoleError(f"{e}\n{self.help}") from None
 
 
 def _play(console: Console, step: Step, values: Dict[str, str]) -> None:
     fill = lambda text: text.format(**values)  # noqa: E731
+    progress = lambda text: log.info("      %s", text)  # noqa: E731
     if step.keys is not None:
         console.send_keys(fill(step.keys))
     if step.line is not None:
@@ -82,17 +106,24 @@ def _play(console: Console, step: Step, values: Dict[str, str]) -> None:
     if step.shell is not None:
         console.use_shell(fill(step.shell), step.name, step.idle, step.limit)
     if step.run is not None:
-        status = console.run(fill(step.run), step.name, step.idle, step.limit,
-                             progress=lambda text: log.info("      %s", text))
-        if status != 0:
-            raise ConsoleError(f"step {step.name!r}: `{fill(step.run)}` exited with status {status}.\n"
-                               f"Last console lines:\n{console.tail()}")
+        status = console.run(fill(step.run), step.name, step.idle, step.limit, progress)
+        _check(console, step, f"`{fill(step.run)}` exited", status)
+    if step.watch is not None:
+        match = console.watch(fill(step.watch), step.name, step.idle, step.limit, progress)
+        _check(console, step, "the script ended", int(match.group(1)))
     if step.expect is not None:
         console.expect([fill(step.expect)], step.name, step.idle, step.limit,
                        resend=fill(step.keys) if step.keys else None, resend_every=step.resend_every)
     if step.power_off is not None:
         console.send_line(fill(step.power_off))
+    if step.power_off is not None or step.powered_off is not None:
         console.wait_closed(step.name, step.limit)
+
+
+def _check(console: Console, step: Step, what: str, status: int) -> None:
+    if status != 0:
+        raise ConsoleError(f"step {step.name!r}: {what} with status {status}.\n"
+                           f"Last console lines:\n{console.tail()}")
 
 
 def load(path: Path) -> Recipe:
@@ -119,6 +150,11 @@ def load(path: Path) -> Recipe:
         for key in ACTIONS:
             if key in raw:
                 _check_placeholders(str(raw[key]), f"{where} ({raw['name']}): {key}")
+        if "powered_off" in raw and raw["powered_off"] is not True:
+            raise RecipeError(f"{where} ({raw['name']}): powered_off: {raw['powered_off']!r}; it can only be true")
+        if "watch" in raw and _groups(str(raw["watch"])) < 1:
+            raise RecipeError(f"{where} ({raw['name']}): watch: {raw['watch']!r} needs a group, "
+                              "(\\d+), that captures the script's exit status")
         steps.append(Step(**{k: _number(v, where, k) if k in ("idle", "limit", "resend_every") else str(v)
                              for k, v in raw.items()}))
     if not steps:
@@ -131,7 +167,15 @@ def load(path: Path) -> Recipe:
         raise RecipeError(f"{path}: boot: {boot!r}; allowed: cdrom, disk")
     return Recipe(path=path, description=str(data.get("description", "")), boot=boot,
                   seed=list(data.get("seed") or []), fails=rule_list(data.get("fail")),
-                  key_delay=_number(data.get("key_delay", 0.02), str(path), "key_delay"), steps=steps)
+                  key_delay=_number(data.get("key_delay", 0.02), str(path), "key_delay"),
+                  help=str(data.get("help", "")), steps=steps)
+
+
+def _groups(pattern: str) -> int:
+    try:
+        return re.compile(pattern).groups
+    except re.error:
+        return 0
 
 
 def _check_placeholders(text: str, where: str) -> None:

@@ -1,20 +1,53 @@
 #!/bin/sh
 # Install DragonFly from the running live CD onto the first disk: MBR + disklabel64,
 # UFS /boot, swap, HAMMER2 root, a copy of the live system, the serial console,
-# DHCP, sshd with the lab's keys, a "lab" user, and /bin/sh as root's shell.
-# Runs as root from the seed CD (this script's folder also holds the keys).
-# Progress lines start with "vmlab-step:"; a failure exits 3 with the reason.
-# Sources for every step: docs/dragonfly.md ("Installing from the live shell").
+# DHCP, sshd with the lab's keys, a "lab" user, /bin/sh for root and root's password
+# locked. Run from the seed CD (this script's folder also holds the keys) by the live
+# CD's rc.d/pfi (pfi.conf names it), or typed at its root shell (install-shell.yaml).
+# Progress lines start with "vmlab-step:"; it ends with "vmlab-install: exit STATUS"
+# (3 and a reason on stderr when a step fails) and, when it succeeded, powers the
+# machine off itself. Sources for every step: docs/dragonfly.md.
 set -eu
-# pfi and a fresh login give a minimal environment: set PATH explicitly. Tests
-# put stub commands first with VMLAB_TEST_PATH.
+# pfi and a fresh login give a minimal environment: set PATH explicitly. Tests put
+# stand-ins for DragonFly's commands first with VMLAB_TEST_PATH.
 PATH=${VMLAB_TEST_PATH:+$VMLAB_TEST_PATH:}/sbin:/bin:/usr/sbin:/usr/bin:/usr/local/sbin:/usr/local/bin
 export PATH
 seed=$(cd "$(dirname "$0")" && pwd)
 target=${VMLAB_TARGET:-/tmp/target}
+heartbeat=${VMLAB_HEARTBEAT:-30}
 
 step() { echo "vmlab-step: $*"; }
 fail() { echo "install.sh: $*" >&2; exit 3; }
+finish() {
+    status=$?
+    echo "vmlab-install: exit $status"    # what the console watches for
+    [ "$status" = 0 ] || exit "$status"   # a failed install leaves the live CD up, to look at
+    sync
+    poweroff                              # as golang/build's phase scripts end
+    sleep 600                             # poweroff ends this script: rc must not go on meanwhile
+}
+trap finish EXIT
+
+# Copy a tree with cpdup, which says nothing per file (-q) and takes many minutes for /
+# under TCG: while it copies, say every $heartbeat s how far the target has grown, so that
+# the console's idle deadline measures progress rather than silence. -i0: never ask.
+copy() {
+    cpdup -i0 -q "$1" "$2" &
+    copying=$!
+    grown "$1" "$2" &
+    beating=$!
+    if wait $copying; then status=0; else status=$?; fi
+    kill $beating 2>/dev/null || :
+    [ $status = 0 ] || fail "cpdup $1 $2 failed (status $status)"
+}
+grown() {
+    was=
+    while sleep "$heartbeat" >/dev/null 2>&1; do
+        now=$(df -k "$2" | awk 'NR == 2 { print $3 }')
+        [ "$now" = "$was" ] || step "copying $1: $(( ${now:-0} / 1024 )) MB in $2"
+        was=$now
+    done
+}
 
 disk=$(sysctl -n kern.disks | tr ' ' '\n' | grep -E '^(vbd|da|ad)[0-9]+$' | sort | head -n 1)
 [ -n "$disk" ] || fail "no disk in kern.disks ($(sysctl -n kern.disks))"
@@ -40,23 +73,26 @@ mkdir -p $target/boot
 mount /dev/${disk}s1a $target/boot || fail "cannot mount /boot"
 
 step "copy the live system"
-# cpdup does not cross mounts, and the CD's /etc, /var, /root and /usr/local/etc are
-# tmpfs copies: copy each on its own. /etc.hdd is the /etc meant for installed systems.
+# cpdup does not cross mounts, and the CD's /etc, /var, /root and /usr/local/etc are tmpfs
+# copies: copy each on its own. /etc.hdd is the /etc meant for installed systems (it has no
+# installer account, which the CD's own /etc has).
 for tree in / /boot /var /root /usr/local/etc; do
     mkdir -p $target$tree
-    cpdup -q $tree $target$tree || fail "cpdup $tree failed"
+    copy $tree $target$tree
 done
 rm -rf $target/etc
-cpdup -q /etc.hdd $target/etc || fail "cpdup /etc.hdd failed"
+copy /etc.hdd $target/etc
 rm -rf $target/README* $target/autorun* $target/index.html $target/dflybsd.ico $target/etc.hdd
 
 step "configure the installed system"
+# The loader's console= is all the serial console needs. No /boot.config: boot2 knows only
+# the flags VhaCgmnPprsv, and stops at its own prompt, for good, on any other.
 cat > $target/boot/loader.conf <<CONF
 vfs.root.mountfrom="hammer2:${disk}s1d"
 console="comconsole"
 autoboot_delay="1"
 CONF
-echo "-S115200 -D" > $target/boot/boot.config      # boot2 reads it from the /boot partition
+rm -f $target/boot/boot.config
 cat > $target/etc/fstab <<CONF
 /dev/${disk}s1d@ROOT  /      hammer2  rw  1 1
 /dev/${disk}s1a       /boot  ufs      rw  1 1
@@ -69,16 +105,22 @@ ifconfig_${nic}="DHCP"
 dhcp_client="dhcpcd"
 sshd_enable="YES"
 CONF
+# /etc.hdd's root has an empty password (DragonFly's installer is what sets one): lock it.
+# `*` still lets sshd take the lab's key. root's shell is /bin/sh, which vmlab writes for.
+pw -V $target/etc usermod root -s /bin/sh -w no || fail "cannot lock root's password"
+! grep -q '^installer:' $target/etc/master.passwd || fail "the live CD's installer account reached the target"
 install -d -m 700 $target/root/.ssh
 install -m 600 $seed/authorized_keys $target/root/.ssh/authorized_keys
 install -m 600 $seed/ssh_host_ed25519_key $target/etc/ssh/ssh_host_ed25519_key
 install -m 644 $seed/ssh_host_ed25519_key.pub $target/etc/ssh/ssh_host_ed25519_key.pub
+# The lab user (privileged suites run `doas -n` as it); uid 1001 is chosen here, not left to
+# pw, because the key's owner below must be the same.
+mkdir -p $target/home
 mount -t devfs devfs $target/dev
-chroot $target pw usermod root -s /bin/sh || fail "cannot give root /bin/sh"
-chroot $target pw useradd lab -m -s /bin/sh || fail "cannot add the lab user"
+chroot $target pw useradd lab -u 1001 -m -s /bin/sh || fail "cannot add the lab user"
+umount $target/dev
 install -d -m 700 -o 1001 -g 1001 $target/home/lab/.ssh
 install -m 600 -o 1001 -g 1001 $seed/authorized_keys $target/home/lab/.ssh/authorized_keys
-umount $target/dev
 
 step "unmount"
 umount $target/boot

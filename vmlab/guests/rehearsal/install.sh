@@ -1,9 +1,10 @@
 #!/bin/sh
 # Install the rehearsal system from the running live CD onto the first virtio disk:
 # one MBR partition with ext4, the system from /live/system.tar.gz, GRUB on the
-# serial console, the lab's keys. It plays the part of guests/dragonfly/install.sh.
-# Runs as root from the seed CD; progress lines start with "vmlab-step:"; a
-# failure exits 3 with the reason.
+# serial console, the lab's keys. It plays the part of guests/dragonfly/install.sh:
+# run from the seed CD by the live system's init (pfi.conf names it), progress lines
+# start with "vmlab-step:", it ends with "vmlab-install: exit STATUS" (3 and a reason
+# on stderr when a step fails) and, when it succeeded, powers the machine off itself.
 set -eu
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
@@ -11,6 +12,14 @@ seed=$(cd "$(dirname "$0")" && pwd)
 target=/tmp/target
 step() { echo "vmlab-step: $*"; }
 fail() { echo "install.sh: $*" >&2; exit 3; }
+finish() {
+    status=$?
+    echo "vmlab-install: exit $status"    # what the console watches for
+    [ "$status" = 0 ] || exit "$status"
+    sync
+    poweroff -f                           # init is a shell script here: no services to stop
+}
+trap finish EXIT
 
 disk=$(lsblk -dno NAME,TYPE | awk '$2 == "disk" && $1 ~ /^vd/ { print $1; exit }')
 [ -n "$disk" ] || fail "no virtio disk (lsblk: $(lsblk -dno NAME,TYPE | tr '\n' ' '))"

@@ -1,0 +1,621 @@
+"""DragonFly's commands, as vmlab's guest scripts use them, for running those scripts under dash.
+
+No DragonFly system can run here, so install.sh, provision.sh and the profile's
+after_restore run under dash with these stand-ins first in PATH. Each accepts the
+options and operands DragonFly's own source or man page gives (cited beside it),
+refuses the rest as the real command does (its message, its exit status), and
+acts on a small world kept in a folder: the live CD's files, the device nodes,
+the mounts, the sysctls. What it cannot know is marked [INF].
+
+    world = World.create(folder)            # the live CD, booted
+    bin_dir = install(folder / "bin", world)  # one stub per command, first in PATH
+
+The simulator (dragonfly_sim.py) uses the same world when PFI runs install.sh.
+"""
+
+from __future__ import annotations
+
+import getopt
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, NoReturn, Optional, Tuple
+
+PYTHON = sys.executable
+DISKS = "vbd0 cd1 cd0"  # `sysctl -n kern.disks` with a virtio disk and two CDs [INF: the order]
+NICS = "vtnet0 lo0"  # `ifconfig -l` with virtio-net
+BOOT2_FLAGS = "VhaCgmnPprsv"  # the only flags boot2's parse() accepts (stand/boot/pc32/boot2/boot2.c)
+LIVE_MOUNTS = ("dev", "etc", "var", "root", "tmp", "usr/local/etc")  # devfs, and tmpfs over the CD (its fstab)
+CA_BUNDLE = "/usr/local/share/certs/ca-root-nss.crt"  # ca_root_nss, built into the ISO (nrelease/Makefile)
+REPOS = "usr/local/etc/pkg/repos"
+TOOLS = ("sysctl", "ifconfig", "dd", "fdisk", "disklabel64", "newfs", "newfs_hammer2", "mount", "mount_cd9660",
+         "umount", "cpdup", "chroot", "pw", "pkg", "date", "hostname", "poweroff")
+
+# /etc.hdd is `make distribution`'s /etc, copied before the CD's overlay: root has an empty
+# password and there is no installer account (nrelease/Makefile; etc/master.passwd).
+ETC_HDD_PASSWD = ("root::0:0::0:0:Charlie &:/root:/bin/csh\n"
+                  "toor:*:0:0::0:0:Bourne-again Superuser:/root:\n"
+                  "daemon:*:1:1::0:0:Owner of many system processes:/root:/sbin/nologin\n"
+                  "nobody:*:65534:65534::0:0:Unprivileged user:/nonexistent:/sbin/nologin\n")
+# The live CD's own /etc adds the password-less installer (nrelease/root/etc/master.passwd).
+LIVE_PASSWD = ETC_HDD_PASSWD + "installer::0:0::0:0:DragonFly Installer:/home/installer:/usr/sbin/installer\n"
+GROUP = "wheel:*:0:root\ndaemon:*:1:\nnogroup:*:65533:\nnobody:*:65534:\n"
+
+
+class Refused(Exception):
+    """What the real command prints before it exits with `status`."""
+
+    def __init__(self, message: str, status: int = 1):
+        super().__init__(message)
+        self.status = status
+
+
+class World:
+    """The booted live CD: its files (live/), device nodes, mounts and sysctls, in a folder."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.live = folder / "live"  # the CD's file tree, what `cpdup /` copies
+        self.state_file = folder / "state.json"
+        self.calls = folder / "calls"  # one line per stub call: the command line it got
+
+    @classmethod
+    def create(cls, folder: Path, media: Optional[Dict[str, str]] = None) -> "World":
+        """A freshly booted live CD; `media` maps CD devices to folders with their files (cd1: the seed)."""
+        world = cls(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        files = {
+            "README": "DragonFly live CD\n", "autorun.inf": "", "index.html": "", "dflybsd.ico": "",
+            "boot/loader": "", "boot/mbr": "", "boot/boot1_64": "", "boot/boot2_64": "", "boot/kernel/kernel": "",
+            "boot/loader.conf": 'kernel_options="-C"\ndm_load="YES"\n',  # the CD's, replaced in the target
+            "bin/sh": "", "bin/csh": "", "usr/bin/true": "", "usr/local/sbin/pkg": "",
+            CA_BUNDLE.lstrip("/"): "-----BEGIN CERTIFICATE-----\n",
+            "etc/master.passwd": LIVE_PASSWD, "etc/group": GROUP, "etc/rc.conf": 'sshd_enable="NO"\n',
+            "etc.hdd/master.passwd": ETC_HDD_PASSWD, "etc.hdd/group": GROUP, "etc.hdd/rc.conf": "",
+            "etc.hdd/fstab": "", "etc.hdd/ssh/sshd_config": "#PermitRootLogin prohibit-password\n",
+            "etc.hdd/ssl/openssl.cnf": "", "var/db/.keep": "", "root/.cshrc": 'set prompt = "%N@%m%# "\n',
+            f"{REPOS}/df-latest.conf.sample": "Avalon: { url: https://mirror-master.dragonflybsd.org/dports/"
+                                              "${ABI}/LATEST, enabled: yes }\n",
+        }
+        for name, text in files.items():
+            (world.live / name).parent.mkdir(parents=True, exist_ok=True)
+            (world.live / name).write_text(text)
+        for empty in ("dev", "proc", "tmp", "mnt"):
+            (world.live / empty).mkdir(exist_ok=True)
+        (folder / "dev").mkdir(exist_ok=True)
+        for node in ("vbd0", "cd0", "cd1"):
+            (folder / "dev" / node).touch()
+        world.save({"mounts": {}, "fs": {}, "labels": {}, "sysctl": {"kern.seedenable": 0},
+                    "media": {"cd0": str(world.live), **(media or {})}, "poweroff": False})
+        world.set_seedenable(0)
+        return world
+
+    # --- state ---
+
+    def load(self) -> dict:
+        return json.loads(self.state_file.read_text())
+
+    def save(self, state: dict) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        os.replace(tmp, self.state_file)
+
+    def node(self, name: str, who: str = "", status: int = 1) -> str:
+        """The device name of `/dev/NAME` (or NAME) if that node exists, else Refused (ENOENT) told by `who`."""
+        dev = name[len("/dev/"):] if name.startswith("/dev/") else name
+        if "/" in dev or not (self.folder / "dev" / dev).exists():
+            raise Refused(f"{who}{name}: No such file or directory", status)
+        return dev
+
+    def make_node(self, dev: str) -> None:
+        (self.folder / "dev" / dev).touch()
+
+    # --- mounts ---
+
+    def mount(self, dev: str, node: str, fstype: str) -> None:
+        state = self.load()
+        node = os.path.normpath(node)
+        if node in state["mounts"]:
+            raise Refused(f"{node}: Device busy")
+        state["mounts"][node] = {"dev": dev, "type": fstype}
+        self.save(state)
+
+    def umount(self, node: str) -> None:
+        state = self.load()
+        node = os.path.normpath(node)
+        if node not in state["mounts"]:
+            raise Refused(f"{node}: not currently mounted")
+        if any(other.startswith(node + "/") for other in state["mounts"]):
+            raise Refused(f"unmount of {node} failed: Device busy")
+        del state["mounts"][node]
+        self.save(state)
+
+    def mounted(self, node: str) -> Optional[dict]:
+        return self.load()["mounts"].get(os.path.normpath(node))
+
+    def resolve(self, path: str) -> Optional[Path]:
+        """Where the live system's `path` is on this host: under a mounted CD, or on the live CD itself."""
+        path = os.path.normpath(path)
+        for node, m in sorted(self.load()["mounts"].items(), key=lambda kv: -len(kv[0])):
+            if m["type"] == "cd9660" and (path == node or path.startswith(node + "/")):
+                medium = self.load()["media"].get(m["dev"])
+                return Path(medium) / os.path.relpath(path, node) if medium else None
+        return self.live / path.lstrip("/")
+
+    # --- sysctl kern.seedenable and /dev/random ---
+
+    def set_seedenable(self, value: int) -> None:
+        """Writes to /dev/random and /dev/urandom fail unless kern.seedenable=1 (sys/kern/kern_memio.c).
+
+        The rule is kept with links: devnodes/random and devnodes/urandom point at a file
+        while writes are allowed, and into a folder that does not exist while they are not,
+        so a shell's `> /dev/random` fails then as DragonFly's does (a script run by
+        `run_command` has its /dev/ paths pointed at devnodes/)."""
+        state = self.load()
+        state["sysctl"]["kern.seedenable"] = value
+        self.save(state)
+        nodes = self.folder / "devnodes"
+        nodes.mkdir(exist_ok=True)
+        for name in ("random", "urandom"):
+            link = nodes / name
+            link.unlink(missing_ok=True)
+            link.symlink_to(self.folder / "entropy" if value else self.folder / "EPERM-kern.seedenable-is-0" / name)
+        if not (nodes / "null").exists():
+            (nodes / "null").symlink_to("/dev/null")
+
+    def entropy(self) -> bytes:
+        """What reached the random pool."""
+        path = self.folder / "entropy"
+        return path.read_bytes() if path.exists() else b""
+
+
+def install(bin_dir: Path, world: World) -> Path:
+    """One executable per DragonFly command in `bin_dir`, each running this module's stub of it."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for tool in TOOLS:
+        path = bin_dir / tool
+        path.write_text(f'#!/bin/sh\nexec "{PYTHON}" "{__file__}" "{world.folder}" {tool} "$@"\n')
+        path.chmod(0o755)
+    return bin_dir
+
+
+def on_dragonfly(command: str, world: World) -> str:
+    """`command` as run on the guest, with /dev/random, /dev/urandom and /dev/null pointed at the world's."""
+    return re.sub(r"/dev/(u?random|null)\b", lambda m: f"{world.folder}/devnodes/{m.group(1)}", command)
+
+
+# --- the stubs: each takes its argv (without the name) and returns an exit status ---
+
+
+def _opts(argv: List[str], spec: str, tool: str, usage: str = "", count: int = -1) -> Tuple[Dict[str, str], List[str]]:
+    """getopt(3) with `spec`; with `count`, exactly that many operands or `usage`."""
+    try:
+        found, operands = getopt.getopt(argv, spec)
+    except getopt.GetoptError as e:
+        raise Refused(f"{tool}: illegal option -- {e.opt}") from None
+    if count >= 0 and len(operands) != count:
+        raise Refused(f"usage: {usage}")
+    return {flag[1]: value for flag, value in found}, operands
+
+
+def sysctl(world: World, argv: List[str]) -> int:
+    """Only what the scripts ask (sbin/sysctl): `-n kern.disks`, `-n kern.seedenable`, `kern.seedenable=0|1`."""
+    if argv == ["-n", "kern.disks"]:
+        print(DISKS)
+    elif argv == ["-n", "kern.seedenable"]:
+        print(world.load()["sysctl"]["kern.seedenable"])
+    elif len(argv) == 1 and argv[0] in ("kern.seedenable=0", "kern.seedenable=1"):
+        old = world.load()["sysctl"]["kern.seedenable"]
+        world.set_seedenable(int(argv[0][-1]))
+        print(f"kern.seedenable: {old} -> {argv[0][-1]}")
+    else:
+        raise Refused(f"sysctl: unknown oid '{' '.join(argv)}' (this stub answers only the documented argv)")
+    return 0
+
+
+def ifconfig(world: World, argv: List[str]) -> int:
+    if argv != ["-l"]:
+        raise Refused(f"ifconfig: {' '.join(argv)}: this stub answers only `ifconfig -l`")
+    print(NICS)
+    return 0
+
+
+def dd(world: World, argv: List[str]) -> int:
+    """dd OPERAND=VALUE ...: writing to a disk that is not there fails (bin/dd)."""
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key not in ("if", "of", "bs", "count", "seek", "skip", "conv") or not value:
+            raise Refused(f"dd: unknown operand {key}")
+        if key == "of":
+            world.node(value, "dd: ")
+    return 0
+
+
+def fdisk(world: World, argv: List[str]) -> int:
+    """fdisk -I [-B] disk writes one DragonFly slice over the whole disk (sbin/fdisk/fdisk.c)."""
+    opts, operands = _opts(argv, "BCEIab:f:p:istuvx1234", "fdisk",
+                           "fdisk [-BCEIaistu] [-b bootcode] [-p diskimage] [-1234] [disk]", 1)
+    disk = world.node(operands[0], "fdisk: cannot open disk ")
+    if "I" not in opts:
+        raise Refused("fdisk: without -I or -f it asks questions (this stub has nobody to answer them)")
+    print(f"******* Working on device /dev/{disk} *******")
+    world.make_node(f"{disk}s1")
+    return 0
+
+
+def disklabel64(world: World, argv: List[str]) -> int:
+    """Read (no flag), -w [-r] [-B] SLICE auto, or -R SLICE FILE (sbin/disklabel64/disklabel64.c)."""
+    opts, operands = _opts(argv, "BNRWb:enrs:Vw", "disklabel64")
+    usage = Refused("usage: disklabel64 [-r] disk | -w [-r] disk [type] | -R [-r] disk protofile")
+    if len([f for f in "NRWew" if f in opts]) > 1 or not operands:
+        raise usage
+    slice_ = world.node(operands[0], "disklabel64: ", 4)
+    labels = world.load()["labels"]
+    if "w" in opts:
+        if len(operands) > 3:
+            raise usage
+        if len(operands) > 1 and operands[1] != "auto":
+            raise Refused("disklabel64: no disktab(5) support yet; only 'auto' allowed")
+        _save_label(world, slice_, {})  # a virgin label: no partitions, so no s1a.. nodes yet
+    elif "R" in opts:
+        if len(operands) != 2:
+            raise usage
+        if slice_ not in labels:
+            raise Refused("disklabel64: ioctl DIOCWDINFO64: no disk label on disk;\nadd \"-r\" to install initial label")
+        _save_label(world, slice_, _parse_label(Path(operands[1])))
+    elif "e" in opts:
+        raise Refused("disklabel64: -e runs $EDITOR on the label (not modelled)")
+    else:
+        if slice_ not in labels:
+            raise Refused("disklabel64: ioctl DIOCGDINFO64: no disk label on disk;\nadd \"-r\" to install initial label", 4)
+        print(_show_label(slice_, labels[slice_]))
+    return 0
+
+
+def _save_label(world: World, slice_: str, parts: Dict[str, str]) -> None:
+    state = world.load()
+    state["labels"][slice_] = parts
+    world.save(state)
+    for letter in parts:
+        world.make_node(f"{slice_}{letter}")
+
+
+def _show_label(slice_: str, parts: Dict[str, str]) -> str:
+    """display() of disklabel64.c, with the fields a label file needs to be read back."""
+    lines = [f"# /dev/{slice_}:", "#", "diskid: 2f5a3c1e-0000-11ef-8000-000000000001", "label: ",
+             "boot2 data base:      0x000000001000", "partitions data base: 0x000000100a00",
+             "partitions data stop: 0x0004ffffe000", "backup label:         0x0004ffffe000",
+             "total size:           0x0004fffff000\t# 20479.99 MB", "alignment: 4096",
+             "display block size: 1024\t# for partition display and edit only", "", "16 partitions:",
+             "#          size     offset    fstype   fsuuid"]
+    lines += [f"  {p}: {fs}" for p, fs in sorted(parts.items())] or [
+        "# EXAMPLE", "#a:          4g          0    4.2BSD", "#a:          *           *    4.2BSD"]
+    return "\n".join(lines)
+
+
+FSTYPES = ("unused", "swap", "4.2BSD", "HAMMER", "HAMMER2", "ccd", "vinum")  # a few of sys/dtype.h's names
+
+
+def _parse_label(path: Path) -> Dict[str, str]:
+    """getasciilabel(): partition lines need the display block size first; size, offset, fstype."""
+    parts: Dict[str, str] = {}
+    blksize = npart = 0
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        if ":" not in text:
+            raise Refused(f"line {number}: syntax error")
+        key, _, value = (s.strip() for s in text.partition(":"))
+        if m := re.fullmatch(r"(\d+) partitions", key):
+            npart = int(m.group(1))
+        elif key == "display block size":
+            blksize = int(value.split()[0])
+        elif re.fullmatch(r"[a-z]", key):
+            if not blksize:
+                raise Refused("block size to use for partition display was not specified!")
+            if ord(key) - ord("a") >= npart:
+                raise Refused(f"line {number}: partition name out of range a-{chr(ord('a') + npart - 1)}: {key}")
+            fields = value.split()
+            if len(fields) < 3:
+                raise Refused(f"line {number}: too few numeric fields")
+            size, offset, fstype = fields[:3]
+            if not re.fullmatch(r"\*|\d+[kKmMgGtT%]?", size) or not re.fullmatch(r"\*|\d+", offset):
+                raise Refused(f"line {number}: {size} {offset}: bad partition size or offset")
+            if fstype.lower() not in (f.lower() for f in FSTYPES):
+                raise Refused(f"line {number}: Warning, unknown filesystem type {fstype}")
+            parts[key] = fstype
+        elif key not in ("diskid", "label", "boot2 data base", "partitions data base", "partitions data stop",
+                         "backup label", "total size", "alignment") and not key.endswith("-stor_uuid"):
+            raise Refused(f"line {number}: {key}: Unknown disklabel field")
+    return parts
+
+
+def newfs(world: World, argv: List[str]) -> int:
+    """newfs [options] special: UFS (the newfs(8) synopsis' options)."""
+    _, operands = _opts(argv, "NCEOUlL:S:T:a:b:c:d:e:f:g:h:i:k:m:n:o:p:r:s:t:u:vx:", "newfs",
+                        "newfs [-NCEOUl] [-L volname] ... special", 1)
+    _format(world, operands[0], "ufs", "newfs")
+    return 0
+
+
+def newfs_hammer2(world: World, argv: List[str]) -> int:
+    """newfs_hammer2 [-b bootsize] [-r auxsize] [-V version] [-L label ...] special (newfs_hammer2(8))."""
+    try:
+        found, operands = getopt.getopt(argv, "b:r:V:L:")
+    except getopt.GetoptError as e:
+        raise Refused(f"newfs_hammer2: illegal option -- {e.opt}") from None
+    if not operands:
+        raise Refused("newfs_hammer2: You must specify at least one disk device")
+    labels = [v for f, v in found if f == "-L"] or ["ROOT" if operands[0].endswith("d") else "DATA"]
+    for special in operands:
+        _format(world, special, "hammer2:" + ",".join(["LOCAL", *[x for x in labels if x != "none"]]), "newfs_hammer2")
+    return 0
+
+
+def _format(world: World, special: str, fs: str, tool: str) -> None:
+    dev = world.node(special, f"{tool}: ")
+    state = world.load()
+    slice_, letter = dev[:-1], dev[-1]
+    wanted = {"ufs": "4.2BSD", "hammer2": "HAMMER2"}[fs.split(":")[0]]
+    if state["labels"].get(slice_, {}).get(letter, wanted).lower() != wanted.lower():
+        print(f"{tool}: warning: partition {dev} is labelled {state['labels'][slice_][letter]}", file=sys.stderr)
+    state["fs"][dev] = fs
+    world.save(state)
+
+
+def mount(world: World, argv: List[str]) -> int:
+    """mount [-adfpruvw] [-o options] [-t type] special node (sbin/mount); no -t means ufs."""
+    opts, operands = _opts(argv, "adF:fo:prt:uvw", "mount",
+                           "mount [-adfpruvw] [-F fstab] [-o options] [-t type] special node", 2)
+    fstype = opts.get("t", "ufs")
+    special, node = operands
+    if not Path(node).is_dir():
+        raise Refused(f"mount: {node}: No such file or directory")
+    if fstype in ("devfs", "procfs", "tmpfs", "null"):
+        world.mount(special, node, fstype)
+        return 0
+    if fstype == "cd9660":
+        return mount_cd9660(world, [special, node])
+    dev, _, label = special.partition("@")
+    dev = world.node(dev, f"mount_{fstype}: ")
+    made = world.load()["fs"].get(dev, "")
+    if fstype == "hammer2":
+        if not made.startswith("hammer2:") or (label or "LOCAL") not in made.split(":")[1].split(","):
+            raise Refused(f"mount_hammer2: {special} on {node}: No such file or directory")
+    elif made != fstype:
+        raise Refused(f"mount: /dev/{dev}: Invalid argument (not a {fstype} file system)")
+    world.mount(dev, node, fstype)
+    return 0
+
+
+def mount_cd9660(world: World, argv: List[str]) -> int:
+    """mount_cd9660 [-begjrv] [-o options] [-s startsector] special node: only CDs that exist."""
+    _, operands = _opts(argv, "begjo:rs:v", "mount_cd9660",
+                        "mount_cd9660 [-begjrv] [-o options] [-s startsector] special node", 2)
+    dev = world.node(operands[0], "mount_cd9660: ")
+    if dev not in world.load()["media"]:
+        raise Refused(f"mount_cd9660: {operands[0]}: Invalid argument")
+    world.mount(dev, operands[1], "cd9660")
+    return 0
+
+
+def umount(world: World, argv: List[str]) -> int:
+    _, operands = _opts(argv, "fv", "umount", "umount [-fv] special | node", 1)
+    try:
+        world.umount(operands[0])
+    except Refused as e:
+        raise Refused(f"umount: {e}") from None
+    return 0
+
+
+def cpdup(world: World, argv: List[str]) -> int:
+    """cpdup [options] src dst (bin/cpdup/cpdup.c): copies the live system, never across a mount.
+
+    With DFLY_CPDUP_SECONDS set, copying `/` takes that long, growing the target as it goes."""
+    try:
+        found, operands = getopt.getopt(argv, "CdF:fH:hIi:j:K:klM:mnoqRSs:uVvX:x")
+    except getopt.GetoptError as e:
+        raise Refused(f"cpdup: illegal option: -{e.opt}") from None
+    for flag, value in found:
+        if flag in ("-i", "-j", "-s") and value not in ("0", "1"):
+            raise Refused(f"cpdup: option requires boolean argument (0 or 1): {flag}")
+    if len(operands) > 2:
+        raise Refused("cpdup: too many arguments")
+    if len(operands) < 2:
+        raise Refused("usage: cpdup [options] src dest")
+    src, dst = operands
+    source = world.resolve(src)
+    if source is None or not source.exists():
+        raise Refused(f"cpdup: {src}: No such file or directory")
+    prefix = src.rstrip("/") + "/"
+    mount_points = [*world.load()["mounts"], *("/" + d for d in LIVE_MOUNTS if src == "/")]
+    below = {os.path.relpath(n, src) for n in mount_points if n.startswith(prefix)}
+
+    def other_file_systems(folder: str, names: List[str]) -> List[str]:
+        """The mount points below `src`: cpdup makes the folder and does not go in."""
+        rel = os.path.relpath(folder, source)
+        skipped = [n for n in names if os.path.normpath(os.path.join(rel, n)) in below]
+        for name in skipped:
+            os.makedirs(os.path.join(dst, rel, name), exist_ok=True)
+        return skipped
+
+    shutil.copytree(source, dst, ignore=other_file_systems, dirs_exist_ok=True, symlinks=True)
+    seconds = float(os.environ.get("DFLY_CPDUP_SECONDS", "0")) if src == "/" else 0
+    filler = Path(dst) / "usr" / "share" / "filler"
+    filler.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with open(filler, "ab") as f:
+            f.write(os.urandom(1 << 20))
+            os.fsync(f.fileno())
+        time.sleep(0.2)
+    return 0
+
+
+def chroot(world: World, argv: List[str]) -> int:
+    """chroot NEWROOT COMMAND ...: the target has DragonFly's pw, and nothing else is modelled."""
+    if len(argv) < 2:
+        raise Refused("usage: chroot newroot [command]")
+    root, command = argv[0], argv[1:]
+    if command[0] not in ("pw", "/usr/sbin/pw"):
+        raise Refused(f"chroot: {command[0]}: this stub runs only pw", 127)
+    return pw(world, command[1:], root=root)
+
+
+PW_OPTS = {"useradd": "C:qn:u:c:d:e:p:g:G:mM:k:s:oL:i:w:h:H:Db:NPy:Y",
+           "usermod": "C:qn:u:c:d:e:p:g:G:ml:M:k:s:oL:w:h:H:FNPY"}
+
+
+def pw(world: World, argv: List[str], root: str = "/") -> int:
+    """pw [-V etcdir] useradd|usermod name [options] (usr.sbin/pw, pw(8)); -w no writes `*`."""
+    etc = Path(root) / "etc"
+    if argv[:1] == ["-V"]:
+        etc, argv = Path(argv[1]), argv[2:]
+    if not argv or argv[0] not in PW_OPTS:
+        raise Refused(f"pw: unknown or unsupported command {argv[:1]}", 64)
+    command, rest = argv[0], argv[1:]
+    name = rest.pop(0) if rest and not rest[0].startswith("-") else None
+    opts, operands = _opts(rest, PW_OPTS[command], "pw")
+    name = opts.get("n", name)
+    if operands or not name:
+        raise Refused("pw: usage: pw useradd|usermod name [switches]", 64)
+    if "w" in opts and opts["w"] not in ("no", "none", "yes", "random"):
+        raise Refused(f"pw: invalid method `{opts['w']}'", 64)
+    passwd = etc / "master.passwd"
+    if not passwd.is_file():
+        raise Refused(f"pw: {passwd}: No such file or directory", 72)
+    users = [line.split(":") for line in passwd.read_text().splitlines() if line and not line.startswith("#")]
+    found = next((u for u in users if u[0] == name), None)
+    if command == "usermod":
+        if found is None:
+            raise Refused(f"pw: user `{name}' does not exist", 67)
+    else:
+        if found is not None:
+            raise Refused(f"pw: login name `{name}' already exists", 65)
+        uid = int(opts.get("u", max([1000 - 1, *(int(u[2]) for u in users if int(u[2]) < 65000)]) + 1))
+        found = [name, "*", str(uid), str(uid), "", "0", "0", "User &", f"/home/{name}", "/bin/sh"]
+        users.append(found)
+        group = etc / "group"
+        group.write_text(group.read_text() + f"{name}:*:{uid}:\n")
+        if "m" in opts:
+            if root == "/":
+                raise Refused("pw: -m would make the home folder on the live CD, not in the target "
+                              "(use chroot TARGET pw useradd ...)", 70)
+            home = Path(root) / found[8].lstrip("/")
+            home.mkdir(parents=True, exist_ok=True)  # pw makes the home's parent too [INF]
+            os.chown(home, uid, uid)
+    if "s" in opts:
+        found[9] = opts["s"]
+    if "w" in opts:
+        found[1] = {"no": "*", "none": "", "yes": "$6$" + name, "random": "$6$random"}[opts["w"]]
+    passwd.write_text("".join(":".join(u) + "\n" for u in users))
+    (etc / "passwd").write_text("".join(":".join([u[0], "*", *u[2:4], *u[7:]]) + "\n" for u in users))
+    return 0
+
+
+def pkg(world: World, argv: List[str]) -> int:
+    """pkg(8) from dports as DragonFly ships it, on the installed root $VMLAB_ROOT.
+
+    There is no pkg(7) bootstrapper on DragonFly: `pkg bootstrap -f` fails (pkg's main.c).
+    Without df-latest.conf no repository is configured; without /etc/ssl/cert.pem the
+    https mirror cannot be verified [INF: the message]. `pkg upgrade pkg` behaves as 6.4.0's
+    pkg 1.14 did: its lua script fails and df-latest.conf is gone (decuser's 6.4.0 notes)."""
+    root = Path(os.environ.get("VMLAB_ROOT") or "/")
+    if not argv:
+        raise Refused("Usage: pkg [-v] [-d] [-l] [-N] [-j <jail name or id>|-c <chroot path>|-r <rootdir>] "
+                      "[-C <configuration file>] [-R <repo config dir>] [-o var=value] [-4|-6] <command> [<args>]")
+    command, rest = argv[0], argv[1:]
+    yes = os.environ.get("ASSUME_ALWAYS_YES", "").upper() in ("YES", "TRUE", "1")
+    repo = root / REPOS / "df-latest.conf"
+    if command == "bootstrap":
+        opts, _ = _opts(rest, "fy", "pkg bootstrap")
+        if "f" in opts:
+            raise Refused("pkg: pkg(7) bootstrapper not found at /usr/sbin/pkg.")
+        print("pkg(8) already installed, use -f to force.")
+        return 0
+    if command not in ("update", "upgrade", "install"):
+        raise Refused(f"pkg: unknown command: {command}")
+    opts, names = _opts(rest, "fqyn", f"pkg {command}")
+    if not repo.is_file():
+        raise Refused("No active remote repositories configured.")
+    cert = root / "etc/ssl/cert.pem"
+    if not (cert.is_symlink() and (root / os.readlink(cert).lstrip("/")).is_file()) and not cert.is_file():
+        raise Refused("Updating Avalon repository catalogue...\npkg: https://mirror-master.dragonflybsd.org/dports/"
+                      "dragonfly:6.4:x86:64/LATEST/meta.conf: Authentication error\nrepository Avalon has no meta "
+                      "file, using default settings\nUnable to update repository Avalon\nError updating repositories!")
+    print("Updating Avalon repository catalogue...\nAvalon repository is up to date.\nAll repositories are up to date.")
+    if command == "update":
+        return 0
+    if "y" not in opts and not yes:
+        print("Proceed with this action? [y/N]: ")
+        return 1
+    if command == "upgrade" and names == ["pkg"]:
+        repo.unlink()
+        raise Refused("[1/1] Upgrading pkg from 1.14.4 to 1.18.4...\npkg: Failed to execute lua script: [string \"-- "
+                      "args: etc/pkg.conf.sample...\"]:12: attempt to call a nil value (field 'stat')\n"
+                      "pkg: lua script failed\nNo active remote repositories configured.", 3)
+    installed = root / "var/db/vmlab-stub-pkgs"
+    installed.parent.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names, 1):
+        print(f"[{i}/{len(names)}] Installing {name}...")
+    installed.write_text("".join(f"{n}\n" for n in names) + (installed.read_text() if installed.exists() else ""))
+    return 0
+
+
+def date(world: World, argv: List[str]) -> int:
+    """date [-jnu] [-r seconds] [-f input_fmt new_date] (bin/date): no GNU `-s @EPOCH`."""
+    opts, operands = _opts(argv, "d:f:jnr:t:uv:", "date")
+    if "f" in opts:
+        if len(operands) != 1 or opts["f"] != "%s" or not operands[0].isdigit():
+            raise Refused(f"date: Cannot parse \"{' '.join(operands)}\" with \"{opts['f']}\"")
+        print(time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime(int(operands[0]))))
+        return 0
+    if operands and not operands[0].startswith("+") and not re.fullmatch(r"(\d\d){2,6}(\.\d\d)?", operands[0]):
+        raise Refused("date: illegal time format")
+    print(time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime()))
+    return 0
+
+
+def hostname(world: World, argv: List[str]) -> int:
+    _, operands = _opts(argv, "fs", "hostname")
+    if len(operands) > 1:
+        raise Refused("usage: hostname [-fs] [name-of-host]")
+    return 0
+
+
+def poweroff(world: World, argv: List[str]) -> int:
+    """reboot(8) as poweroff: ends every process, its caller first (here: the script that called it)."""
+    if argv and argv != ["-q"]:
+        raise Refused("usage: poweroff [-dlnpq] [-k kernel]")
+    state = world.load()
+    state["poweroff"] = True
+    world.save(state)
+    print("Powering off...", flush=True)
+    os.kill(os.getppid(), signal.SIGTERM)
+    return 0
+
+
+def main(argv: List[str]) -> NoReturn:
+    world, tool, args = World(Path(argv[0])), argv[1], argv[2:]
+    with open(world.calls, "a") as log:
+        log.write(" ".join([tool, *args]) + "\n")
+    failing, _, why = os.environ.get("DFLY_FAIL", "").partition(":")  # a fault a test asks for
+    try:
+        if tool == failing:
+            raise Refused(f"{tool}: {why}")
+        status = globals()[tool](world, args)
+    except Refused as e:
+        print(e, file=sys.stderr)
+        status = e.status
+    sys.stdout.flush()
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,133 @@
+"""DragonFly the way a user reaches it: the CLI, its profile, a mirror, and QEMU.
+
+No DragonFly mirror can be reached from here, and QEMU running DragonFly cannot
+exist here. So the mirror is tests/httpserver.py on 127.0.0.1, laid out like a
+DragonFly mirror (iso-images/<release>.iso.bz2 and a BSD md5.txt) and serving a
+small made-up "ISO"; and QEMU is tests/fake_qemu.py, first in PATH under QEMU's
+name, which plays the DragonFly simulator on the console socket with vmlab's real
+seed ISO as its second CD. Everything else is real: the CLI, the download and its
+checks, qemu-img, xorriso, the recipe engine, dash running install.sh.
+"""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Dict
+
+import pytest
+
+from conftest import Project
+from httpserver import FileServer
+from vmlab import config, doctor, guests, recipe
+from vmlab.lab import Lab
+
+ISO = "dfly-x86_64-6.4.2_REL.iso"
+TESTS = Path(__file__).parent
+DOCS = TESTS.parent / "docs" / "dragonfly.md"
+
+
+@pytest.fixture
+def mirror():
+    payload = os.urandom(1 << 20)
+    packed = bz2.compress(payload)
+    md5 = f"MD5 ({ISO}.bz2) = {hashlib.md5(packed).hexdigest()}\nMD5 ({ISO}) = {hashlib.md5(payload).hexdigest()}\n"
+    with FileServer({f"/iso-images/{ISO}.bz2": packed, "/iso-images/md5.txt": md5.encode()}) as server:
+        yield server
+
+
+@pytest.fixture
+def dfly(project: Project, mirror: FileServer, tmp_path: Path) -> Project:
+    project.write_config(f"""
+        vms:
+          dfly: {{profile: dragonfly, accel: tcg, disk_size: 4G}}
+        profiles:
+          dragonfly: {{mirrors: ["{mirror.url}"]}}
+        cache_dir: cache
+        """)
+    return project
+
+
+@pytest.fixture
+def fake_qemu(tmp_path: Path) -> Dict[str, str]:
+    """PATH with tests/fake_qemu.py first, named qemu-system-x86_64."""
+    bin_dir = tmp_path / "fake-bin"
+    bin_dir.mkdir()
+    qemu = bin_dir / "qemu-system-x86_64"
+    qemu.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(TESTS)!r})\n"
+                    "from fake_qemu import main\nsys.exit(main(sys.argv[1:]))\n")
+    qemu.chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "DFLY_SIM_TICK": "0.02"}
+
+
+def test_fetch_then_golden_key_prints_one_key(dfly: Project) -> None:
+    fetched = dfly.invoke("vm.fetch", "--vm", "dfly")
+    assert fetched.returncode == 0, fetched.stderr
+    key = dfly.invoke("vm.golden-key", "--vm", "dfly")
+    assert key.returncode == 0, key.stderr
+    assert re.fullmatch(r"[0-9a-f]{16}\n", key.stdout)  # what the CI workflow caches by
+
+
+def test_the_golden_key_changes_when_install_sh_changes(dfly: Project, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert dfly.invoke("vm.fetch", "--vm", "dfly").returncode == 0
+    copy = tmp_path / "guests"
+    shutil.copytree(config.GUESTS_DIR, copy)
+    monkeypatch.setattr(config, "GUESTS_DIR", copy)
+    monkeypatch.setattr(guests, "GUESTS_DIR", copy)
+
+    def key() -> str:
+        return Lab(config.load(cwd=dfly.root)).golden_key("dfly")
+
+    before = key()
+    install = copy / "dragonfly" / "install.sh"
+    install.write_text(install.read_text() + "# one more line\n")
+    assert key() != before
+
+
+def test_install_through_the_cli_runs_install_sh_by_pfi(dfly: Project, fake_qemu: Dict[str, str]) -> None:
+    assert dfly.invoke("vm.fetch", "--vm", "dfly").returncode == 0
+    done = dfly.invoke("vm.install", "--vm", "dfly", env=fake_qemu, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"installing from {ISO}" in done.stderr and "installed in" in done.stderr
+    assert "install.sh, run by PFI" in done.stderr  # the step, and its progress lines, logged
+    log = (dfly.root / "vm" / "dfly" / "install" / "console.log").read_text()
+    assert "Looking for pfi.conf on /dev/cd1... /dev/cd1 ok... found!" in log and "vmlab-install: exit 0" in log
+    installed_key = next((dfly.root / "cache").glob("*/*/keys/id_ed25519.pub")).read_text()
+    files = dfly.root / "vm" / "dfly" / "disk.qcow2.files"  # what install.sh wrote, in the simulation
+    assert (files / "root" / ".ssh" / "authorized_keys").read_text() == installed_key  # from vmlab's seed CD
+    assert not (dfly.root / "vm" / "dfly" / "install" / "qemu.pid").exists()  # powered off, nothing left
+
+
+def test_a_failed_install_names_the_step_console_transcript_and_what_to_read(dfly: Project,
+                                                                             fake_qemu: Dict[str, str]) -> None:
+    assert dfly.invoke("vm.fetch", "--vm", "dfly").returncode == 0
+    failed = dfly.invoke("vm.install", "--vm", "dfly", timeout=300,
+                         env={**fake_qemu, "DFLY_FAIL": "newfs_hammer2:No space left on device"})
+    assert failed.returncode == 1
+    message = failed.stderr
+    assert "step 'install.sh, run by PFI': the script ended with status 3" in message
+    assert "install.sh: newfs_hammer2 vbd0s1d failed" in message  # the console's last lines
+    transcript = dfly.root / "vm" / "dfly" / "install" / "console.log"
+    assert f"Full transcript: {transcript}" in message and "newfs_hammer2: No space left" in transcript.read_text()
+    section = re.search(r'docs/dragonfly\.md, section "([^"]+)"', message).group(1)
+    assert f"## {section}" in DOCS.read_text()  # the section it names exists
+    bundle = Path(re.search(r"^Diagnostics \(.*\): (.+)$", message, re.M).group(1))
+    assert "newfs_hammer2 vbd0s1d failed" in (bundle / "install-console-tail.txt").read_text()
+    assert not (dfly.root / "vm" / "dfly" / "install" / "qemu.pid").exists()
+
+
+def test_doctor_names_the_iso_its_checksum_the_mirror_and_the_recipe(dfly: Project, mirror: FileServer) -> None:
+    """What a report of a failed first install needs (docs/dragonfly.md, "A failed first install")."""
+    assert "its ISO is not fetched yet" in doctor.installs(dfly.lab())[0].line()
+    assert dfly.invoke("vm.fetch", "--vm", "dfly").returncode == 0
+    line = doctor.installs(dfly.lab())[0].line()
+    sha256 = hashlib.sha256((dfly.root / "cache" / "isos" / ISO).read_bytes()).hexdigest()
+    assert f"ISO {ISO} sha256:{sha256} from {mirror.url}/iso-images/{ISO}.bz2" in line
+    rec = guests.load("dragonfly")
+    assert f"recipe install.yaml {recipe.load(rec.dir / 'install.yaml').version}" in line
