@@ -104,6 +104,23 @@ def test_install_through_the_cli_runs_install_sh_by_pfi(dfly: Project, fake_qemu
     assert not (dfly.root / "vm" / "dfly" / "install" / "qemu.pid").exists()  # powered off, nothing left
 
 
+def test_the_config_can_name_the_root_shell_recipe_and_it_installs(dfly: Project, fake_qemu: Dict[str, str]) -> None:
+    """`recipe: install-shell.yaml` (the fallback if PFI ever fails on a release) installs by typing at
+    the live CD's root shell; its key differs from the PFI install's (the recipe is an input)."""
+    config = dfly.root / "vmlab.yaml"
+    pfi_key = dfly.invoke("vm.fetch", "--vm", "dfly").returncode == 0 and dfly.invoke("vm.golden-key", "--vm", "dfly")
+    config.write_text(config.read_text().replace("mirrors: [", "recipe: install-shell.yaml, mirrors: ["))
+    assert dfly.invoke("vm.golden-key", "--vm", "dfly").stdout != pfi_key.stdout
+    done = dfly.invoke("vm.install", "--vm", "dfly", env=fake_qemu, timeout=300)
+    assert done.returncode == 0, done.stderr
+    log = (dfly.root / "vm" / "dfly" / "install" / "console.log").read_text()
+    assert "sh /mnt/install.sh" in log and "vmlab-install: exit 0" in log
+    wrong = config.read_text().replace("install-shell.yaml", "../../etc/passwd")
+    config.write_text(wrong)
+    refused = dfly.invoke("vm.golden-key", "--vm", "dfly")
+    assert refused.returncode == 2 and "profiles.dragonfly.recipe" in refused.stderr
+
+
 def test_a_failed_install_names_the_step_console_transcript_and_what_to_read(dfly: Project,
                                                                              fake_qemu: Dict[str, str]) -> None:
     assert dfly.invoke("vm.fetch", "--vm", "dfly").returncode == 0

@@ -145,6 +145,12 @@ def release(value: Any) -> str:
     return value
 
 
+def recipe_file(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[\w.-]+\.yaml", value):
+        raise ValueError("the file name of a recipe in the guest's folder, such as install-shell.yaml")
+    return value
+
+
 def checksum_pin(value: Any) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"(md5:[0-9a-f]{32}|sha256:[0-9a-f]{64})", value):
         raise ValueError("'md5:<32 hex digits>' or 'sha256:<64 hex digits>'")
@@ -193,6 +199,8 @@ PROFILE_FIELDS: Dict[str, Dict[str, Field]] = {  # by name; a project's own gues
         "release": Field(release, None, "DragonFly release to install; default: the profile's pinned one"),
         "mirrors": Field(mirror_list, None, "mirrors to try in order; default: the profile's list"),
         "checksum": Field(checksum_pin, None, "pin the ISO's checksum instead of trusting md5.txt"),
+        "recipe": Field(recipe_file, None, "the install recipe, a file in the profile's folder; default: the "
+                                           "profile's (install.yaml, by PFI; install-shell.yaml types at the live shell)"),
         "packages": _PACKAGES,
     },
 }

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
-from vmlab import __version__, accel, fetch, host, recipe
+from vmlab import __version__, accel, fetch, host
 from vmlab.config import GUESTS_DIR
 from vmlab.errors import VmlabError
 from vmlab.lab import Lab, images
@@ -109,7 +109,7 @@ def installs(lab: Lab) -> List[Finding]:
         profile = lab.profile(vm)
         if not profile.iso or not profile.install:
             continue
-        rec = recipe.load(profile.dir / profile.install["recipe"])
+        rec = images.install_recipe(lab, vm)
         using = f"recipe {rec.path.name} {rec.version} (vmlab {__version__})"
         try:
             iso = lab.fetch_iso(vm.name, offline=True)

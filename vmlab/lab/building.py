@@ -46,7 +46,7 @@ def install(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> Path:
     if lab.cache.has(images.INSTALLED, key):
         log.info("VM %s: the %s install %s is cached", vm.name, profile.name, key)
         return lab.cache.path(images.INSTALLED, key)
-    rec = recipe.load(profile.dir / profile.install["recipe"])
+    rec = images.install_recipe(lab, vm)
     return lab.cache.get_or_build(images.INSTALLED, key, inputs,
                                   lambda out: _run_install(lab, vm, vmdir, rec, medium, out),
                                   f"the {profile.name} install {key}")

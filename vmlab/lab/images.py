@@ -58,13 +58,20 @@ def installed_key(lab: "Lab", vm: VMConfig) -> Tuple[str, Dict[str, Any]]:
     profile = lab.profile(vm)
     if not profile.install:
         raise PrerequisiteMissing(f"guest profile {profile.name!r} is not installed from an ISO")
-    rec = recipe.load(profile.dir / profile.install["recipe"])
+    rec = install_recipe(lab, vm)
     if profile.medium:
         medium = "built:" + builder.key(profile, "medium", options(lab, profile))
     else:  # the verified ISO's sha256, from the cache: asking never downloads
         medium = "sha256:" + fetch_iso(lab, vm, offline=True).sha256
     inputs = {"profile": profile.name, "medium": medium, "disk_bytes": vm.disk_bytes}
     return key_of(inputs, rec.files), inputs
+
+
+def install_recipe(lab: "Lab", vm: VMConfig) -> recipe.Recipe:
+    """The recipe that installs `vm`: the profile's, or another of its folder the config names
+    (`recipe:`; DragonFly's root-shell fallback, install-shell.yaml, for one)."""
+    profile = lab.profile(vm)
+    return recipe.load(profile.dir / (options(lab, profile).get("recipe") or profile.install["recipe"]))
 
 
 def provision_key(lab: "Lab", vm: VMConfig) -> str:
