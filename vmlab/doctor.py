@@ -49,7 +49,7 @@ def _host() -> List[Finding]:
         where = host.which(tool)
         found.append(Finding("host", f"{tool}: {where}") if where else
                      Finding("host", f"{tool} is missing", ok=False, prerequisite=True,
-                             fix=f"apt-get install {package} (or: make setup)"))
+                             fix=f"apt-get install {package} (or, as root: vmlab host-setup --install)"))
     if host.which("qemu-system-x86_64"):
         found.append(Finding("qemu", f"version {host.qemu_version()}"))
     return found

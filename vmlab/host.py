@@ -50,7 +50,7 @@ def require(tools: Iterable[str], purpose: str) -> None:
         lines = "\n".join(f"  - {t} (Debian package {PACKAGES.get(t, '?')})" for t in missing)
         raise PrerequisiteMissing(
             f"{purpose} needs tools that are not installed:\n{lines}\n"
-            f"Install them with: apt-get install {' '.join(packages)}  (or run: make setup)"
+            f"Install them with: apt-get install {' '.join(packages)}  (or, as root: vmlab host-setup --install)"
         )
 
 
