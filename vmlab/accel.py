@@ -18,7 +18,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from vmlab import host
 from vmlab.errors import PrerequisiteMissing
@@ -82,7 +82,7 @@ def choose(requested: str, probe_kernel: Callable[[], Optional[Path]], cache_dir
 
 def _remembered(path: Path) -> Optional[AccelChoice]:
     try:
-        data: Dict = json.loads(path.read_text())
+        data: Dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     if data.get("boot_id") != host.boot_id() or data.get("qemu") != host.qemu_version():
@@ -119,7 +119,7 @@ def probe(kernel: Path, limit: float = PROBE_LIMIT) -> AccelChoice:
                 proc.wait()
 
 
-def _start_probe(accel: str, kernel: Path, console: Path) -> subprocess.Popen:
+def _start_probe(accel: str, kernel: Path, console: Path) -> "subprocess.Popen[bytes]":
     return subprocess.Popen(
         [host.which("qemu-system-x86_64") or "qemu-system-x86_64", "-accel", accel, "-m", "256",
          "-nodefaults", "-display", "none", "-no-reboot", "-kernel", str(kernel),
@@ -127,7 +127,7 @@ def _start_probe(accel: str, kernel: Path, console: Path) -> subprocess.Popen:
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _booted(proc: subprocess.Popen, console: Path) -> bool:
+def _booted(proc: "subprocess.Popen[bytes]", console: Path) -> bool:
     """The guest rebooted after panicking: QEMU exited 0 (-no-reboot) with the banner on its console."""
     if proc.poll() != 0:
         return False

@@ -8,7 +8,7 @@ formats), so that no registry host name is ever written into a project.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 from vmlab.errors import PrerequisiteMissing
 
@@ -25,7 +25,7 @@ def host_codename(os_release: Path = Path("/etc/os-release")) -> Optional[str]:
     return None
 
 
-def _entries(apt_dir: Path) -> Iterator[Tuple[str, str, list]]:
+def _entries(apt_dir: Path) -> Iterator[Tuple[str, str, List[str]]]:
     """(uri, suite, components) for every `deb` source apt knows."""
     one_line = [apt_dir / "sources.list", *sorted((apt_dir / "sources.list.d").glob("*.list"))]
     for path in one_line:

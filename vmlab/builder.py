@@ -69,7 +69,7 @@ def _build(cache: ArtefactCache, profile: Profile, section: str, facts: Dict[str
     env = dict(os.environ, MIRROR=facts["mirror"], SUITE=facts["suite"], PACKAGES=",".join(facts["packages"]),
                OUT=str(out), WORK=str(work), HERE=str(profile.dir), DEB_CACHE=str(cache.root / "debs"),
                PATH=os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin", LC_ALL="C")
-    tail: deque = deque(maxlen=25)
+    tail: "deque[str]" = deque(maxlen=25)
     try:
         with open(log_path, "w") as logfile:
             proc = subprocess.Popen(["sh", str(profile.dir / profile.section(section)["builder"])], env=env,

@@ -9,7 +9,7 @@ the collection `vm` instead: `from vmlab.tasks import vm_tasks`.
 
 from __future__ import annotations
 
-from invoke import Program
+from invoke.program import Program
 
 from vmlab import __version__
 from vmlab.tasks import program_tasks

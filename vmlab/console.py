@@ -25,7 +25,7 @@ import time
 import tty
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import pexpect
 import pexpect.fdpexpect
@@ -96,7 +96,7 @@ class Console:
         self.prompt: Optional[str] = None  # our unique shell prompt, once set
         self._transcript = _Transcript(transcript)
         self._sock: Optional[socket.socket] = None
-        self._child: Optional[pexpect.fdpexpect.fdspawn] = None
+        self._child: Optional["pexpect.fdpexpect.fdspawn[str]"] = None
         self.closed = False
 
     def __enter__(self) -> "Console":
@@ -129,14 +129,15 @@ class Console:
     # --- waiting ---
 
     def expect(self, patterns: Sequence[str], step: str, idle: float, limit: float,
-               resend: Optional[str] = None, resend_every: float = 0.0, since: Optional[float] = None) -> re.Match:
+               resend: Optional[str] = None, resend_every: float = 0.0,
+               since: Optional[float] = None) -> "re.Match[str]":
         """Wait for the first of `patterns`; its match. `resend` is typed again every `resend_every` s.
 
         `limit` counts from `since` (a time.monotonic() value; default: now)."""
         assert self._child is not None
         idle, limit = idle * self.time_scale, limit * self.time_scale
         fails = [f.pattern for f in self.fails if f.times == 1]
-        compiled = [*patterns, *fails]
+        compiled: List[Any] = [*patterns, *fails]
         last_output = last_send = time.monotonic()
         started = since if since is not None else last_output
         seen = len(self._transcript.text)
@@ -159,12 +160,15 @@ class Console:
                 if index >= len(patterns):
                     rule = next(f for f in self.fails if f.pattern == compiled[index])
                     raise self._failure(step, patterns, started, f"{rule.means} ({self._child.after!r})")
-                return self._child.match
+                match = self._child.match
+                assert isinstance(match, re.Match)  # a pattern matched, not EOF or TIMEOUT
+                return match
             if now - started > limit:
                 raise self._failure(step, patterns, started, f"gave up after {limit:.0f}s")
             if now - last_output > idle:
                 raise self._failure(step, patterns, started, f"no output for {idle:.0f}s")
             if now - last_send >= every:
+                assert resend is not None  # `every` is finite only with something to resend
                 log.info("  no answer to %r after %.0fs; typing it again", resend, now - last_send)
                 self.send_keys(resend)
                 last_send = now
@@ -214,7 +218,7 @@ class Console:
         return status
 
     def watch(self, end: str, step: str, idle: float, limit: float,
-              progress: Optional[Callable[[str], None]] = None) -> re.Match:
+              progress: Optional[Callable[[str], None]] = None) -> "re.Match[str]":
         """Wait for `end` without typing (a script the guest runs by itself); its match.
 
         Each 'vmlab-step: ...' line on the way goes to `progress`; output restarts the
@@ -273,6 +277,6 @@ def attach(console_socket: Path, name: str) -> None:
         sys.stderr.write(f"\r\n[detached from VM {name}]\n")
 
 
-def rule_list(raw: Optional[List[dict]]) -> List[FailRule]:
+def rule_list(raw: Optional[List[Dict[str, Any]]]) -> List[FailRule]:
     """The default failure rules plus a recipe's own (each {pattern, means, times})."""
     return [*DEFAULT_FAILS, *(FailRule(r["pattern"], r["means"], int(r.get("times", 1))) for r in raw or [])]

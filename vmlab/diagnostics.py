@@ -12,7 +12,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 from vmlab.errors import VmlabError
 from vmlab.machine import Machine, tail
@@ -38,7 +38,7 @@ def collect(machine: Machine, connect: Optional[Callable[[], GuestSSH]]) -> Path
         for name in ("qemu.log", "state.json"):
             if (run / name).exists():
                 shutil.copyfile(run / name, folder / f"{prefix}{name}")
-    status: dict = {"qemu": "not running"}
+    status: Dict[str, Any] = {"qemu": "not running"}
     if machine.pid() is not None:
         try:
             with Monitor(machine.qmp_socket, timeout=5) as mon:

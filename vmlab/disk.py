@@ -16,7 +16,9 @@ def _qemu_img(*args: str, what: str) -> str:
 
 def info(image: Path) -> Dict[str, Any]:
     """qemu-img's facts about one image (virtual-size, backing-filename, ...). -U: it may be in use."""
-    return json.loads(_qemu_img("info", "-U", "--output=json", str(image), what=f"reading the image {image}"))
+    facts: Dict[str, Any] = json.loads(_qemu_img("info", "-U", "--output=json", str(image),
+                                                 what=f"reading the image {image}"))
+    return facts
 
 
 def create_overlay(overlay: Path, base: Path, size_bytes: int) -> None:

@@ -30,7 +30,7 @@ import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NoReturn, Optional
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Set
 
 from vmlab import __version__, disk
 from vmlab.cache import MANIFEST, ArtefactCache, key_of, sha256_file
@@ -56,11 +56,12 @@ class Golden:
 
     @property
     def manifest(self) -> Dict[str, Any]:
-        return json.loads((self.dir / MANIFEST).read_text())
+        manifest: Dict[str, Any] = json.loads((self.dir / MANIFEST).read_text())
+        return manifest
 
     @property
     def key(self) -> str:
-        return self.manifest["key"]
+        return str(self.manifest["key"])
 
     @property
     def keys(self) -> LabKeys:
@@ -175,7 +176,7 @@ def import_(cache: ArtefactCache, archive: Path) -> Golden:
             refuse(f"not a vmlab golden image export (a plain tar file): {e}")
         manifest = _checked_manifest(tar, members, refuse)
         files: Dict[str, str] = manifest["files"]
-        names: set = set()
+        names: Set[str] = set()
         for m in members:
             if not m.isreg():
                 refuse(f"member {m.name[:200]!r} is not a plain file (a link, folder, device or fifo)")
@@ -200,8 +201,11 @@ def import_(cache: ArtefactCache, archive: Path) -> Golden:
                     continue
                 dest = out / m.name
                 try:
+                    data = tar.extractfile(m)
+                    if data is None:  # checked above: every member is a regular file
+                        refuse(f"{m.name} is not a regular file")
                     with private_file(dest) if m.name.startswith("keys/") else open(dest, "xb") as f:
-                        shutil.copyfileobj(tar.extractfile(m), f, 1 << 20)  # type: ignore[misc]
+                        shutil.copyfileobj(data, f, 1 << 20)
                 except tarfile.TarError as e:
                     refuse(f"cannot read {m.name} from it ({e}): the export is damaged")
                 actual = sha256_file(dest)

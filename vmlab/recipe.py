@@ -97,8 +97,12 @@ class Recipe:
 
 
 def _play(console: Console, step: Step, values: Dict[str, str]) -> None:
-    fill = lambda text: text.format(**values)  # noqa: E731
-    progress = lambda text: log.info("      %s", text)  # noqa: E731
+    def fill(text: str) -> str:
+        return text.format(**values)
+
+    def progress(text: str) -> None:
+        log.info("      %s", text)
+
     if step.keys is not None:
         console.send_keys(fill(step.keys))
     if step.line is not None:
@@ -155,8 +159,9 @@ def load(path: Path) -> Recipe:
         if "watch" in raw and _groups(str(raw["watch"])) < 1:
             raise RecipeError(f"{where} ({raw['name']}): watch: {raw['watch']!r} needs a group, "
                               "(\\d+), that captures the script's exit status")
-        steps.append(Step(**{k: _number(v, where, k) if k in ("idle", "limit", "resend_every") else str(v)
-                             for k, v in raw.items()}))
+        fields: Dict[str, Any] = {k: _number(v, where, k) if k in ("idle", "limit", "resend_every") else str(v)
+                                  for k, v in raw.items()}
+        steps.append(Step(**fields))
     if not steps:
         raise RecipeError(f"{path}: the recipe has no steps")
     for name in data.get("seed") or []:

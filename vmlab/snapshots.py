@@ -14,7 +14,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from vmlab import disk
 from vmlab.errors import ConfigError, MachineError, NoSuchSnapshot, SnapshotError
@@ -34,7 +34,7 @@ class Snapshot:
     vm_state_bytes: int
     guest_clock_seconds: float  # the guest's virtual clock (time it had run) when taken
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> Dict[str, Any]:
         return {"name": self.name, "tag": self.tag, "date": time.strftime("%Y-%m-%d %H:%M:%S",
                 time.localtime(self.date)), "size_bytes": self.vm_state_bytes,
                 "guest_clock_seconds": round(self.guest_clock_seconds, 1)}
@@ -48,7 +48,7 @@ def check_name(name: str) -> str:
 
 def listed(image: Path) -> List[Snapshot]:
     """The newest generation of every named snapshot in `image`, oldest first."""
-    newest = {}
+    newest: Dict[str, Snapshot] = {}
     for s in _all(image):
         if s.name not in newest or s.generation > newest[s.name].generation:
             newest[s.name] = s

@@ -110,10 +110,10 @@ def download(url: str, partial: Path, sidecar: Path, out: Optional[Path], name: 
                     show.total(length)
                 got = 0
                 try:
-                    with open(partial, "ab") as f:
+                    with open(partial, "ab") as out_file:
                         for chunk in iter(lambda: _read(resp), b""):
-                            f.write(chunk)
-                            f.flush()  # the pipeline reads the file: the bytes must be there first
+                            out_file.write(chunk)
+                            out_file.flush()  # the pipeline reads the file: the bytes must be there first
                             for h in hashes.values():
                                 h.update(chunk)
                             offset += len(chunk)
@@ -355,7 +355,8 @@ def _resumes(resp: Any, offset: int, meta: Dict[str, Any]) -> bool:
 def _read(resp: Any) -> bytes:
     """What has arrived, up to CHUNK: on a slow link progress stays live and Ctrl-C loses nothing."""
     try:
-        return resp.read1(CHUNK)
+        data: bytes = resp.read1(CHUNK)
+        return data
     except (OSError, http.client.HTTPException) as e:  # reset, timeout, IncompleteRead
         raise Cut(f"the connection broke ({reason(e)})") from None
 

@@ -51,7 +51,9 @@ def load(name: str, guest_dirs: Sequence[Path] = ()) -> Profile:
                 GUESTS_DIR / name / "profile.yaml")
     if not path.is_file():
         raise ConfigError(f"no guest profile {name!r} (no {path}); known: {', '.join(known_profiles(guest_dirs))}")
-    data: Optional[Dict[str, Any]] = yaml.safe_load(path.read_text())
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a guest profile is a mapping (description, os, ...)")
     try:
         return Profile(name=name, dir=path.parent, description=data["description"], os=data["os"],
                        ssh_user=data.get("ssh_user", "root"), image=data.get("image", {}),
