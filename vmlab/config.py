@@ -254,7 +254,7 @@ SUITE_FIELDS: Dict[str, Field] = {
     "env": Field(environment, {}, "environment variables for the command"),
     "timeout": Field(seconds, 1800.0, "seconds before the command is killed and reported as timed out"),
     "junit": Field(guest_path, None, "JUnit XML file the command writes (relative to workdir); vmlab fetches it"),
-    "format": Field(choice(*FORMATS), None, "what its output is, read as one test case per test (see vmlab/formats.py)"),
+    "format": Field(choice(*FORMATS), None, "what its output is, read as a test case per test (vmlab/formats.py)"),
     "artifacts": Field(file_patterns, [], "files (globs, relative to workdir) copied back into the run's results"),
 }
 

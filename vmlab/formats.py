@@ -115,6 +115,8 @@ class _GoRun:
         self.package_output: Dict[str, List[str]] = {}
         self.build_output: Dict[str, List[str]] = {}  # by import path as the compiler names it
         self.cases: List[TestCase] = []
+        self.current: Optional[str] = None  # text: the test the lines belong to
+        self.building: Optional[str] = None  # text: the package whose compiler output is being read
 
     def test(self, package: str, name: str) -> _GoTest:
         return self.tests.setdefault(package, {}).setdefault(name, _GoTest(name))
@@ -129,6 +131,47 @@ class _GoRun:
         test = self.test(package, name)
         test.outcome, test.elapsed = _GO_ENDS[action], elapsed
 
+    def event(self, event: dict) -> None:
+        """One of test2json's events."""
+        action, package = event["Action"], str(event.get("Package", ""))
+        name = str(event["Test"]) if event.get("Test") else None
+        if action == "build-output":
+            self.build_output.setdefault(str(event.get("ImportPath", "")), []).append(str(event.get("Output", "")))
+        elif action == "run" and name:
+            self.test(package, name)
+        elif action == "output":
+            self.output(package, name, str(event.get("Output", "")))
+        elif action in ("pass", "fail", "skip") and name:
+            self.end(package, name, action, _seconds(str(event.get("Elapsed") or 0)))
+        elif action in ("pass", "fail", "skip"):
+            self.package_end(package, action, "build failed" if event.get("FailedBuild") else "")
+
+    def text(self, line: str) -> None:
+        """A line of `go test -v` (or one that is not an event in `go test -json`'s output)."""
+        mark, end, header = _GO_MARK.match(line), _GO_PACKAGE_END.match(line), _GO_BUILD_HEADER.match(line.rstrip())
+        if mark:
+            kind, action, name, seconds = mark.groups()
+            self.current, self.building = name or None, None
+            if kind == "RUN":
+                self.test("", name)
+            elif action:
+                self.end("", name, action, _seconds(seconds))
+            if name:
+                self.output("", name, line)
+        elif end:
+            word, package, rest = end.groups()
+            if word != "?   ":
+                why = (rest or "").strip("[] ") if "failed]" in (rest or "") else ""
+                self.package_end(package, "pass" if word == "ok  " else "fail", why)
+            self.current = self.building = None
+        elif header and self.current is None:
+            self.building = header.group(1)
+            self.build_output.setdefault(self.building, []).append(line)
+        elif self.building is not None:
+            self.build_output[self.building].append(line)
+        elif line.strip() not in ("PASS", "FAIL"):
+            self.output("", self.current, line)
+
     def package_end(self, package: str, action: str, build_failed: str = "") -> None:
         tests = {**self.tests.pop("", {}), **self.tests.pop(package, {})}
         output = self.package_output.pop(package, []) + self.package_output.pop("", [])
@@ -136,7 +179,8 @@ class _GoRun:
                                              for m in re.findall(r"\[(build failed|setup failed)\]", line)), "")
         if build_failed:
             self.cases.append(self._build_case(package, build_failed))
-        made = [_go_case(package, test, tests, (FAILED, "the test binary exited while it ran")) for test in tests.values()]
+        made = [_go_case(package, test, tests, (FAILED, "the test binary exited while it ran"))
+                for test in tests.values()]
         self.cases += made
         if _GO_ENDS[action] == FAILED and not build_failed and not any(c.failing for c in made):
             text = "".join(line for line in output if not _GO_PACKAGE_END.match(line) and line.strip() != "FAIL")
@@ -146,14 +190,14 @@ class _GoRun:
     def _build_case(self, package: str, why: str) -> TestCase:
         mine = [path for path in self.build_output if path.split()[0] == package or f"[{package}.test]" in path]
         lines = [line for path in (mine or list(self.build_output)) for line in self.build_output.pop(path)]
-        text = "".join(lines)
-        return TestCase(f"[{why}]", package, ERROR, message=first_line("".join(lines[1:])) or why, text=text)
+        return TestCase(f"[{why}]", package, ERROR, message=first_line("".join(lines[1:])) or why, text="".join(lines))
 
     def finish(self) -> Parsed:
         """The cases, and tests whose package never ended: the output stopped while they ran."""
         unfinished = [package or "(its package)" for package in self.tests]
         for package, tests in self.tests.items():
-            self.cases += [_go_case(package, test, tests, (ERROR, "its output ended while it ran")) for test in tests.values()]
+            self.cases += [_go_case(package, test, tests, (ERROR, "its output ended while it ran"))
+                           for test in tests.values()]
         problem = f"the output ended before {', '.join(unfinished)} finished" if unfinished else ""
         if not self.cases and not problem:
             problem = "its output has no go test result (go test -json or -v names each test)"
@@ -168,8 +212,8 @@ def _go_case(package: str, test: _GoTest, siblings: Dict[str, _GoTest], if_runni
     if outcome == SKIPPED:
         message = first_line(text) or "skipped"
     elif outcome != PASSED:
-        failed_sub = next((n for n, t in siblings.items() if n.startswith(test.name + "/") and t.outcome == FAILED), None)
-        message = first_line(text) or (f"subtest {failed_sub} failed" if failed_sub else "failed")
+        failed = next((n for n, t in siblings.items() if n.startswith(test.name + "/") and t.outcome == FAILED), None)
+        message = first_line(text) or (f"subtest {failed} failed" if failed else "failed")
         if test.outcome is None:
             message = f"{unfinished}: {message}" if first_line(text) else unfinished
     return TestCase(test.name, package, outcome, test.elapsed, message, text if outcome != PASSED else "")
@@ -179,14 +223,12 @@ def go_test(output: str) -> Parsed:
     """`go test -json` (test2json's events; lines that are not JSON, such as a build's
     errors before Go 1.24, are read as text) or `go test -v` and plain `go test`."""
     run = _GoRun()
-    current: List[Optional[str]] = [None]  # the test text lines belong to
-    build: List[Optional[str]] = [None]  # the package whose compiler output is being read
     for line in output.splitlines(keepends=True):
         event = _json_event(line)
         if event is not None:
-            _go_event(run, event)
+            run.event(event)
         else:
-            _go_text(run, line, current, build)
+            run.text(line)
     return run.finish()
 
 
@@ -198,46 +240,6 @@ def _json_event(line: str) -> Optional[dict]:
     except ValueError:
         return None
     return event if isinstance(event, dict) and isinstance(event.get("Action"), str) else None
-
-
-def _go_event(run: _GoRun, event: dict) -> None:
-    action, package, name = event["Action"], str(event.get("Package", "")), event.get("Test")
-    if action == "build-output":
-        run.build_output.setdefault(str(event.get("ImportPath", "")), []).append(str(event.get("Output", "")))
-    elif action == "run" and name:
-        run.test(package, name)
-    elif action == "output":
-        run.output(package, name, str(event.get("Output", "")))
-    elif action in ("pass", "fail", "skip") and name:
-        run.end(package, name, action, float(event.get("Elapsed") or 0))
-    elif action in ("pass", "fail", "skip"):
-        run.package_end(package, action, "build failed" if event.get("FailedBuild") else "")
-
-
-def _go_text(run: _GoRun, line: str, current: List[Optional[str]], build: List[Optional[str]]) -> None:
-    mark, end, header = _GO_MARK.match(line), _GO_PACKAGE_END.match(line), _GO_BUILD_HEADER.match(line.rstrip("\n"))
-    if mark:
-        kind, action, name, seconds = mark.groups()
-        current[0], build[0] = name or None, None
-        if kind == "RUN":
-            run.test("", name)
-        elif action:
-            run.end("", name, action, float(seconds or 0))
-        if current[0]:
-            run.output("", current[0], line)
-    elif end:
-        word, package, rest = end.groups()
-        if word != "?   ":
-            run.package_end(package, "pass" if word == "ok  " else "fail", (rest or "").strip("[] \n")
-                            if rest and "failed]" in rest else "")
-        current[0] = build[0] = None
-    elif header and current[0] is None:
-        build[0] = header.group(1)
-        run.build_output.setdefault(build[0], []).append(line)
-    elif build[0] is not None:
-        run.build_output[build[0]].append(line)
-    elif line.strip() not in ("PASS", "FAIL"):
-        run.output("", current[0], line)
 
 
 # --- TAP ---

@@ -152,15 +152,19 @@ def fetch_artifacts(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, 
     dest = run_dir / "artifacts" / suite.name
     dest.mkdir(parents=True, exist_ok=True)
     workdir = in_workdir(guest_dir, suite.workdir)
+    sources = [f"{conn.destination}:{workdir}/./{pattern}" for pattern in suite.artifacts]  # /./: paths kept below
     proc = subprocess.run([host.which("rsync") or "rsync", "-rtL", "--relative", "-e", shlex.join(conn.ssh_command()),
-                           *(f"{conn.destination}:{workdir}/./{pattern}" for pattern in suite.artifacts), f"{dest.resolve()}/"],
+                           *sources, f"{dest.resolve()}/"],
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace", check=False)
-    missing = [p for p in suite.artifacts  # rsync names each in full, without the '/./'
-               if re.search(rf'link_stat "(?:.*/)?{re.escape(f"{workdir}/{p}".lstrip("/"))}" failed', proc.stderr)]
+    said = re.findall(r'link_stat "(.*)" failed', proc.stderr)  # rsync names each in full, without the '/./'
+    missing = [p for p in suite.artifacts if any(f"/{path}".endswith(f"/{workdir}/{p}".replace("//", "/"))
+                                                 for path in said)]
     if missing:
         _add_note(result, f"no artifact matched {', '.join(missing)} in {workdir}")
-    if proc.returncode not in (0, 23, 24) or (proc.returncode == 23 and not missing):
-        _add_note(result, f"artifacts: rsync failed (exit {proc.returncode}): {formats.first_line(proc.stderr)}")
+    other = [line for line in proc.stderr.splitlines() if line.strip() and "link_stat" not in line
+             and not line.startswith("rsync error: some files")]  # exit 23's summary of the lines above
+    if proc.returncode not in (0, 24) and other:
+        _add_note(result, f"artifacts: rsync failed (exit {proc.returncode}): {other[0]}")
     copied = sorted(str(p.relative_to(run_dir)) for p in dest.rglob("*") if p.is_file())
     if not copied:
         _remove_empty(dest)
