@@ -110,6 +110,19 @@ def test_output_that_is_not_go_test_output_has_no_case_and_says_so() -> None:
     assert parsed.cases == [] and "no go test result" in parsed.problem
 
 
+def test_output_cut_at_any_line_or_with_odd_events_never_raises() -> None:
+    """A suite killed mid-line, or a test printing JSON of its own: cases or a problem, never a traceback."""
+    odd = ['{"Action":"pass","Test":5,"Elapsed":"soon"}\n', '{"Action":"output"}\n', '{"Action":3}\n', "{not json\n",
+           '{"Action":"fail","Package":"p","FailedBuild":"p"}\n', "--- FAIL: \n", "ok  \t\n"]
+    for name, parse in (("go-test-json.txt", formats.go_test), ("go-test-v.txt", formats.go_test),
+                        ("tap-node.txt", lambda text: formats.tap(text, "unit"))):
+        text = (OUTPUT / name).read_text()
+        for cut in range(0, len(text), 97):
+            parsed = parse(text[:cut] + "".join(odd))
+            assert all(c.outcome in (PASSED, FAILED, ERROR, SKIPPED) and c.name for c in parsed.cases)
+            assert parsed.cases or parsed.problem
+
+
 # --- TAP ---
 
 

@@ -150,14 +150,12 @@ class _GoRun:
         """A line of `go test -v` (or one that is not an event in `go test -json`'s output)."""
         mark, end, header = _GO_MARK.match(line), _GO_PACKAGE_END.match(line), _GO_BUILD_HEADER.match(line.rstrip())
         if mark:
-            kind, action, name, seconds = mark.groups()
+            _, action, name, seconds = mark.groups()
             self.current, self.building = name or None, None
-            if kind == "RUN":
-                self.test("", name)
-            elif action:
-                self.end("", name, action, _seconds(seconds))
             if name:
-                self.output("", name, line)
+                self.output("", name, line)  # makes the test (RUN) if need be
+            if name and action:
+                self.end("", name, action, _seconds(seconds))
         elif end:
             word, package, rest = end.groups()
             if word != "?   ":
