@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import yaml
 
 from vmlab.errors import ConfigError
+from vmlab.formats import FORMATS
 
 CONFIG_NAME = "vmlab.yaml"
 VM_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
@@ -235,6 +236,17 @@ def guest_path(value: Any) -> str:
     return value.rstrip("/") or "/"
 
 
+def file_patterns(value: Any) -> list:
+    """Shell glob patterns under a suite's workdir: only characters a guest's shell cannot take
+    for more than a name or a wildcard, and never above the workdir."""
+    if not isinstance(value, list) or not all(
+            isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_.,+@%=*?\[\]][A-Za-z0-9_.,+@%=*?\[\]/-]*", v)
+            and ".." not in v.split("/") for v in value):
+        raise ValueError("a list of file patterns relative to the suite's workdir: letters, digits, '._-+/' and the "
+                         "wildcards * ? [ ], without '..' and not starting with '/' or '-'")
+    return value
+
+
 # How the project reaches the guest, under `sync:`.
 SYNC_FIELDS: Dict[str, Field] = {
     "guest_dir": Field(guest_path, "src", "where the project goes in the guest (relative: to the SSH user's home)"),
@@ -250,6 +262,8 @@ SUITE_FIELDS: Dict[str, Field] = {
     "env": Field(environment, {}, "environment variables for the command"),
     "timeout": Field(seconds, 1800.0, "seconds before the command is killed and reported as timed out"),
     "junit": Field(guest_path, None, "JUnit XML file the command writes (relative to workdir); vmlab fetches it"),
+    "format": Field(choice(*FORMATS), None, "what its output is, read as a test case per test (vmlab/formats.py)"),
+    "artifacts": Field(file_patterns, [], "files (globs, relative to workdir) copied back into the run's results"),
 }
 
 TOP_KEYS = ("defaults", "vms", "profiles", "guests", "cache_dir", "state_dir", "sync", "suites", "build", "quick",
@@ -272,6 +286,12 @@ class SuiteConfig:
     env: Tuple[Tuple[str, str], ...] = ()
     timeout: float = 1800.0
     junit: Optional[str] = None
+    format: Optional[str] = None  # "junit" whenever `junit` is set
+    artifacts: Tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.junit and not self.format:
+            object.__setattr__(self, "format", "junit")  # `junit:` alone is today's way to say it
 
 
 @dataclass(frozen=True)
@@ -500,6 +520,8 @@ def _build(data: Any, lines: Mapping[Tuple[str, ...], int], source: str, project
         if "command" not in given:
             raise where.error(at, "a suite needs a 'command'")
         given["env"] = tuple(sorted(given.get("env", {}).items()))
+        given["artifacts"] = tuple(given.get("artifacts", ()))
+        given["format"] = _suite_format(given, at, where)
         suites[name] = SuiteConfig(name=name, **given)
     build = top.get("build")
     if build is not None and (not isinstance(build, str) or not build.strip()):
@@ -519,6 +541,17 @@ def _build(data: Any, lines: Mapping[Tuple[str, ...], int], source: str, project
     return LabConfig(source=source, project_dir=project_dir, cache_dir=cache_dir, vms=vms, state_dir=state_dir,
                      guest_dirs=guest_dirs, profiles=profiles, sync=sync, suites=suites, build=build, quick=quick,
                      restore_on_failure=restore_on_failure)
+
+
+def _suite_format(given: Dict[str, Any], at: Tuple[str, ...], where: _Where) -> Optional[str]:
+    """`junit:` names the file of format junit (alone, it says format junit), and format junit needs it."""
+    format_ = given.get("format")
+    if format_ == "junit" and not given.get("junit"):
+        raise where.error(at + ("format",), "format junit needs 'junit:', the file the command writes")
+    if format_ not in (None, "junit") and given.get("junit"):
+        raise where.error(at + ("junit",), f"'junit:' is the file of format junit, but this suite's format is "
+                                           f"{format_}: remove one of them")
+    return format_
 
 
 def _folder(project_dir: Path, value: Any, at: Tuple[str, ...], where: _Where) -> Path:

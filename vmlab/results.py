@@ -1,24 +1,30 @@
 """A test run's record: `vm/<name>/results/<run-id>/` with report.json, junit.xml and logs.
 
 report.json says what ran where (run id, VM config, guest OS and kernel, vmlab
-and QEMU versions) and, per suite, passed/failed/skipped, duration, exit code
-and log. junit.xml merges every suite: the JUnit a suite wrote itself, or one
-test case standing for the whole suite when it wrote none.
+and QEMU versions) and, per suite, tests, passed/failed/skipped, the failing
+tests, duration, exit code, log and artifacts. junit.xml merges every suite: one
+test case per test its runner reported (formats.py), and one standing for the
+suite itself when those do not tell its whole story (it reported none, it was cut
+off or timed out, it failed while every test passed, its output ended early).
 
 A run cut off before its end (SSH gone, the sync failed, Ctrl-C) still gets both:
-the suite under way is an "error", the ones after it "not run", and the run is not
+the suite under way is an "error" (suites.cut_off: with the tests it finished), the
+ones after it "not run", and the run is not
 "passed": a report says passed only when every suite it was asked for ran and passed.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
+
+from vmlab.formats import ERROR, FAILED, PASSED, SKIPPED, TestCase
 
 
 @dataclass
@@ -29,12 +35,18 @@ class SuiteResult:
     duration: float
     log: Optional[Path]
     junit: Optional[Path] = None  # the fetched JUnit file, if the suite wrote one
-    counts: dict = field(default_factory=dict)  # tests, failures, errors, skipped (from JUnit, else 1 test)
+    cases: List[TestCase] = field(default_factory=list)  # one per test its runner reported
+    problem: str = ""  # why `cases` may not be all its tests (its output ended early, or held none)
+    artifacts: List[str] = field(default_factory=list)  # files copied back, relative to the run's folder
     note: str = ""
 
     @property
     def passed(self) -> bool:
         return self.status == "passed"
+
+
+SUITE_CLASS = "vmlab.suite"  # the classname of the case that stands for a whole suite
+SHOWN_FAILING = 10  # failing tests named under a suite's summary line
 
 
 @dataclass(frozen=True)
@@ -52,20 +64,24 @@ def new_run(results_dir: Path) -> Path:
     return folder
 
 
-def count(result: SuiteResult) -> Dict[str, int]:
-    """tests, failures, errors, skipped: from the suite's JUnit, else the suite as one test."""
-    if result.junit is not None:
-        try:
-            root = ET.parse(result.junit).getroot()
-            cases = list(root.iter("testcase"))
-            return {"tests": len(cases),
-                    "failures": sum(1 for c in cases if c.find("failure") is not None),
-                    "errors": sum(1 for c in cases if c.find("error") is not None),
-                    "skipped": sum(1 for c in cases if c.find("skipped") is not None)}
-        except ET.ParseError as e:
-            result.note = f"its JUnit file is not valid XML ({e})"
-    return {"tests": 1, "failures": int(result.status == "failed"),
-            "errors": int(result.status in ("timed out", "error")), "skipped": int(result.status == "not run")}
+def cases_of(s: SuiteResult) -> List[TestCase]:
+    """The suite's cases as junit.xml has them: its runner's, and one for the suite itself
+    when they do not explain its status (or there are none, or they may not be all)."""
+    explained = s.status in ("passed", "failed") and not s.problem and (
+        s.status == "passed" or any(c.failing for c in s.cases))
+    return list(s.cases) if s.cases and explained else [*s.cases, _suite_case(s)]
+
+
+def _suite_case(s: SuiteResult) -> TestCase:
+    outcome = {"passed": PASSED, "failed": FAILED, "not run": SKIPPED}.get(s.status, ERROR)
+    why = s.note or ("" if outcome == PASSED else f"exit code {s.exit_code}")
+    return TestCase(s.name, SUITE_CLASS, outcome, s.duration, why,
+                    _tail(s.log) if s.log and outcome in (FAILED, ERROR) else "")
+
+
+def count(cases: List[TestCase]) -> Dict[str, int]:
+    return {"tests": len(cases), **{k: sum(c.outcome == o for c in cases) for k, o in
+                                    (("failures", FAILED), ("errors", ERROR), ("skipped", SKIPPED))}}
 
 
 def write(run_dir: Path, meta: Dict[str, Any], suites: List[SuiteResult], planned: Optional[List[str]] = None,
@@ -74,33 +90,30 @@ def write(run_dir: Path, meta: Dict[str, Any], suites: List[SuiteResult], planne
     suites = list(suites)
     ran = {s.name for s in suites}
     for name in planned or []:
-        if name in ran:
-            continue
-        if cut_off and name == cut_off.suite:
-            suites.append(SuiteResult(name, "error", -1, 0.0, _log_of(run_dir, name), note=f"cut off: {cut_off.why}"))
-        else:
+        if name not in ran:
             why = f"the run was cut off before it: {cut_off.why}" if cut_off else "not run"
             suites.append(SuiteResult(name, "not run", -1, 0.0, None, note=why))
-    for s in suites:
-        s.counts = s.counts or count(s)
+    cases = {s.name: cases_of(s) for s in suites}
     report = dict(meta, run_id=run_dir.name, passed=bool(suites) and not cut_off and all(s.passed for s in suites),
-                  complete=cut_off is None, cut_off=cut_off.why if cut_off else None, suites=[
-        {"name": s.name, "status": s.status, "passed": s.counts.get("tests", 0) - s.counts.get("failures", 0)
-         - s.counts.get("errors", 0) - s.counts.get("skipped", 0), "failed": s.counts.get("failures", 0)
-         + s.counts.get("errors", 0), "skipped": s.counts.get("skipped", 0), "duration_seconds":
-         round(s.duration, 2), "exit_code": s.exit_code, "log": str(s.log) if s.log else None,
-         "junit": str(s.junit) if s.junit else None, "note": s.note} for s in suites])
+                  complete=cut_off is None, cut_off=cut_off.why if cut_off else None,
+                  suites=[_entry(s, cases[s.name]) for s in suites])
     _write_atomically(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
     merged = ET.Element("testsuites", name=f"vmlab run {run_dir.name}")
     for s in suites:
-        merged.extend(_testsuites(s))
+        merged.extend(_testsuites(s.name, cases[s.name]))
     _write_atomically(run_dir / "junit.xml", ET.tostring(merged, encoding="unicode", xml_declaration=True))
     return report
 
 
-def _log_of(run_dir: Path, suite: str) -> Optional[Path]:
-    log = run_dir / f"{suite}.log"
-    return log if log.exists() else None
+def _entry(s: SuiteResult, cases: List[TestCase]) -> Dict[str, Any]:
+    """One suite in report.json: its counts agree with its cases in junit.xml."""
+    n = count(cases)
+    return {"name": s.name, "status": s.status, "tests": n["tests"],
+            "passed": n["tests"] - n["failures"] - n["errors"] - n["skipped"], "failed": n["failures"] + n["errors"],
+            "skipped": n["skipped"], "failing": [{"classname": c.classname, "name": c.name, "message": c.message}
+                                                 for c in cases if c.failing],
+            "duration_seconds": round(s.duration, 2), "exit_code": s.exit_code, "log": str(s.log) if s.log else None,
+            "junit": str(s.junit) if s.junit else None, "artifacts": s.artifacts, "note": s.note}
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -110,31 +123,39 @@ def _write_atomically(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _testsuites(s: SuiteResult) -> List[ET.Element]:
-    if s.junit is not None and not s.note.startswith("its JUnit file is not valid"):
-        root = ET.parse(s.junit).getroot()
-        found = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
-        for suite in found:
-            suite.set("name", f"{s.name}: {suite.get('name', '')}".rstrip(": "))
-        if s.status == "timed out":  # it may have written part of its report: say it did not finish
-            found.append(_one_case(s))
-        return found
-    return [_one_case(s)]
+def _testsuites(suite: str, cases: List[TestCase]) -> List[ET.Element]:
+    """One <testsuite> per classname (a Go package, a Python module, the suite itself)."""
+    groups: Dict[str, List[TestCase]] = {}
+    for case in cases:
+        groups.setdefault(case.classname, []).append(case)
+    found = []
+    for classname, group in groups.items():
+        n = count(group)
+        element = ET.Element("testsuite", name=f"{suite}: {classname}" if classname not in ("", SUITE_CLASS) else suite,
+                             tests=str(n["tests"]), failures=str(n["failures"]), errors=str(n["errors"]),
+                             skipped=str(n["skipped"]), time=f"{sum(c.time for c in group):.3f}")
+        element.extend(_testcase(case) for case in group)
+        found.append(element)
+    return found
 
 
-def _one_case(s: SuiteResult) -> ET.Element:
-    """One test case standing for the whole suite (it wrote no JUnit, or it did not finish)."""
-    suite = ET.Element("testsuite", name=s.name, tests="1", time=f"{s.duration:.2f}",
-                       failures=str(int(s.status == "failed")), errors=str(int(s.status in ("timed out", "error"))),
-                       skipped=str(int(s.status == "not run")))
-    case = ET.SubElement(suite, "testcase", classname="vmlab.suite", name=s.name, time=f"{s.duration:.2f}")
-    if s.status == "not run":
-        ET.SubElement(case, "skipped", message=s.note)
-    elif s.status != "passed":
-        tag = "failure" if s.status == "failed" else "error"
-        message = s.note or f"exit code {s.exit_code}"
-        ET.SubElement(case, tag, message=message).text = _tail(s.log) if s.log else ""
-    return suite
+def _testcase(case: TestCase) -> ET.Element:
+    element = ET.Element("testcase", classname=_xml(case.classname), name=_xml(case.name), time=f"{case.time:.3f}")
+    if case.outcome == PASSED:
+        if case.message:
+            ET.SubElement(element, "system-out").text = _xml(case.message)
+    else:
+        tag = {FAILED: "failure", ERROR: "error", SKIPPED: "skipped"}[case.outcome]
+        ET.SubElement(element, tag, message=_xml(case.message)).text = _xml(case.text)
+    return element
+
+
+_NOT_XML = re.compile(r"[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml(text: str) -> str:
+    """Text as XML 1.0 can hold it: a test's output may have escape sequences (colours) or NULs."""
+    return _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _tail(log: Path, lines: int = 40) -> str:
@@ -150,6 +171,11 @@ def summary(report: Dict[str, Any]) -> List[str]:
         extra = f" ({s['note']})" if s["note"] else ""
         lines.append(f"  {s['status']:<9} {s['name']:<20} {s['passed']} passed, {s['failed']} failed, "
                      f"{s['skipped']} skipped, {s['duration_seconds']:.1f}s, exit {s['exit_code']}{extra}")
+        failing = [f for f in s.get("failing", []) if f["classname"] != SUITE_CLASS]
+        lines += [f"      FAIL {f['name']} ({f['classname']}): {f['message'].splitlines()[0] if f['message'] else ''}"
+                  .rstrip(": ") for f in failing[:SHOWN_FAILING]]
+        if len(failing) > SHOWN_FAILING:
+            lines.append(f"      ... and {len(failing) - SHOWN_FAILING} more failing tests (see junit.xml)")
     verdict = "PASSED" if report["passed"] else ("FAILED" if report.get("complete", True) else "DID NOT FINISH")
     return [f"{verdict}: run {report['run_id']} on VM {report['vm']['name']}", *lines,
             f"  results: {report['results_dir']}"]

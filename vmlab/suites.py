@@ -3,19 +3,24 @@
 The command runs in its work folder under the synced project, as root when it
 is privileged (through the profile's sudo/doas for a non-root SSH user), with
 its environment, under the guest's own `timeout` (so a hung suite is killed in
-the guest, not just abandoned), its output shown live and kept in a log. The
-JUnit file it writes, if any, is fetched back.
+the guest, not just abandoned), its output shown live and kept in a log. Then
+its results are read as one test case per test (its `format:`, see formats.py:
+from its output, or from the JUnit file it wrote, fetched back), and the files
+it names under `artifacts:` are copied back into the run's folder.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO, List, Optional
 
-from vmlab import results
+from vmlab import formats, host
 from vmlab.config import SuiteConfig
 from vmlab.errors import SyncError
 from vmlab.openssh import SharedConnection
@@ -24,21 +29,34 @@ from vmlab.sync import NOT_SYNCED, SyncGate
 
 TIMED_OUT = (124, 137)  # `timeout`'s status when it stopped the command (137: it had to SIGKILL)
 KILL_GRACE = 10  # seconds between the guest's TERM and KILL at a timeout
+PYTEST_REPORT = "/tmp/vmlab-{}.pytest.xml"  # where pytest writes its JUnit for format pytest (by suite name)
 
 
 def in_workdir(guest_dir: str, workdir: str) -> str:
     return workdir if workdir.startswith("/") else f"{guest_dir}/{workdir}".replace("/./", "/").rstrip("/.")
 
 
+def report_file(suite: SuiteConfig, guest_dir: str) -> Optional[str]:
+    """The JUnit file the suite writes in the guest: its `junit:`, or the one vmlab asks pytest for."""
+    if suite.format == "pytest":
+        return PYTEST_REPORT.format(suite.name)
+    return in_workdir(in_workdir(guest_dir, suite.workdir), suite.junit) if suite.junit else None
+
+
 def remote_command(suite: SuiteConfig, guest_dir: str, run_as_root: str) -> str:
     """The one shell line the guest runs for `suite`; `run_as_root` is '' when already root.
 
     A JUnit file an earlier run left is deleted first (as the suite's own user, who may own
-    it), so the file fetched afterwards is this run's or none."""
-    stale = f"rm -f {shlex.quote(suite.junit)} && " if suite.junit else ""
+    it), so the file fetched afterwards is this run's or none. For format pytest,
+    PYTEST_ADDOPTS (the suite's own, if any, and --junitxml) makes pytest write one."""
+    report = report_file(suite, guest_dir)
+    stale = f"rm -f {shlex.quote(suite.junit or report)} && " if report else ""  # `junit:` is relative to workdir
     script = f"cd {shlex.quote(in_workdir(guest_dir, suite.workdir))} && {stale}{suite.command}"
-    env = "env " + " ".join(shlex.quote(f"{k}={v}") for k, v in suite.env) + " " if suite.env else ""
-    line = f"timeout -k {KILL_GRACE} {int(suite.timeout)} {env}sh -c {shlex.quote(script)}"
+    env = dict(suite.env)
+    if suite.format == "pytest":
+        env["PYTEST_ADDOPTS"] = f"{env.get('PYTEST_ADDOPTS', '')} --junitxml={report}".lstrip()
+    prefix = "env " + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items()) + " " if env else ""
+    line = f"timeout -k {KILL_GRACE} {int(suite.timeout)} {prefix}sh -c {shlex.quote(script)}"
     return f"{run_as_root} {line}" if suite.privileged and run_as_root else line
 
 
@@ -71,15 +89,95 @@ def run(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Pat
                          status, duration, log_path)
     if timed_out:
         result.note = f"killed after {suite.timeout:.0f}s (its timeout)"
-    if suite.junit:
-        remote = in_workdir(in_workdir(guest_dir, suite.workdir), suite.junit)
+    _read_cases(conn, suite, guest_dir, run_dir, result)
+    if suite.artifacts:
+        result.artifacts = fetch_artifacts(conn, suite, guest_dir, run_dir, result)
+    return _settle(result)
+
+
+def _read_cases(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Path,
+                result: SuiteResult) -> None:
+    """result.cases from the suite's output or from the JUnit file it wrote (fetched into run_dir)."""
+    if suite.format in formats.FROM_FILE:
+        remote = report_file(suite, guest_dir)
+        assert remote is not None
         data = conn.read(remote)
         if data is None:
-            result.note = (result.note + "; " if result.note else "") + f"it wrote no JUnit file at {remote}"
-        else:
-            result.junit = run_dir / f"{suite.name}.junit.xml"
-            result.junit.write_bytes(data)
-    result.counts = results.count(result)
-    if result.status == "passed" and (result.counts["failures"] or result.counts["errors"]):
-        result.status = "failed"  # exit 0, but its own report says otherwise
+            _add_note(result, f"it wrote no JUnit file at {remote}")
+            return
+        result.junit = run_dir / f"{suite.name}.junit.xml"
+        result.junit.write_bytes(data)
+        parsed = formats.junit(data)
+    elif suite.format:
+        parsed = formats.parse(suite.format, result.log.read_text(errors="replace") if result.log else "", suite.name)
+    else:
+        return
+    result.cases, result.problem = parsed.cases, parsed.problem
+    if parsed.problem:
+        _add_note(result, parsed.problem)
+
+
+def _settle(result: SuiteResult) -> SuiteResult:
+    """The status its tests give it: exit 0 with a test failing (or its results ending early) is a
+    failure; a failure with every test passing stays one, saying so."""
+    failing = sum(c.failing for c in result.cases)
+    if result.status == "passed" and failing:
+        result.status = "failed"
+        _add_note(result, f"exit 0, but {failing} of its {len(result.cases)} tests failed")
+    elif result.status == "passed" and result.cases and result.problem:
+        result.status = "failed"  # exit 0, but its own results say it did not finish (the note says why)
+    elif result.status == "failed" and result.cases and not failing and not result.problem:
+        _add_note(result, f"exit code {result.exit_code}, though every test it reported passed")
     return result
+
+
+def cut_off(suite: SuiteConfig, run_dir: Path, why: str) -> SuiteResult:
+    """The suite under way when the run was cut off: an error, with the tests its output got to."""
+    log = run_dir / f"{suite.name}.log"
+    result = SuiteResult(suite.name, "error", -1, 0.0, log if log.exists() else None, note=f"cut off: {why}")
+    if result.log and suite.format and suite.format not in formats.FROM_FILE:
+        result.cases = formats.parse(suite.format, result.log.read_text(errors="replace"), suite.name).cases
+    return result
+
+
+def fetch_artifacts(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Path,
+                    result: SuiteResult) -> List[str]:
+    """Copy what the suite's `artifacts:` patterns match in its workdir (folders whole) into
+    run_dir/artifacts/<suite>/, keeping their paths; returns them, relative to run_dir.
+
+    rsync expands each pattern in the guest and copies the files links point to, never a
+    link (the results folder is uploaded by CI: a link there could name a file of the host).
+    A pattern that matches nothing is a note, not a failure."""
+    host.require(["rsync", "ssh"], "copying a suite's artifacts out of the guest")
+    dest = run_dir / "artifacts" / suite.name
+    dest.mkdir(parents=True, exist_ok=True)
+    workdir = in_workdir(guest_dir, suite.workdir)
+    sources = [f"{conn.destination}:{workdir}/./{pattern}" for pattern in suite.artifacts]  # /./: paths kept below
+    proc = subprocess.run([host.which("rsync") or "rsync", "-rtL", "--relative", "-e", shlex.join(conn.ssh_command()),
+                           *sources, f"{dest.resolve()}/"],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace", check=False)
+    said = re.findall(r'link_stat "(.*)" failed', proc.stderr)  # rsync names each in full, without the '/./'
+    missing = [p for p in suite.artifacts if any(f"/{path}".endswith(f"/{workdir}/{p}".replace("//", "/"))
+                                                 for path in said)]
+    if missing:
+        _add_note(result, f"no artifact matched {', '.join(missing)} in {workdir}")
+    other = [line for line in proc.stderr.splitlines() if line.strip() and "link_stat" not in line
+             and not line.startswith("rsync error: some files")]  # exit 23's summary of the lines above
+    if proc.returncode not in (0, 24) and other:
+        _add_note(result, f"artifacts: rsync failed (exit {proc.returncode}): {other[0]}")
+    copied = sorted(str(p.relative_to(run_dir)) for p in dest.rglob("*") if p.is_file())
+    if not copied:
+        _remove_empty(dest)
+    return copied
+
+
+def _remove_empty(folder: Path) -> None:
+    for path in sorted(folder.rglob("*"), reverse=True):
+        path.rmdir()
+    folder.rmdir()
+    if not os.listdir(folder.parent):
+        folder.parent.rmdir()
+
+
+def _add_note(result: SuiteResult, note: str) -> None:
+    result.note = f"{result.note}; {note}" if result.note else note

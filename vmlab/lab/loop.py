@@ -121,6 +121,8 @@ def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig]
         why = str(e).splitlines()[0]
         raise
     finally:
+        if why and current:  # the tests it finished before it was cut off still count
+            done.append(suite_runner.cut_off(next(s for s in suites if s.name == current), run_dir, why))
         report = results.write(run_dir, meta, done, planned=[s.name for s in suites],
                                cut_off=results.CutOff(current, why) if why else None)
     return report

@@ -1,0 +1,3 @@
+module example.com/vmlab/gomodule
+
+go 1.19
