@@ -26,6 +26,8 @@ from vmlab.errors import VmlabError
 from vmlab.lab import Lab
 from vmlab.machine import Machine
 
+pytest_plugins = ["sshd_fixtures"]  # a real sshd on 127.0.0.1 as a stand-in guest: sshd, connect, runtime
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 INVOKE = str(Path(sys.executable).parent / "invoke")
 _missing_prerequisites: List[str] = []

@@ -20,7 +20,6 @@ from typing import Callable, Dict
 
 import pytest
 
-from test_hostile_inputs import connect, runtime, sshd  # noqa: F401  (fixtures: a real sshd as the guest)
 from vmlab import formats, results, suites
 from vmlab.config import SuiteConfig
 from vmlab.errors import ConfigError
