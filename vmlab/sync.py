@@ -31,6 +31,7 @@ from vmlab.openssh import SSH_FAILED, SharedConnection
 ALWAYS_EXCLUDED = ("--exclude=.git", "--exclude=/vm/")
 STAMP_SUFFIX = ".vmlab-synced"  # beside the guest's copy: <guest_dir>.vmlab-synced (see SyncGate)
 log = logging.getLogger(__name__)
+RSYNC_LOST_CONNECTION = 12  # rsync's "error in rsync protocol data stream": its remote shell went away
 NOT_SYNCED = 97  # what a suite's session exits with when the host gave up before syncing
 
 
@@ -83,6 +84,8 @@ def sync(conn: SharedConnection, project_dir: Path, settings: SyncConfig) -> Syn
     ignored = "".join(_anchored(path) + "\0" for path in git_ignored(project_dir)) if settings.gitignore else ""
     proc = subprocess.run(rsync_argv(conn, project_dir, settings), input=ignored, capture_output=True,
                           text=True, errors="surrogateescape", check=False)
+    if proc.returncode in (SSH_FAILED, RSYNC_LOST_CONNECTION):  # which of the two rsync says is a race
+        conn.run(":", timeout=30)  # GuestUnreachable if SSH itself fails: the guest is not answering
     if proc.returncode == SSH_FAILED:
         raise GuestUnreachable(f"rsync could not reach the guest on 127.0.0.1:{conn.port}: {proc.stderr.strip()}")
     if proc.returncode != 0:
