@@ -323,9 +323,13 @@ def golden_task(c, from_scratch=False, vm=None, config=None):
 def golden_key(c, vm=None, config=None):
     """Print the golden image's key (a CI cache key).
 
-    A hash of everything that makes it; nothing is built.
+    A hash of everything that makes it; nothing is built. An ISO's checksum is part of it, so
+    a guest installed from one has its ISO fetched (verified) first: CI's first step on a fresh runner.
     """
-    print(_lab(config).golden_key(_vm(vm)))
+    lab = _lab(config)
+    if lab.profile(lab.vm(_vm(vm))).iso:
+        lab.fetch_iso(_vm(vm))
+    print(lab.golden_key(_vm(vm)))
 
 
 @task(name="golden-export", help={"output": "file to write (default: golden-KEY.tar)", "vm": VM_HELP,
