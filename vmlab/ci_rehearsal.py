@@ -3,7 +3,7 @@
 The CI example (.github/workflows/vm-tests.yml) is what users copy, so it must work on
 its first push. This reads it and runs its jobs as GitHub would: in the order `needs:`
 gives, every shard of a matrix at once, each job's `run:` steps in order with the
-workflow's own `env` and its expressions (actions_expr.py), `if:` conditions, step and
+workflow's own `env` and its expressions (actions.py), `if:` conditions, step and
 job outputs through `$GITHUB_OUTPUT`. What only GitHub has is stood in for, and only that:
 
     a runner          a folder per job: ws/ (the workspace), c/ (its VMLAB_CACHE), tmp/, logs/;
@@ -27,8 +27,6 @@ first must build no golden image (the cache hit). Exit code: the worst of the sh
 from __future__ import annotations
 
 import argparse
-import hashlib
-import itertools
 import json
 import os
 import re
@@ -47,7 +45,7 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
 
 import yaml
 
-from vmlab import actions_expr, config
+from vmlab import actions, config
 from vmlab.errors import ConfigError
 
 WORKFLOW = Path(".github") / "workflows" / "vm-tests.yml"
@@ -85,10 +83,6 @@ class JobRecord:
     built_golden: List[str] = field(default_factory=list)
     results: List[Dict[str, Any]] = field(default_factory=list)
     problems: List[str] = field(default_factory=list)
-
-
-class Cancelled(Exception):
-    """Ctrl-C, SIGTERM or a failed shard under fail-fast: only `always()` steps still run."""
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -156,56 +150,6 @@ def as_sudo(argv: Sequence[str]) -> NoReturn:
         os.execvpe(argv[at], list(argv[at:]), env)
     except OSError as e:
         sys.exit(f"sudo: {argv[at]}: {e.strerror}")
-
-
-def read_outputs(path: Path) -> Dict[str, str]:
-    """$GITHUB_OUTPUT / $GITHUB_ENV: `name=value` lines and `name<<DELIMITER` blocks."""
-    out: Dict[str, str] = {}
-    lines = iter(path.read_text().splitlines()) if path.exists() else iter(())
-    for line in lines:
-        if "<<" in line and ("=" not in line or line.index("<<") < line.index("=")):
-            name, delimiter = line.split("<<", 1)
-            out[name] = "\n".join(itertools.takewhile(lambda x: x != delimiter, lines))
-        elif "=" in line:
-            name, value = line.split("=", 1)
-            out[name] = value
-        elif line.strip():
-            raise ConfigError(f"{path}: {line[:60]!r} is not name=value nor name<<DELIMITER")
-    return out
-
-
-def hash_files(ws: Path, *patterns: str) -> str:
-    """hashFiles(): the sha256 of the files' sha256 digests, in path order; '' when none match."""
-    files = sorted({p for pattern in patterns for p in ws.glob(pattern) if p.is_file()})
-    if not files:
-        return ""
-    total = hashlib.sha256()
-    for path in files:
-        total.update(hashlib.sha256(path.read_bytes()).digest())
-    return total.hexdigest()
-
-
-def expand_matrix(matrix: Any, where: str) -> List[Dict[str, Any]]:
-    """A strategy.matrix as GitHub expands it: the product of its lists, minus `exclude`, plus `include`."""
-    if not isinstance(matrix, dict):
-        raise ConfigError(f"{where}: strategy.matrix is {type(matrix).__name__}, not a mapping")
-    axes = {k: v for k, v in matrix.items() if k not in ("include", "exclude")}
-    for key, values in axes.items():
-        if not isinstance(values, list):
-            raise ConfigError(f"{where}: strategy.matrix.{key} is not a list")
-    combos = [dict(zip(axes, c)) for c in itertools.product(*axes.values())] if axes else []
-    combos = [c for c in combos if not any(all(c.get(k) == v for k, v in ex.items())
-                                           for ex in matrix.get("exclude") or [])]
-    originals = list(combos)  # an include extends those it does not contradict, else it is a job of its own
-    for extra in matrix.get("include") or []:
-        fits = [c for c in originals if all(c[k] == v for k, v in extra.items() if k in axes)] if axes else []
-        for combo in fits:
-            combo.update(extra)
-        if not fits:
-            combos.append(dict(extra))
-    if not combos:
-        raise ConfigError(f"{where}: the matrix is empty, and GitHub would refuse the job")
-    return combos
 
 
 def built_goldens(vmlab_cache: Path) -> List[str]:
@@ -319,16 +263,16 @@ class Rehearsal:
         contexts = {"needs": needs, "github": self._github(job_id), "vars": {}, "secrets": {}, "inputs": {},
                     "env": self._workflow_env()}
         where = f"{self.workflow_path}: jobs.{job_id}"
-        if not actions_expr.condition(spec.get("if"), contexts, functions):
+        if not actions.condition(spec.get("if"), contexts, functions):
             why = "its if: is false" if functions["success"]() else "a job it needs did not succeed"
             record = JobRecord(job_id, job_id, {}, str(run_dir / job_id), code=UNFINISHED, status="skipped",
                                problems=[f"skipped: {why}"])
             self.echo(f"[{job_id}] skipped ({why})")
             return [record]
         strategy = spec.get("strategy") or {}
-        matrix = actions_expr.field(strategy.get("matrix"), contexts, functions) if "matrix" in strategy else None
-        shards = expand_matrix(matrix, where) if matrix is not None else [{}]
-        fail_fast = bool(actions_expr.field(strategy.get("fail-fast", True), contexts, functions))
+        matrix = actions.field(strategy.get("matrix"), contexts, functions) if "matrix" in strategy else None
+        shards = actions.expand_matrix(matrix, where) if matrix is not None else [{}]
+        fail_fast = bool(actions.field(strategy.get("fail-fast", True), contexts, functions))
         parallel = int(strategy.get("max-parallel") or len(shards))
         group = threading.Event()  # fail-fast: a failed shard cancels the others
         runners = [_Job(self, job_id, spec, shard, index, len(shards), run_dir, needs, group if fail_fast else None)
@@ -345,7 +289,7 @@ class Rehearsal:
                 "workflow": self.workflow.get("name", self.workflow_path.name), "run_number": 1, "actor": "rehearsal"}
 
     def _workflow_env(self) -> Dict[str, str]:
-        return {k: actions_expr.to_text(v) for k, v in (self.workflow.get("env") or {}).items()}
+        return {k: actions.to_text(v) for k, v in (self.workflow.get("env") or {}).items()}
 
     # --- processes, so that Ctrl-C reaches them and nothing is left ---
 
@@ -407,7 +351,7 @@ class _Job:
         self.functions: Dict[str, Callable[..., Any]] = {
             "success": lambda: not self.failed and not self._cancelled(), "failure": lambda: self.failed,
             "always": lambda: True, "cancelled": self._cancelled,
-            "hashfiles": lambda *patterns: hash_files(self.ws, *patterns)}
+            "hashfiles": lambda *patterns: actions.hash_files(self.ws, *patterns)}
 
     def _cancelled(self) -> bool:
         return self.r.cancel.is_set() or bool(self.fail_fast and self.fail_fast.is_set())
@@ -419,7 +363,7 @@ class _Job:
         started = time.monotonic()
         for folder in (self.ws, self.tmp, self.logs):
             folder.mkdir(parents=True)
-        timeout = float(self.spec.get("timeout-minutes", 360)) * 60
+        timeout = float(self._field(self.spec.get("timeout-minutes", 360))) * 60
         timer = threading.Timer(timeout, self._time_out)
         timer.daemon = True
         timer.start()
@@ -427,7 +371,7 @@ class _Job:
             self._seed_cache()
             self.contexts["env"] = env = dict(self.r._workflow_env(), **self.r.env_override,
                                               VMLAB_CACHE=str(self.cache))
-            env.update({k: actions_expr.to_text(self._field(v)) for k, v in (self.spec.get("env") or {}).items()})
+            env.update({k: actions.to_text(self._field(v)) for k, v in (self.spec.get("env") or {}).items()})
             for number, step in enumerate(self.spec.get("steps") or [], 1):
                 self._step(number, step, env)
             if not self.failed and not self._cancelled():
@@ -478,18 +422,18 @@ class _Job:
                 os.symlink(entry.parent, self.cache / kind / entry.parent.name)
 
     def _field(self, value: Any) -> Any:
-        return actions_expr.field(value, self.contexts, self.functions)
+        return actions.field(value, self.contexts, self.functions)
 
     # --- steps ---
 
     def _step(self, number: int, step: Dict[str, Any], job_env: Dict[str, str]) -> None:
         name = step.get("name") or (f"Run {step['run'].splitlines()[0]}" if "run" in step else step.get("uses", "?"))
-        env = dict(job_env, **{k: actions_expr.to_text(self._field(v)) for k, v in (step.get("env") or {}).items()})
+        env = dict(job_env, **{k: actions.to_text(self._field(v)) for k, v in (step.get("env") or {}).items()})
         self.contexts["env"] = env
         self.contexts["job"]["status"] = "cancelled" if self._cancelled() else "failure" if self.failed else "success"
         record = StepRecord(name=str(self._field(name)), status="skipped")
         self.record.steps.append(record)
-        if not actions_expr.condition(step.get("if"), self.contexts, self.functions):
+        if not actions.condition(step.get("if"), self.contexts, self.functions):
             self.say(f"skipped: {record.name}")
             return
         self.say(f"step {number}: {record.name}")
@@ -540,8 +484,8 @@ class _Job:
                 code = proc.wait()
             finally:
                 self.r.ended(proc)
-        outputs.update(read_outputs(output_file))
-        outputs["\0env"] = read_outputs(env_file)  # $GITHUB_ENV: for the job's next steps
+        outputs.update(actions.read_outputs(output_file))
+        outputs["\0env"] = actions.read_outputs(env_file)  # $GITHUB_ENV: for the job's next steps
         if code:
             self.say(f"exit code {code}: {self.logs / f'{number:02d}.log'}")
         return code
@@ -731,7 +675,8 @@ def report_lines(summaries: List[Dict[str, Any]]) -> List[str]:
             made = f"; made golden image {', '.join(job['built_golden'])}" if job["built_golden"] else ""
             results = "; ".join(f"{Path(r['report']).parent.name}: {'passed' if r['passed'] else 'FAILED'}, "
                                 f"{r.get('tests', '?')} tests in junit.xml" for r in job["results"])
-            lines.append(f"  {job['label']:<12} {job['status']:<9} {job['seconds']:>5.0f}s  "
+            shard = " ".join(f"{v}" for v in job["matrix"].values() if not isinstance(v, (dict, list)))
+            lines.append(f"  {(job['label'] + ' ' + shard).strip():<24} {job['status']:<9} {job['seconds']:>5.0f}s  "
                          + "; ".join(x for x in (caches + made, results) if x))
             lines += [f"    problem: {p}" for p in job["problems"]]
         lines += [f"  problem: {p}" for p in s.get("problems", [])]

@@ -1,18 +1,21 @@
-"""GitHub Actions expressions (`${{ ... }}`), evaluated over plain dicts for the CI rehearsal.
+"""GitHub Actions' own rules, as the CI rehearsal (ci_rehearsal.py) must follow them: expressions
+(`${{ ... }}`, evaluated over plain dicts), how a matrix expands, $GITHUB_OUTPUT files, hashFiles.
 
-The CI rehearsal (ci_rehearsal.py) runs what the workflow file says, so it must read
-its expressions the way GitHub does: contexts (`matrix.suite`, `steps.key.outputs.key`,
-`needs.golden.outputs.matrix`, `strategy.job-index`), literals, `! == != < <= > >= && ||`
-with GitHub's loose comparison, and the functions `fromJSON toJSON hashFiles contains
-startsWith endsWith format join` and the status functions. Anything else is an error
-that names the expression: a rehearsal never guesses.
+The rehearsal runs what the workflow file says, so it must read it the way GitHub does:
+contexts (`matrix.suite`, `steps.key.outputs.key`, `needs.golden.outputs.matrix`,
+`strategy.job-index`), literals, `! == != < <= > >= && ||` with GitHub's loose comparison,
+the functions `fromJSON toJSON hashFiles contains startsWith endsWith format join` and the
+status functions. Anything else is an error that names the expression: it never guesses.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import math
 import re
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Tuple
 
 from vmlab.errors import ConfigError
@@ -249,3 +252,53 @@ def condition(text: Any, contexts: Mapping[str, Any], functions: Mapping[str, Ca
     if not re.search(r"\b(" + "|".join(STATUS_FUNCTIONS) + r")\s*\(", inner):
         inner = f"success() && ({inner})"
     return truthy(evaluate(inner, contexts, functions))
+
+
+def read_outputs(path: Path) -> Dict[str, str]:
+    """$GITHUB_OUTPUT / $GITHUB_ENV: `name=value` lines and `name<<DELIMITER` blocks."""
+    out: Dict[str, str] = {}
+    lines = iter(path.read_text().splitlines()) if path.exists() else iter(())
+    for line in lines:
+        if "<<" in line and ("=" not in line or line.index("<<") < line.index("=")):
+            name, delimiter = line.split("<<", 1)
+            out[name] = "\n".join(itertools.takewhile(lambda x: x != delimiter, lines))
+        elif "=" in line:
+            name, value = line.split("=", 1)
+            out[name] = value
+        elif line.strip():
+            raise ConfigError(f"{path}: {line[:60]!r} is not name=value nor name<<DELIMITER")
+    return out
+
+
+def hash_files(ws: Path, *patterns: str) -> str:
+    """hashFiles(): the sha256 of the files' sha256 digests, in path order; '' when none match."""
+    files = sorted({p for pattern in patterns for p in ws.glob(pattern) if p.is_file()})
+    if not files:
+        return ""
+    total = hashlib.sha256()
+    for path in files:
+        total.update(hashlib.sha256(path.read_bytes()).digest())
+    return total.hexdigest()
+
+
+def expand_matrix(matrix: Any, where: str) -> List[Dict[str, Any]]:
+    """A strategy.matrix as GitHub expands it: the product of its lists, minus `exclude`, plus `include`."""
+    if not isinstance(matrix, dict):
+        raise ConfigError(f"{where}: strategy.matrix is {type(matrix).__name__}, not a mapping")
+    axes = {k: v for k, v in matrix.items() if k not in ("include", "exclude")}
+    for key, values in axes.items():
+        if not isinstance(values, list):
+            raise ConfigError(f"{where}: strategy.matrix.{key} is not a list")
+    combos = [dict(zip(axes, c)) for c in itertools.product(*axes.values())] if axes else []
+    combos = [c for c in combos if not any(all(c.get(k) == v for k, v in ex.items())
+                                           for ex in matrix.get("exclude") or [])]
+    originals = list(combos)  # an include extends those it does not contradict, else it is a job of its own
+    for extra in matrix.get("include") or []:
+        fits = [c for c in originals if all(c[k] == v for k, v in extra.items() if k in axes)] if axes else []
+        for combo in fits:
+            combo.update(extra)
+        if not fits:
+            combos.append(dict(extra))
+    if not combos:
+        raise ConfigError(f"{where}: the matrix is empty, and GitHub would refuse the job")
+    return combos
