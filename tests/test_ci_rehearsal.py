@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -68,10 +69,12 @@ def test_the_key_step_works_on_a_fresh_runner_for_a_guest_installed_from_an_iso(
     (guest / "profile.yaml").write_text(textwrap.dedent(f"""\
         description: a guest installed from an ISO
         os: linux
-        iso: {{release: "1", path: "isos/guest-{{release}}.iso", checksums: isos/md5.txt, mirrors: [{mirror.parent}]}}
+        iso: {{release: "1", path: "isos/guest-{{release}}.iso", checksums: isos/md5.txt,
+              mirrors: [{mirror.parent}]}}
         install: {{recipe: install.yaml}}
         """))
-    (guest / "install.yaml").write_text("description: types nothing\nboot: cdrom\nsteps:\n  - {name: wait, expect: never}\n")
+    (guest / "install.yaml").write_text("description: types nothing\nboot: cdrom\n"
+                                        "steps:\n  - {name: wait, expect: never}\n")
     project.write_config("guests: [guests]\nvms: {g: {profile: isoguest}}\ncache_dir: cache\n")
     key = project.invoke("vm.golden-key")
     assert key.returncode == 0, key.stderr
@@ -113,7 +116,8 @@ SHARDS = """
         steps:
           - uses: actions/checkout@v4
           - id: m
-            run: echo 'matrix={"include":[{"suite":"passes"},{"suite":"fails"},{"suite":"breaks"}]}' >> "$GITHUB_OUTPUT"
+            run: |
+              echo 'matrix={"include":[{"suite":"passes"},{"suite":"fails"},{"suite":"breaks"}]}' >> "$GITHUB_OUTPUT"
           - id: cache
             uses: actions/cache@v4
             with: {path: made.txt, key: "made-${{ hashFiles('data.txt') }}"}
@@ -138,7 +142,8 @@ SHARDS = """
               grep -q "VM=default" made.txt
               [ "${{ matrix.suite }}" != breaks ] || exit 2
               mkdir -p "$OUT/run"
-              echo '<testsuites><testsuite name="s"><testcase name="t"/></testsuite></testsuites>' > "$OUT/run/junit.xml"
+              echo '<testsuites><testsuite name="s"><testcase name="t"/></testsuite></testsuites>' \
+                > "$OUT/run/junit.xml"
               echo '{"passed": ${{ matrix.suite == 'passes' }}}' > "$OUT/run/report.json"
               [ "${{ matrix.suite }}" = passes ] || exit 1
           - if: always()
@@ -173,7 +178,9 @@ def test_sudo_resets_the_environment_as_sudo_does(tmp_path: Path) -> None:
           one:
             runs-on: ubuntu-latest
             steps:
-              - run: sudo --preserve-env=VMLAB_CACHE sh -c 'echo "cache=$VMLAB_CACHE secret=${SECRET:-none} ci=${CI:-none}"'
+              - run: |
+                  sudo --preserve-env=VMLAB_CACHE sh -c \
+                    'echo "cache=$VMLAB_CACHE secret=${SECRET:-none} ci=${CI:-none}"'
               - run: sudo --chroot=/ true
         """)
     done = rehearse(repo, tmp_path / "work", "--runs", "1")
@@ -200,6 +207,35 @@ def test_a_path_outside_the_job_folder_and_an_unknown_action_are_refused(tmp_pat
     assert done.returncode == 2
     assert "path /var/cache/vmlab/isos is outside the job's folder" in done.stdout
     assert "the rehearsal has no stand-in for docker/login-action@v3" in done.stdout
+
+
+def test_ctrl_c_stops_the_running_step_runs_the_always_steps_and_exits_130(tmp_path: Path) -> None:
+    """The rehearsal's Ctrl-C, as a terminal sends it: the step in progress gets SIGTERM (vmlab
+    stops its VMs on it), `if: always()` steps (the workflow's `vmlab destroy`) still run."""
+    repo = synthetic_repo(tmp_path, """
+        env: {VM: dragonfly}
+        jobs:
+          one:
+            runs-on: ubuntu-latest
+            steps:
+              - run: echo started; trap 'echo got SIGTERM; exit 143' TERM; sleep 317 & wait
+              - run: echo never
+              - if: always()
+                run: echo cleaned up > "$RUNNER_TEMP/cleaned"
+        """)
+    proc = subprocess.Popen([sys.executable, "-m", "vmlab.ci_rehearsal", "--repo", str(repo), "--workflow",
+                             str(repo / ".github/workflows/w.yml"), "--work", str(tmp_path / "work"), "--runs", "1"],
+                            stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "[one] started" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    out = proc.stdout.read()
+    assert proc.wait(timeout=60) == 130
+    assert "[one] got SIGTERM" in out and "[one] never" not in out
+    assert (tmp_path / "work" / "r1" / "one" / "tmp" / "cleaned").read_text() == "cleaned up\n"
+    assert not subprocess.run(["pgrep", "-f", "sleep 317"], capture_output=True).stdout
 
 
 # --- the real workflow, on real guests ---
@@ -251,7 +287,8 @@ def test_a_failing_shard_leaves_the_others_results_and_the_matrix_follows_the_co
           fails: {command: "echo failing on purpose; exit 1", privileged: true, timeout: 120}
         """)).replace("quick: mounts", "quick: passes"))
     subprocess.run(["git", "-C", str(repo), "commit", "-qam", "other suites"], check=True)
-    done = rehearse(repo, work / "real", "--runs", "1", "--vm", "default", workflow=".github/workflows/vm-tests.yml")
+    done = rehearse(repo, work / "real", "--runs", "1", "--vm", "default",
+                    workflow=".github/workflows/vm-tests.yml")
     (work / "broken.log").write_text(done.stdout + done.stderr)
     assert done.returncode == 1, done.stdout[-6000:] + done.stderr[-3000:]  # the worst shard failed
     (run,) = summary(work / "real")

@@ -235,8 +235,7 @@ class Rehearsal:
     def _levels(self) -> List[List[str]]:
         """The jobs in the order `needs:` allows, those that may run together in one level."""
         jobs = self.workflow["jobs"]
-        needs = {j: [spec.get("needs")] if isinstance(spec.get("needs"), str) else list(spec.get("needs") or [])
-                 for j, spec in jobs.items()}
+        needs = {j: _needs(spec) for j, spec in jobs.items()}
         for job, wanted in needs.items():
             unknown = [w for w in wanted if w not in jobs]
             if unknown:
@@ -253,9 +252,8 @@ class Rehearsal:
 
     def _run_job(self, job_id: str, run_dir: Path, done: Dict[str, List[JobRecord]]) -> List[JobRecord]:
         spec = self.workflow["jobs"][job_id]
-        wanted = [spec["needs"]] if isinstance(spec.get("needs"), str) else list(spec.get("needs") or [])
         needs = {n: {"result": _result(done[n]), "outputs": {k: v for r in done[n] for k, v in r.outputs.items()}}
-                 for n in wanted}
+                 for n in _needs(spec)}
         statuses = [n["result"] for n in needs.values()]
         functions = {"success": lambda: all(s == "success" for s in statuses) and not self.cancel.is_set(),
                      "failure": lambda: any(s == "failure" for s in statuses), "always": lambda: True,
@@ -285,8 +283,9 @@ class Rehearsal:
         return records
 
     def _github(self, job_id: str) -> Dict[str, Any]:
-        return {"job": job_id, "event_name": "push", "repository": f"rehearsal/{self.repo.name}", "ref": "refs/heads/main",
-                "workflow": self.workflow.get("name", self.workflow_path.name), "run_number": 1, "actor": "rehearsal"}
+        return {"job": job_id, "event_name": "push", "repository": f"rehearsal/{self.repo.name}",
+                "ref": "refs/heads/main", "workflow": self.workflow.get("name", self.workflow_path.name),
+                "run_number": 1, "actor": "rehearsal"}
 
     def _workflow_env(self) -> Dict[str, str]:
         return {k: actions.to_text(v) for k, v in (self.workflow.get("env") or {}).items()}
@@ -311,6 +310,10 @@ class Rehearsal:
                 _signal_group(proc, signal.SIGTERM if self.interrupts == 1 else signal.SIGKILL)
         if self.interrupts > 1:
             kill_qemus(self.work)
+
+
+def _needs(spec: Dict[str, Any]) -> List[str]:
+    return [spec["needs"]] if isinstance(spec.get("needs"), str) else list(spec.get("needs") or [])
 
 
 def _signal_group(proc: subprocess.Popen, signum: int) -> None:
@@ -378,7 +381,7 @@ class _Job:
                 for save in self.post:
                     save()
             self.record.outputs = {k: self._field(v) for k, v in (self.spec.get("outputs") or {}).items()}
-        except ConfigError as e:  # the workflow asks for something the rehearsal cannot do
+        except ConfigError as e:  # the job's own settings ask for what the rehearsal cannot do
             self.failed = True
             self.record.problems.append(str(e))
             self.record.code = UNFINISHED
@@ -447,6 +450,10 @@ class _Job:
                 record.exit_code = self._uses(str(step["uses"]), self._field(step.get("with") or {}), outputs)
             else:
                 raise ConfigError(f"{self.r.workflow_path}: a step of job {self.record.job} has neither run: nor uses:")
+        except ConfigError as e:  # what the rehearsal cannot do fails the step; always() steps still run
+            self.record.problems.append(str(e))
+            self.say(f"cannot run this step: {e}")
+            record.exit_code = UNFINISHED
         finally:
             record.seconds = round(time.monotonic() - started, 1)
         ok = record.exit_code == 0
