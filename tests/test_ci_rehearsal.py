@@ -18,7 +18,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List
 
 import pytest
 
@@ -242,9 +242,13 @@ def test_ctrl_c_stops_the_running_step_runs_the_always_steps_and_exits_130(tmp_p
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One cache store for the module: the second test's golden job hits what the first one saved."""
-    return tmp_path_factory.mktemp("ci")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One cache store for the module: the second test's golden job hits what the first one saved.
+    The golden image (1 GB, in the store and the artifacts) is deleted at the end; logs stay."""
+    folder = tmp_path_factory.mktemp("ci")
+    yield folder
+    for big in (folder / "real" / "actions-cache", *(folder / "real").glob("r*/artifacts/golden")):
+        shutil.rmtree(big, ignore_errors=True)
 
 
 def test_the_whole_workflow_rehearsed_twice_the_second_a_cache_hit(work: Path, vm_ready) -> None:
