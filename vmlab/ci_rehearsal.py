@@ -682,7 +682,7 @@ def report_lines(summaries: List[Dict[str, Any]]) -> List[str]:
             made = f"; made golden image {', '.join(job['built_golden'])}" if job["built_golden"] else ""
             results = "; ".join(f"{Path(r['report']).parent.name}: {'passed' if r['passed'] else 'FAILED'}, "
                                 f"{r.get('tests', '?')} tests in junit.xml" for r in job["results"])
-            shard = " ".join(f"{v}" for v in job["matrix"].values() if not isinstance(v, (dict, list)))
+            shard = str(next(iter(job["matrix"].values()), ""))  # its first matrix value: the suite
             lines.append(f"  {(job['label'] + ' ' + shard).strip():<24} {job['status']:<9} {job['seconds']:>5.0f}s  "
                          + "; ".join(x for x in (caches + made, results) if x))
             lines += [f"    problem: {p}" for p in job["problems"]]
