@@ -93,11 +93,21 @@ def synthetic_repo(root: Path, workflow: str) -> Path:
     return repo
 
 
+def one_job(steps: str) -> str:
+    """A workflow of one job, `one`, with these steps (YAML, indented by 6)."""
+    return "env: {VM: dragonfly}\njobs:\n  one:\n    runs-on: ubuntu-latest\n    steps:\n" + textwrap.indent(
+        textwrap.dedent(steps), " " * 6)
+
+
+def rehearse_argv(repo: Path, work: Path, *args: str, workflow: str = ".github/workflows/w.yml") -> List[str]:
+    """scripts/rehearse-ci's program, as a user runs it."""
+    return [sys.executable, "-m", "vmlab.ci_rehearsal", "--repo", str(repo), "--workflow", str(repo / workflow),
+            "--work", str(work), *args]
+
+
 def rehearse(repo: Path, work: Path, *args: str, workflow: str = ".github/workflows/w.yml",
              timeout: float = 3600) -> subprocess.CompletedProcess:
-    """scripts/rehearse-ci's program, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "vmlab.ci_rehearsal", "--repo", str(repo), "--workflow",
-                           str(repo / workflow), "--work", str(work), *args], capture_output=True, text=True,
+    return subprocess.run(rehearse_argv(repo, work, *args, workflow=workflow), capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
@@ -190,19 +200,12 @@ def test_sudo_resets_the_environment_as_sudo_does(tmp_path: Path) -> None:
 
 
 def test_a_path_outside_the_job_folder_and_an_unknown_action_are_refused(tmp_path: Path) -> None:
-    repo = synthetic_repo(tmp_path, """
-        env: {VM: dragonfly}
-        jobs:
-          one:
-            runs-on: ubuntu-latest
-            steps:
-              - uses: actions/cache@v4
-                with: {path: /var/cache/vmlab/isos, key: isos}
-          two:
-            runs-on: ubuntu-latest
-            steps:
-              - uses: docker/login-action@v3
-        """)
+    repo = synthetic_repo(tmp_path, one_job("""\
+        - uses: actions/cache@v4
+          with: {path: /var/cache/vmlab/isos, key: isos}
+        - if: always()
+          uses: docker/login-action@v3
+        """))
     done = rehearse(repo, tmp_path / "work", "--runs", "1")
     assert done.returncode == 2
     assert "path /var/cache/vmlab/isos is outside the job's folder" in done.stdout
@@ -212,20 +215,14 @@ def test_a_path_outside_the_job_folder_and_an_unknown_action_are_refused(tmp_pat
 def test_ctrl_c_stops_the_running_step_runs_the_always_steps_and_exits_130(tmp_path: Path) -> None:
     """The rehearsal's Ctrl-C, as a terminal sends it: the step in progress gets SIGTERM (vmlab
     stops its VMs on it), `if: always()` steps (the workflow's `vmlab destroy`) still run."""
-    repo = synthetic_repo(tmp_path, """
-        env: {VM: dragonfly}
-        jobs:
-          one:
-            runs-on: ubuntu-latest
-            steps:
-              - run: echo started; trap 'echo got SIGTERM; exit 143' TERM; sleep 317 & wait
-              - run: echo never
-              - if: always()
-                run: echo cleaned up > "$RUNNER_TEMP/cleaned"
-        """)
-    proc = subprocess.Popen([sys.executable, "-m", "vmlab.ci_rehearsal", "--repo", str(repo), "--workflow",
-                             str(repo / ".github/workflows/w.yml"), "--work", str(tmp_path / "work"), "--runs", "1"],
-                            stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    repo = synthetic_repo(tmp_path, one_job("""\
+        - run: trap 'echo got SIGTERM; exit 143' TERM; echo started; sleep 317 & wait
+        - run: echo never
+        - if: always()
+          run: echo cleaned up > "$RUNNER_TEMP/cleaned"
+        """))
+    proc = subprocess.Popen(rehearse_argv(repo, tmp_path / "work", "--runs", "1"), stdout=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
     assert proc.stdout is not None
     for line in proc.stdout:
         if "[one] started" in line:
