@@ -349,6 +349,13 @@ class LabConfig:
         return self.suites[name]
 
 
+def suite_matrix(cfg: LabConfig) -> List[Dict[str, Any]]:
+    """Each suite as one CI job needs it (name, privileged, timeout), in the config's order: a
+    workflow's matrix made from this can only name suites that exist, and gains a job per new one."""
+    return [{"suite": s.name, "privileged": s.privileged, "timeout": int(s.timeout) if s.timeout.is_integer()
+             else s.timeout} for s in cfg.suites.values()]
+
+
 # --- loading ---
 
 

@@ -323,9 +323,13 @@ def golden_task(c, from_scratch=False, vm=None, config=None):
 def golden_key(c, vm=None, config=None):
     """Print the golden image's key (a CI cache key).
 
-    A hash of everything that makes it; nothing is built.
+    A hash of everything that makes it; nothing is built. An ISO's checksum is part of it, so
+    a guest installed from one has its ISO fetched (verified) first: CI's first step on a fresh runner.
     """
-    print(_lab(config).golden_key(_vm(vm)))
+    lab = _lab(config)
+    if lab.profile(lab.vm(_vm(vm))).iso:
+        lab.fetch_iso(_vm(vm))
+    print(lab.golden_key(_vm(vm)))
 
 
 @task(name="golden-export", help={"output": "file to write (default: golden-KEY.tar)", "vm": VM_HELP,
@@ -387,15 +391,34 @@ def test(c, suite, vm=None, config=None, restore_on_failure=False):
     _finish(lab.run_suites(chosen, _vm(vm), restore_on_failure or lab.config.restore_on_failure))
 
 
+def _require_suites(cfg: config_mod.LabConfig) -> None:
+    if not cfg.suites:
+        raise Exit(f"vmlab: error: {cfg.source} has no suites (add them under 'suites:')", code=2)
+
+
 @task(name="test-all", help={"vm": VM_HELP, "config": CONFIG_HELP, "restore_on_failure": RESTORE_HELP})
 @cli
 def test_all(c, vm=None, config=None, restore_on_failure=False):
     """Run every suite in vmlab.yaml, in order."""
     lab = _lab(config)
-    if not lab.config.suites:
-        raise Exit(f"vmlab: error: {lab.config.source} has no suites (add them under 'suites:')", code=2)
+    _require_suites(lab.config)
     _finish(lab.run_suites(list(lab.config.suites.values()), _vm(vm),
                            restore_on_failure or lab.config.restore_on_failure))
+
+
+@task(help={"config": CONFIG_HELP, "json": "one line of JSON, {\"include\": [...]}: a CI matrix for fromJSON"})
+@cli
+def suites(c, config=None, json_=False):
+    """List the suites (--json: a CI matrix of them)."""
+    cfg = config_mod.load(config)
+    _require_suites(cfg)  # an empty matrix would fail on GitHub with a message that names no file
+    matrix = config_mod.suite_matrix(cfg)
+    if json_:
+        print(json.dumps({"include": matrix}))  # one line: a $GITHUB_OUTPUT value
+        return
+    _table([("NAME", "PRIVILEGED", "TIMEOUT", "COMMAND")] + [
+        (m["suite"], "yes" if m["privileged"] else "no", f"{m['timeout']}s", cfg.suites[m["suite"]].command)
+        for m in matrix])
 
 
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP})
@@ -539,7 +562,7 @@ def host_setup(c, install=False):
 
 TASKS = (start, stop, status, ssh, console, destroy, reset, snapshot, snapshots, snapshot_delete, restore, suspend,
          resume, install, provision, verify, golden_task, golden_key, golden_export, golden_import, sync, test,
-         test_all, build, quick, fetch, setup, cache, doctor, demo, image, init, host_setup)
+         test_all, suites, build, quick, fetch, setup, cache, doctor, demo, image, init, host_setup)
 vm_tasks = Collection("vm", *TASKS)  # mounted in a project's own tasks.py: invoke vm.quick
 ns = Collection(vm_tasks)  # a one-line tasks.py: `from vmlab.tasks import ns`
 program_tasks = Collection(*TASKS)  # the `vmlab` command: vmlab quick
