@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Project
-from vmlab import accel, config, guests
+from vmlab import accel, config, guests, schema
 from vmlab.lab import Lab
 
 ROOT = Path(__file__).parents[1]
@@ -43,8 +43,8 @@ def test_every_task_the_workflow_runs_exists() -> None:
 def guests_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private copy of vmlab/guests, so that a test may change a recipe's script."""
     copy = tmp_path / "guests"
-    shutil.copytree(config.GUESTS_DIR, copy)
-    monkeypatch.setattr(config, "GUESTS_DIR", copy)
+    shutil.copytree(schema.GUESTS_DIR, copy)
+    monkeypatch.setattr(schema, "GUESTS_DIR", copy)
     monkeypatch.setattr(guests, "GUESTS_DIR", copy)
     return copy
 

@@ -1,7 +1,7 @@
 """The CI example runs as written: its matrix comes from vmlab.yaml, and the whole workflow is
 rehearsed here (scripts/rehearse-ci) on real QEMU guests.
 
-What cannot exist here is stood in for by vmlab/ci_rehearsal.py, and only that: GitHub's
+What cannot exist here is stood in for by vmlab/ci/, and only that: GitHub's
 runners (a folder per job), actions/checkout (a git checkout of the working tree),
 actions/cache and the artifacts (local folders), sudo (this host runs as root). Every
 `run:` step is the workflow file's own, run by bash with the real vmlab CLI.
@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 from conftest import Project
-from vmlab import ci_rehearsal
+from vmlab.ci import rehearsal as ci_rehearsal, standins
 
 ROOT = Path(__file__).parents[1]
 WORKFLOW = ROOT / ".github" / "workflows" / "vm-tests.yml"
@@ -101,7 +101,7 @@ def one_job(steps: str) -> str:
 
 def rehearse_argv(repo: Path, work: Path, *args: str, workflow: str = ".github/workflows/w.yml") -> List[str]:
     """scripts/rehearse-ci's program, as a user runs it."""
-    return [sys.executable, "-m", "vmlab.ci_rehearsal", "--repo", str(repo), "--workflow", str(repo / workflow),
+    return [sys.executable, "-m", "vmlab.ci.rehearsal", "--repo", str(repo), "--workflow", str(repo / workflow),
             "--work", str(work), *args]
 
 
@@ -278,7 +278,7 @@ def test_a_failing_shard_leaves_the_others_results_and_the_matrix_follows_the_co
     """vmlab's own repository, with its suites replaced in vmlab.yaml: `mounts` removed, two added."""
     repo = work / "repo"
     shutil.rmtree(repo, ignore_errors=True)
-    ci_rehearsal.checkout(ROOT, repo)
+    standins.checkout(ROOT, repo)
     config = repo / "vmlab.yaml"
     text = config.read_text()
     suites = text[text.index("suites:"):text.index("quick: mounts")]

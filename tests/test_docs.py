@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from conftest import INVOKE
-from vmlab import config
+from vmlab import schema
 
 ROOT = Path(__file__).parents[1]
 DOC = (ROOT / "docs" / "VM-TESTING.md").read_text()
@@ -54,8 +54,8 @@ def test_every_target_and_task_named_in_the_prose_exists() -> None:
 
 def test_every_config_key_is_documented() -> None:
     section = DOC.split("## Configuration", 1)[1].split("\n## ", 1)[0]
-    keys = [*config.TOP_KEYS, *config.VM_FIELDS, *config.SYNC_FIELDS, *config.SUITE_FIELDS,
-            *{k for fields in config.PROFILE_FIELDS.values() for k in fields}]
+    keys = [*schema.TOP_KEYS, *schema.VM_FIELDS, *schema.SYNC_FIELDS, *schema.SUITE_FIELDS,
+            *{k for fields in schema.PROFILE_FIELDS.values() for k in fields}]
     assert [k for k in keys if f"`{k}" not in section] == []
 
 

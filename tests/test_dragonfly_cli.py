@@ -24,7 +24,7 @@ import pytest
 
 from conftest import Project
 from httpserver import FileServer
-from vmlab import config, doctor, guests, recipe
+from vmlab import config, doctor, guests, recipe, schema
 from vmlab.lab import Lab
 
 ISO = "dfly-x86_64-6.4.2_REL.iso"
@@ -77,8 +77,8 @@ def test_the_golden_key_changes_when_install_sh_changes(dfly: Project, tmp_path:
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     assert dfly.invoke("vm.fetch", "--vm", "dfly").returncode == 0
     copy = tmp_path / "guests"
-    shutil.copytree(config.GUESTS_DIR, copy)
-    monkeypatch.setattr(config, "GUESTS_DIR", copy)
+    shutil.copytree(schema.GUESTS_DIR, copy)
+    monkeypatch.setattr(schema, "GUESTS_DIR", copy)
     monkeypatch.setattr(guests, "GUESTS_DIR", copy)
 
     def key() -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import List
 
 from vmlab import __version__, accel, fetch, host
-from vmlab.config import GUESTS_DIR
+from vmlab.schema import GUESTS_DIR
 from vmlab.errors import VmlabError
 from vmlab.lab import Lab, images
 

@@ -27,6 +27,7 @@ from vmlab.config import SuiteConfig
 from vmlab.console import attach
 from vmlab.errors import Terminated, VmlabError
 from vmlab.lab import Lab
+from vmlab.schema import known_profiles
 
 VM_HELP = "VM name from vmlab.yaml (default: $VM, else the first VM)"
 CONFIG_HELP = "config file (default: $VMLAB_CONFIG, else ./vmlab.yaml, else built-in defaults)"
@@ -516,7 +517,7 @@ def image(c, vm=None, config=None):
     print(f"{folder} ({time.monotonic() - started:.1f}s)")
 
 
-@task(help={"guest": f"the guest to test on: {', '.join(config_mod.known_profiles())} (default: dragonfly; "
+@task(help={"guest": f"the guest to test on: {', '.join(known_profiles())} (default: dragonfly; "
                      "debian is built offline)",
             "yes": "replace files that exist without asking"})
 @cli

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Sequence
 
 import yaml
 
-from vmlab.config import GUESTS_DIR, known_profiles
+from vmlab.schema import GUESTS_DIR, known_profiles
 from vmlab.errors import ConfigError
 
 
