@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import yaml
 
@@ -179,7 +179,7 @@ def _read_yaml(text_: str, source: str) -> Tuple[Any, Dict[Tuple[str, ...], int]
     finally:
         loader.dispose()
     lines: Dict[Tuple[str, ...], int] = {}
-    seen: set = set()  # an alias can make the node graph a cycle
+    seen: Set[int] = set()  # an alias can make the node graph a cycle
 
     def walk(n: yaml.Node, at: Tuple[str, ...]) -> None:
         if isinstance(n, yaml.MappingNode) and id(n) not in seen:
@@ -266,8 +266,8 @@ def _build(data: Any, lines: Mapping[Tuple[str, ...], int], source: str, project
     known = known_profiles(guest_dirs)
     for vm in vms.values():
         if vm.profile not in known:
-            at = ("vms", vm.name, "profile") if ("vms", vm.name, "profile") in lines else ("defaults", "profile")
-            raise where.error(at, f"{vm.profile!r} is not allowed; expected a guest profile: {', '.join(known)} "
+            profile_at: Tuple[str, ...] = ("vms", vm.name, "profile")
+            raise where.error(profile_at if profile_at in lines else ("defaults", "profile"), f"{vm.profile!r} is not allowed; expected a guest profile: {', '.join(known)} "
                                   "(a project's own profiles are folders under those named in 'guests:')")
     profiles: Dict[str, Dict[str, Any]] = {}
     for name, options in _mapping(top.get("profiles"), ("profiles",), where).items():
@@ -277,8 +277,9 @@ def _build(data: Any, lines: Mapping[Tuple[str, ...], int], source: str, project
         fields = PROFILE_FIELDS.get(name) or PROFILE_FIELDS_BY_OS.get(_os_of(name, guest_dirs), {})
         profiles[name] = _fields(_mapping(options, at, where), fields, at, where)
 
-    sync = SyncConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in
-                         _fields(_mapping(top.get("sync"), ("sync",), where), SYNC_FIELDS, ("sync",), where).items()})
+    sync_values = _fields(_mapping(top.get("sync"), ("sync",), where), SYNC_FIELDS, ("sync",), where)
+    sync = SyncConfig(guest_dir=sync_values["guest_dir"], excludes=tuple(sync_values["excludes"]),
+                      gitignore=sync_values["gitignore"])
     suites: Dict[str, SuiteConfig] = {}
     for name, settings in _mapping(top.get("suites"), ("suites",), where).items():
         at = ("suites", str(name))

@@ -25,7 +25,7 @@ import re
 import textwrap
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 FORMATS = ("junit", "pytest", "go-test", "tap")
 FROM_FILE = ("junit", "pytest")  # read from the JUnit file the suite wrote, not from its output
@@ -131,7 +131,7 @@ class _GoRun:
         test = self.test(package, name)
         test.outcome, test.elapsed = _GO_ENDS[action], elapsed
 
-    def event(self, event: dict) -> None:
+    def event(self, event: Dict[str, Any]) -> None:
         """One of test2json's events."""
         action, package = event["Action"], str(event.get("Package", ""))
         name = str(event["Test"]) if event.get("Test") else None
@@ -230,7 +230,7 @@ def go_test(output: str) -> Parsed:
     return run.finish()
 
 
-def _json_event(line: str) -> Optional[dict]:
+def _json_event(line: str) -> Optional[Dict[str, Any]]:
     if not line.startswith("{"):
         return None
     try:

@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Sequence
+from typing import Any, Callable, Dict, List, Sequence
 
 from vmlab.formats import FORMATS
 
@@ -90,7 +90,7 @@ def choice(*allowed: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         if value not in allowed:
             raise ValueError("one of " + ", ".join(allowed))
-        return value
+        return str(value)
 
     return parse
 
@@ -128,7 +128,7 @@ def url(value: Any) -> str:
     return value.rstrip("/")
 
 
-def mirror_list(value: Any) -> list:
+def mirror_list(value: Any) -> List[str]:
     """Mirrors in the order to try: URLs, or local folders laid out like a mirror."""
     allowed = "a list of http://, https:// or file:// URLs or local folder paths"
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
@@ -176,7 +176,7 @@ VM_FIELDS: Dict[str, Field] = {
 }
 
 # Options of a guest profile, under `profiles: {NAME: ...}`.
-def package_list(value: Any) -> list:
+def package_list(value: Any) -> List[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9][\w.+-]*", v)
                                               for v in value):
         raise ValueError("a list of package names")
@@ -210,13 +210,13 @@ def boolean(value: Any) -> bool:
     return value
 
 
-def string_list(value: Any) -> list:
+def string_list(value: Any) -> List[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ValueError("a list of strings")
     return value
 
 
-def environment(value: Any) -> dict:
+def environment(value: Any) -> Dict[str, str]:
     if not isinstance(value, dict) or not all(isinstance(k, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)
                                               and isinstance(v, (str, int, float)) for k, v in value.items()):
         raise ValueError("a mapping of variable names to strings")
@@ -232,7 +232,7 @@ def guest_path(value: Any) -> str:
     return value.rstrip("/") or "/"
 
 
-def file_patterns(value: Any) -> list:
+def file_patterns(value: Any) -> List[str]:
     """Shell glob patterns under a suite's workdir: only characters a guest's shell cannot take
     for more than a name or a wildcard, and never above the workdir."""
     if not isinstance(value, list) or not all(

@@ -109,7 +109,7 @@ class Job(ActionStandIns):
         self.failed = True
         with self.r.lock:
             for proc in self.r.procs.values():
-                if proc.args and str(self.folder) in " ".join(map(str, proc.args)):
+                if isinstance(proc.args, list) and str(self.folder) in " ".join(map(str, proc.args)):
                     signal_group(proc, signal.SIGTERM)
 
     def _seed_cache(self) -> None:

@@ -61,7 +61,7 @@ def check_results(record: JobRecord, artifacts: Path) -> None:
     for report_file in reports:
         junit = report_file.parent / "junit.xml"
         report = json.loads(report_file.read_text())
-        entry = {"report": str(report_file), "junit": str(junit) if junit.exists() else None,
+        entry: Dict[str, Any] = {"report": str(report_file), "junit": str(junit) if junit.exists() else None,
                  "passed": bool(report.get("passed")), "suites": [s.get("name") for s in report.get("suites", [])]}
         record.results.append(entry)
         if not junit.exists():

@@ -50,7 +50,7 @@ class Rehearsal:
         self.cancel = threading.Event()
         self.interrupts = 0
         self.lock = threading.Lock()
-        self.procs: Dict[int, subprocess.Popen] = {}
+        self.procs: Dict[int, subprocess.Popen[str]] = {}
         self.cache_store = self.work / "actions-cache"
         self.bin = self.work / "bin"
         self.bin.mkdir(parents=True, exist_ok=True)
@@ -142,11 +142,11 @@ class Rehearsal:
 
     # --- processes, so that Ctrl-C reaches them and nothing is left ---
 
-    def started(self, proc: subprocess.Popen) -> None:
+    def started(self, proc: subprocess.Popen[str]) -> None:
         with self.lock:
             self.procs[proc.pid] = proc
 
-    def ended(self, proc: subprocess.Popen) -> None:
+    def ended(self, proc: subprocess.Popen[str]) -> None:
         with self.lock:
             self.procs.pop(proc.pid, None)
 
@@ -193,7 +193,7 @@ def rehearse(workflow: Path, repo: Path, work: Path, vm: str, runs: int,
     (work / "rehearsal.json").write_text(json.dumps({"vm": vm, "runs": summaries}, indent=2) + "\n")
     for line in report_lines(summaries):
         echo(line)
-    return max(s["exit_code"] for s in summaries)
+    return max(int(s["exit_code"]) for s in summaries)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

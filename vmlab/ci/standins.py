@@ -114,7 +114,7 @@ def kill_qemus(folder: Path) -> List[int]:
     return killed
 
 
-def signal_group(proc: subprocess.Popen, signum: int) -> None:
+def signal_group(proc: subprocess.Popen[str], signum: int) -> None:
     try:
         os.killpg(proc.pid, signum)
     except (ProcessLookupError, PermissionError):

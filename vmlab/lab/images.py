@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from vmlab import accel, builder, disk, fetch, golden, guests, recipe
 from vmlab.cache import key_of
-from vmlab.config import VMConfig, known_profiles
+from vmlab.config import VMConfig
+from vmlab.schema import known_profiles
 from vmlab.errors import ConfigError, PrerequisiteMissing
 from vmlab.lab.vmdir import Origin, OriginKind, VMDir
 
@@ -110,9 +111,9 @@ def ensure_disk(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> Origin:
             vmdir.mark_provisioned(provision_key(lab, vm), options(lab, lab.profile(vm)).get("packages", []),
                                    time.time())
         else:
-            origin = base(lab, vm)
-            disk.create_overlay(vmdir.disk, origin.path / "disk.qcow2", vm.disk_bytes)
-            vmdir.set_origin(origin)
+            made = base(lab, vm)
+            disk.create_overlay(vmdir.disk, made.path / "disk.qcow2", vm.disk_bytes)
+            vmdir.set_origin(made)
     origin = vmdir.origin()
     if origin and origin.kind == OriginKind.INSTALLER:
         raise PrerequisiteMissing(f"VM {vm.name}'s disk is blank (made by vm.setup): install the guest "

@@ -22,7 +22,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from vmlab import locks
 from vmlab.keys import LabKeys
@@ -104,7 +104,7 @@ class VMDir:
     def provisioned_key(self) -> Optional[str]:
         return self._read("provisioned.json").get("key")
 
-    def mark_provisioned(self, key: str, packages: list, at: float) -> None:
+    def mark_provisioned(self, key: str, packages: List[str], at: float) -> None:
         self._write("provisioned.json", {"key": key, "packages": packages, "at": at})
 
     def clone_of(self) -> Optional[str]:
