@@ -278,8 +278,9 @@ def _build(data: Any, lines: Mapping[Tuple[str, ...], int], source: str, project
         profiles[name] = _fields(_mapping(options, at, where), fields, at, where)
 
     sync_values = _fields(_mapping(top.get("sync"), ("sync",), where), SYNC_FIELDS, ("sync",), where)
-    sync = SyncConfig(guest_dir=sync_values["guest_dir"], excludes=tuple(sync_values["excludes"]),
-                      gitignore=sync_values["gitignore"])
+    sync = SyncConfig(guest_dir=sync_values.get("guest_dir", SyncConfig.guest_dir),
+                      excludes=tuple(sync_values.get("excludes", ())),
+                      gitignore=sync_values.get("gitignore", SyncConfig.gitignore))
     suites: Dict[str, SuiteConfig] = {}
     for name, settings in _mapping(top.get("suites"), ("suites",), where).items():
         at = ("suites", str(name))
