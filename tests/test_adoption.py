@@ -123,6 +123,21 @@ def test_init_without_a_test_command_writes_a_quick_suite_that_says_what_to_set(
     assert refused.returncode == 2 and "debian" in refused.stderr and "dragonfly" in refused.stderr
 
 
+def test_a_projects_venv_is_never_sent_and_hints_name_vmlabs_own_commands(vmlab_bin: Path, tmp_path: Path) -> None:
+    """The README's way in: vmlab installed into the project's own .venv. That venv is the host's
+    Python (useless in a guest, and the bulk of the folder), so init leaves it out of the sync;
+    and a user who types `vmlab ...` is told the next command as `vmlab ...`, not Invoke's name."""
+    project = make_project(tmp_path / "counter")
+    subprocess.run([SYSTEM_PYTHON, "-m", "venv", "--without-pip", str(project / ".venv")], check=True)
+    assert run(["vmlab", "init", "--guest", "debian"], project, vmlab_bin).returncode == 0
+    assert "excludes: [/.venv/]" in (project / "vmlab.yaml").read_text()
+    listed = run(["vmlab", "suites", "--json"], project, vmlab_bin)
+    assert listed.returncode == 0, listed.stderr
+    not_up = run(["vmlab", "sync"], project, vmlab_bin)
+    assert not_up.returncode == 2
+    assert "`vmlab start`" in not_up.stderr and "invoke" not in not_up.stderr, not_up.stderr
+
+
 def test_a_project_tests_in_the_guest_with_its_own_make_vm_quick(vmlab_bin: Path, tmp_path: Path, vm_ready) -> None:
     """The whole adoption: init, then `make vm-start` and `make vm-quick`. The quick suite is the
     project's `make test`, a privileged tmpfs test; `make` is not in the Debian image, so the

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from invoke.program import Program
 
-from vmlab import __version__
+from vmlab import __version__, spelling
 from vmlab.tasks import program_tasks
 
 program = Program(namespace=program_tasks, version=__version__, name="vmlab", binary="vmlab")
 
 
 def main() -> None:
+    spelling.use_program("vmlab")
     program.run()

@@ -59,8 +59,12 @@ def find(image: Path, name: str) -> Snapshot:
     for s in listed(image):
         if s.name == name:
             return s
-    names = ", ".join(s.name for s in listed(image)) or "none"
-    raise NoSuchSnapshot(f"no snapshot named {name!r} in {image} (snapshots: {names}; see `invoke vm.snapshots`)")
+    names = ", ".join(s.name for s in listed(image))
+    if names:
+        raise NoSuchSnapshot(f"no snapshot named {name!r} in {image} (snapshots: {names}; see `invoke vm.snapshots`)")
+    raise NoSuchSnapshot(f"no snapshot named {name!r} in {image}: it has none. `invoke vm.snapshot --name {name}` "
+                         "saves the running VM as one; a VM started from its golden image (`invoke vm.golden`) "
+                         "has 'clean'")
 
 
 def _all(image: Path) -> List[Snapshot]:

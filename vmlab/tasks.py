@@ -28,6 +28,7 @@ from vmlab.console import attach
 from vmlab.errors import Terminated, VmlabError
 from vmlab.lab import Lab
 from vmlab.schema import known_profiles
+from vmlab.spelling import AsTyped, as_typed
 
 VM_HELP = "VM name from vmlab.yaml (default: $VM, else the first VM)"
 CONFIG_HELP = "config file (default: $VMLAB_CONFIG, else ./vmlab.yaml, else built-in defaults)"
@@ -35,6 +36,8 @@ CONFIG_HELP = "config file (default: $VMLAB_CONFIG, else ./vmlab.yaml, else buil
 
 def _setup_logging() -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="vmlab: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(AsTyped())
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # its transport noise is not for users
     logging.getLogger("qemu").setLevel(logging.CRITICAL)
 
@@ -62,7 +65,7 @@ def cli(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except VmlabError as e:
-            raise Exit(f"vmlab: error: {e}", code=e.exit_code) from None
+            raise Exit(f"vmlab: error: {as_typed(str(e))}", code=e.exit_code) from None
         except Terminated:
             raise Exit("vmlab: terminated", code=143) from None
         except KeyboardInterrupt:
@@ -265,7 +268,7 @@ def suspend(c, vm=None, config=None):
     """Save the VM's running state to disk and stop QEMU."""
     lab = _lab(config)
     lab.suspend(_vm(vm))
-    print(f"VM {lab.vm(_vm(vm)).name}: suspended; `invoke vm.resume` brings it back")
+    print(as_typed(f"VM {lab.vm(_vm(vm)).name}: suspended; `invoke vm.resume` brings it back"))
 
 
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP})
@@ -493,7 +496,7 @@ def doctor(c, config=None):
 
     findings = checks.examine(_lab(config))
     for finding in findings:
-        print(finding.line())
+        print(as_typed(finding.line()))
     code = checks.exit_code(findings)
     if code:
         raise Exit(f"vmlab: {sum(not f.ok for f in findings)} problem(s) found; each has its fix above", code=code)
