@@ -67,8 +67,8 @@ def main() -> int:
         first, steps, _ = run(clone, cache)
         print("second run: the same clone and cache ...", flush=True)
         second, _, _ = run(clone, cache)
-        subprocess.run(["make", "-s", "vm-stop", "VM=rehearsal"], cwd=clone, env=dict(os.environ, VMLAB_CACHE=str(cache)),
-                       capture_output=True)
+        subprocess.run(["make", "-s", "vm-stop", "VM=rehearsal"], cwd=clone,
+                       env=dict(os.environ, VMLAB_CACHE=str(cache)), capture_output=True)
     print()
     print(f"make vm-main, fresh machine (no venv, empty cache): {first / 60:5.1f} min ({first:.0f} s)")
     names = [n for n, _ in STEPS if n in steps]

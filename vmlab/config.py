@@ -267,8 +267,9 @@ def _build(data: Any, lines: Mapping[Tuple[str, ...], int], source: str, project
     for vm in vms.values():
         if vm.profile not in known:
             profile_at: Tuple[str, ...] = ("vms", vm.name, "profile")
-            raise where.error(profile_at if profile_at in lines else ("defaults", "profile"), f"{vm.profile!r} is not allowed; expected a guest profile: {', '.join(known)} "
-                                  "(a project's own profiles are folders under those named in 'guests:')")
+            raise where.error(profile_at if profile_at in lines else ("defaults", "profile"),
+                              f"{vm.profile!r} is not allowed; expected a guest profile: {', '.join(known)} "
+                              "(a project's own profiles are folders under those named in 'guests:')")
     profiles: Dict[str, Dict[str, Any]] = {}
     for name, options in _mapping(top.get("profiles"), ("profiles",), where).items():
         at = ("profiles", str(name))

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import List
 
 from vmlab import __version__, accel, fetch, host
-from vmlab.schema import GUESTS_DIR
 from vmlab.errors import VmlabError
 from vmlab.lab import Lab, images
+from vmlab.schema import GUESTS_DIR
 
 MIN_FREE_DISK = 10 * 2**30
 

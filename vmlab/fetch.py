@@ -29,10 +29,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from vmlab import locks, pins, transfer
-from vmlab.progress import mb
-from vmlab.progress import mode as progress_mode
 from vmlab.cache import file_stamp
 from vmlab.errors import Busy, ChecksumMismatch, ConfigError, DownloadError, PrerequisiteMissing
+from vmlab.progress import mb
+from vmlab.progress import mode as progress_mode
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,8 @@ def _fetch_from(src: _Source, isos: Path, name: str, out_name: str,
         if src.local is not None:
             got = transfer.copy_local(src.local, tmp, compressed, name, mode, pub_algos, out_algos)
         else:
-            got = transfer.download(src.url, partial, sidecar, tmp if compressed else None, name, mode, pub_algos, out_algos)
+            got = transfer.download(src.url, partial, sidecar, tmp if compressed else None, name, mode, pub_algos,
+                                    out_algos)
     except DownloadError:  # a damaged stream: no part of it is worth keeping
         for f in (tmp, partial, sidecar):
             f.unlink(missing_ok=True)

@@ -63,6 +63,8 @@ def config_text(project: Path, guest: str, os_name: str) -> str:
     packages = f"[{package}]" if package else "[]"
     name = re.sub(r"[^A-Za-z0-9._-]", "-", project.name) or "project"
     git = (project / ".git").exists()
+    ignoring = ("true  # leave out what git ignores" if git
+                else "false  # true leaves out what git ignores (in a git checkout)")
     venvs = sorted(f"/{d.parent.name}/" for d in project.glob("*/pyvenv.cfg"))  # a host's Python: useless in a guest
     excludes = f"\n  excludes: [{', '.join(venvs)}]  # never sent: the host's virtualenv" if venvs else ""
     return f"""\
@@ -77,7 +79,7 @@ profiles:
     packages: {packages}
 sync:
   guest_dir: {name}  # where this folder goes in the guest (under the SSH user's home)
-  gitignore: {"true  # leave out what git ignores" if git else "false  # true leaves out what git ignores (in a git checkout)"}; vm/ never goes{excludes}
+  gitignore: {ignoring}; vm/ never goes{excludes}
 suites:
   quick:
     # {test.found}

@@ -196,8 +196,8 @@ PROFILE_FIELDS: Dict[str, Dict[str, Field]] = {  # by name; a project's own gues
         "release": Field(release, None, "DragonFly release to install; default: the profile's pinned one"),
         "mirrors": Field(mirror_list, None, "mirrors to try in order; default: the profile's list"),
         "checksum": Field(checksum_pin, None, "pin the ISO's checksum instead of trusting md5.txt"),
-        "recipe": Field(recipe_file, None, "the install recipe, a file in the profile's folder; default: the "
-                                           "profile's (install.yaml, by PFI; install-shell.yaml types at the live shell)"),
+        "recipe": Field(recipe_file, None, "the install recipe, a file in the profile's folder; default: the profile's "
+                                           "(install.yaml, by PFI; install-shell.yaml types at the live shell)"),
         "packages": _PACKAGES,
     },
 }

@@ -12,8 +12,8 @@ from typing import Any, Dict, List, Sequence
 
 import yaml
 
-from vmlab.schema import GUESTS_DIR, known_profiles
 from vmlab.errors import ConfigError
+from vmlab.schema import GUESTS_DIR, known_profiles
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,8 @@ def load(name: str, guest_dirs: Sequence[Path] = ()) -> Profile:
         return Profile(name=name, dir=path.parent, description=data["description"], os=data["os"],
                        ssh_user=data.get("ssh_user", "root"), image=data.get("image", {}),
                        medium=data.get("medium", {}), iso=data.get("iso", {}), install=data.get("install", {}),
-                       provision=data.get("provision", {}), boot=data.get("boot", {}), after_restore=data.get("after_restore", ""),
+                       provision=data.get("provision", {}), boot=data.get("boot", {}),
+                       after_restore=data.get("after_restore", ""),
                        privileged=data.get("privileged", "sudo -n"))
     except (KeyError, TypeError) as e:
         raise ConfigError(f"{path}: missing or malformed key {e}") from None

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 from vmlab import accel, builder, disk, fetch, golden, guests, recipe
 from vmlab.cache import key_of
 from vmlab.config import VMConfig
-from vmlab.schema import known_profiles
 from vmlab.errors import ConfigError, PrerequisiteMissing
 from vmlab.lab.vmdir import Origin, OriginKind, VMDir
+from vmlab.schema import known_profiles
 
 if TYPE_CHECKING:
     from vmlab.lab import Lab
