@@ -7,16 +7,14 @@ drops while QEMU quits is expected and tolerated.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
-from typing import Any, Optional
-
-from qemu.qmp import QMPError
-from qemu.qmp.legacy import QEMUMonitorProtocol
-from qemu.qmp.qmp_client import ExecuteError
+from typing import TYPE_CHECKING, Any, Optional
 
 from vmlab.errors import MachineError
+
+if TYPE_CHECKING:  # qemu.qmp and asyncio (~30 ms) are imported by the first monitor session
+    from qemu.qmp.legacy import QEMUMonitorProtocol
 
 
 class Monitor:
@@ -26,6 +24,9 @@ class Monitor:
         self._qmp: Optional[QEMUMonitorProtocol] = None
 
     def __enter__(self) -> "Monitor":
+        from qemu.qmp import QMPError
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+
         self._qmp = QEMUMonitorProtocol(str(self.socket))
         try:
             self._qmp.connect()
@@ -36,6 +37,8 @@ class Monitor:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        from qemu.qmp import QMPError
+
         if self._qmp is not None:
             try:
                 self._qmp.close()
@@ -44,6 +47,11 @@ class Monitor:
             self._qmp = None
 
     def command(self, name: str, **args: Any) -> Any:
+        import asyncio
+
+        from qemu.qmp import QMPError
+        from qemu.qmp.qmp_client import ExecuteError
+
         assert self._qmp is not None, "use Monitor as a context manager"
         try:
             return self._qmp.cmd(name, **args)

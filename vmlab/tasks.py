@@ -24,7 +24,6 @@ from vmlab import config as config_mod
 from vmlab import golden as golden_images
 from vmlab import results
 from vmlab.config import SuiteConfig
-from vmlab.console import attach
 from vmlab.errors import Terminated, VmlabError
 from vmlab.lab import Lab
 
@@ -166,6 +165,8 @@ def console(c, vm=None, config=None):
 
     Everything the guest prints is also in vm/NAME/console.log.
     """
+    from vmlab.console import attach  # pexpect: only this task needs it
+
     lab = _lab(config)
     v = lab.vm(_vm(vm))
     machine = lab.vmdir(v).machine
