@@ -82,7 +82,7 @@ class SharedConnection:
         return [host.which("ssh") or "ssh", *self.ssh_options()]
 
     def run(self, command: str, output: Optional[IO[bytes]] = None, echo: Optional[IO[bytes]] = None,
-            timeout: Optional[float] = None, handshake: Optional[Callable[[str], Optional[str]]] = None) -> int:
+            timeout: Optional[float] = None, handshake: Optional[Callable[[str], Optional[bytes]]] = None) -> int:
         """Run `command` in the guest; stdout and stderr go, merged, to `output` and `echo`.
 
         Returns the command's exit status. An SSH failure (exit 255) is GuestUnreachable;
@@ -91,7 +91,7 @@ class SharedConnection:
 
         With `handshake`, each line of output goes to it, not to the sinks, until it returns
         a string: that is the command's whole input, and `timeout` counts from then.
-        (sync.SyncGate uses this to rsync, if needed, while the session waits.)
+        (sync.SyncGate uses this to sync, if needed, while the session waits.)
         """
         proc = subprocess.Popen([*self.ssh_command(), self.destination, command],
                                 stdin=subprocess.PIPE if handshake else subprocess.DEVNULL,
@@ -130,7 +130,7 @@ class SharedConnection:
         return status
 
     @staticmethod
-    def _handshake(proc: subprocess.Popen, handshake: Callable[[str], Optional[str]],
+    def _handshake(proc: subprocess.Popen, handshake: Callable[[str], Optional[bytes]],
                    sinks: Tuple[Optional[IO[bytes]], ...]) -> bytes:
         """Give `handshake` each line of output until it answers; its answer is the command's
         whole input. Lines it does not claim, and what follows, go to `sinks`. Returns them."""
@@ -153,7 +153,7 @@ class SharedConnection:
                 sink.write(shown)
                 sink.flush()
         try:
-            proc.stdin.write((answer or "").encode())
+            proc.stdin.write(answer or b"")
             proc.stdin.close()
         except BrokenPipeError:
             pass

@@ -25,6 +25,7 @@ from vmlab.config import SuiteConfig
 from vmlab.errors import SyncError
 from vmlab.openssh import SharedConnection
 from vmlab.results import SuiteResult
+from vmlab.delta import DELTA_FAILED
 from vmlab.sync import NOT_SYNCED, SyncGate
 
 TIMED_OUT = (124, 137)  # `timeout`'s status when it stopped the command (137: it had to SIGKILL)
@@ -68,7 +69,7 @@ def run(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Pat
     log_path = run_dir / f"{suite.name}.log"
     started = [time.monotonic()]
 
-    def handshake(line: str) -> Optional[str]:
+    def handshake(line: str) -> Optional[bytes]:
         assert gate is not None
         answer = gate.answer(line)
         if answer is not None:
