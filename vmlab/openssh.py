@@ -16,13 +16,14 @@ import select
 import shlex
 import stat
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, List, Optional, Tuple
 
 from vmlab import host
-from vmlab.errors import GuestUnreachable, PrerequisiteMissing
+from vmlab.errors import Cancelled, GuestUnreachable, PrerequisiteMissing
 from vmlab.keys import LabKeys, openssh_path
 
 PERSIST_SECONDS = 600
@@ -82,7 +83,8 @@ class SharedConnection:
         return [host.which("ssh") or "ssh", *self.ssh_options()]
 
     def run(self, command: str, output: Optional[IO[bytes]] = None, echo: Optional[IO[bytes]] = None,
-            timeout: Optional[float] = None, handshake: Optional[Callable[[str], Optional[bytes]]] = None) -> int:
+            timeout: Optional[float] = None, handshake: Optional[Callable[[str], Optional[bytes]]] = None,
+            cancel: Optional[threading.Event] = None) -> int:
         """Run `command` in the guest; stdout and stderr go, merged, to `output` and `echo`.
 
         Returns the command's exit status. An SSH failure (exit 255) is GuestUnreachable;
@@ -92,10 +94,14 @@ class SharedConnection:
         With `handshake`, each line of output goes to it, not to the sinks, until it returns
         a string: that is the command's whole input, and `timeout` counts from then.
         (sync.SyncGate uses this to sync, if needed, while the session waits.)
+
+        When `cancel` is set, the local ssh is killed and Cancelled raised (vm.watch). Such a
+        run's ssh has a process group of its own: Ctrl-C reaches vmlab, which stops it, not ssh.
         """
         proc = subprocess.Popen([*self.ssh_command(), self.destination, command],
                                 stdin=subprocess.PIPE if handshake else subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                process_group=0 if cancel is not None else None)
         assert proc.stdout is not None
         fd = proc.stdout.fileno()
         tail = b""
@@ -109,7 +115,10 @@ class SharedConnection:
                     proc.kill()
                     proc.wait()
                     return -1
-                if not select.select([fd], [], [], 1.0 if left is None else min(1.0, left))[0]:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("cancelled")
+                tick = 0.05 if cancel is not None else 1.0
+                if not select.select([fd], [], [], tick if left is None else min(tick, left))[0]:
                     continue
                 chunk = os.read(fd, 65536)
                 if not chunk:

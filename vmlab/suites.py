@@ -16,6 +16,7 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import IO, List, Optional
@@ -62,7 +63,8 @@ def remote_command(suite: SuiteConfig, guest_dir: str, run_as_root: str) -> str:
 
 
 def run(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Path, run_as_root: str,
-        echo: Optional[IO[bytes]] = None, gate: Optional[SyncGate] = None) -> SuiteResult:
+        echo: Optional[IO[bytes]] = None, gate: Optional[SyncGate] = None,
+        cancel: Optional[threading.Event] = None) -> SuiteResult:
     """Run `suite`, keeping its output in run_dir/<name>.log and its JUnit in run_dir/<name>.junit.xml.
 
     With `gate`, the same session first syncs the project if the guest's copy may differ."""
@@ -80,7 +82,8 @@ def run(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Pat
     with open(log_path, "wb") as log:
         status = conn.run(gate.prelude() + command if gate else command, output=log,
                           echo=echo if echo is not None else sys.stdout.buffer,
-                          timeout=suite.timeout + KILL_GRACE + 30, handshake=handshake if gate else None)
+                          timeout=suite.timeout + KILL_GRACE + 30, handshake=handshake if gate else None,
+                          cancel=cancel)
     if gate and status == NOT_SYNCED and not gate.answered:
         raise SyncError(f"the guest never ran vmlab's sync check before suite {suite.name} "
                         f"(see {log_path}: does the SSH user's shell print or exit first?)")

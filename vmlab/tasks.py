@@ -443,6 +443,23 @@ def quick(c, vm=None, config=None, restore_on_failure=False):
                            restore_on_failure or lab.config.restore_on_failure, sync_first=True))
 
 
+@task(help={"suite": "the suite to run on every change (default: the config's 'quick')",
+            "finish": "let a run finish when a change comes, then run again (default: cancel it and start over)",
+            "vm": VM_HELP, "config": CONFIG_HELP})
+@cli
+def watch(c, suite=None, finish=False, vm=None, config=None):
+    """Run the quick suite on every save, until Ctrl-C.
+
+    Keeps the SSH connection open and sends only what changed; one result line per run.
+    """
+    lab = _lab(config)
+    name = suite or lab.config.quick
+    if not name:
+        raise Exit(f"vmlab: error: {lab.config.source} names no 'quick:' suite; name one with --suite", code=2)
+    logging.getLogger().setLevel(logging.WARNING)  # each run's result line says what it synced
+    lab.watch(lab.config.suite(name), _vm(vm), finish=finish)
+
+
 @task(help={"offline": "use only the cache; never download", "vm": VM_HELP, "config": CONFIG_HELP})
 @cli
 def fetch(c, offline=False, vm=None, config=None):
@@ -563,7 +580,7 @@ def host_setup(c, install=False):
 
 TASKS = (start, stop, status, ssh, console, destroy, reset, snapshot, snapshots, snapshot_delete, restore, suspend,
          resume, install, provision, verify, golden_task, golden_key, golden_export, golden_import, sync, test,
-         test_all, suites, build, quick, fetch, setup, cache, doctor, demo, image, init, host_setup)
+         test_all, suites, build, quick, watch, fetch, setup, cache, doctor, demo, image, init, host_setup)
 vm_tasks = Collection("vm", *TASKS)  # mounted in a project's own tasks.py: invoke vm.quick
 ns = Collection(vm_tasks)  # a one-line tasks.py: `from vmlab.tasks import ns`
 program_tasks = Collection(*TASKS)  # the `vmlab` command: vmlab quick

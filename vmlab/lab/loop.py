@@ -13,16 +13,18 @@ import json
 import logging
 import shlex
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import IO, TYPE_CHECKING, Any, Dict, List, Optional
 
 from vmlab import __version__, golden, host, results
 from vmlab import suites as suite_runner
 from vmlab import sync as rsync
 from vmlab.command import CommandResult
 from vmlab.config import SuiteConfig, VMConfig
-from vmlab.errors import GuestUnreachable, ProvisionError, RunIncomplete, SyncError, Terminated, VmlabError
+from vmlab.errors import (Cancelled, GuestUnreachable, ProvisionError, RunIncomplete, SyncError, Terminated,
+                          VmlabError)
 from vmlab.lab import images, lifecycle, snapshotting
 from vmlab.lab.vmdir import VMDir
 from vmlab.openssh import SharedConnection
@@ -74,7 +76,8 @@ def sync(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> rsync.SyncResult:
 
 
 def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig],
-               restore_on_failure: bool = False, sync_first: bool = False) -> Dict[str, Any]:
+               restore_on_failure: bool = False, sync_first: bool = False, echo: Optional[IO[bytes]] = None,
+               cancel: Optional[threading.Event] = None) -> Dict[str, Any]:
     """Run suites in order into a new results folder; returns the report (see results.py).
 
     After a privileged suite fails or times out, `restore_on_failure` puts the VM back
@@ -82,6 +85,8 @@ def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig]
     first, within the first suite's session and only if the guest's copy may differ
     (see sync.SyncGate): the edit-test loop's fast path. A run that cannot finish (VM
     down, SSH gone, sync failed) is RunIncomplete: exit code 2, not a failed suite.
+    `echo` gets the suites' output live (default: stdout); setting `cancel` stops the run
+    (Cancelled, its report says so: vm.watch after a newer save).
     """
     run_dir = results.new_run(vmdir.dir / "results")
     meta: Dict[str, Any] = {"vm": dataclasses.asdict(vm), "vmlab": __version__,
@@ -99,7 +104,10 @@ def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig]
         for suite in suites:
             current = suite.name
             log.info("suite %s: %s%s", suite.name, suite.command, " (as root)" if suite.privileged else "")
-            result = suite_runner.run(conn, suite, lab.config.sync.guest_dir, run_dir, run_as_root, gate=gate)
+            result = suite_runner.run(conn, suite, lab.config.sync.guest_dir, run_dir, run_as_root, echo=echo,
+                                      gate=gate, cancel=cancel)
+            if gate:
+                meta["sync"] = str(gate.sent or gate.result or "in sync")
             done.append(result)
             current, gate = None, None
             if not result.passed and suite.privileged and restore_on_failure:
@@ -114,6 +122,9 @@ def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig]
         why = f"the project could not be synced first: {e}"
         raise RunIncomplete(f"suite {current} did not run: the project could not be synced first.\n{e}\n"
                             f"Results: {run_dir}") from None
+    except Cancelled:
+        why = "cancelled: a newer change came"
+        raise
     except KeyboardInterrupt as e:
         why = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (Ctrl-C)"
         raise
