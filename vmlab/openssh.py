@@ -14,6 +14,7 @@ import hashlib
 import os
 import select
 import shlex
+import signal
 import stat
 import subprocess
 import threading
@@ -187,13 +188,37 @@ class SharedConnection:
         if proc.returncode != 0:
             raise GuestUnreachable(f"could not write {remote} in the guest: {proc.stderr.decode(errors='replace')}")
 
-    def close(self) -> None:
-        """Stop the control master, if one runs (after a restore its connection is dead)."""
+    def close(self, cut_off: bool = False) -> None:
+        """Stop the control master, if one runs (after a restore its connection is dead).
+
+        `cut_off`: this command opened it and was interrupted, maybe while ssh was still
+        setting the master up (its socket not there yet): wait for the socket while an ssh of
+        this connection runs, and kill any that is left."""
         try:
             control_path = self.control_path
         except PrerequisiteMissing:
             return  # an unsafe folder holds no master of ours: stopping a VM must not fail on it
+        deadline = time.monotonic() + 3
+        while cut_off and not control_path.exists() and self._processes() and time.monotonic() < deadline:
+            time.sleep(0.05)
         if control_path.exists():
             subprocess.run([*self.ssh_command(), "-O", "exit", self.destination], stdin=subprocess.DEVNULL,
                            capture_output=True, check=False, timeout=10)
             control_path.unlink(missing_ok=True)
+        for pid in self._processes() if cut_off else []:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def _processes(self) -> List[int]:
+        """Pids of ssh processes of this connection (their command line names its control socket)."""
+        option = f"ControlPath={openssh_path(self.control_path)}".encode()
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and option in (proc / "cmdline").read_bytes().split(b"\0"):
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+        return found

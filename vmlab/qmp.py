@@ -70,8 +70,9 @@ class Monitor:
         Such jobs report failure only in query-jobs[].error, never as a QMP error,
         so the job is polled until it concludes and its error raised as MachineError.
         """
-        self.command(command, **{"job-id": job_id}, **args)
         deadline = time.monotonic() + timeout
+        self._settle_leftovers(deadline)
+        self.command(command, **{"job-id": job_id}, **args)
         while True:
             job = next((j for j in self.command("query-jobs") if j["id"] == job_id), None)
             if job is None:
@@ -84,3 +85,18 @@ class Monitor:
         self.command("job-dismiss", id=job_id)
         if job.get("error"):
             raise MachineError(f"{command} failed: {job['error']}")
+
+    def _settle_leftovers(self, deadline: float) -> None:
+        """A job of a vmlab command that was cut off (Ctrl-C, SIGTERM) stays in QEMU: wait for
+        it to end and dismiss it, so the next job neither collides with it nor runs beside it."""
+        while True:
+            left = [j for j in self.command("query-jobs") if str(j["id"]).startswith("vmlab-")]
+            for job in left:
+                if job["status"] == "concluded":
+                    self.command("job-dismiss", id=job["id"])
+            if all(j["status"] == "concluded" for j in left):
+                return
+            if time.monotonic() > deadline:
+                raise MachineError(f"QEMU still runs {left[0]['type']} job {left[0]['id']} of an interrupted "
+                                   "vmlab command; try again when it ends, or `invoke vm.stop`")
+            time.sleep(0.05)

@@ -35,6 +35,9 @@ def _setup_logging() -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="vmlab: %(message)s")
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # its transport noise is not for users
     logging.getLogger("qemu").setLevel(logging.CRITICAL)
+    # A Ctrl-C inside qemu.qmp's own event loop leaves a task behind whose exception asyncio
+    # would report at exit ("Task exception was never retrieved"): vmlab has said what happened.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 def _lab(config: Optional[str]) -> Lab:

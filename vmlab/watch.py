@@ -141,7 +141,7 @@ class Watch:
         finally:
             self._stop_run()
             if owned:
-                conn.close()
+                conn.close(cut_off=True)
             self.say(self.tally.line())
 
     @staticmethod

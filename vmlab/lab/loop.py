@@ -15,8 +15,9 @@ import shlex
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Dict, List, Optional
+from typing import IO, TYPE_CHECKING, Any, Dict, Iterator, List, Optional
 
 from vmlab import __version__, golden, host, results
 from vmlab import suites as suite_runner
@@ -63,12 +64,28 @@ def ensure_provisioned(lab: "Lab", vm: VMConfig, vmdir: VMDir, conn: SharedConne
     vmdir.mark_provisioned(key, packages, time.time())
 
 
+@contextmanager
+def closed_if_cut_off(conn: SharedConnection) -> Iterator[None]:
+    """A control master this command opened is closed if the command is cut off (Ctrl-C,
+    SIGTERM), so an interrupted command leaves nothing running; one it found open stays
+    (ControlPersist keeps it for the next command, and others may be using it)."""
+    had = conn.control_path.exists()
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not had:
+            conn.close(cut_off=True)
+        raise
+
+
 def sync(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> rsync.SyncResult:
     """Make the guest's copy of the project (sync.guest_dir) equal to the project folder."""
     conn = lifecycle.connection(lab, vm, vmdir)
+    log.info("syncing %s to %s:%s with rsync", lab.config.project_dir, vm.name, lab.config.sync.guest_dir)
     try:
-        ensure_provisioned(lab, vm, vmdir, conn)  # rsync itself may be among what it installs (DragonFly)
-        done = rsync.sync(conn, lab.config.project_dir, lab.config.sync)
+        with closed_if_cut_off(conn):
+            ensure_provisioned(lab, vm, vmdir, conn)  # rsync itself may be among what it installs (DragonFly)
+            done = rsync.sync(conn, lab.config.project_dir, lab.config.sync)
     except GuestUnreachable as e:
         raise RunIncomplete(f"VM {vm.name}: SSH never answered: {e}") from None
     log.info("synced %s to %s:%s: %s", lab.config.project_dir, vm.name, lab.config.sync.guest_dir, done)
@@ -94,8 +111,10 @@ def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig]
     done: List[results.SuiteResult] = []
     current: Optional[str] = None  # the suite under way when the run was cut off, if any
     why = "vmlab stopped unexpectedly"  # what cut the run off; empty once it finished
+    opened: Optional[SharedConnection] = None  # the control master, if this run opened it
     try:
         conn = lifecycle.connection(lab, vm, vmdir)
+        opened = None if conn.control_path.exists() else conn
         meta.update(guest_facts(conn, vmdir))
         ensure_provisioned(lab, vm, vmdir, conn)
         run_as_root = "" if vm.ssh_user == "root" else lab.profile(vm).privileged
@@ -127,6 +146,8 @@ def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig]
         raise
     except KeyboardInterrupt as e:
         why = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (Ctrl-C)"
+        if opened:  # cut off: leave nothing running (see closed_if_cut_off)
+            opened.close(cut_off=True)
         raise
     except VmlabError as e:
         why = str(e).splitlines()[0]
