@@ -207,6 +207,7 @@ def test_sync(lab: Project, sig: int) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_suite(lab: Project, sig: int) -> None:
     ensure_running(lab)
+    assert lab.invoke("vm.sync").returncode == 0
     started = time.time()
     run = Running(lab, "vm.test", "--suite", "slow")
     run.wait_for(r"^suite-started$")
