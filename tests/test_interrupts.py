@@ -14,16 +14,19 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import List, Optional, Set, Tuple
+from typing import Iterator, List, Optional, Set, Tuple
 
 import pytest
 
 from conftest import INVOKE, Project
+from vmlab.lab import lifecycle
 from vmlab.machine import Machine
 
 SHOWN = {signal.SIGINT: (130, "vmlab: interrupted"), signal.SIGTERM: (143, "vmlab: terminated")}
@@ -31,8 +34,11 @@ NOISE = re.compile(r"Traceback|Task exception|Exception|exception was never|nan"
 
 
 def ssh_masters() -> Set[int]:
-    """Pids of OpenSSH control masters vmlab runs (its ControlPath is in its runtime folder)."""
-    found = subprocess.run(["pgrep", "-f", r"ssh.*ControlPath=.*vmlab-"], capture_output=True, text=True)
+    """Pids of OpenSSH control masters vmlab runs (titled "ssh: RUNTIME/vmlab-UID/TAG.ctl [mux]"), and
+    of ssh clients of one (ControlPath in their command line)."""
+    runtime = re.escape(os.environ["XDG_RUNTIME_DIR"])  # this module's own (see `lab`): no other lab's
+    found = subprocess.run(["pgrep", "-f", rf"^ssh: {runtime}/vmlab-[0-9]+/.*\[mux\]|^ssh .*ControlPath=.*{runtime}"],
+                           capture_output=True, text=True)
     return {int(p) for p in found.stdout.split()}
 
 
@@ -118,7 +124,24 @@ class Running:
 
 
 @pytest.fixture(scope="module")
-def lab(shared_project: Project, vm_ready) -> Project:
+def runtime_dir() -> Iterator[None]:
+    """A runtime folder of this module's own for vmlab's control sockets, so the masters it
+    counts are its commands', not those of another lab on the machine."""
+    folder = tempfile.mkdtemp(prefix="vmlab-rt-", dir="/tmp")
+    saved = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = folder
+    yield
+    for master in ssh_masters():
+        os.kill(master, signal.SIGTERM)
+    if saved is None:
+        del os.environ["XDG_RUNTIME_DIR"]
+    else:
+        os.environ["XDG_RUNTIME_DIR"] = saved
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def lab(shared_project: Project, vm_ready, runtime_dir) -> Project:
     """A project of the default Debian VM whose golden image is cached (made once if not)."""
     shared_project.write_config("""
         vms:
@@ -208,6 +231,8 @@ def test_sync(lab: Project, sig: int) -> None:
 def test_suite(lab: Project, sig: int) -> None:
     ensure_running(lab)
     assert lab.invoke("vm.sync").returncode == 0
+    api = lab.lab()
+    lifecycle.close_connection(api, api.vm(), api.vmdir(api.vm()))  # the run opens the master itself
     started = time.time()
     run = Running(lab, "vm.test", "--suite", "slow")
     run.wait_for(r"^suite-started$")

@@ -100,8 +100,7 @@ def control_master_running(project: Project) -> bool:
     from vmlab.lab import lifecycle
 
     conn = lifecycle.connection(lab, vm, lab.vmdir(vm))
-    found = subprocess.run(["pgrep", "-f", str(conn.control_path)], capture_output=True, text=True)
-    return bool(found.stdout.strip()) or conn.control_path.exists()
+    return bool(conn._processes()) or conn.control_path.exists()
 
 
 def test_watch_runs_on_each_save_a_burst_once_and_ctrl_c_leaves_nothing(sample: Project) -> None:

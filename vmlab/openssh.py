@@ -212,12 +212,17 @@ class SharedConnection:
                 pass
 
     def _processes(self) -> List[int]:
-        """Pids of ssh processes of this connection (their command line names its control socket)."""
+        """Pids of ssh processes of this connection: clients name its control socket in their
+        command line, the master in its title ("ssh: PATH [mux]")."""
         option = f"ControlPath={openssh_path(self.control_path)}".encode()
+        title = f"ssh: {self.control_path} [mux]".encode()
         found = []
         for proc in Path("/proc").iterdir():
             try:
-                if proc.name.isdigit() and option in (proc / "cmdline").read_bytes().split(b"\0"):
+                if not proc.name.isdigit():
+                    continue
+                cmdline = (proc / "cmdline").read_bytes()
+                if option in cmdline.split(b"\0") or cmdline.rstrip(b"\0").startswith(title):
                     found.append(int(proc.name))
             except OSError:
                 continue
