@@ -10,6 +10,8 @@ fetch runs against tests/httpserver.py (no VM is needed to download).
 
 from __future__ import annotations
 
+import bz2
+import hashlib
 import json
 import os
 import queue
@@ -26,6 +28,7 @@ from typing import Iterator, List, Optional, Set, Tuple
 import pytest
 
 from conftest import INVOKE, Project
+from httpserver import FileServer
 from vmlab.lab import lifecycle
 from vmlab.machine import Machine
 
@@ -242,3 +245,33 @@ def test_suite(lab: Project, sig: int) -> None:
                  and r.stat().st_mtime > started]
     assert not report["passed"] and "cut off" in report["suites"][0]["note"]  # never "passed"
     assert lab.invoke("vm.quick").returncode == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_fetch(project: Project, sig: int, runtime_dir) -> None:
+    """A download cut half-way: one line, the resumable partial kept (and nothing in the place
+    a later run trusts); the next fetch resumes it and verifies the whole."""
+    iso = "dfly-x86_64-6.4.2_REL.iso"
+    payload = os.urandom(4 << 20)
+    packed = bz2.compress(payload)
+    md5 = f"MD5 ({iso}.bz2) = {hashlib.md5(packed).hexdigest()}\nMD5 ({iso}) = {hashlib.md5(payload).hexdigest()}\n"
+    with FileServer({f"/iso-images/{iso}.bz2": packed, "/iso-images/md5.txt": md5.encode()}) as mirror:
+        project.write_config(f"""
+            vms:
+              dfly: {{profile: dragonfly, accel: tcg, disk_size: 4G}}
+            profiles:
+              dragonfly: {{mirrors: ["{mirror.url}"]}}
+            cache_dir: cache
+            """)
+        mirror.rate = len(packed) / 20  # 20 s for the whole file
+        run = Running(project, "vm.fetch")
+        run.wait_for(r"fetching .*\.iso")
+        run.stop(sig, 2.0)
+        isos = project.root / "cache" / "isos"
+        assert not (isos / iso).exists(), sorted(p.name for p in isos.iterdir())
+        assert [p for p in isos.iterdir() if p.name.endswith(".partial") and p.stat().st_size > 0], \
+            sorted(p.name for p in isos.iterdir())
+        mirror.rate = None
+        again = project.invoke("vm.fetch")
+        assert again.returncode == 0, again.stderr
+        assert (isos / iso).read_bytes() == payload
