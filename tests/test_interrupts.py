@@ -19,11 +19,12 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, List, Optional, Set, Tuple
+from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 import pytest
 
@@ -61,9 +62,9 @@ def qemu_of(folder: Path) -> List[str]:
 class Running:
     """A real `invoke` command in a project, its stdout and stderr read line by line as they come."""
 
-    def __init__(self, project: Project, *args: str):
+    def __init__(self, project: Project, *args: str, env: Optional[Dict[str, str]] = None):
         self.masters_before = ssh_masters()
-        env = dict(os.environ)
+        env = dict(os.environ, **(env or {}))
         env.pop("VM", None)
         self.proc = subprocess.Popen([INVOKE, *args], cwd=project.root, env=env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -275,3 +276,37 @@ def test_fetch(project: Project, sig: int, runtime_dir) -> None:
         again = project.invoke("vm.fetch")
         assert again.returncode == 0, again.stderr
         assert (isos / iso).read_bytes() == payload
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_install(project: Project, sig: int, runtime_dir, tmp_path: Path) -> None:
+    """An install cut while install.sh runs (tests/fake_qemu.py plays DragonFly's live CD: no
+    real VM is needed to drive the installer): one line, the installer's QEMU gone, no installed
+    image in the cache, and the next install works."""
+    iso = "dfly-x86_64-6.4.2_REL.iso"
+    payload = os.urandom(1 << 20)
+    packed = bz2.compress(payload)
+    md5 = f"MD5 ({iso}.bz2) = {hashlib.md5(packed).hexdigest()}\nMD5 ({iso}) = {hashlib.md5(payload).hexdigest()}\n"
+    bin_dir = tmp_path / "fake-bin"
+    bin_dir.mkdir()
+    qemu = bin_dir / "qemu-system-x86_64"
+    qemu.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+                    "from fake_qemu import main\nsys.exit(main(sys.argv[1:]))\n")
+    qemu.chmod(0o755)
+    fake = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "DFLY_SIM_TICK": "0.02"}
+    with FileServer({f"/iso-images/{iso}.bz2": packed, "/iso-images/md5.txt": md5.encode()}) as mirror:
+        project.write_config(f"""
+            vms:
+              dfly: {{profile: dragonfly, accel: tcg, disk_size: 4G}}
+            profiles:
+              dragonfly: {{mirrors: ["{mirror.url}"]}}
+            cache_dir: cache
+            """)
+        assert project.invoke("vm.fetch").returncode == 0
+        run = Running(project, "vm.install", env=fake)
+        run.wait_for(r"install\.sh, run by PFI")
+        run.stop(sig, 0.5)
+        assert not qemu_of(project.root / "vm" / "dfly")
+        assert not list((project.root / "cache").glob("*/*/keys/id_ed25519.pub"))  # no installed image
+        again = project.invoke("vm.install", env=fake, timeout=300)
+        assert again.returncode == 0 and "installed in" in again.stderr, again.stderr
