@@ -366,3 +366,17 @@ def test_provision(project: Project, runtime_dir, vm_ready) -> None:
     again = project.invoke("vm.provision", timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
     assert project.invoke("vm.stop").returncode == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_watch_during_a_run(lab: Project, sig: int) -> None:
+    """vm.watch cut while a run's suite is under way (tests/test_watch.py cuts it idle)."""
+    ensure_running(lab)
+    api = lab.lab()
+    lifecycle.close_connection(api, api.vm(), api.vmdir(api.vm()))  # watch opens the master itself
+    run = Running(lab, "vm.watch", "--suite", "slow")
+    run.wait_for(r"^suite-started$")
+    run.stop(sig)
+    assert run.out[-1].startswith("watch: 1 run: 0 passed, 0 failed, 1 cancelled in "), run.out
+    quick = lab.invoke("vm.quick")
+    assert quick.returncode == 0, quick.stderr

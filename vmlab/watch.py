@@ -106,6 +106,7 @@ class Watch:
         self._cancel = threading.Event()
         self._worker: Optional[threading.Thread] = None
         self._runs = 0
+        self._stopping = False  # a run cancelled now is cut off by the watch ending, not by a newer change
 
     def run(self) -> None:
         """Watch until interrupted (KeyboardInterrupt, or Terminated on SIGTERM)."""
@@ -139,6 +140,7 @@ class Watch:
                     conn.run(":", timeout=60)
                     idle_since = time.monotonic()
         finally:
+            self._stopping = True
             self._stop_run()
             if owned:
                 conn.close(cut_off=True)
@@ -186,7 +188,8 @@ class Watch:
                                      echo=sys.stdout.buffer, cancel=cancel)
         except Cancelled:
             self.tally.cancelled += 1
-            self.say(f"[{stamp}] run {number}: cancelled (a newer change came)")
+            why = "watch stopped" if self._stopping else "a newer change came"
+            self.say(f"[{stamp}] run {number}: cancelled ({why})")
             return
         except (VmlabError, OSError) as e:
             self.tally.errors += 1
