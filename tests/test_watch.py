@@ -44,7 +44,8 @@ class Watching:
                                      stderr=subprocess.PIPE, text=True, start_new_session=True)
         self.lines: "queue.Queue[str]" = queue.Queue()
         self.seen: List[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -79,14 +80,15 @@ class Watching:
         """Send `sig` to the process group (as a terminal's Ctrl-C does); its stderr."""
         os.killpg(self.proc.pid, sig)
         try:
-            _, err = self.proc.communicate(timeout=30)
+            self.proc.wait(timeout=30)
         finally:
             self.kill()
-        while True:
-            try:
-                self.seen.append(self.lines.get(timeout=0.5))
-            except queue.Empty:
-                return err
+        assert self.proc.stderr is not None
+        err = self.proc.stderr.read()
+        self.reader.join(timeout=10)  # stdout is read to its end by the reader alone
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return err
 
     def kill(self) -> None:
         if self.proc.poll() is None:

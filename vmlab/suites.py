@@ -87,6 +87,9 @@ def run(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Pat
     if gate and status == NOT_SYNCED and not gate.answered:
         raise SyncError(f"the guest never ran vmlab's sync check before suite {suite.name} "
                         f"(see {log_path}: does the SSH user's shell print or exit first?)")
+    if gate and (gate.sent or gate.inline) and status == DELTA_FAILED:
+        raise SyncError(f"the changed files could not be written in the guest's copy before suite {suite.name} "
+                        f"(see {log_path}); the next run syncs with rsync")
     duration = time.monotonic() - started[0]
     timed_out = status == -1 or (status in TIMED_OUT and duration >= suite.timeout - 1)
     result = SuiteResult(suite.name, "timed out" if timed_out else ("passed" if status == 0 else "failed"),

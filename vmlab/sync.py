@@ -143,6 +143,15 @@ class SyncGate:
         except (OSError, ValueError):
             last = {}
         self.last = last if isinstance(last, dict) else {}
+        # The common edit, known before the session starts: written by the fresh guest itself
+        # (delta.inline_writes), with no round trip and no exec.
+        self.inline: Optional[delta.Delta] = None
+        self._inline_lines: Optional[str] = None
+        if "tree" in self.last and "token" in self.last and self.last.get("digest") != self.digest:
+            changes = delta.diff(self.last["tree"], self.tree)
+            if changes:
+                self._inline_lines = delta.inline_writes(changes, self.last["tree"], self.tree, project_dir)
+                self.inline = changes if self._inline_lines else None
 
     def prelude(self) -> str:
         """Shell lines that run before the suite, as the SSH user."""
@@ -156,8 +165,13 @@ class SyncGate:
                      f'changed=$({self._find_changed(folder)}) && [ -z "$changed" ]')
         # After the stamp, wait out the clock's tick: a file the suite writes in that same
         # tick would have the stamp's ctime, and -cnewer would not see it next time.
+        applied = "fresh"
+        if self._inline_lines and fresh != "false":
+            fresh += (f" && {{ ( cd {shlex.quote(folder)} && {self._inline_lines} ) || exit {delta.DELTA_FAILED}; }} "
+                      f'&& echo {self.token} > "$s" && sleep 0.02')
+            applied = "applied"
         return (f"s={shlex.quote(folder + STAMP_SUFFIX)}\n"
-                f"if {fresh}; then echo {self.MARK}fresh; else echo {self.MARK}stale; fi\n"
+                f"if {fresh}; then echo {self.MARK}{applied}; else echo {self.MARK}stale; fi\n"
                 f"read -r answer || exit {NOT_SYNCED}\n"
                 f'if [ "$answer" != go ]; then\n'
                 f'  case "$answer" in delta*) {delta.guest_apply(folder)};; synced) ;; *) exit {NOT_SYNCED};; esac\n'
@@ -177,6 +191,11 @@ class SyncGate:
         if not line.startswith(self.MARK):
             return None
         self.answered = True
+        if line == self.MARK + "applied" and self.inline:  # the guest wrote the edited files and its stamp
+            self._remember()
+            self.sent = self.inline
+            log.info("synced %s: %s, only what changed (no rsync scan)", self.project_dir, self.inline)
+            return b"go\n"
         fresh = line == self.MARK + "fresh"
         if fresh and self.last.get("digest") == self.digest:
             log.info("in sync: nothing changed in %s or in the guest's copy since the last sync", self.project_dir)

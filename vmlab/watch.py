@@ -123,7 +123,7 @@ class Watch:
             self._start()
             pending, idle_since = False, time.monotonic()
             for changes in self._watched(watch(project, watch_filter=ignored, rust_timeout=200,
-                                               yield_on_timeout=True, debounce=1600, step=50)):
+                                               yield_on_timeout=True, debounce=1600, step=30)):
                 paths = ignored.kept({path for _, path in changes})
                 busy = self._worker is not None and self._worker.is_alive()
                 if paths:
