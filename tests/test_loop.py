@@ -171,6 +171,11 @@ def test_quick_sends_only_the_changed_files_and_deletions_without_rsync(sample: 
         assert in_guest(sample, "cat sample/data/input.txt; test -e sample/data/doomed.txt || echo gone") == \
             "edited once\ngone\n"
         assert "vmlab: in sync" in quick().stderr  # the applied files do not look like guest edits
+        tricky = "it's \"quoted\" $HOME `id` \\ %s ünï\n\n"
+        data.write_text(tricky)  # an edit alone: written by the guest's shell, quoting and all
+        inline = quick()
+        assert "1 changed file sent" in inline.stderr and tricky in inline.stdout, inline.stdout
+        assert "vmlab: in sync" in quick().stderr
     finally:
         data.write_text(original)
         doomed.unlink(missing_ok=True)
