@@ -27,7 +27,8 @@ def sample(shared_project: Project, vm_ready) -> Project:
     shutil.copytree(SAMPLE, shared_project.root, dirs_exist_ok=True, symlinks=True)
     settings = yaml.safe_load((shared_project.root / "vmlab.yaml").read_text())
     settings["suites"]["state"] = {"command": "grep -q good data/state.txt && echo state-ok"}
-    settings["suites"]["slow"] = {"command": "sleep 4; echo slow-done"}
+    settings["suites"]["slow"] = {"command": ("if grep -q long data/state.txt; then sleep 40; "
+                                                  "elif grep -q mid data/state.txt; then sleep 3; fi; echo slow-done")}
     (shared_project.root / "watch.yaml").write_text(yaml.safe_dump({**settings, "quick": "state"}))
     (shared_project.root / "data" / "state.txt").write_text("good\n")
     started = shared_project.invoke("vm.start")
@@ -142,8 +143,8 @@ def test_a_newer_save_cancels_the_run_under_way_unless_finish(sample: Project) -
     watching = Watching(sample, "--suite", "slow")
     try:
         watching.wait_for(r"run 1: PASSED slow", timeout=60)
-        state.write_text("good 1\n")
-        time.sleep(1.5)  # run 2 is under way (its suite sleeps 4 s)
+        state.write_text("long 1\n")
+        time.sleep(1.5)  # run 2 is under way (its suite sleeps 40 s)
         state.write_text("good 2\n")
         assert "run 2: cancelled" in watching.wait_for(r"run 2: ", timeout=10)
         assert "run 3: PASSED" in watching.wait_for(r"run 3: ", timeout=30)
@@ -152,12 +153,14 @@ def test_a_newer_save_cancels_the_run_under_way_unless_finish(sample: Project) -
         watching.kill()
     assert watching.proc.returncode == 143 and err.strip() == "vmlab: terminated", err
     assert "1 cancelled" in watching.seen[-1]
+    left = sample.invoke("vm.ssh", "-c", "pgrep -x sleep || echo none").stdout.strip()
+    assert left == "none"  # the cancelled run was stopped in the guest too
 
     watching = Watching(sample, "--suite", "slow", "--finish")
     try:
         watching.wait_for(r"run 1: PASSED slow", timeout=60)
-        state.write_text("good 3\n")
-        time.sleep(1.5)
+        state.write_text("mid 3\n")
+        time.sleep(1.0)  # run 2 is under way (its suite sleeps 3 s)
         state.write_text("good 4\n")
         assert "run 2: PASSED" in watching.wait_for(r"run 2: ", timeout=30)  # finished, not cancelled
         assert "run 3: PASSED" in watching.wait_for(r"run 3: ", timeout=30)  # then one for what came meanwhile

@@ -18,12 +18,13 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, List, Optional
+from typing import IO, Iterator, List, Optional
 
 from vmlab import formats, host
 from vmlab.config import SuiteConfig
-from vmlab.errors import SyncError
+from vmlab.errors import Cancelled, GuestUnreachable, SyncError
 from vmlab.openssh import SharedConnection
 from vmlab.results import SuiteResult
 from vmlab.delta import DELTA_FAILED
@@ -79,7 +80,7 @@ def run(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Pat
         return answer
 
     command = remote_command(suite, guest_dir, run_as_root)
-    with open(log_path, "wb") as log:
+    with open(log_path, "wb") as log, _stopped_in_guest_if_cancelled(conn, gate):
         status = conn.run(gate.prelude() + command if gate else command, output=log,
                           echo=echo if echo is not None else sys.stdout.buffer,
                           timeout=suite.timeout + KILL_GRACE + 30, handshake=handshake if gate else None,
@@ -100,6 +101,24 @@ def run(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Pat
     if suite.artifacts:
         result.artifacts = fetch_artifacts(conn, suite, guest_dir, run_dir, result)
     return _settle(result)
+
+
+@contextmanager
+def _stopped_in_guest_if_cancelled(conn: SharedConnection, gate: Optional[SyncGate]) -> Iterator[None]:
+    """A run cancelled on the host (vm.watch) is stopped in the guest too: its `timeout` (the
+    session shell's child, or the shell itself after an exec) is sent TERM, which it passes to
+    the suite's whole process group."""
+    try:
+        yield
+    except Cancelled:
+        if gate is not None and gate.guest_pid:
+            try:
+                pid = gate.guest_pid  # the shell may have exec'd `timeout` as its last command (bash does)
+                conn.run(f"pkill -TERM -P {pid} -x timeout; case \"$(ps -o comm= -p {pid})\" in "
+                         f"timeout*) kill -TERM {pid};; esac", timeout=10)
+            except GuestUnreachable:
+                pass
+        raise
 
 
 def _read_cases(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Path,

@@ -136,6 +136,7 @@ class SyncGate:
         self.digest = self.tree.digest
         self.token = secrets.token_hex(8)
         self.answered = False  # the guest ran the check
+        self.guest_pid: Optional[int] = None  # the session's shell in the guest: the suite runs under it
         self.result: Optional[SyncResult] = None  # set when rsync ran
         self.sent: Optional[delta.Delta] = None  # set when only what changed was sent
         try:
@@ -171,7 +172,7 @@ class SyncGate:
                       f'&& echo {self.token} > "$s" && sleep 0.02')
             applied = "applied"
         return (f"s={shlex.quote(folder + STAMP_SUFFIX)}\n"
-                f"if {fresh}; then echo {self.MARK}{applied}; else echo {self.MARK}stale; fi\n"
+                f"if {fresh}; then echo {self.MARK}{applied} $$; else echo {self.MARK}stale $$; fi\n"
                 f"read -r answer || exit {NOT_SYNCED}\n"
                 f'if [ "$answer" != go ]; then\n'
                 f'  case "$answer" in delta*) {delta.guest_apply(folder)};; synced) ;; *) exit {NOT_SYNCED};; esac\n'
@@ -191,6 +192,8 @@ class SyncGate:
         if not line.startswith(self.MARK):
             return None
         self.answered = True
+        line, _, pid = line.partition(" ")
+        self.guest_pid = int(pid) if pid.isdigit() else None
         if line == self.MARK + "applied" and self.inline:  # the guest wrote the edited files and its stamp
             self._remember()
             self.sent = self.inline
