@@ -89,7 +89,7 @@ class Ignored:
         """Of `paths`, those git does not ignore (with sync.gitignore); git is asked once per burst."""
         if not self.gitignore or not paths:
             return paths
-        proc = subprocess.run([host.which("git") or "git", "check-ignore", "--stdin", "-z", "--no-index"],
+        proc = subprocess.run([host.which("git") or "git", "check-ignore", "--stdin", "-z"],  # tracked: never ignored
                               cwd=self.project_dir, input="\0".join(paths).encode(errors="surrogateescape"),
                               capture_output=True, check=False)
         ignored = {os.fsdecode(p) for p in proc.stdout.split(b"\0") if p}
