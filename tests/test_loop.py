@@ -145,9 +145,46 @@ def test_quick_skips_rsync_only_while_neither_copy_changed(sample: Project, show
         sample.invoke("vm.snapshot-delete", "--name", "before-edit")
 
 
+def test_quick_sends_only_the_changed_files_and_deletions_without_rsync(sample: Project, show: Path) -> None:
+    """With the guest's copy as last sent, the host knows what changed (its tree, kept in
+    vm/NAME/synced.json): one edited file goes as a tar on the suite's own session and a
+    deleted file is deleted, with no rsync scan; nothing changed sends nothing."""
+    data = sample.root / "data" / "input.txt"
+    original = data.read_text()
+    doomed = sample.root / "data" / "doomed.txt"
+    doomed.write_text("to be deleted\n")
+
+    def quick() -> subprocess.CompletedProcess:
+        result = sample.invoke("vm.quick", "--config", str(show))
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    try:
+        quick()  # whatever the earlier tests left: in sync from here
+        assert "vmlab: in sync" in quick().stderr  # nothing changed: no scan, nothing sent
+        data.write_text("edited once\n")
+        doomed.unlink()
+        edited = quick()
+        assert "1 changed file sent" in edited.stderr and "1 deleted" in edited.stderr, edited.stderr
+        assert "no rsync scan" in edited.stderr and "files sent" not in edited.stderr  # rsync's own line
+        assert "edited once" in edited.stdout and "doomed.txt" not in edited.stdout
+        assert in_guest(sample, "cat sample/data/input.txt; test -e sample/data/doomed.txt || echo gone") == \
+            "edited once\ngone\n"
+        assert "vmlab: in sync" in quick().stderr  # the applied files do not look like guest edits
+        tricky = "it's \"quoted\" $HOME `id` \\ %s ünï\n\n"
+        data.write_text(tricky)  # an edit alone: written by the guest's shell, quoting and all
+        inline = quick()
+        assert "1 changed file sent" in inline.stderr and tricky in inline.stdout, inline.stdout
+        assert "vmlab: in sync" in quick().stderr
+    finally:
+        data.write_text(original)
+        doomed.unlink(missing_ok=True)
+
+
 def test_a_chatty_login_shell_is_shown_and_named_when_it_breaks_rsync(sample: Project, show: Path) -> None:
-    """A ~/.bashrc that prints: vmlab's sync check passes its output through, and when a
-    sync is needed rsync cannot work through it: exit 2 (the suite never ran), saying why."""
+    """A ~/.bashrc that prints: vmlab's sync check (and the changed files it sends) pass its
+    output through, and when rsync is needed it cannot work through it: exit 2 (the suite
+    never ran), saying why."""
     assert sample.invoke("vm.quick", "--config", str(show)).returncode == 0  # in sync from here
     in_guest(sample, "cp /root/.bashrc /root/.bashrc.saved && echo 'echo hello-from-bashrc' >> /root/.bashrc")
     added = sample.root / "data" / "added.txt"
@@ -155,7 +192,10 @@ def test_a_chatty_login_shell_is_shown_and_named_when_it_breaks_rsync(sample: Pr
         result = sample.invoke("vm.quick", "--config", str(show))
         assert result.returncode == 0 and "vmlab: in sync" in result.stderr, result.stdout + result.stderr
         assert "hello-from-bashrc" in result.stdout and "input" in result.stdout
-        added.write_text("a host edit: this turn must sync\n")
+        added.write_text("a host edit: sent on the suite's own session, through the chatty shell\n")
+        delta = sample.invoke("vm.quick", "--config", str(show))
+        assert delta.returncode == 0 and "1 changed file sent" in delta.stderr, delta.stdout + delta.stderr
+        in_guest(sample, "touch sample/data/stray")  # a guest edit: this turn needs rsync
         broken = sample.invoke("vm.quick", "--config", str(show))
         assert broken.returncode == 2, broken.stdout + broken.stderr
         assert "suite show did not run" in broken.stderr and "~/.bashrc" in broken.stderr

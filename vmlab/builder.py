@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections import deque
@@ -72,22 +73,42 @@ def _build(cache: ArtefactCache, profile: Profile, section: str, facts: Dict[str
     tail: "deque[str]" = deque(maxlen=25)
     try:
         with open(log_path, "w") as logfile:
+            # A process group of its own: on Ctrl-C or SIGTERM vmlab stops the whole build (debootstrap
+            # and all) before it unmounts and deletes its folder, whichever process got the signal.
             proc = subprocess.Popen(["sh", str(profile.dir / profile.section(section)["builder"])], env=env,
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True)
+                                    stderr=subprocess.STDOUT, text=True, process_group=0)
             assert proc.stdout is not None
-            for line in proc.stdout:
-                logfile.write(line)
-                tail.append(line.rstrip())
-                if line.startswith("vmlab-step:"):
-                    log.info("  %s", line.split(":", 1)[1].strip())
-            rc = proc.wait()
+            try:
+                for line in proc.stdout:
+                    logfile.write(line)
+                    tail.append(line.rstrip())
+                    if line.startswith("vmlab-step:"):
+                        log.info("  %s", line.split(":", 1)[1].strip())
+                rc = proc.wait()
+            except BaseException:
+                _stop_group(proc)
+                raise
         if rc != 0:
             raise ImageBuildError(f"building the {profile.name} {section} failed (exit {rc}); log: {log_path}\n"
                                   + "\n".join(tail))
     finally:
         _unmount_below(work)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """TERM the build's process group, KILL it after 10 s; wait for its leader."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _unmount_below(folder: Path) -> None:

@@ -25,13 +25,14 @@ import time
 import tty
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
-import pexpect
-import pexpect.fdpexpect
 
 from vmlab.errors import ConsoleError, MachineError
 from vmlab.machine import ESCAPES
+
+if TYPE_CHECKING:  # pexpect is imported where a console is opened: not every command needs it
+    import pexpect.fdpexpect
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,8 @@ class Console:
                     raise MachineError(f"cannot open the serial console {self.socket_path}: {e.strerror}") from None
                 time.sleep(0.1)
         self._sock = sock
+        import pexpect.fdpexpect
+
         self._child = pexpect.fdpexpect.fdspawn(sock.fileno(), encoding="utf-8", codec_errors="replace")
         self._child.logfile_read = self._transcript
         return self
@@ -134,6 +137,8 @@ class Console:
         """Wait for the first of `patterns`; its match. `resend` is typed again every `resend_every` s.
 
         `limit` counts from `since` (a time.monotonic() value; default: now)."""
+        import pexpect
+
         assert self._child is not None
         idle, limit = idle * self.time_scale, limit * self.time_scale
         fails = [f.pattern for f in self.fails if f.times == 1]
@@ -233,6 +238,8 @@ class Console:
 
     def wait_closed(self, step: str, limit: float) -> None:
         """Wait until the other end closes the console (QEMU exits when the guest powers off)."""
+        import pexpect
+
         assert self._child is not None
         try:
             self._child.expect(pexpect.EOF, timeout=limit * self.time_scale)

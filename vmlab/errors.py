@@ -93,3 +93,7 @@ class Busy(VmlabError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the program is so that it cleans up exactly as after Ctrl-C."""
+
+
+class Cancelled(Exception):
+    """A run stopped on purpose by vmlab itself (vm.watch: a newer save came); not an error."""

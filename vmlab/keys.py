@@ -15,14 +15,14 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Iterator
 
-import paramiko
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from vmlab import locks
 from vmlab.errors import PrerequisiteMissing
+
+if TYPE_CHECKING:
+    import paramiko
 
 HOST_ALIAS = "vmlab-guest"  # the name OpenSSH checks the pinned host key under
 
@@ -47,6 +47,8 @@ class LabKeys:
         return self.client.with_suffix(".pub").read_text().strip()
 
     def host_key(self) -> paramiko.PKey:
+        import paramiko  # here, not at the top: most commands use OpenSSH, never paramiko
+
         return paramiko.Ed25519Key.from_private_key_file(str(self.host))
 
     def openssh_options(self) -> list[str]:
@@ -108,6 +110,9 @@ def private_file(path: Path) -> Iterator[BinaryIO]:
 
 
 def _write_keypair(private: Path, comment: str) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                             serialization.NoEncryption())

@@ -14,15 +14,17 @@ import hashlib
 import os
 import select
 import shlex
+import signal
 import stat
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, List, Optional, Tuple
 
 from vmlab import host
-from vmlab.errors import GuestUnreachable, PrerequisiteMissing
+from vmlab.errors import Cancelled, GuestUnreachable, PrerequisiteMissing
 from vmlab.keys import LabKeys, openssh_path
 
 PERSIST_SECONDS = 600
@@ -82,7 +84,8 @@ class SharedConnection:
         return [host.which("ssh") or "ssh", *self.ssh_options()]
 
     def run(self, command: str, output: Optional[IO[bytes]] = None, echo: Optional[IO[bytes]] = None,
-            timeout: Optional[float] = None, handshake: Optional[Callable[[str], Optional[str]]] = None) -> int:
+            timeout: Optional[float] = None, handshake: Optional[Callable[[str], Optional[bytes]]] = None,
+            cancel: Optional[threading.Event] = None) -> int:
         """Run `command` in the guest; stdout and stderr go, merged, to `output` and `echo`.
 
         Returns the command's exit status. An SSH failure (exit 255) is GuestUnreachable;
@@ -91,11 +94,15 @@ class SharedConnection:
 
         With `handshake`, each line of output goes to it, not to the sinks, until it returns
         a string: that is the command's whole input, and `timeout` counts from then.
-        (sync.SyncGate uses this to rsync, if needed, while the session waits.)
+        (sync.SyncGate uses this to sync, if needed, while the session waits.)
+
+        When `cancel` is set, the local ssh is killed and Cancelled raised (vm.watch). Such a
+        run's ssh has a process group of its own: Ctrl-C reaches vmlab, which stops it, not ssh.
         """
         proc = subprocess.Popen([*self.ssh_command(), self.destination, command],
                                 stdin=subprocess.PIPE if handshake else subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                process_group=0 if cancel is not None else None)
         assert proc.stdout is not None
         fd = proc.stdout.fileno()
         tail = b""
@@ -109,7 +116,10 @@ class SharedConnection:
                     proc.kill()
                     proc.wait()
                     return -1
-                if not select.select([fd], [], [], 1.0 if left is None else min(1.0, left))[0]:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("cancelled")
+                tick = 0.05 if cancel is not None else 1.0
+                if not select.select([fd], [], [], tick if left is None else min(tick, left))[0]:
                     continue
                 chunk = os.read(fd, 65536)
                 if not chunk:
@@ -130,7 +140,7 @@ class SharedConnection:
         return status
 
     @staticmethod
-    def _handshake(proc: subprocess.Popen, handshake: Callable[[str], Optional[str]],
+    def _handshake(proc: subprocess.Popen, handshake: Callable[[str], Optional[bytes]],
                    sinks: Tuple[Optional[IO[bytes]], ...]) -> bytes:
         """Give `handshake` each line of output until it answers; its answer is the command's
         whole input. Lines it does not claim, and what follows, go to `sinks`. Returns them."""
@@ -153,7 +163,7 @@ class SharedConnection:
                 sink.write(shown)
                 sink.flush()
         try:
-            proc.stdin.write((answer or "").encode())
+            proc.stdin.write(answer or b"")
             proc.stdin.close()
         except BrokenPipeError:
             pass
@@ -178,13 +188,42 @@ class SharedConnection:
         if proc.returncode != 0:
             raise GuestUnreachable(f"could not write {remote} in the guest: {proc.stderr.decode(errors='replace')}")
 
-    def close(self) -> None:
-        """Stop the control master, if one runs (after a restore its connection is dead)."""
+    def close(self, cut_off: bool = False) -> None:
+        """Stop the control master, if one runs (after a restore its connection is dead).
+
+        `cut_off`: this command opened it and was interrupted, maybe while ssh was still
+        setting the master up (its socket not there yet): wait for the socket while an ssh of
+        this connection runs, and kill any that is left."""
         try:
             control_path = self.control_path
         except PrerequisiteMissing:
             return  # an unsafe folder holds no master of ours: stopping a VM must not fail on it
+        deadline = time.monotonic() + 3
+        while cut_off and not control_path.exists() and self._processes() and time.monotonic() < deadline:
+            time.sleep(0.05)
         if control_path.exists():
             subprocess.run([*self.ssh_command(), "-O", "exit", self.destination], stdin=subprocess.DEVNULL,
                            capture_output=True, check=False, timeout=10)
             control_path.unlink(missing_ok=True)
+        for pid in self._processes() if cut_off else []:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def _processes(self) -> List[int]:
+        """Pids of ssh processes of this connection: clients name its control socket in their
+        command line, the master in its title ("ssh: PATH [mux]")."""
+        option = f"ControlPath={openssh_path(self.control_path)}".encode()
+        title = f"ssh: {self.control_path} [mux]".encode()
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                if not proc.name.isdigit():
+                    continue
+                cmdline = (proc / "cmdline").read_bytes()
+                if option in cmdline.split(b"\0") or cmdline.rstrip(b"\0").startswith(title):
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+        return found

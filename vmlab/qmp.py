@@ -7,16 +7,14 @@ drops while QEMU quits is expected and tolerated.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
-from typing import Any, Optional
-
-from qemu.qmp import QMPError
-from qemu.qmp.legacy import QEMUMonitorProtocol
-from qemu.qmp.qmp_client import ExecuteError
+from typing import TYPE_CHECKING, Any, Optional
 
 from vmlab.errors import MachineError
+
+if TYPE_CHECKING:  # qemu.qmp and asyncio (~30 ms) are imported by the first monitor session
+    from qemu.qmp.legacy import QEMUMonitorProtocol
 
 
 class Monitor:
@@ -26,6 +24,9 @@ class Monitor:
         self._qmp: Optional[QEMUMonitorProtocol] = None
 
     def __enter__(self) -> "Monitor":
+        from qemu.qmp import QMPError
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+
         self._qmp = QEMUMonitorProtocol(str(self.socket))
         try:
             self._qmp.connect()
@@ -36,6 +37,8 @@ class Monitor:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        from qemu.qmp import QMPError
+
         if self._qmp is not None:
             try:
                 self._qmp.close()
@@ -44,6 +47,11 @@ class Monitor:
             self._qmp = None
 
     def command(self, name: str, **args: Any) -> Any:
+        import asyncio
+
+        from qemu.qmp import QMPError
+        from qemu.qmp.qmp_client import ExecuteError
+
         assert self._qmp is not None, "use Monitor as a context manager"
         try:
             return self._qmp.cmd(name, **args)
@@ -62,8 +70,9 @@ class Monitor:
         Such jobs report failure only in query-jobs[].error, never as a QMP error,
         so the job is polled until it concludes and its error raised as MachineError.
         """
-        self.command(command, **{"job-id": job_id}, **args)
         deadline = time.monotonic() + timeout
+        self._settle_leftovers(deadline)
+        self.command(command, **{"job-id": job_id}, **args)
         while True:
             job = next((j for j in self.command("query-jobs") if j["id"] == job_id), None)
             if job is None:
@@ -76,3 +85,18 @@ class Monitor:
         self.command("job-dismiss", id=job_id)
         if job.get("error"):
             raise MachineError(f"{command} failed: {job['error']}")
+
+    def _settle_leftovers(self, deadline: float) -> None:
+        """A job of a vmlab command that was cut off (Ctrl-C, SIGTERM) stays in QEMU: wait for
+        it to end and dismiss it, so the next job neither collides with it nor runs beside it."""
+        while True:
+            left = [j for j in self.command("query-jobs") if str(j["id"]).startswith("vmlab-")]
+            for job in left:
+                if job["status"] == "concluded":
+                    self.command("job-dismiss", id=job["id"])
+            if all(j["status"] == "concluded" for j in left):
+                return
+            if time.monotonic() > deadline:
+                raise MachineError(f"QEMU still runs {left[0]['type']} job {left[0]['id']} of an interrupted "
+                                   "vmlab command; try again when it ends, or `invoke vm.stop`")
+            time.sleep(0.05)

@@ -10,6 +10,7 @@ are deleted only once it exists. The qcow2 stays the only record of snapshots.
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -84,7 +85,7 @@ def save(mon: Monitor, image: Path, name: str, timeout: float = 300) -> Snapshot
     tag = f"{name}@{max((s.generation for s in older), default=0) + 1}"
     with _running_afterwards(mon):
         try:
-            mon.run_job("snapshot-save", f"vmlab-save-{next(_job_ids)}", timeout,
+            mon.run_job("snapshot-save", f"vmlab-save-{os.getpid()}-{next(_job_ids)}", timeout,
                         tag=tag, vmstate=NODE, devices=[NODE])
         except MachineError as e:
             _delete_quietly(mon, tag)
@@ -100,7 +101,7 @@ def load(mon: Monitor, image: Path, name: str, timeout: float = 300) -> Snapshot
     snap = find(image, name)
     with _running_afterwards(mon):
         try:
-            mon.run_job("snapshot-load", f"vmlab-load-{next(_job_ids)}", timeout,
+            mon.run_job("snapshot-load", f"vmlab-load-{os.getpid()}-{next(_job_ids)}", timeout,
                         tag=snap.tag, vmstate=NODE, devices=[NODE])
         except MachineError as e:
             raise SnapshotError(f"could not restore snapshot {name!r} of {image}: {e}") from None
@@ -120,7 +121,7 @@ def delete(mon: Optional[Monitor], image: Path, name: str) -> None:
 
 
 def _delete(mon: Monitor, tag: str) -> None:
-    mon.run_job("snapshot-delete", f"vmlab-delete-{next(_job_ids)}", 120, tag=tag, devices=[NODE])
+    mon.run_job("snapshot-delete", f"vmlab-delete-{os.getpid()}-{next(_job_ids)}", 120, tag=tag, devices=[NODE])
 
 
 def _delete_quietly(mon: Monitor, tag: str) -> None:

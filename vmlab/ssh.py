@@ -16,20 +16,19 @@ import shlex
 import socket
 import time
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Callable, Dict, Optional
-
-import paramiko
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Callable, Dict, Optional
 
 from vmlab.command import CommandResult
 from vmlab.errors import GuestUnreachable, HostKeyMismatch
 from vmlab.keys import LabKeys
 
+if TYPE_CHECKING:  # paramiko (~25 ms) is imported by the first connection: `vm.quick` uses OpenSSH
+    import paramiko
+
 # While a guest boots, connection attempts fail by design; paramiko's transport thread
 # logs each with a traceback, which without a handler Python prints to stderr.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
-# Failures that mean "not up yet" while a guest boots.
-_NOT_READY = (OSError, EOFError, paramiko.SSHException)
 OUTPUT_GRACE = 2.0  # seconds to wait for output after the exit status, if EOF does not come
 
 
@@ -53,6 +52,8 @@ class GuestSSH:
 
     def connect(self, timeout: float = 10.0) -> None:
         """One attempt; raises what paramiko raises, except a wrong host key, which is ours."""
+        import paramiko
+
         self.close()
         client = paramiko.SSHClient()
         pinned = self.keys.host_key()
@@ -81,6 +82,8 @@ class GuestSSH:
         `check` is called between attempts and may raise (QEMU died); `progress(elapsed,
         last_error)` is called about every 10 s so a long boot is never silent.
         """
+        import paramiko
+
         started = time.monotonic()
         delay, last_error, next_report = 0.5, "no attempt yet", started + 10
         while True:
@@ -94,7 +97,7 @@ class GuestSSH:
                 raise
             except paramiko.AuthenticationException as e:
                 last_error = f"authentication failed ({e}): the guest does not accept this lab's key"
-            except _NOT_READY as e:
+            except (OSError, EOFError, paramiko.SSHException) as e:  # not up yet, while it boots
                 last_error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             self.close()
             now = time.monotonic()
@@ -169,6 +172,8 @@ class GuestSSH:
 
     def _session(self) -> paramiko.Channel:
         """A new channel; if the connection died (a restore kills it), reconnect once first."""
+        import paramiko
+
         assert self._client is not None
         transport = self._client.get_transport()
         try:

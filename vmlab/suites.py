@@ -16,15 +16,18 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, List, Optional
+from typing import IO, Iterator, List, Optional
 
 from vmlab import formats, host
 from vmlab.config import SuiteConfig
-from vmlab.errors import SyncError
+from vmlab.errors import Cancelled, GuestUnreachable, SyncError
 from vmlab.openssh import SharedConnection
 from vmlab.results import SuiteResult
+from vmlab.delta import DELTA_FAILED
 from vmlab.sync import NOT_SYNCED, SyncGate
 
 TIMED_OUT = (124, 137)  # `timeout`'s status when it stopped the command (137: it had to SIGKILL)
@@ -61,14 +64,15 @@ def remote_command(suite: SuiteConfig, guest_dir: str, run_as_root: str) -> str:
 
 
 def run(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Path, run_as_root: str,
-        echo: Optional[IO[bytes]] = None, gate: Optional[SyncGate] = None) -> SuiteResult:
+        echo: Optional[IO[bytes]] = None, gate: Optional[SyncGate] = None,
+        cancel: Optional[threading.Event] = None) -> SuiteResult:
     """Run `suite`, keeping its output in run_dir/<name>.log and its JUnit in run_dir/<name>.junit.xml.
 
     With `gate`, the same session first syncs the project if the guest's copy may differ."""
     log_path = run_dir / f"{suite.name}.log"
     started = [time.monotonic()]
 
-    def handshake(line: str) -> Optional[str]:
+    def handshake(line: str) -> Optional[bytes]:
         assert gate is not None
         answer = gate.answer(line)
         if answer is not None:
@@ -76,13 +80,17 @@ def run(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Pat
         return answer
 
     command = remote_command(suite, guest_dir, run_as_root)
-    with open(log_path, "wb") as log:
+    with open(log_path, "wb") as log, _stopped_in_guest_if_cancelled(conn, gate):
         status = conn.run(gate.prelude() + command if gate else command, output=log,
                           echo=echo if echo is not None else sys.stdout.buffer,
-                          timeout=suite.timeout + KILL_GRACE + 30, handshake=handshake if gate else None)
+                          timeout=suite.timeout + KILL_GRACE + 30, handshake=handshake if gate else None,
+                          cancel=cancel)
     if gate and status == NOT_SYNCED and not gate.answered:
         raise SyncError(f"the guest never ran vmlab's sync check before suite {suite.name} "
                         f"(see {log_path}: does the SSH user's shell print or exit first?)")
+    if gate and (gate.sent or gate.inline) and status == DELTA_FAILED:
+        raise SyncError(f"the changed files could not be written in the guest's copy before suite {suite.name} "
+                        f"(see {log_path}); the next run syncs with rsync")
     duration = time.monotonic() - started[0]
     timed_out = status == -1 or (status in TIMED_OUT and duration >= suite.timeout - 1)
     result = SuiteResult(suite.name, "timed out" if timed_out else ("passed" if status == 0 else "failed"),
@@ -93,6 +101,24 @@ def run(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Pat
     if suite.artifacts:
         result.artifacts = fetch_artifacts(conn, suite, guest_dir, run_dir, result)
     return _settle(result)
+
+
+@contextmanager
+def _stopped_in_guest_if_cancelled(conn: SharedConnection, gate: Optional[SyncGate]) -> Iterator[None]:
+    """A run cancelled on the host (vm.watch) is stopped in the guest too: its `timeout` (the
+    session shell's child, or the shell itself after an exec) is sent TERM, which it passes to
+    the suite's whole process group."""
+    try:
+        yield
+    except Cancelled:
+        if gate is not None and gate.guest_pid:
+            try:
+                pid = gate.guest_pid  # the shell may have exec'd `timeout` as its last command (bash does)
+                conn.run(f"pkill -TERM -P {pid} -x timeout; case \"$(ps -o comm= -p {pid})\" in "
+                         f"timeout*) kill -TERM {pid};; esac", timeout=10)
+            except GuestUnreachable:
+                pass
+        raise
 
 
 def _read_cases(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Path,

@@ -9,8 +9,6 @@ rsync's rules differ from git's (`!` re-includes, for one), and users expect git
 
 from __future__ import annotations
 
-import fnmatch
-import hashlib
 import json
 import logging
 import os
@@ -23,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from vmlab import host
+from vmlab import delta, host
 from vmlab.config import SyncConfig
 from vmlab.errors import ConfigError, GuestUnreachable, SyncError
 from vmlab.openssh import SSH_FAILED, SharedConnection
@@ -103,77 +101,82 @@ def sync(conn: SharedConnection, project_dir: Path, settings: SyncConfig) -> Syn
                       stat("Total bytes sent"), time.monotonic() - started)
 
 
+def host_tree(project_dir: Path, settings: SyncConfig) -> delta.Tree:
+    """The host's side of the project as rsync would send it (see delta.scan), with what git
+    ignores (settings.gitignore) left out as rsync leaves it out."""
+    return delta.scan(project_dir, settings, set(git_ignored(project_dir)) if settings.gitignore else set())
+
+
 def host_digest(project_dir: Path, settings: SyncConfig) -> str:
-    """A digest of the sync settings and of every path's size, times and mode that rsync
-    could send: equal digests mean nothing on the host changed. (It looks at more than
-    rsync sends, so a change it sees may send nothing; it never misses one rsync would send.)
-    What git ignores (with settings.gitignore) is left out as rsync leaves it out, and the
-    list itself is hashed: a rule that stops ignoring a file changes the digest."""
-    ignored = set(git_ignored(project_dir)) if settings.gitignore else set()
-    digest = hashlib.sha256(repr((str(project_dir), settings, sorted(ignored))).encode(errors="surrogateescape"))
-    plain = [p for p in settings.excludes if _is_plain_name(p)]
-
-    def excluded(name: str, is_dir: bool) -> bool:
-        return any(fnmatch.fnmatchcase(name, p.rstrip("/")) for p in plain if is_dir or not p.endswith("/"))
-
-    for folder, dirs, files in os.walk(project_dir):
-        top = folder == str(project_dir)
-        rel = "" if top else os.path.relpath(folder, project_dir) + "/"
-        dirs[:] = sorted(d for d in dirs if d != ".git" and not (top and d == "vm") and not excluded(d, True)
-                         and not {rel + d, rel + d + "/"} & ignored)
-        for name in sorted(f for f in files if not excluded(f, False) and rel + f not in ignored) + dirs:
-            st = os.lstat(os.path.join(folder, name))
-            digest.update(f"{folder}/{name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_mode}\0"
-                          .encode(errors="surrogateescape"))
-    return digest.hexdigest()
-
-
-def _is_plain_name(pattern: str) -> bool:
-    """An exclude rsync matches against a name at any depth, the way fnmatch does: skipping
-    such folders in host_digest cannot hide a change rsync would send."""
-    return bool(pattern.rstrip("/")) and not re.search(r"[/\[\\]|^[-+] |\*\*", pattern.rstrip("/"))
+    """Equal digests mean nothing on the host changed that rsync could send."""
+    return host_tree(project_dir, settings).digest
 
 
 class SyncGate:
     """Sync only when the guest's copy may differ, decided in the first suite's own session.
 
     A loop turn with nothing changed should cost one SSH session, not rsync's (~0.45 s
-    under TCG for 2,000 files) plus the suite's. The host remembers a digest of the
-    project as last sent and a random token the guest wrote beside its copy right after
-    (a stamp file). The suite's session starts with a check: the stamp holds that token
-    and nothing in the copy changed since (find -cnewer) -> "fresh", else "stale", and
-    it waits while the host runs rsync over a second channel. So a host edit, an edit
-    or new file in the guest, or a restore to before the sync all make it sync.
+    under TCG for 2,000 files) plus the suite's; one with a file edited, that session
+    and the file. The host remembers (vm/NAME/synced.json) the project's tree as last
+    sent and a random token the guest wrote beside its copy right after (a stamp file).
+    The suite's session starts with a check: the stamp holds that token and nothing in
+    the copy changed since (find -cnewer) -> "fresh", else "stale"; then it waits for
+    the host's answer: `go` (nothing changed on the host either), `delta ...` followed
+    by a tar of what the host changed (delta.py: no rsync scan, no second session), or
+    `synced` after the host ran rsync over a second channel ("stale", or too much
+    changed). So an edit or new file in the guest, or a restore to before the sync (or
+    a reset: the record goes with the disk) all make it a full rsync.
     """
 
     MARK = "vmlab-sync-check:"
 
     def __init__(self, conn: SharedConnection, project_dir: Path, settings: SyncConfig, record: Path):
         self.conn, self.project_dir, self.settings, self.record = conn, project_dir, settings, record
-        self.digest = host_digest(project_dir, settings)
+        self.tree = host_tree(project_dir, settings)
+        self.digest = self.tree.digest
         self.token = secrets.token_hex(8)
         self.answered = False  # the guest ran the check
-        self.result: Optional[SyncResult] = None  # set when it synced
+        self.guest_pid: Optional[int] = None  # the session's shell in the guest: the suite runs under it
+        self.result: Optional[SyncResult] = None  # set when rsync ran
+        self.sent: Optional[delta.Delta] = None  # set when only what changed was sent
+        try:
+            last = json.loads(record.read_text())
+        except (OSError, ValueError):
+            last = {}
+        self.last = last if isinstance(last, dict) else {}
+        # The common edit, known before the session starts: written by the fresh guest itself
+        # (delta.inline_writes), with no round trip and no exec.
+        self.inline: Optional[delta.Delta] = None
+        self._inline_lines: Optional[str] = None
+        if "tree" in self.last and "token" in self.last and self.last.get("digest") != self.digest:
+            changes = delta.diff(self.last["tree"], self.tree)
+            if changes:
+                self._inline_lines = delta.inline_writes(changes, self.last["tree"], self.tree, project_dir)
+                self.inline = changes if self._inline_lines else None
 
     def prelude(self) -> str:
         """Shell lines that run before the suite, as the SSH user."""
         folder = self.settings.guest_dir.rstrip("/")
-        try:
-            last = json.loads(self.record.read_text())
-        except (OSError, ValueError):
-            last = {}
-        expected = last.get("token") if last.get("digest") == self.digest else None
+        expected = self.last.get("token")
         if not expected or folder in ("", ".", "~"):
-            fresh = "false"  # the host changed (or never synced): no need to ask the guest
+            fresh = "false"  # never synced (or no folder of its own): no need to ask the guest
         else:
-            fresh = (f'[ -d {shlex.quote(folder)} ] && {{ read -r t < "$s"; }} 2>/dev/null && [ "$t" = {shlex.quote(expected)} ] && '
+            fresh = (f'[ -d {shlex.quote(folder)} ] && {{ read -r t < "$s"; }} 2>/dev/null && '
+                     f'[ "$t" = {shlex.quote(str(expected))} ] && '
                      f'changed=$({self._find_changed(folder)}) && [ -z "$changed" ]')
         # After the stamp, wait out the clock's tick: a file the suite writes in that same
         # tick would have the stamp's ctime, and -cnewer would not see it next time.
+        applied = "fresh"
+        if self._inline_lines and fresh != "false":
+            fresh += (f" && {{ ( cd {shlex.quote(folder)} && {self._inline_lines} ) || exit {delta.DELTA_FAILED}; }} "
+                      f'&& echo {self.token} > "$s" && sleep 0.02')
+            applied = "applied"
         return (f"s={shlex.quote(folder + STAMP_SUFFIX)}\n"
-                f"if {fresh}; then echo {self.MARK}fresh; else echo {self.MARK}stale\n"
-                f"  read answer && [ \"$answer\" = go ] || exit {NOT_SYNCED}\n"
-                f"  echo {self.token} > \"$s\" && sleep 0.02; fi\n")
+                f"if {fresh}; then echo {self.MARK}{applied} $$; else echo {self.MARK}stale $$; fi\n"
+                f"read -r answer || exit {NOT_SYNCED}\n"
+                f'if [ "$answer" != go ]; then\n'
+                f'  case "$answer" in delta*) {delta.guest_apply(folder)};; synced) ;; *) exit {NOT_SYNCED};; esac\n'
+                f'  echo {self.token} > "$s" && sleep 0.02\nfi\n')
 
     def _find_changed(self, folder: str) -> str:
         """find(1) for what changed in the guest's copy since the stamp, but in what rsync
@@ -181,18 +184,43 @@ class SyncGate:
         can be written without costing a sync."""
         skip = ["-name .git", f"-path {shlex.quote(folder + '/vm')}"]
         skip += [f"-name {shlex.quote(p.rstrip('/'))}" + (" -type d" if p.endswith("/") else "")
-                 for p in self.settings.excludes if _is_plain_name(p)]
+                 for p in self.settings.excludes if delta.is_plain_name(p)]
         return f'find {shlex.quote(folder)} \\( {" -o ".join(skip)} \\) -prune -o -cnewer "$s" -print'
 
-    def answer(self, line: str) -> Optional[str]:
-        """The handshake (see SharedConnection.run): rsync if the guest said "stale"."""
+    def answer(self, line: str) -> Optional[bytes]:
+        """The handshake (see SharedConnection.run): what the guest's copy needs."""
         if not line.startswith(self.MARK):
             return None
         self.answered = True
-        if line == self.MARK + "stale":
-            self.result = sync(self.conn, self.project_dir, self.settings)
-            self.record.write_text(json.dumps({"digest": self.digest, "token": self.token}))
-            log.info("synced %s: %s", self.project_dir, self.result)
-        else:
+        line, _, pid = line.partition(" ")
+        self.guest_pid = int(pid) if pid.isdigit() else None
+        if line == self.MARK + "applied" and self.inline:  # the guest wrote the edited files and its stamp
+            self._remember()
+            self.sent = self.inline
+            log.info("synced %s: %s, only what changed (no rsync scan)", self.project_dir, self.inline)
+            return b"go\n"
+        fresh = line == self.MARK + "fresh"
+        if fresh and self.last.get("digest") == self.digest:
             log.info("in sync: nothing changed in %s or in the guest's copy since the last sync", self.project_dir)
-        return "go\n"
+            return b"go\n"
+        started = time.monotonic()
+        changes = delta.diff(self.last.get("tree") or {}, self.tree) if fresh and "tree" in self.last else None
+        self._remember()
+        if changes:
+            self.sent = changes
+            data = delta.answer(changes, self.project_dir)
+            log.info("synced %s: %s in %.2fs, only what changed (no rsync scan)", self.project_dir, changes,
+                     time.monotonic() - started)
+            return data
+        self.result = sync(self.conn, self.project_dir, self.settings)
+        log.info("synced %s: %s", self.project_dir, self.result)
+        return b"synced\n"
+
+    def _remember(self) -> None:
+        """The tree as the guest's copy will have it, and the token its stamp will hold: written
+        before the guest writes the stamp, so a failure between leaves the two disagreeing (a
+        full rsync next time), never agreeing on a copy that was not made."""
+        data = json.dumps({"digest": self.digest, "token": self.token, "tree": self.tree.entries})
+        tmp = self.record.with_name(f".{self.record.name}.tmp")
+        tmp.write_text(data)
+        os.replace(tmp, self.record)

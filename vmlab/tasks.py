@@ -24,7 +24,6 @@ from vmlab import config as config_mod
 from vmlab import golden as golden_images
 from vmlab import results
 from vmlab.config import SuiteConfig
-from vmlab.console import attach
 from vmlab.errors import Terminated, VmlabError
 from vmlab.lab import Lab
 from vmlab.schema import known_profiles
@@ -40,6 +39,9 @@ def _setup_logging() -> None:
         handler.addFilter(AsTyped())
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # its transport noise is not for users
     logging.getLogger("qemu").setLevel(logging.CRITICAL)
+    # A Ctrl-C inside qemu.qmp's own event loop leaves a task behind whose exception asyncio
+    # would report at exit ("Task exception was never retrieved"): vmlab has said what happened.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 def _lab(config: Optional[str]) -> Lab:
@@ -170,6 +172,8 @@ def console(c, vm=None, config=None):
 
     Everything the guest prints is also in vm/NAME/console.log.
     """
+    from vmlab.console import attach  # pexpect: only this task needs it
+
     lab = _lab(config)
     v = lab.vm(_vm(vm))
     machine = lab.vmdir(v).machine
@@ -446,6 +450,23 @@ def quick(c, vm=None, config=None, restore_on_failure=False):
                            restore_on_failure or lab.config.restore_on_failure, sync_first=True))
 
 
+@task(help={"suite": "the suite to run on every change (default: the config's 'quick')",
+            "finish": "let a run finish when a change comes, then run again (default: cancel it and start over)",
+            "vm": VM_HELP, "config": CONFIG_HELP})
+@cli
+def watch(c, suite=None, finish=False, vm=None, config=None):
+    """Run the quick suite on every save, until Ctrl-C.
+
+    Keeps the SSH connection open and sends only what changed; one result line per run.
+    """
+    lab = _lab(config)
+    name = suite or lab.config.quick
+    if not name:
+        raise Exit(f"vmlab: error: {lab.config.source} names no 'quick:' suite; name one with --suite", code=2)
+    logging.getLogger().setLevel(logging.WARNING)  # each run's result line says what it synced
+    lab.watch(lab.config.suite(name), _vm(vm), finish=finish)
+
+
 @task(help={"offline": "use only the cache; never download", "vm": VM_HELP, "config": CONFIG_HELP})
 @cli
 def fetch(c, offline=False, vm=None, config=None):
@@ -566,7 +587,7 @@ def host_setup(c, install=False):
 
 TASKS = (start, stop, status, ssh, console, destroy, reset, snapshot, snapshots, snapshot_delete, restore, suspend,
          resume, install, provision, verify, golden_task, golden_key, golden_export, golden_import, sync, test,
-         test_all, suites, build, quick, fetch, setup, cache, doctor, demo, image, init, host_setup)
+         test_all, suites, build, quick, watch, fetch, setup, cache, doctor, demo, image, init, host_setup)
 vm_tasks = Collection("vm", *TASKS)  # mounted in a project's own tasks.py: invoke vm.quick
 ns = Collection(vm_tasks)  # a one-line tasks.py: `from vmlab.tasks import ns`
 program_tasks = Collection(*TASKS)  # the `vmlab` command: vmlab quick

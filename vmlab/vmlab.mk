@@ -77,6 +77,9 @@ vm-sync: $(VMLAB_READY) ## rsync the project into the guest
 vm-quick: $(VMLAB_READY) ## The edit-test loop: sync, then run the 'quick' suite
 	$(VMLAB) quick
 
+vm-watch: $(VMLAB_READY) ## Run the 'quick' suite on every save until Ctrl-C (VM_SUITE=name for another)
+	$(VMLAB) watch $(if $(VM_SUITE),--suite "$(VM_SUITE)")
+
 vm-build: $(VMLAB_READY) ## Run the configured build command in the guest
 	$(VMLAB) build
 
@@ -94,4 +97,4 @@ vm-doctor: $(VMLAB_READY) ## Check the host, config, cache and VMs; say what to 
 
 .PHONY: vm-start vm-stop vm-status vm-ssh vm-console vm-destroy vm-image vm-reset vm-snapshot \
 	vm-snapshots vm-restore vm-suspend vm-resume vm-golden vm-setup vm-install vm-provision vm-sync \
-	vm-quick vm-build vm-test vm-test-all vm-demo vm-doctor vm-help
+	vm-quick vm-watch vm-build vm-test vm-test-all vm-demo vm-doctor vm-help

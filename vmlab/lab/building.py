@@ -111,7 +111,12 @@ def provision(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> str:
         disk.create_overlay(vmdir.disk, origin.path / "disk.qcow2", vm.disk_bytes)
         vmdir.set_origin(origin)
     lifecycle.start(lab, vm, vmdir)
-    loop.ensure_provisioned(lab, vm, vmdir, lifecycle.connection(lab, vm, vmdir))
+    try:
+        loop.ensure_provisioned(lab, vm, vmdir, lifecycle.connection(lab, vm, vmdir))
+    except KeyboardInterrupt:  # cut off (a failure keeps the guest up for its diagnostics): stop what we started
+        lifecycle.close_connection(lab, vm, vmdir)
+        vmdir.machine.stop(soft_timeout=0)
+        raise
     return key
 
 

@@ -13,16 +13,19 @@ import json
 import logging
 import shlex
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import IO, TYPE_CHECKING, Any, Dict, Iterator, List, Optional
 
 from vmlab import __version__, golden, host, results
 from vmlab import suites as suite_runner
 from vmlab import sync as rsync
 from vmlab.command import CommandResult
 from vmlab.config import SuiteConfig, VMConfig
-from vmlab.errors import GuestUnreachable, ProvisionError, RunIncomplete, SyncError, Terminated, VmlabError
+from vmlab.errors import (Cancelled, GuestUnreachable, ProvisionError, RunIncomplete, SyncError, Terminated,
+                          VmlabError)
 from vmlab.lab import images, lifecycle, snapshotting
 from vmlab.lab.vmdir import VMDir
 from vmlab.openssh import SharedConnection
@@ -61,12 +64,28 @@ def ensure_provisioned(lab: "Lab", vm: VMConfig, vmdir: VMDir, conn: SharedConne
     vmdir.mark_provisioned(key, packages, time.time())
 
 
+@contextmanager
+def closed_if_cut_off(conn: SharedConnection) -> Iterator[None]:
+    """A control master this command opened is closed if the command is cut off (Ctrl-C,
+    SIGTERM), so an interrupted command leaves nothing running; one it found open stays
+    (ControlPersist keeps it for the next command, and others may be using it)."""
+    had = conn.control_path.exists()
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not had:
+            conn.close(cut_off=True)
+        raise
+
+
 def sync(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> rsync.SyncResult:
     """Make the guest's copy of the project (sync.guest_dir) equal to the project folder."""
     conn = lifecycle.connection(lab, vm, vmdir)
+    log.info("syncing %s to %s:%s with rsync", lab.config.project_dir, vm.name, lab.config.sync.guest_dir)
     try:
-        ensure_provisioned(lab, vm, vmdir, conn)  # rsync itself may be among what it installs (DragonFly)
-        done = rsync.sync(conn, lab.config.project_dir, lab.config.sync)
+        with closed_if_cut_off(conn):
+            ensure_provisioned(lab, vm, vmdir, conn)  # rsync itself may be among what it installs (DragonFly)
+            done = rsync.sync(conn, lab.config.project_dir, lab.config.sync)
     except GuestUnreachable as e:
         raise RunIncomplete(f"VM {vm.name}: SSH never answered: {e}") from None
     log.info("synced %s to %s:%s: %s", lab.config.project_dir, vm.name, lab.config.sync.guest_dir, done)
@@ -74,7 +93,8 @@ def sync(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> rsync.SyncResult:
 
 
 def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig],
-               restore_on_failure: bool = False, sync_first: bool = False) -> Dict[str, Any]:
+               restore_on_failure: bool = False, sync_first: bool = False, echo: Optional[IO[bytes]] = None,
+               cancel: Optional[threading.Event] = None) -> Dict[str, Any]:
     """Run suites in order into a new results folder; returns the report (see results.py).
 
     After a privileged suite fails or times out, `restore_on_failure` puts the VM back
@@ -82,6 +102,8 @@ def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig]
     first, within the first suite's session and only if the guest's copy may differ
     (see sync.SyncGate): the edit-test loop's fast path. A run that cannot finish (VM
     down, SSH gone, sync failed) is RunIncomplete: exit code 2, not a failed suite.
+    `echo` gets the suites' output live (default: stdout); setting `cancel` stops the run
+    (Cancelled, its report says so: vm.watch after a newer save).
     """
     run_dir = results.new_run(vmdir.dir / "results")
     meta: Dict[str, Any] = {"vm": dataclasses.asdict(vm), "vmlab": __version__,
@@ -89,8 +111,10 @@ def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig]
     done: List[results.SuiteResult] = []
     current: Optional[str] = None  # the suite under way when the run was cut off, if any
     why = "vmlab stopped unexpectedly"  # what cut the run off; empty once it finished
+    opened: Optional[SharedConnection] = None  # the control master, if this run opened it
     try:
         conn = lifecycle.connection(lab, vm, vmdir)
+        opened = None if conn.control_path.exists() else conn
         meta.update(guest_facts(conn, vmdir))
         ensure_provisioned(lab, vm, vmdir, conn)
         run_as_root = "" if vm.ssh_user == "root" else lab.profile(vm).privileged
@@ -99,7 +123,10 @@ def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig]
         for suite in suites:
             current = suite.name
             log.info("suite %s: %s%s", suite.name, suite.command, " (as root)" if suite.privileged else "")
-            result = suite_runner.run(conn, suite, lab.config.sync.guest_dir, run_dir, run_as_root, gate=gate)
+            result = suite_runner.run(conn, suite, lab.config.sync.guest_dir, run_dir, run_as_root, echo=echo,
+                                      gate=gate, cancel=cancel)
+            if gate:
+                meta["sync"] = str(gate.sent or gate.result or "in sync")
             done.append(result)
             current, gate = None, None
             if not result.passed and suite.privileged and restore_on_failure:
@@ -114,8 +141,13 @@ def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig]
         why = f"the project could not be synced first: {e}"
         raise RunIncomplete(f"suite {current} did not run: the project could not be synced first.\n{e}\n"
                             f"Results: {run_dir}") from None
+    except Cancelled:
+        why = "cancelled: a newer change came"
+        raise
     except KeyboardInterrupt as e:
         why = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (Ctrl-C)"
+        if opened:  # cut off: leave nothing running (see closed_if_cut_off)
+            opened.close(cut_off=True)
         raise
     except VmlabError as e:
         why = str(e).splitlines()[0]

@@ -63,6 +63,7 @@ def restore(lab: "Lab", vm: VMConfig, vmdir: VMDir, name: str = "clean") -> Dict
             raise PrerequisiteMissing(f"VM {vm.name} has no disk yet: start it and take a snapshot first")
         snapshots.find(vmdir.disk, name)  # an unknown name fails before anything changes
         lifecycle.close_connection(lab, vm, vmdir)  # the restore kills the guest's end of it
+        log.info("VM %s: restoring %r", vm.name, name)
         started = time.monotonic()
         if vmdir.machine.pid() is not None:
             with Monitor(vmdir.machine.qmp_socket, timeout=60) as mon:

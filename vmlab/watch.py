@@ -1,0 +1,207 @@
+"""`vm.watch`: the edit-test loop as one long-lived process, a run on every save.
+
+One process keeps what a one-shot `vm.quick` pays for on every turn: Python and
+its imports, and the SSH control master (kept open while it watches). The
+project is watched with watchfiles (inotify; a burst of saves is one set of
+changes), under the same rules as the sync (`.git`, the lab's `vm/`, the config's
+excludes, what git ignores) plus editors' temporary files. Each run sends only
+what changed (sync.SyncGate) and runs the suite; a run still going when the next
+change comes is cancelled and started again, or with `finish` left to end first
+and followed by one run for everything that came meanwhile.
+
+Each run prints the suite's output and one result line; stopping (Ctrl-C,
+SIGTERM) kills the run under way, closes the control master if watch opened it,
+and prints a summary line of the session.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Set
+
+from vmlab import delta, host
+from vmlab.config import SuiteConfig, VMConfig
+from vmlab.errors import Cancelled, Terminated, VmlabError
+from vmlab.lab import lifecycle, loop
+from vmlab.lab.vmdir import VMDir
+
+if TYPE_CHECKING:
+    from vmlab.lab import Lab
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_SECONDS = 240  # an idle watch touches the control master before its ControlPersist ends
+
+
+@dataclass
+class Tally:
+    """What a watch session did, for its summary line."""
+
+    passed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    errors: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def line(self) -> str:
+        runs = self.passed + self.failed + self.cancelled + self.errors
+        parts = [f"{self.passed} passed", f"{self.failed} failed"]
+        parts += [f"{self.cancelled} cancelled"] if self.cancelled else []
+        parts += [f"{self.errors} did not finish"] if self.errors else []
+        return f"watch: {runs} run{'s' if runs != 1 else ''}: {', '.join(parts)} in {_clock(time.monotonic() - self.started)}"
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s" if m else f"{seconds:.1f}s"
+
+
+class Ignored:
+    """The sync's rules, for paths watchfiles reports (absolute)."""
+
+    def __init__(self, project_dir: Path, state_dir: Path, excludes: Iterable[str], gitignore: bool):
+        from watchfiles import DefaultFilter
+
+        self.project_dir, self.gitignore = project_dir, gitignore
+        self.plain = [p.rstrip("/") for p in excludes if delta.is_plain_name(p)]
+        self.editor = DefaultFilter(ignore_paths=[str(state_dir), str(project_dir / "vm")])
+
+    def __call__(self, change: object, path: str) -> bool:
+        """watchfiles' filter: True for a path the sync could send."""
+        if not self.editor(change, path):  # type: ignore[arg-type]
+            return False
+        rel = os.path.relpath(path, self.project_dir)
+        parts = rel.split(os.sep)
+        if rel.startswith("..") or parts[0] == "vm":
+            return False
+        return not any(fnmatch.fnmatchcase(part, p) for part in parts for p in self.plain)
+
+    def kept(self, paths: Set[str]) -> Set[str]:
+        """Of `paths`, those git does not ignore (with sync.gitignore); git is asked once per burst."""
+        if not self.gitignore or not paths:
+            return paths
+        proc = subprocess.run([host.which("git") or "git", "check-ignore", "--stdin", "-z"],  # tracked: never ignored
+                              cwd=self.project_dir, input="\0".join(paths).encode(errors="surrogateescape"),
+                              capture_output=True, check=False)
+        ignored = {os.fsdecode(p) for p in proc.stdout.split(b"\0") if p}
+        return {p for p in paths if p not in ignored}
+
+
+class Watch:
+    """A watch session of one VM: the runs, one at a time, in a worker thread."""
+
+    def __init__(self, lab: "Lab", vm: VMConfig, vmdir: VMDir, suite: SuiteConfig, finish: bool = False,
+                 say: Callable[[str], None] = lambda line: print(line, flush=True)):
+        self.lab, self.vm, self.vmdir, self.suite, self.finish, self.say = lab, vm, vmdir, suite, finish, say
+        self.tally = Tally()
+        self._cancel = threading.Event()
+        self._worker: Optional[threading.Thread] = None
+        self._runs = 0
+        self._stopping = False  # a run cancelled now is cut off by the watch ending, not by a newer change
+
+    def run(self) -> None:
+        """Watch until interrupted (KeyboardInterrupt, or Terminated on SIGTERM)."""
+        from watchfiles import watch
+
+        settings = self.lab.config.sync
+        project = self.lab.config.project_dir
+        ignored = Ignored(project, self.lab.config.state_dir, settings.excludes, settings.gitignore)
+        conn = lifecycle.connection(self.lab, self.vm, self.vmdir)
+        owned = not conn.control_path.exists()  # a master watch opens, watch closes
+        try:
+            conn.run(":", timeout=60)  # opens the master (or finds the VM gone: RunIncomplete says so)
+            self.say(f"watching {project} (suite {self.suite.name}, VM {self.vm.name}); Ctrl-C stops")
+            self._start()
+            pending, idle_since = False, time.monotonic()
+            for changes in self._watched(watch(project, watch_filter=ignored, rust_timeout=200,
+                                               yield_on_timeout=True, debounce=1600, step=30)):
+                paths = ignored.kept({path for _, path in changes})
+                busy = self._worker is not None and self._worker.is_alive()
+                if paths:
+                    idle_since = time.monotonic()
+                    if busy and self.finish:
+                        pending = True
+                    else:
+                        self._stop_run()
+                        self._start()
+                elif pending and not busy:
+                    pending = False
+                    self._start()
+                elif not busy and time.monotonic() - idle_since > KEEPALIVE_SECONDS:
+                    conn.run(":", timeout=60)
+                    idle_since = time.monotonic()
+        finally:
+            self._stopping = True
+            self._stop_run()
+            if owned:
+                conn.close(cut_off=True)
+            self.say(self.tally.line())
+
+    @staticmethod
+    def _watched(changes: Iterator[Set[Any]]) -> Iterator[Set[Any]]:
+        """watchfiles' sets of changes; SIGTERM stays Terminated (watchfiles reports any signal
+        that stopped it as KeyboardInterrupt, losing which one it was)."""
+        terminated = []
+
+        def on_term(signum: int, frame: Any) -> None:
+            terminated.append(signum)
+            raise Terminated()
+
+        previous = signal.signal(signal.SIGTERM, on_term)
+        try:
+            yield from changes
+        except KeyboardInterrupt:
+            if terminated:
+                raise Terminated() from None
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _start(self) -> None:
+        self._cancel = threading.Event()
+        self._runs += 1
+        self._worker = threading.Thread(target=self._turn, args=(self._runs, self._cancel), daemon=True,
+                                        name=f"vmlab-watch-run-{self._runs}")
+        self._worker.start()
+
+    def _stop_run(self) -> None:
+        """Cancel the run under way, if any, and wait for it (its ssh is killed at once)."""
+        if self._worker is not None:
+            self._cancel.set()
+            self._worker.join()
+            self._worker = None
+
+    def _turn(self, number: int, cancel: threading.Event) -> None:
+        started = time.monotonic()
+        stamp = time.strftime("%H:%M:%S")
+        try:
+            report = loop.run_suites(self.lab, self.vm, self.vmdir, [self.suite], sync_first=True,
+                                     echo=sys.stdout.buffer, cancel=cancel)
+        except Cancelled:
+            self.tally.cancelled += 1
+            why = "watch stopped" if self._stopping else "a newer change came"
+            self.say(f"[{stamp}] run {number}: cancelled ({why})")
+            return
+        except (VmlabError, OSError) as e:
+            self.tally.errors += 1
+            self.say(f"[{stamp}] run {number}: DID NOT FINISH: {str(e).splitlines()[0]}")
+            return
+        (suite,) = report["suites"]
+        if report["passed"]:
+            self.tally.passed += 1
+        else:
+            self.tally.failed += 1
+        verdict = "PASSED" if report["passed"] else "FAILED"
+        self.say(f"[{stamp}] run {number}: {verdict} {suite['name']}: {suite['passed']} passed, "
+                 f"{suite['failed']} failed in {time.monotonic() - started:.2f}s ({report.get('sync', 'synced')}) "
+                 f"results: {report['results_dir']}")
+
