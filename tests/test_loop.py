@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,10 +26,19 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def sample(shared_project: Project, vm_ready) -> Project:
-    """A copy of the sample project with its VM running, shared by this module's tests."""
+    """A copy of the sample project with its VM running, the project synced into it and
+    that state saved as the 'clean' snapshot, shared by this module's tests.
+
+    `vm.test` does not sync and every suite starts with `cd sample`, and restores go back to
+    'clean': each test finds both here, whichever tests ran before it (they run in a random order).
+    """
     shutil.copytree(SAMPLE, shared_project.root, dirs_exist_ok=True, symlinks=True)
     started = shared_project.invoke("vm.start")
     assert started.returncode == 0, started.stderr
+    synced = shared_project.invoke("vm.sync")
+    assert synced.returncode == 0, synced.stderr
+    saved = shared_project.invoke("vm.snapshot")
+    assert saved.returncode == 0, saved.stderr
     return shared_project
 
 
@@ -105,7 +115,7 @@ def test_sync_mirrors_the_project_deletes_keeps_links_and_leaves_out_excluded(sa
     (sample.root / "data" / "extra.txt").unlink()
     again = sample.invoke("vm.sync")
     assert again.returncode == 0
-    assert "0 of" in again.stdout  # nothing changed but a deletion
+    assert re.search(r"^0 of \d+ files sent", again.stdout, re.M), again.stdout  # nothing changed but a deletion
     assert in_guest(sample, "test -e sample/data/extra.txt && echo present || echo gone").strip() == "gone"
 
 
@@ -182,7 +192,6 @@ def test_privileged_suite_gets_root_through_sudo_for_a_non_root_user(sample: Pro
 
 
 def test_restore_on_failure_puts_the_vm_back_to_clean(sample: Project) -> None:
-    assert sample.invoke("vm.snapshot").returncode == 0
     result = sample.invoke("vm.test", "--suite", "dirty-fail", "--restore-on-failure")
     assert result.returncode == 1
     assert "restoring VM default to 'clean'" in result.stderr
@@ -193,12 +202,20 @@ def test_restore_on_failure_puts_the_vm_back_to_clean(sample: Project) -> None:
 
 
 def test_library_session_survives_a_restore_and_fetches_files(sample: Project, tmp_path: Path) -> None:
+    """The session outlives a restore of the RAM under it: the file written before the restore
+    is gone afterwards (the restore happened), and the session is on a new connection."""
     lab = sample.lab()
     with lab.ssh() as session:
         assert session.run("echo before > /root/fetch-me").ok
+        assert session.fetch("/root/fetch-me", tmp_path / "before").read_text() == "before\n"
+        connection = session._client.get_transport()  # type: ignore[union-attr]
         lab.restore()  # kills the session's connection in the guest
         after = session.run("echo still here")  # reconnects once
         assert after.ok and after.stdout == "still here\n"
+        assert session._client.get_transport() is not connection  # type: ignore[union-attr]
+        assert session.run("test -e /root/fetch-me && echo present || echo absent").stdout == "absent\n"
+        with pytest.raises(FileNotFoundError, match="no file /root/fetch-me"):
+            session.fetch("/root/fetch-me", tmp_path / "after")
         fetched = session.fetch("/etc/hostname", tmp_path / "hostname")
         assert fetched.read_text() == "default\n"
         with pytest.raises(FileNotFoundError, match="no file /nonexistent"):
@@ -273,10 +290,16 @@ def test_a_guest_presenting_another_host_key_is_refused(sample: Project, tmp_pat
     assert "vm.destroy" in str(refused.value)  # says what to do
 
 
-def test_suites_on_a_stopped_vm_exit_2_saying_so(sample: Project) -> None:
-    assert sample.invoke("vm.stop").returncode == 0
-    result = sample.invoke("vm.quick")
+def test_suites_on_a_stopped_vm_exit_2_saying_so(project: Project, vm_ready) -> None:
+    """A project of its own whose VM is not running (never started: the same state as after
+    vm.stop, from the same pid check), so the module's shared VM keeps running for the others."""
+    shutil.copytree(SAMPLE, project.root, dirs_exist_ok=True, symlinks=True)
+    result = project.invoke("vm.quick")
     assert result.returncode == 2
     assert "VM default is not up (stopped): start it" in result.stderr
-    unknown = sample.invoke("vm.test", "--suite", "nosuch")
+    (report,) = [json.loads(p.read_text()) for p in (project.root / "vm" / "default").glob("results/*/report.json")]
+    assert not report["passed"] and not report["complete"]
+    assert [(s["name"], s["status"]) for s in report["suites"]] == [("unit", "not run")]
+    unknown = project.invoke("vm.test", "--suite", "nosuch")
     assert unknown.returncode == 2 and "no suite named 'nosuch'" in unknown.stderr
+    assert "unit" in unknown.stderr  # names the suites there are
