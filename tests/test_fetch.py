@@ -394,10 +394,20 @@ def test_cached_lists_and_prune_deletes(server, iso, cache):
     assert OUT in json.loads((cache / "isos" / "pins.json").read_text()), "the pin outlives the file"
 
 
-def test_progress_is_plain_log_lines_off_a_terminal(server, iso, cache, caplog):
-    with caplog.at_level(logging.INFO, logger="vmlab.fetch"):
-        get(server, cache, progress=None)  # pytest's stderr is no terminal
-    assert any(NAME in m and "100%" in m for m in caplog.messages)
+def test_progress_is_plain_log_lines_off_a_terminal(server, iso, cache):
+    """In a process of its own whose stderr is a pipe (as under CI or `2> log`), whatever
+    pytest's own stderr is (`pytest -s` on a terminal)."""
+    child = ("import logging, sys\nfrom pathlib import Path\nfrom vmlab.fetch import fetch\n"
+             "logging.basicConfig(level=logging.INFO, format='LOG %(name)s: %(message)s')\n"
+             "fetch(mirrors=[sys.argv[1]], path=sys.argv[2], cache_dir=Path(sys.argv[3]))\n")
+    env = {k: v for k, v in os.environ.items() if k != "CI"}  # CI alone would pick log lines
+    run = subprocess.run([sys.executable, "-c", child, server.url, PATH, str(cache)], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "\r" not in run.stderr  # no bar was drawn
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert lines and all(line.startswith("LOG vmlab.") for line in lines), run.stderr
+    assert any(NAME in line and "100%" in line for line in lines), run.stderr
 
 
 def test_progress_bar_when_asked(server, iso, cache, capsys):
