@@ -1,0 +1,219 @@
+"""Tasks and exits no other test runs, through the real `invoke` as a user types it.
+
+Exit codes: 0 done, 1 failed, 2 a prerequisite is missing (the message names it and what
+to do). The VM tests run a real QEMU guest started from the cached golden image.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from conftest import INVOKE, Project, alive
+from vmlab import builder, config, guests
+from vmlab.cache import ArtefactCache
+
+
+def qemus_of(root: Path) -> int:
+    return int(subprocess.run(["pgrep", "-c", "-f", f"qemu-system.*{root}"], capture_output=True, text=True).stdout)
+
+
+# --- error exits: nothing is running, and nothing is started ---
+
+NO_SUITES = "vms:\n  default: {}\n"
+
+
+@pytest.mark.parametrize("argv, code, says", [
+    (["vm.test"], 2, "name a suite with --suite; configured: none"),
+    (["vm.test-all"], 2, "has no suites (add them under 'suites:')"),
+    (["vm.build"], 2, "has no 'build:' command"),
+    (["vm.quick"], 2, "names no 'quick:' suite"),
+    (["vm.resume"], 2, "VM default is not suspended (stopped)"),
+    (["vm.suspend"], 2, "VM default is not running (stopped); start it: invoke vm.start"),
+    (["vm.snapshot"], 2, "VM default is not running (stopped); start it: invoke vm.start"),
+    (["vm.snapshot", "--name", "Bad/Name"], 2, "snapshot name 'Bad/Name': use lowercase letters"),
+    (["vm.restore"], 2, "VM default has no disk yet: start it and take a snapshot first"),
+    (["vm.console"], 2, "VM default is not running; start it: invoke vm.start"),
+    (["vm.start", "--clone-of", "default"], 2, "--clone-of needs the clone's name: --vm NAME"),
+    (["vm.start", "--vm", "default", "--clone-of", "default"], 2, "'default' cannot be a clone: it is a configured VM"),
+    (["vm.start", "--vm", "c1", "--clone-of", "nosuch"], 2, "there is no VM named 'nosuch'; configured VMs: default"),
+    (["vm.reset"], 1, "Throw away everything on VM default's disk? Refusing without --yes (no terminal to ask)"),
+    (["vm.destroy"], 1, "Refusing without --yes (no terminal to ask)"),
+    (["vm.snapshot-delete", "--name", "clean"], 1, "VM default has no disk, so no snapshot 'clean'"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_a_task_that_cannot_run_says_why_with_its_exit_code(project: Project, argv: list, code: int,
+                                                           says: str) -> None:
+    project.write_config(NO_SUITES)
+    result = project.invoke(*argv, timeout=120)
+    assert (result.returncode, result.stdout) == (code, ""), result.stdout + result.stderr
+    assert result.stderr.startswith("vmlab: error: ") and says in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert qemus_of(project.root) == 0 and not list(project.root.glob("vm/*/disk.qcow2"))
+
+
+def test_clone_of_a_vm_without_a_golden_image_exits_2_saying_how_to_make_one(project: Project) -> None:
+    project.write_config("defaults: {memory: 999}\nvms:\n  default: {}\n")  # no golden image has this shape
+    result = project.invoke("vm.start", "--vm", "c1", "--clone-of", "default")
+    assert result.returncode == 2, result.stderr
+    assert "VM default has no golden image to clone: invoke vm.golden --vm default" in result.stderr
+    assert not (project.root / "vm" / "c1").exists()
+
+
+def test_golden_export_before_any_golden_image_exits_2(project: Project) -> None:
+    project.write_config("defaults: {memory: 999}\n")
+    result = project.invoke("vm.golden-export", "--output", str(project.root / "out.tar"))
+    assert result.returncode == 2, result.stderr
+    assert "golden" in result.stderr and "invoke vm.golden" in result.stderr
+    assert not (project.root / "out.tar").exists()
+
+
+# --- tasks that need no VM ---
+
+def test_golden_key_prints_the_key_alone_and_it_follows_the_config(project: Project) -> None:
+    """CI caches by this output: one line, the key, nothing else on stdout."""
+    project.write_config("defaults: {memory: 1G}\n")
+    first = project.invoke("vm.golden-key")
+    assert first.returncode == 0, first.stderr
+    assert re.fullmatch(r"[0-9a-f]{16}\n", first.stdout)
+    assert first.stdout.strip() == project.lab().golden_key()
+    project.write_config("defaults: {memory: 2G}\n")
+    assert project.invoke("vm.golden-key").stdout not in ("", first.stdout)
+
+
+def test_cache_prune_deletes_the_isos_the_config_no_longer_uses(project: Project) -> None:
+    """ISOs are made-up files here (a download is test_fetch's business); the release the
+    config names is kept, with its partial download, and an older release goes."""
+    cache = project.root / "cache"
+    isos = cache / "isos"
+    isos.mkdir(parents=True)
+    current, old = "dfly-x86_64-6.4.2_REL.iso", "dfly-x86_64-6.2.1_REL.iso"
+    for name in (current, old, f"{old}.bz2.partial", f"{old}.bz2.partial.json", f"{current}.bz2.partial"):
+        (isos / name).write_bytes(b"x" * 4096)
+    project.write_config(f"vms:\n  d: {{profile: dragonfly}}\ncache_dir: {cache}\n")
+    listed = project.invoke("vm.cache")
+    assert listed.returncode == 0 and old in listed.stdout and current in listed.stdout
+    pruned = project.invoke("vm.cache", "--prune")
+    assert pruned.returncode == 0, pruned.stderr
+    deleted = {Path(line.split("deleted ", 1)[1]).name for line in pruned.stdout.splitlines()
+               if line.startswith("deleted ")}
+    assert deleted == {old, f"{old}.bz2.partial", f"{old}.bz2.partial.json"}
+    assert {p.name for p in isos.iterdir()} >= {current, f"{current}.bz2.partial"}
+    assert not (isos / old).exists()
+    project.write_config(f"vms:\n  d: {{profile: dragonfly}}\nprofiles:\n  dragonfly: {{release: 6.2.1}}\n"
+                         f"cache_dir: {cache}\n")  # now the config names another release
+    assert project.invoke("vm.cache", "--prune").returncode == 0
+    assert not (isos / current).exists()
+
+
+def test_image_prints_the_cached_image_it_starts_from(project: Project, vm_ready) -> None:
+    project.write_config("vms:\n  default: {}\n")
+    result = project.invoke("vm.image")
+    assert result.returncode == 0, result.stderr
+    expected = builder.ensure(ArtefactCache(config.default_cache_dir()), guests.load("debian"), "image", {})
+    folder, took = re.fullmatch(r"(\S+) \((\d+\.\d)s\)\n", result.stdout).groups()
+    assert Path(folder) == expected and (expected / "vmlinuz").exists()
+    assert float(took) < 5  # cached: found, not built
+
+
+# --- tasks on a running VM ---
+
+@pytest.fixture(scope="module")
+def up(shared_project: Project, vm_ready) -> Project:
+    """A running VM shared by this module's VM tests (a fresh copy of the golden image, restored)."""
+    shared_project.write_config("vms:\n  default: {}\n")
+    started = shared_project.invoke("vm.start")
+    assert started.returncode == 0, started.stderr
+    return shared_project
+
+
+def attach(project: Project) -> pexpect.spawn:
+    """`invoke vm.console` on a terminal (a pty), as a user runs it."""
+    console = pexpect.spawn(INVOKE, ["vm.console"], cwd=str(project.root), encoding="utf-8", timeout=60,
+                            dimensions=(24, 200))
+    console.expect_exact("[attached to the serial console of VM default; Ctrl-] detaches]")
+    return console
+
+
+def test_console_relays_both_ways_and_ctrl_bracket_detaches(up: Project) -> None:
+    console = attach(up)
+    try:
+        console.send("\r")  # getty prints its prompt again: what we typed reached the guest
+        console.expect(r"login: ")
+        console.sendcontrol("]")
+        console.expect_exact("[detached from VM default]")
+        console.expect(pexpect.EOF)
+    finally:
+        console.close(force=True)
+    assert console.exitstatus == 0
+    assert json.loads(up.invoke("vm.status", "--json").stdout)["state"] == "running"  # detaching stops nothing
+
+
+def test_console_says_when_qemu_stops_under_it(project: Project, vm_ready) -> None:
+    project.write_config("vms:\n  default: {}\n")
+    assert project.invoke("vm.start").returncode == 0
+    console = attach(project)
+    try:
+        stopped = project.invoke("vm.stop", "--timeout", "0")  # no power-off: QEMU quits at once
+        assert stopped.returncode == 0 and stopped.stdout.strip() == "VM default: quit QEMU", stopped.stdout
+        console.expect_exact("[the console closed: QEMU stopped]")
+        console.expect(pexpect.EOF)
+    finally:
+        console.close(force=True)
+    assert console.exitstatus == 0 and qemus_of(project.root) == 0
+
+
+def test_status_json_all_lists_every_vm(up: Project) -> None:
+    result = up.invoke("vm.status", "--json", "--all")
+    assert result.returncode == 0, result.stderr
+    (default,) = json.loads(result.stdout)["vms"]
+    assert default["name"] == "default" and default["state"] == "running" and alive(default["pid"])
+
+
+def test_snapshot_delete_deletes_the_snapshot_and_only_it(up: Project) -> None:
+    def names() -> list:
+        return [s["name"] for s in json.loads(up.invoke("vm.snapshots", "--json").stdout)["snapshots"]]
+
+    for name in ("keep-me", "drop-me"):
+        assert up.invoke("vm.snapshot", "--name", name).returncode == 0
+    try:
+        assert {"keep-me", "drop-me"} <= set(names())
+        deleted = up.invoke("vm.snapshot-delete", "--name", "drop-me")
+        assert deleted.returncode == 0, deleted.stderr
+        assert "drop-me" not in names() and "keep-me" in names()
+        again = up.invoke("vm.restore", "--name", "drop-me")
+        assert again.returncode == 1 and "no snapshot named 'drop-me'" in again.stderr
+    finally:
+        up.invoke("vm.snapshot-delete", "--name", "keep-me")
+        up.invoke("vm.snapshot-delete", "--name", "drop-me")
+
+
+def test_start_of_a_suspended_vm_resumes_it(up: Project) -> None:
+    assert up.invoke("vm.ssh", "-c", "nohup sleep 6543 >/dev/null 2>&1 &").returncode == 0
+    assert up.invoke("vm.suspend").returncode == 0
+    started = up.invoke("vm.start")
+    assert started.returncode == 0, started.stderr
+    check = up.invoke("vm.ssh", "-c", "pgrep -f 'sleep [6]543' >/dev/null && echo running || echo gone")
+    assert check.stdout.strip() == "running"  # the guest went on, it did not boot
+    up.invoke("vm.ssh", "-c", "pkill -f 'sleep [6]543'")
+
+
+def test_demo_boots_proves_ssh_and_the_console_and_stops(project: Project, vm_ready) -> None:
+    project.write_config("vms:\n  default: {}\n")
+    began = time.monotonic()
+    result = project.invoke("vm.demo")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(r"started in [\d.]+s under (tcg|kvm) \(pid \d+\)", lines[0]), lines
+    port = re.fullmatch(r"SSH on 127\.0\.0\.1:(\d+): default Linux \S+ root", lines[1]).group(1)
+    assert int(port) > 1024
+    assert lines[2].startswith("serial console (") and "login:" in lines[2]
+    assert lines[3].startswith("stopped: ")
+    assert json.loads(project.invoke("vm.status", "--json").stdout)["state"] == "stopped"
+    assert qemus_of(project.root) == 0
+    assert time.monotonic() - began < 600
