@@ -105,6 +105,15 @@ class Project:
                               timeout=timeout, input=input, stdin=None if input is not None else subprocess.DEVNULL)
 
 
+def alive(pid: int) -> bool:
+    """Running, as a user means it, read from /proc (not from vmlab's pid file): a zombie
+    waiting for init to reap it is not running."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
 def kill_vms(root: Path) -> None:
     """Kill any QEMU still running for a VM of the project at `root`, and wait until it is gone."""
     for state_dir in (root / "vm").glob("*/"):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import INVOKE, Project
+from conftest import INVOKE, Project, alive
 from vmlab import config as config_mod
 from vmlab import golden
 from vmlab.cache import sha256_file
@@ -55,6 +56,13 @@ def ssh(project: Project, vm: str, command: str) -> subprocess.CompletedProcess:
     return project.invoke("vm.ssh", "--vm", vm, "-c", command)
 
 
+def file_in(project: Project, vm: str, path: str) -> str:
+    """'present' or 'absent', read from words: vm.ssh also exits 1 when SSH itself fails."""
+    result = ssh(project, vm, f"test -e {path} && echo present || echo absent")
+    assert result.returncode == 0 and result.stdout.strip() in ("present", "absent"), result.stdout + result.stderr
+    return result.stdout.strip()
+
+
 def test_golden_files_survive_restore_reset_destroy_and_clones(lab_with_golden: Project) -> None:
     project = lab_with_golden
     folder = golden_dir(project)
@@ -63,9 +71,11 @@ def test_golden_files_survive_restore_reset_destroy_and_clones(lab_with_golden: 
 
     assert ssh(project, "default", "echo work > /root/work").returncode == 0
     assert project.invoke("vm.restore").returncode == 0
-    assert ssh(project, "default", "test -e /root/work").returncode == 1
+    assert file_in(project, "default", "/root/work") == "absent"
+    assert ssh(project, "default", "echo before > /root/before-reset; sync").returncode == 0
     assert project.invoke("vm.reset", "--yes").returncode == 0
     assert project.invoke("vm.start").returncode == 0
+    assert file_in(project, "default", "/root/before-reset") == "absent"  # the reset threw the disk away
 
     clones = [subprocess.Popen([INVOKE, "vm.start", "--vm", name], cwd=project.root, stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in ("w1", "w2")]
@@ -78,12 +88,16 @@ def test_golden_files_survive_restore_reset_destroy_and_clones(lab_with_golden: 
     names = [ssh(project, n, "hostname").stdout.strip() for n in ("w1", "w2")]
     assert names == ["w1", "w2"]
     # both run the RAM of the same snapshot: one kernel boot, shared; two cold boots would differ
-    boot_ids = {ssh(project, n, "cat /proc/sys/kernel/random/boot_id").stdout for n in ("w1", "w2")}
-    assert len(boot_ids) == 1
+    boot_ids = {ssh(project, n, "cat /proc/sys/kernel/random/boot_id").stdout.strip() for n in ("w1", "w2")}
+    assert len(boot_ids) == 1 and re.fullmatch(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", *boot_ids)
     assert ssh(project, "w1", "echo mine > /root/mine").returncode == 0
-    assert ssh(project, "w2", "test -e /root/mine").returncode == 1
+    assert file_in(project, "w1", "/root/mine") == "present"
+    assert file_in(project, "w2", "/root/mine") == "absent"
 
+    w1_pid = json.loads(project.invoke("vm.status", "--json", "--vm", "w1").stdout)["pid"]
+    assert alive(w1_pid)
     assert project.invoke("vm.destroy", "--yes", "--vm", "w1").returncode == 0
+    assert not alive(w1_pid) and not (project.root / "vm" / "w1").exists()  # a running VM: stopped, then gone
     assert project.invoke("vm.reset", "--yes", "--vm", "w2").returncode == 0
     for name in ("default", "w2"):
         project.invoke("vm.stop", "--vm", name)

@@ -103,6 +103,32 @@ def test_a_hung_suite_is_killed_at_its_timeout_and_the_guest_stays_usable(sample
     assert in_guest(sample, "pgrep -x sleep || echo none").strip() == "none"  # killed in the guest too
 
 
+def test_a_suite_is_judged_by_its_junit_too(sample: Project) -> None:
+    """suites.run reads the JUnit a suite writes: a failing case there fails the suite even
+    when it exits 0; a missing or unreadable JUnit file is named in the suite's note."""
+    config = sample.root / "junit.yaml"
+    settings = yaml.safe_load((sample.root / "vmlab.yaml").read_text())
+    failure = '<testsuite tests="2"><testcase name="a"/><testcase name="b"><failure message="b broke"/></testcase></testsuite>'
+    settings["suites"] = {
+        "exits-0-with-a-failure": {"command": f"mkdir -p out && echo '{failure}' > out/f.xml", "junit": "out/f.xml"},
+        "writes-no-junit": {"command": "rm -f out/never.xml", "junit": "out/never.xml"},
+        "writes-garbage": {"command": "mkdir -p out && echo 'not xml <' > out/g.xml", "junit": "out/g.xml"},
+        "unit-told-wrong": {**settings["suites"]["unit"], "env": {"GREETING": "bye"}},
+    }
+    config.write_text(yaml.safe_dump(settings))
+    result = sample.invoke("vm.test-all", "--config", str(config))
+    assert result.returncode == 1, result.stdout + result.stderr
+    suites = {s["name"]: s for s in report_of(result.stdout)["suites"]}
+    lied = suites["exits-0-with-a-failure"]
+    assert (lied["exit_code"], lied["status"], lied["passed"], lied["failed"]) == (0, "failed", 1, 1)
+    assert "exit 0, but 1 of its 2 tests failed" in lied["note"]
+    assert "it wrote no JUnit file at sample/out/never.xml" in suites["writes-no-junit"]["note"]
+    assert suites["writes-garbage"]["note"], suites["writes-garbage"]  # says the JUnit could not be read
+    told_wrong = suites["unit-told-wrong"]  # the sample's own suite reports its failing check in JUnit
+    assert (told_wrong["status"], told_wrong["passed"], told_wrong["failed"]) == ("failed", 1, 1)
+    assert told_wrong["failing"] == ["greeting from the environment"], told_wrong
+
+
 def test_sync_mirrors_the_project_deletes_keeps_links_and_leaves_out_excluded(sample: Project) -> None:
     (sample.root / ".git").mkdir(exist_ok=True)
     (sample.root / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
