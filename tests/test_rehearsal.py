@@ -99,3 +99,17 @@ def test_the_installed_disk_boots_with_its_own_boot_loader(rehearsal) -> None:
     assert float(uptime.stdout) < time.monotonic() - began  # the kernel started after the command: a boot
     assert project.invoke("vm.ssh", "-c", "command -v tree").stdout.strip() == "/usr/bin/tree"  # provisioned
     assert project.invoke("vm.stop").returncode == 0
+
+
+def test_install_as_a_task_finds_the_install_cached_and_does_not_redo_it(rehearsal) -> None:
+    """`vm.install` after `vm.golden --from-scratch`: the installed disk is a checkpoint in the cache."""
+    project, made = rehearsal
+    assert made.returncode == 0, made.stderr[-3000:]
+    transcript = project.root / "vm" / "r" / "install" / "console.log"
+    before = transcript.stat().st_mtime_ns
+    installed = project.invoke("vm.install", timeout=300)
+    assert installed.returncode == 0, installed.stderr
+    folder = Path(installed.stdout.strip())
+    assert folder.is_dir() and folder.parent == project.root / "cache" / "installed"
+    assert "is cached" in installed.stderr
+    assert transcript.stat().st_mtime_ns == before  # nothing was installed again

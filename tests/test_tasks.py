@@ -46,6 +46,8 @@ NO_SUITES = "vms:\n  default: {}\n"
     (["vm.reset"], 1, "Throw away everything on VM default's disk? Refusing without --yes (no terminal to ask)"),
     (["vm.destroy"], 1, "Refusing without --yes (no terminal to ask)"),
     (["vm.snapshot-delete", "--name", "clean"], 1, "VM default has no disk, so no snapshot 'clean'"),
+    (["vm.install"], 2, "guest profile 'debian' is not installed from an ISO (its image is built from packages: "
+                        "invoke vm.image)"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_a_task_that_cannot_run_says_why_with_its_exit_code(project: Project, argv: list, code: int,
                                                            says: str) -> None:
