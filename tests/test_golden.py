@@ -213,3 +213,26 @@ def test_a_qemu_img_failure_during_a_golden_build_is_vmlabs_error_with_the_comma
     assert "qemu-img convert -f qcow2 -O qcow2" in message and "exited with status 1" in message
     assert "Image is not in qcow2 format" in message
     assert not cache.has(golden.KIND, "0123456789abcdef") and not list((tmp_path / "cache" / "golden").glob(".*partial"))
+
+
+def test_clone_of_names_the_vm_whose_golden_image_a_new_vm_starts_from(lab_with_golden: Project) -> None:
+    """With several configured VMs an unknown name is not guessed to be a clone: --clone-of says of which."""
+    project = lab_with_golden
+    two = project.root / "two-vms.yaml"
+    two.write_text("vms:\n  default: {}\n  big: {memory: 999}\n")
+    guessed = project.invoke("vm.start", "--vm", "c1", "--config", str(two))
+    assert guessed.returncode == 2 and "no VM named 'c1'" in guessed.stderr, guessed.stderr
+    started = project.invoke("vm.start", "--vm", "c1", "--clone-of", "default", "--config", str(two))
+    assert started.returncode == 0, started.stderr
+    assert "restored to 'clean', not booted" in started.stderr
+    try:
+        status = json.loads(project.invoke("vm.status", "--json", "--vm", "c1", "--config", str(two)).stdout)
+        assert status["state"] == "running" and status["origin"] == "golden"
+        name = project.invoke("vm.ssh", "--vm", "c1", "--config", str(two), "-c", "hostname")
+        assert name.stdout.strip() == "c1"  # set right after the restore
+        again = project.invoke("vm.stop", "--vm", "c1", "--config", str(two))
+        assert again.returncode == 0
+        restarted = project.invoke("vm.start", "--vm", "c1", "--config", str(two))  # remembered as a clone
+        assert restarted.returncode == 0, restarted.stderr
+    finally:
+        assert project.invoke("vm.destroy", "--yes", "--vm", "c1", "--config", str(two)).returncode == 0
