@@ -216,12 +216,14 @@ def test_a_qemu_img_failure_during_a_golden_build_is_vmlabs_error_with_the_comma
 
 
 def test_clone_of_names_the_vm_whose_golden_image_a_new_vm_starts_from(lab_with_golden: Project) -> None:
-    """With several configured VMs an unknown name is not guessed to be a clone: --clone-of says of which."""
+    """A new name clones the config's first VM; --clone-of names another. Here the first VM
+    (`big`) has no golden image, so without --clone-of the name is refused."""
     project = lab_with_golden
     two = project.root / "two-vms.yaml"
-    two.write_text("vms:\n  default: {}\n  big: {memory: 999}\n")
+    two.write_text("vms:\n  big: {memory: 999}\n  default: {}\n")
     guessed = project.invoke("vm.start", "--vm", "c1", "--config", str(two))
     assert guessed.returncode == 2 and "no VM named 'c1'" in guessed.stderr, guessed.stderr
+    assert "starts a clone of VM 'big'" in guessed.stderr and not (project.root / "vm" / "c1").exists()
     started = project.invoke("vm.start", "--vm", "c1", "--clone-of", "default", "--config", str(two))
     assert started.returncode == 0, started.stderr
     assert "restored to 'clean', not booted" in started.stderr
