@@ -269,3 +269,24 @@ def test_reset_and_destroy_ask_on_a_terminal_and_no_does_nothing(project: Projec
     asked.expect(pexpect.EOF)
     asked.close()
     assert asked.exitstatus == 0 and not (project.root / "vm" / "default").exists()
+
+
+def test_make_targets_pass_vm_and_snapshot_through_and_make_exits_2_on_any_failure(project: Project) -> None:
+    """A project's Makefile that includes vmlab.mk, as `vmlab init` writes it."""
+    repo = Path(__file__).resolve().parents[1]
+    (project.root / "Makefile").write_text(f"include {repo / 'vmlab' / 'vmlab.mk'}\n")
+    project.write_config("vms:\n  default: {}\n  other: {}\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("VM", "VM_CMD", "MAKEFLAGS")}
+
+    def make(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["make", "-s", f"VMLAB={Path(INVOKE).parent / 'vmlab'}", *args], cwd=project.root,
+                              env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+
+    resumed = make("vm-resume", "VM=other")
+    assert resumed.returncode == 2 and "VM other is not suspended" in resumed.stderr, resumed.stderr
+    named = make("vm-snapshot", "VM_SNAPSHOT=Bad/Name")
+    assert named.returncode == 2 and "snapshot name 'Bad/Name'" in named.stderr, named.stderr
+    refused = make("vm-destroy")  # vmlab exits 1 (no terminal to ask); make reports 2
+    assert refused.returncode == 2 and "Refusing without --yes" in refused.stderr, refused.stderr
+    status = make("vm-status")
+    assert status.returncode == 0 and re.search(r"^other\s+stopped", status.stdout, re.M), status.stdout
