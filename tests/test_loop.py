@@ -228,6 +228,51 @@ def test_restore_on_failure_puts_the_vm_back_to_clean(sample: Project) -> None:
     assert in_guest(sample, "test -e /root/left-by-dirty-fail && echo dirty || echo clean").strip() == "dirty"
 
 
+def config_with(sample: Project, name: str, **changes) -> Path:
+    """A second config file for the sample project, its settings changed as given."""
+    settings = yaml.safe_load((sample.root / "vmlab.yaml").read_text())
+    settings.update(changes)
+    path = sample.root / name
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def test_restore_on_failure_set_in_the_config_and_only_for_privileged_suites(sample: Project) -> None:
+    config = config_with(sample, "restoring.yaml", restore_on_failure=True)
+    dirty = sample.invoke("vm.test", "--suite", "dirty-fail", "--config", str(config))
+    assert dirty.returncode == 1 and "restoring VM default to 'clean'" in dirty.stderr, dirty.stderr
+    assert in_guest(sample, "test -e /root/left-by-dirty-fail && echo dirty || echo clean").strip() == "clean"
+    broken = sample.invoke("vm.test", "--suite", "broken", "--config", str(config))  # not privileged
+    assert broken.returncode == 1 and "restoring" not in broken.stderr, broken.stderr
+
+
+def test_a_suite_runs_in_its_workdir(sample: Project) -> None:
+    settings = yaml.safe_load((sample.root / "vmlab.yaml").read_text())
+    config = config_with(sample, "workdir.yaml", suites={
+        **settings["suites"], "in-data": {"command": "test -f input.txt && pwd", "workdir": "data"}})
+    result = sample.invoke("vm.test", "--suite", "in-data", "--config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[0].endswith("/sample/data")
+
+
+def test_ssh_dying_mid_run_is_exit_2_with_the_results_so_far(sample: Project) -> None:
+    """The guest's sshd session under the run is killed by the second suite: the first suite's
+    result is kept, the one cut off and the one never started are said so, exit 2 (did not finish)."""
+    settings = yaml.safe_load((sample.root / "vmlab.yaml").read_text())
+    config = config_with(sample, "dies.yaml", suites={
+        **settings["suites"], "kills-ssh": {"command": "echo going; sleep 1; pkill -KILL -f 'sshd: root'; sleep 30"}})
+    result = sample.invoke("vm.test", "--suite", "unit", "--suite", "kills-ssh", "--suite", "broken",
+                           "--config", str(config), timeout=300)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "SSH stopped answering" in result.stderr and "Results so far: " in result.stderr
+    folder = Path(re.search(r"Results so far: (\S+)", result.stderr).group(1))
+    report = json.loads((folder / "report.json").read_text())
+    assert not report["complete"] and "SSH stopped answering" in report["cut_off"]
+    assert [(s["name"], s["status"]) for s in report["suites"]] == [
+        ("unit", "passed"), ("kills-ssh", "error"), ("broken", "not run")]
+    assert in_guest(sample, "echo back").strip() == "back"  # the next command connects again
+
+
 def test_library_session_survives_a_restore_and_fetches_files(sample: Project, tmp_path: Path) -> None:
     """The session outlives a restore of the RAM under it: the file written before the restore
     is gone afterwards (the restore happened), and the session is on a new connection."""
