@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import stat
 import subprocess
@@ -290,3 +291,25 @@ def test_make_targets_pass_vm_and_snapshot_through_and_make_exits_2_on_any_failu
     assert refused.returncode == 2 and "Refusing without --yes" in refused.stderr, refused.stderr
     status = make("vm-status")
     assert status.returncode == 0 and re.search(r"^other\s+stopped", status.stdout, re.M), status.stdout
+
+
+def test_ssh_without_a_command_is_an_interactive_shell_that_leaves_known_hosts_alone(up: Project) -> None:
+    """`invoke vm.ssh` on a terminal: OpenSSH with the lab's own keys and pinned host key, so the
+    user's ~/.ssh/known_hosts (OpenSSH finds it through the passwd entry) is neither read nor written."""
+    known = Path(pwd.getpwuid(os.getuid()).pw_dir) / ".ssh" / "known_hosts"
+
+    def snapshot() -> tuple:
+        return (known.read_bytes(), known.stat().st_mtime_ns) if known.exists() else None
+
+    before = snapshot()
+    shell = pexpect.spawn(INVOKE, ["vm.ssh"], cwd=str(up.root), encoding="utf-8", timeout=60)
+    try:
+        shell.sendline("echo in-the-guest-$(hostname)-$(id -un)")
+        shell.expect_exact("in-the-guest-default-root")
+        shell.sendline("exit 7")
+        shell.expect(pexpect.EOF)
+    finally:
+        shell.close(force=True)
+    assert shell.exitstatus == 7  # the shell's own status
+    assert snapshot() == before
+    assert "continue connecting" not in (shell.before or "")  # no question about the host key
