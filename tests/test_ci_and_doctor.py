@@ -5,16 +5,19 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import Project
+from conftest import Project, alive
 from test_accel import kvm_boots_linux
 from vmlab import accel, builder, config, guests
 from vmlab.cache import ArtefactCache
+from vmlab.qmp import Monitor
 from vmlab.lab import Lab
 
 ROOT = Path(__file__).parents[1]
@@ -98,3 +101,35 @@ def test_doctor_without_qemu_img_exits_2_with_the_fix(project: Project, tmp_path
     assert "FAIL host         qemu-img is missing" in result.stdout
     assert "fix: apt-get install qemu-utils" in result.stdout
     assert "problem(s) found" in result.stderr
+
+
+def test_doctor_finds_a_paused_guest_and_a_crashed_vm_with_their_fixes(project: Project, vm_ready) -> None:
+    """The guest is paused through QEMU's own QMP socket (as a stuck restore leaves it), then
+    QEMU is killed (SIGKILL, as the OOM killer does): each is a failure with its fix, exit 1."""
+    project.write_config("vms:\n  default: {}\n")
+    assert project.invoke("vm.start").returncode == 0
+    machine = project.lab().vmdir(project.lab().vm()).machine
+    with Monitor(machine.qmp_socket) as mon:
+        mon.command("stop")
+    paused = project.invoke("vm.doctor")
+    assert paused.returncode == 1, paused.stdout + paused.stderr
+    assert "FAIL vm default   QEMU runs but the guest is paused" in paused.stdout
+    assert "fix: invoke vm.restore --vm default, or vm.stop and vm.start" in paused.stdout
+    pid = machine.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    while alive(pid):
+        time.sleep(0.05)
+    crashed = project.invoke("vm.doctor")
+    assert crashed.returncode == 1, crashed.stdout + crashed.stderr
+    assert re.search(r"^FAIL vm default ", crashed.stdout, re.M)
+    assert "fix: invoke vm.start --vm default (it cleans up), or vm.destroy" in crashed.stdout
+    assert "1 problem(s) found" in crashed.stderr
+
+
+def test_doctor_names_too_little_memory(project: Project) -> None:
+    project.write_config("vms:\n  default: {memory: 4096G}\n")
+    result = project.invoke("vm.doctor")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert re.search(r"^FAIL memory .* the largest VM wants 4096\.0 GiB$", result.stdout, re.M), result.stdout
+    assert "fix: stop other VMs (invoke vm.status) or lower 'memory' in vmlab.yaml" in result.stdout
