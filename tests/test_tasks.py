@@ -313,3 +313,15 @@ def test_ssh_without_a_command_is_an_interactive_shell_that_leaves_known_hosts_a
     assert shell.exitstatus == 7  # the shell's own status
     assert snapshot() == before
     assert "continue connecting" not in (shell.before or "")  # no question about the host key
+
+
+def test_a_project_too_deep_for_a_unix_socket_is_told_to_move(tmp_path: Path, vm_ready) -> None:
+    """QEMU's sockets live in vm/NAME/; a unix socket path has at most 107 bytes."""
+    root = tmp_path / ("deep-" * 12) / "project"
+    root.mkdir(parents=True)
+    project = Project(root)
+    project.write_config("vms:\n  default: {}\n")
+    result = project.invoke("vm.start")
+    assert result.returncode == 1, result.stderr
+    assert "is too long for a unix socket (107 bytes at most); move the project to a shorter path" in result.stderr
+    assert qemus_of(root) == 0
