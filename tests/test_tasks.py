@@ -10,6 +10,7 @@ import json
 import os
 import pwd
 import re
+import signal
 import stat
 import subprocess
 import time
@@ -21,6 +22,7 @@ import pytest
 from conftest import INVOKE, Project, alive
 from vmlab import builder, config, guests
 from vmlab.cache import ArtefactCache
+from vmlab.qmp import Monitor
 
 
 def qemus_of(root: Path) -> int:
@@ -325,3 +327,30 @@ def test_a_project_too_deep_for_a_unix_socket_is_told_to_move(tmp_path: Path, vm
     assert result.returncode == 1, result.stderr
     assert "is too long for a unix socket (107 bytes at most); move the project to a shorter path" in result.stderr
     assert qemus_of(root) == 0
+
+
+def test_stop_quits_a_guest_that_ignores_the_power_button_and_kills_a_qemu_that_does_not_answer(
+        project: Project, vm_ready) -> None:
+    """A paused guest cannot react to ACPI (paused through QMP); a QEMU stopped with SIGSTOP
+    answers no QMP command: vm.stop gets past both and says which way it took."""
+    project.write_config("vms:\n  default: {}\n")
+    lab = project.lab()
+    machine = lab.vmdir(lab.vm()).machine
+    assert project.invoke("vm.start").returncode == 0
+    with Monitor(machine.qmp_socket) as mon:
+        mon.command("stop")
+    pid = machine.pid()
+    quit_ = project.invoke("vm.stop", "--timeout", "5")
+    assert quit_.returncode == 0 and quit_.stdout == "VM default: quit QEMU (the guest did not power off)\n"
+    assert not alive(pid)
+
+    assert project.invoke("vm.start").returncode == 0
+    pid = machine.pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        killed = project.invoke("vm.stop", "--timeout", "1", timeout=120)
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    assert killed.returncode == 0 and killed.stdout == "VM default: killed QEMU\n", killed.stdout + killed.stderr
+    assert not alive(pid) and json.loads(project.invoke("vm.status", "--json").stdout)["state"] == "stopped"
