@@ -49,6 +49,7 @@ def test_a_boot_that_never_answers_is_stopped_and_leaves_its_console_and_qemu_st
     tail = (folder / "console-tail.txt").read_text()
     assert tail.strip() and tail == "\n".join(console.splitlines()[-200:]) + "\n"
     assert (folder / "qemu.log").read_bytes() == (project.root / "vm" / "default" / "qemu.log").read_bytes()
+    assert json.loads((folder / "last-state.json").read_text())["pid"] == qemu_pid  # QEMU's argv, pid, port
     assert json.loads((folder / "qmp-status.json").read_text()) == {"qemu": "not running"}  # it was stopped
 
 
