@@ -354,3 +354,13 @@ def test_stop_quits_a_guest_that_ignores_the_power_button_and_kills_a_qemu_that_
             os.kill(pid, signal.SIGKILL)
     assert killed.returncode == 0 and killed.stdout == "VM default: killed QEMU\n", killed.stdout + killed.stderr
     assert not alive(pid) and json.loads(project.invoke("vm.status", "--json").stdout)["state"] == "stopped"
+
+
+def test_setup_offline_without_the_iso_exits_2_and_downloads_nothing(project: Project) -> None:
+    project.write_config("vms:\n  d: {profile: dragonfly}\nprofiles:\n  dragonfly: {mirrors: ['http://127.0.0.1:9']}\n"
+                         "cache_dir: cache\n")  # a mirror nobody answers on, were it asked
+    result = project.invoke("vm.setup", "--offline")
+    assert result.returncode == 2, result.stderr
+    assert "dfly-x86_64-6.4.2_REL.iso is not in the cache" in result.stderr
+    assert "offline mode forbids downloading it; run once without --offline to fetch it" in result.stderr
+    assert not list((project.root / "cache").glob("isos/*.partial")) and not (project.root / "vm" / "d").exists()
