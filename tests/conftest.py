@@ -105,6 +105,15 @@ class Project:
                               timeout=timeout, input=input, stdin=None if input is not None else subprocess.DEVNULL)
 
 
+def alive(pid: int) -> bool:
+    """Running, as a user means it, read from /proc (not from vmlab's pid file): a zombie
+    waiting for init to reap it is not running."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
 def kill_vms(root: Path) -> None:
     """Kill any QEMU still running for a VM of the project at `root`, and wait until it is gone."""
     for state_dir in (root / "vm").glob("*/"):
@@ -132,19 +141,28 @@ def shared_project(tmp_path_factory: pytest.TempPathFactory):
     kill_vms(root)
 
 
+RUN_MARK = "VMLAB_TEST_RUN"  # in the environment of every process this test run starts, QEMU included
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_qemu_left_behind(tmp_path_factory: pytest.TempPathFactory):
-    """Fail the run if any QEMU started from a test folder outlives the tests."""
+    """Fail the run if any QEMU this run started outlives the tests: one run from a test folder,
+    or one that carries this run's mark in its environment, wherever it runs (the QEMU that
+    vm.golden boots to take the clean snapshot runs in the cache, ~/.cache/vmlab for some tests).
+    QEMUs of other runs on the machine carry another mark and are left alone."""
     base = str(tmp_path_factory.getbasetemp())
+    mark = f"{RUN_MARK}={os.getpid()}-{time.time_ns()}".encode()
+    os.environ[RUN_MARK] = mark.decode().split("=", 1)[1]
     yield
     leaked = []
     for pid_dir in Path("/proc").iterdir():
         if pid_dir.name.isdigit():
             try:
                 cmdline = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                ours = mark in (pid_dir / "environ").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if "qemu-system" in cmdline and base in cmdline:
+            if "qemu-system" in cmdline and (base in cmdline or ours):
                 leaked.append(int(pid_dir.name))
                 os.kill(int(pid_dir.name), signal.SIGKILL)
     assert not leaked, f"QEMU processes left behind by tests (now killed): {leaked}"

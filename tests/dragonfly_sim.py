@@ -52,7 +52,7 @@ from typing import Callable, Iterator, List, Optional
 from dragonfly_stubs import BOOT2_FLAGS, Refused, World, install, mount_cd9660, umount
 
 FAULTS = ("none", "panic", "hang-after-kernel", "boot-loop", "drop-first-key", "drop-all-keys", "slow-prompt",
-          "login-incorrect")
+          "login-incorrect", "login-refused")
 DATE = "Feb 21 20:19:12"
 BIOS = ("SeaBIOS (version 1.16.2-debian-1.16.2-1)", "", "iPXE (https://ipxe.org) 00:03.0 CA00 PCI2.10 PnP PMM", "")
 LOADER = ("Console: serial port", "BIOS 639kB/2096000kB available memory", "",
@@ -457,9 +457,11 @@ class Machine:
             self.io.noise, self.io.noise_every = lambda: self.io.write(self.getty_errors()), 8 * self.tick
         while True:
             user = (self.io.read_line() or "").strip()
-            if user == "root" and self.fault != "login-incorrect":
+            if user == "root" and self.fault not in ("login-incorrect", "login-refused"):
                 return self.st_csh
-            if user:
+            if user and self.fault == "login-refused":  # refused outright (no password is asked)
+                self.io.write("\r\nLogin incorrect\r\n")
+            elif user:
                 self.io.write("Password:")
                 self.io.read_byte(10 * self.tick)
                 self.io.discard_input("password")

@@ -34,6 +34,9 @@ class FileServer:
         self.status: Optional[int] = None  # answer every request with this status
         self.ignore_range = False
         self.rate: Optional[float] = None  # bytes per second, None for as fast as possible
+        self.etag = True  # send an ETag (some servers do not)
+        self.last_modified = True  # send Last-Modified (some servers do not)
+        self.honour_if_range = True  # False: a Range is served even when If-Range names another version
         self.sent: Counter = Counter()  # body bytes sent, per path
         self.requests: List[Tuple[str, Optional[str]]] = []  # (path, Range header)
         self.lock = threading.Lock()
@@ -89,7 +92,7 @@ def _handler(server: FileServer) -> type:
             if rng and not rule.get("ignore_range", server.ignore_range):
                 if_range = self.headers.get("If-Range")
                 m = re.fullmatch(r"bytes=(\d+)-", rng.strip())
-                if m and if_range in (None, etag, LAST_MODIFIED):
+                if m and (if_range in (None, etag, LAST_MODIFIED) or not server.honour_if_range):
                     start, code = int(m.group(1)), 206
                     if start >= len(body):
                         self.send_response(416)
@@ -99,8 +102,10 @@ def _handler(server: FileServer) -> type:
                         return
             self.send_response(code)
             self.send_header("Content-Length", str(len(body) - start))
-            self.send_header("ETag", etag)
-            self.send_header("Last-Modified", LAST_MODIFIED)
+            if server.etag:
+                self.send_header("ETag", etag)
+            if server.last_modified:
+                self.send_header("Last-Modified", LAST_MODIFIED)
             self.send_header("Accept-Ranges", "bytes")
             if code == 206:
                 self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from vmlab import accel, builder, config, guests
+from conftest import prerequisite_missing
+from vmlab import accel, builder, config, guests, host
+from vmlab.errors import PrerequisiteMissing
 from vmlab.cache import ArtefactCache
 
 
@@ -58,7 +60,30 @@ def test_verdict_is_remembered_until_the_host_reboots(kernel: Path, tmp_path: Pa
 
 
 def test_forced_choices_are_not_probed(tmp_path: Path) -> None:
-    assert accel.choose("tcg", lambda: Path("/none"), tmp_path).accel == "tcg"
+    started = time.monotonic()
+    tcg = accel.choose("tcg", lambda: pytest.fail("accel: tcg probed KVM"), tmp_path)
+    assert tcg.qemu_args() == ["-accel", "tcg"]
     if accel.kvm_usable() is None:
-        assert accel.choose("kvm", lambda: Path("/none"), tmp_path).accel == "kvm"
+        kvm = accel.choose("kvm", lambda: pytest.fail("accel: kvm probed KVM"), tmp_path)
+        assert kvm.qemu_args() == ["-accel", "kvm", "-cpu", "host"]
+    else:
+        with pytest.raises(PrerequisiteMissing, match="accel: kvm is configured but"):
+            accel.choose("kvm", lambda: pytest.fail("accel: kvm probed KVM"), tmp_path)
+    assert time.monotonic() - started < 0.1
     assert not (tmp_path / "accel-verdict.json").exists()
+
+
+def test_a_verdict_is_dropped_when_qemu_changes(tmp_path: Path) -> None:
+    """A new QEMU may behave differently under KVM: the verdict is kept for the host's boot
+    and QEMU version it was made with. (Written by hand; no kernel is booted.)"""
+    if accel.kvm_usable() is not None:
+        prerequisite_missing(f"a usable /dev/kvm (the verdict is only read then): {accel.kvm_usable()}")
+    verdict = tmp_path / "accel-verdict.json"
+    saved = {"accel": "kvm", "reason": "KVM booted the kernel", "boot_id": host.boot_id(),
+             "qemu": host.qemu_version(), "probed_at": time.time()}
+    verdict.write_text(json.dumps(saved))
+    kept = accel.choose("auto", lambda: None, tmp_path)
+    assert kept.accel == "kvm" and "kept until the host reboots" in kept.reason
+    verdict.write_text(json.dumps(dict(saved, qemu="6.0.0")))
+    dropped = accel.choose("auto", lambda: None, tmp_path)  # no kernel: a fresh verdict cannot be made
+    assert dropped.accel == "tcg" and "KVM is unproven" in dropped.reason

@@ -5,14 +5,19 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import Project
-from vmlab import accel, config, guests, schema
+from conftest import Project, alive
+from test_accel import kvm_boots_linux
+from vmlab import accel, builder, config, guests, schema
+from vmlab.cache import ArtefactCache
+from vmlab.qmp import Monitor
 from vmlab.lab import Lab
 
 ROOT = Path(__file__).parents[1]
@@ -71,15 +76,18 @@ def test_golden_key_changes_with_a_recipe_script_and_not_with_unrelated_files(gu
 
 
 def test_doctor_names_the_kvm_situation_and_passes_here(project: Project, vm_ready) -> None:
+    """Checked against what KVM really does with the test guest's kernel (test_accel's ground
+    truth, QEMU run directly), not against the verdict vm.doctor itself saved."""
     result = project.invoke("vm.doctor")
     assert result.returncode == 0, result.stdout + result.stderr
     line = next(line for line in result.stdout.splitlines() if " accelerator " in line)
     if accel.kvm_usable() is not None:
         assert "no KVM" in line
     else:
-        verdict = accel.choose("auto", lambda: Path("/never/probed/again"), config.default_cache_dir())
-        assert ("KVM works" in line) == (verdict.accel == "kvm")
-        assert ("does not boot a kernel on this host" in line) == (verdict.accel == "tcg")
+        kernel = builder.ensure(ArtefactCache(config.default_cache_dir()), guests.load("debian"), "image", {})
+        boots = kvm_boots_linux(kernel / "vmlinuz")
+        assert ("KVM works" in line) == boots, line
+        assert ("does not boot a kernel on this host" in line) == (not boots), line
 
 
 def test_doctor_without_qemu_img_exits_2_with_the_fix(project: Project, tmp_path: Path, vm_ready) -> None:
@@ -93,3 +101,35 @@ def test_doctor_without_qemu_img_exits_2_with_the_fix(project: Project, tmp_path
     assert "FAIL host         qemu-img is missing" in result.stdout
     assert "fix: apt-get install qemu-utils" in result.stdout
     assert "problem(s) found" in result.stderr
+
+
+def test_doctor_finds_a_paused_guest_and_a_crashed_vm_with_their_fixes(project: Project, vm_ready) -> None:
+    """The guest is paused through QEMU's own QMP socket (as a stuck restore leaves it), then
+    QEMU is killed (SIGKILL, as the OOM killer does): each is a failure with its fix, exit 1."""
+    project.write_config("vms:\n  default: {}\n")
+    assert project.invoke("vm.start").returncode == 0
+    machine = project.lab().vmdir(project.lab().vm()).machine
+    with Monitor(machine.qmp_socket) as mon:
+        mon.command("stop")
+    paused = project.invoke("vm.doctor")
+    assert paused.returncode == 1, paused.stdout + paused.stderr
+    assert "FAIL vm default   QEMU runs but the guest is paused" in paused.stdout
+    assert "fix: invoke vm.restore --vm default, or vm.stop and vm.start" in paused.stdout
+    pid = machine.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    while alive(pid):
+        time.sleep(0.05)
+    crashed = project.invoke("vm.doctor")
+    assert crashed.returncode == 1, crashed.stdout + crashed.stderr
+    assert re.search(r"^FAIL vm default ", crashed.stdout, re.M)
+    assert "fix: invoke vm.start --vm default (it cleans up), or vm.destroy" in crashed.stdout
+    assert "1 problem(s) found" in crashed.stderr
+
+
+def test_doctor_names_too_little_memory(project: Project) -> None:
+    project.write_config("vms:\n  default: {memory: 4096G}\n")
+    result = project.invoke("vm.doctor")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert re.search(r"^FAIL memory .* the largest VM wants 4096\.0 GiB$", result.stdout, re.M), result.stdout
+    assert "fix: stop other VMs (invoke vm.status) or lower 'memory' in vmlab.yaml" in result.stdout

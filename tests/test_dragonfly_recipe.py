@@ -205,6 +205,14 @@ def test_a_refused_login_names_the_rule(tmp_path: Path) -> None:
     assert "it asked for a password, and vmlab has none" in str(failure.value)
 
 
+def test_a_login_refused_without_a_password_prompt_names_its_own_rule(tmp_path: Path) -> None:
+    with pytest.raises(ConsoleError) as failure:
+        play(tmp_path, recipe.load(SHELL_RECIPE), "--fault", "login-refused")
+    message = str(failure.value)
+    assert "the guest refused the login" in message and "asked for a password" not in message
+    assert "Login incorrect" in message  # the console tail shows it
+
+
 def test_a_dropped_key_at_the_menu_is_typed_again(tmp_path: Path) -> None:
     played = play(tmp_path, profile_recipe(), "--fault", "drop-first-key")
     nines = [line for line in played.typed() if line.startswith("9")]

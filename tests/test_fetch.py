@@ -12,6 +12,7 @@ import json
 import os
 import logging
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -22,7 +23,7 @@ from typing import Any, Dict, Set
 
 import pytest
 
-from vmlab.errors import ChecksumMismatch, DownloadError, PrerequisiteMissing
+from vmlab.errors import ChecksumMismatch, ConfigError, DownloadError, PrerequisiteMissing
 import vmlab.pins as pins_module
 from vmlab.fetch import FetchResult, cached, fetch, prune
 
@@ -394,10 +395,20 @@ def test_cached_lists_and_prune_deletes(server, iso, cache):
     assert OUT in json.loads((cache / "isos" / "pins.json").read_text()), "the pin outlives the file"
 
 
-def test_progress_is_plain_log_lines_off_a_terminal(server, iso, cache, caplog):
-    with caplog.at_level(logging.INFO, logger="vmlab.fetch"):
-        get(server, cache, progress=None)  # pytest's stderr is no terminal
-    assert any(NAME in m and "100%" in m for m in caplog.messages)
+def test_progress_is_plain_log_lines_off_a_terminal(server, iso, cache):
+    """In a process of its own whose stderr is a pipe (as under CI or `2> log`), whatever
+    pytest's own stderr is (`pytest -s` on a terminal)."""
+    child = ("import logging, sys\nfrom pathlib import Path\nfrom vmlab.fetch import fetch\n"
+             "logging.basicConfig(level=logging.INFO, format='LOG %(name)s: %(message)s')\n"
+             "fetch(mirrors=[sys.argv[1]], path=sys.argv[2], cache_dir=Path(sys.argv[3]))\n")
+    env = {k: v for k, v in os.environ.items() if k != "CI"}  # CI alone would pick log lines
+    run = subprocess.run([sys.executable, "-c", child, server.url, PATH, str(cache)], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert "\r" not in run.stderr  # no bar was drawn
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert lines and all(line.startswith("LOG vmlab.") for line in lines), run.stderr
+    assert any(NAME in line and "100%" in line for line in lines), run.stderr
 
 
 def test_progress_bar_when_asked(server, iso, cache, capsys):
@@ -416,3 +427,76 @@ def test_partial_downloads_are_listed_and_pruned(server, iso, cache):
     assert prune(cache, keep={NAME}) == []
     assert {p.name for p in prune(cache, keep=set())} == PARTIAL
     assert in_cache(cache) <= META
+
+
+# servers and configs the other tests do not meet ----------------------------------------
+
+def cut_half_way(server, iso, cache) -> int:
+    size = len(iso["bz2"])
+    server.plan[URL_PATH].extend([{"cut": size // 2}, {"status": 503}])
+    with pytest.raises(PrerequisiteMissing):
+        get(server, cache)
+    return size // 2
+
+
+def test_a_server_with_last_modified_only_resumes_by_it(server, iso, cache):
+    server.etag = False
+    half = cut_half_way(server, iso, cache)
+    r = get(server, cache)
+    assert_right(r, iso, cache)
+    assert server.requests_for(URL_PATH)[-1] == f"bytes={half}-" and r.downloaded_bytes == len(iso["bz2"]) - half
+
+
+def test_a_206_of_another_version_is_not_spliced_onto_the_partial(server, iso, cache):
+    """A server that serves the Range though If-Range names the old version: its new ETag
+    gives it away, and the download starts over instead of mixing two files."""
+    server.honour_if_range = False
+    cut_half_way(server, iso, cache)
+    new = make_iso(5, 3 << 20)
+    server.files[URL_PATH] = bz2.compress(new)
+    server.files[SUMS_PATH] = md5_txt(**{NAME: server.files[URL_PATH]})
+    r = get(server, cache)
+    assert r.path.read_bytes() == new
+    assert server.requests_for(URL_PATH)[-1] is None  # asked again from the start
+
+
+def test_a_partial_longer_than_the_file_restarts_after_416(server, iso, cache):
+    """No validators to send (the server gave none), and the file was replaced by a shorter one:
+    the Range starts past its end, the server answers 416, and vmlab starts over."""
+    server.etag = server.last_modified = False
+    half = cut_half_way(server, iso, cache)
+    new_bz2 = bz2.compress(make_iso(7, 1 << 20))
+    assert len(new_bz2) < half
+    server.files[URL_PATH] = new_bz2
+    server.files[SUMS_PATH] = md5_txt(**{NAME: new_bz2})
+    r = get(server, cache)
+    assert r.path.read_bytes() == bz2.decompress(new_bz2)
+    assert server.requests_for(URL_PATH)[-2:] == [f"bytes={half}-", None]
+
+
+def test_no_checksum_file_and_no_pin_trusts_the_first_download_then_holds_to_it(server, iso, cache, caplog):
+    with caplog.at_level(logging.WARNING, logger="vmlab.fetch"):
+        r = get(server, cache, checksums=None)
+    assert_right(r, iso, cache)
+    assert any("no checksum file and no pin: trusting this first download" in m for m in caplog.messages)
+    pinned = json.loads((cache / "isos" / "pins.json").read_text())[OUT]["sha256"]
+    assert pinned == r.sha256
+    r.path.unlink()
+    server.files[URL_PATH] = bz2.compress(make_iso(9, 2 << 20))  # republished: not what was pinned
+    with pytest.raises(ChecksumMismatch, match="pins"):
+        get(server, cache, checksums=None)
+    assert not (cache / "isos" / OUT).exists()
+
+
+def test_a_checksum_file_without_our_line_is_no_verification(server, iso, cache):
+    server.files[SUMS_PATH] = md5_txt(**{"some-other.iso.bz2": b"x"})
+    with pytest.raises(PrerequisiteMissing, match=f"has no line for {re.escape(NAME)}") as e:
+        get(server, cache)
+    assert e.value.exit_code == 2 and not (cache / "isos" / OUT).exists()
+
+
+@pytest.mark.parametrize("pin", ["sha1:" + "0" * 40, "md5:xyz", "sha256:" + "0" * 63, "deadbeef"])
+def test_a_malformed_pin_is_a_config_error_before_any_download(server, cache, pin):
+    with pytest.raises(ConfigError, match="expected md5:<32 hex digits> or sha256:<64 hex digits>") as e:
+        get(server, cache, pin=pin)
+    assert e.value.exit_code == 2 and server.requests == []

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import INVOKE, Project
+from conftest import INVOKE, Project, alive
 from vmlab import config as config_mod
 from vmlab import golden
 from vmlab.cache import sha256_file
@@ -55,6 +56,13 @@ def ssh(project: Project, vm: str, command: str) -> subprocess.CompletedProcess:
     return project.invoke("vm.ssh", "--vm", vm, "-c", command)
 
 
+def file_in(project: Project, vm: str, path: str) -> str:
+    """'present' or 'absent', read from words: vm.ssh also exits 1 when SSH itself fails."""
+    result = ssh(project, vm, f"test -e {path} && echo present || echo absent")
+    assert result.returncode == 0 and result.stdout.strip() in ("present", "absent"), result.stdout + result.stderr
+    return result.stdout.strip()
+
+
 def test_golden_files_survive_restore_reset_destroy_and_clones(lab_with_golden: Project) -> None:
     project = lab_with_golden
     folder = golden_dir(project)
@@ -63,9 +71,11 @@ def test_golden_files_survive_restore_reset_destroy_and_clones(lab_with_golden: 
 
     assert ssh(project, "default", "echo work > /root/work").returncode == 0
     assert project.invoke("vm.restore").returncode == 0
-    assert ssh(project, "default", "test -e /root/work").returncode == 1
+    assert file_in(project, "default", "/root/work") == "absent"
+    assert ssh(project, "default", "echo before > /root/before-reset; sync").returncode == 0
     assert project.invoke("vm.reset", "--yes").returncode == 0
     assert project.invoke("vm.start").returncode == 0
+    assert file_in(project, "default", "/root/before-reset") == "absent"  # the reset threw the disk away
 
     clones = [subprocess.Popen([INVOKE, "vm.start", "--vm", name], cwd=project.root, stdin=subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in ("w1", "w2")]
@@ -78,12 +88,16 @@ def test_golden_files_survive_restore_reset_destroy_and_clones(lab_with_golden: 
     names = [ssh(project, n, "hostname").stdout.strip() for n in ("w1", "w2")]
     assert names == ["w1", "w2"]
     # both run the RAM of the same snapshot: one kernel boot, shared; two cold boots would differ
-    boot_ids = {ssh(project, n, "cat /proc/sys/kernel/random/boot_id").stdout for n in ("w1", "w2")}
-    assert len(boot_ids) == 1
+    boot_ids = {ssh(project, n, "cat /proc/sys/kernel/random/boot_id").stdout.strip() for n in ("w1", "w2")}
+    assert len(boot_ids) == 1 and re.fullmatch(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", *boot_ids)
     assert ssh(project, "w1", "echo mine > /root/mine").returncode == 0
-    assert ssh(project, "w2", "test -e /root/mine").returncode == 1
+    assert file_in(project, "w1", "/root/mine") == "present"
+    assert file_in(project, "w2", "/root/mine") == "absent"
 
+    w1_pid = json.loads(project.invoke("vm.status", "--json", "--vm", "w1").stdout)["pid"]
+    assert alive(w1_pid)
     assert project.invoke("vm.destroy", "--yes", "--vm", "w1").returncode == 0
+    assert not alive(w1_pid) and not (project.root / "vm" / "w1").exists()  # a running VM: stopped, then gone
     assert project.invoke("vm.reset", "--yes", "--vm", "w2").returncode == 0
     for name in ("default", "w2"):
         project.invoke("vm.stop", "--vm", name)
@@ -129,11 +143,12 @@ def test_item07_a_clone_started_as_a_non_root_user_is_set_right_and_a_failed_sta
     assert json.loads(project.invoke("vm.status", "--json", "--vm", "w5").stdout)["origin"] == "golden"
     assert project.invoke("vm.destroy", "--yes", "--vm", "w5").returncode == 0
 
-    hurried = project.root / "hurried.yaml"
-    hurried.write_text("vms:\n  default: {boot_timeout: 0.001}\n")
-    failed = project.invoke("vm.start", "--vm", "w6", "--config", str(hurried))
-    if failed.returncode == 0:
-        pytest.skip("SSH answered within a millisecond: no failed start to look at")
+    # a start that fails after QEMU started: the guest has no such user, so SSH never lets vmlab in
+    refused = project.root / "refused.yaml"
+    refused.write_text("vms:\n  default: {ssh_user: nosuchuser, boot_timeout: 5}\n")
+    failed = project.invoke("vm.start", "--vm", "w6", "--config", str(refused))
+    assert failed.returncode == 1 and "did not answer within 5s" in failed.stderr, failed.stderr
+    assert "the guest does not accept this lab's key" in failed.stderr
     assert not qemu_processes(project.root / "vm" / "w6")
     assert json.loads((project.root / "vm" / "w6" / "disk.json").read_text())["fresh"] is True
     again = project.invoke("vm.start", "--vm", "w6")
@@ -199,3 +214,28 @@ def test_a_qemu_img_failure_during_a_golden_build_is_vmlabs_error_with_the_comma
     assert "qemu-img convert -f qcow2 -O qcow2" in message and "exited with status 1" in message
     assert "Image is not in qcow2 format" in message
     assert not cache.has(golden.KIND, "0123456789abcdef") and not list((tmp_path / "cache" / "golden").glob(".*partial"))
+
+
+def test_clone_of_names_the_vm_whose_golden_image_a_new_vm_starts_from(lab_with_golden: Project) -> None:
+    """A new name clones the config's first VM; --clone-of names another. Here the first VM
+    (`big`) has no golden image, so without --clone-of the name is refused."""
+    project = lab_with_golden
+    two = project.root / "two-vms.yaml"
+    two.write_text("vms:\n  big: {memory: 999}\n  default: {}\n")
+    guessed = project.invoke("vm.start", "--vm", "c1", "--config", str(two))
+    assert guessed.returncode == 2 and "no VM named 'c1'" in guessed.stderr, guessed.stderr
+    assert "starts a clone of VM 'big'" in guessed.stderr and not (project.root / "vm" / "c1").exists()
+    started = project.invoke("vm.start", "--vm", "c1", "--clone-of", "default", "--config", str(two))
+    assert started.returncode == 0, started.stderr
+    assert "restored to 'clean', not booted" in started.stderr
+    try:
+        status = json.loads(project.invoke("vm.status", "--json", "--vm", "c1", "--config", str(two)).stdout)
+        assert status["state"] == "running" and status["origin"] == "golden"
+        name = project.invoke("vm.ssh", "--vm", "c1", "--config", str(two), "-c", "hostname")
+        assert name.stdout.strip() == "c1"  # set right after the restore
+        again = project.invoke("vm.stop", "--vm", "c1", "--config", str(two))
+        assert again.returncode == 0
+        restarted = project.invoke("vm.start", "--vm", "c1", "--config", str(two))  # remembered as a clone
+        assert restarted.returncode == 0, restarted.stderr
+    finally:
+        assert project.invoke("vm.destroy", "--yes", "--vm", "c1", "--config", str(two)).returncode == 0

@@ -548,3 +548,30 @@ def test_small_a_recipe_with_doubled_braces_and_the_lab_placeholders_loads(tmp_p
     path.write_text("steps:\n  - name: s\n    run: \"awk '{{print $1}}' /etc/{vm}\"\n")
     assert recipe.load(path).steps[0].run is not None
     assert recipe.load(path).steps[0].run.format(vm="w1") == "awk '{print $1}' /etc/w1"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("steps: []\nwait: 3\n", "unknown key 'wait'; allowed:"),
+    ("steps:\n  - name: s\n    typo: x\n    expect: y\n", "step 1 (s): unknown key 'typo'"),
+    ("steps:\n  - {name: s}\n", "step 1 (s): it does nothing; give one of"),
+    ("steps:\n  - expect: y\n", "step 1: each step is a mapping with a 'name'"),
+    ("steps:\n  - {name: s, expect: y, idle: -1}\n", "step 1: idle: -1 is not a number of seconds"),
+    ("steps:\n  - {name: s, expect: y, idle: soon}\n", "step 1: idle: 'soon' is not a number of seconds"),
+    ("steps:\n  - {name: s, expect: y, powered_off: false}\n", "powered_off: False; it can only be true"),
+    ("steps:\n  - {name: s, watch: 'exit \\d+'}\n", "needs a group, (\\d+), that captures"),
+    ("steps: []\n", "the recipe has no steps"),
+    ("seed: [missing.sh]\nsteps:\n  - {name: s, expect: y}\n", "seed file 'missing.sh' is not in"),
+    ("boot: floppy\nsteps:\n  - {name: s, expect: y}\n", "boot: 'floppy'; allowed: cdrom, disk"),
+    ("- just a list\n", "a recipe is a mapping with 'steps'"),
+    ("steps: [\n", "cannot read the recipe"),
+], ids=["unknown-key", "unknown-step-key", "no-action", "no-name", "negative-idle", "idle-word",
+        "powered-off-false", "watch-without-group", "no-steps", "missing-seed", "bad-boot", "not-a-mapping",
+        "bad-yaml"])
+def test_small_a_recipe_mistake_is_refused_at_load_naming_where(tmp_path: Path, text: str, problem: str) -> None:
+    """Before anything boots: exit code 2 (the recipe must be fixed), the file and the step named."""
+    path = tmp_path / "install.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError) as refused:
+        recipe.load(path)
+    assert str(refused.value).startswith(f"{path}: ") and problem in str(refused.value), str(refused.value)
+    assert refused.value.exit_code == 2

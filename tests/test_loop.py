@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,10 +26,19 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def sample(shared_project: Project, vm_ready) -> Project:
-    """A copy of the sample project with its VM running, shared by this module's tests."""
+    """A copy of the sample project with its VM running, the project synced into it and
+    that state saved as the 'clean' snapshot, shared by this module's tests.
+
+    `vm.test` does not sync and every suite starts with `cd sample`, and restores go back to
+    'clean': each test finds both here, whichever tests ran before it (they run in a random order).
+    """
     shutil.copytree(SAMPLE, shared_project.root, dirs_exist_ok=True, symlinks=True)
     started = shared_project.invoke("vm.start")
     assert started.returncode == 0, started.stderr
+    synced = shared_project.invoke("vm.sync")
+    assert synced.returncode == 0, synced.stderr
+    saved = shared_project.invoke("vm.snapshot")
+    assert saved.returncode == 0, saved.stderr
     return shared_project
 
 
@@ -93,6 +103,33 @@ def test_a_hung_suite_is_killed_at_its_timeout_and_the_guest_stays_usable(sample
     assert in_guest(sample, "pgrep -x sleep || echo none").strip() == "none"  # killed in the guest too
 
 
+def test_a_suite_is_judged_by_its_junit_too(sample: Project) -> None:
+    """suites.run reads the JUnit a suite writes: a failing case there fails the suite even
+    when it exits 0; a missing or unreadable JUnit file is named in the suite's note."""
+    config = sample.root / "junit.yaml"
+    settings = yaml.safe_load((sample.root / "vmlab.yaml").read_text())
+    failure = '<testsuite tests="2"><testcase name="a"/><testcase name="b"><failure message="b broke"/></testcase></testsuite>'
+    settings["suites"] = {
+        "exits-0-with-a-failure": {"command": f"mkdir -p out && echo '{failure}' > out/f.xml", "junit": "out/f.xml"},
+        "writes-no-junit": {"command": "rm -f out/never.xml", "junit": "out/never.xml"},
+        "writes-garbage": {"command": "mkdir -p out && echo 'not xml <' > out/g.xml", "junit": "out/g.xml"},
+        "unit-told-wrong": {**settings["suites"]["unit"], "env": {"GREETING": "bye"}},
+    }
+    settings.pop("quick")
+    config.write_text(yaml.safe_dump(settings))
+    result = sample.invoke("vm.test-all", "--config", str(config))
+    assert result.returncode == 1, result.stdout + result.stderr
+    suites = {s["name"]: s for s in report_of(result.stdout)["suites"]}
+    lied = suites["exits-0-with-a-failure"]
+    assert (lied["exit_code"], lied["status"], lied["passed"], lied["failed"]) == (0, "failed", 1, 1)
+    assert "exit 0, but 1 of its 2 tests failed" in lied["note"]
+    assert "it wrote no JUnit file at sample/out/never.xml" in suites["writes-no-junit"]["note"]
+    assert "its JUnit file is not valid XML" in suites["writes-garbage"]["note"]
+    told_wrong = suites["unit-told-wrong"]  # the sample's own suite reports its failing check in JUnit
+    assert (told_wrong["status"], told_wrong["passed"], told_wrong["failed"]) == ("failed", 1, 1)
+    assert [f["name"] for f in told_wrong["failing"]] == ["greeting from the environment"], told_wrong
+
+
 def test_sync_mirrors_the_project_deletes_keeps_links_and_leaves_out_excluded(sample: Project) -> None:
     (sample.root / ".git").mkdir(exist_ok=True)
     (sample.root / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
@@ -105,7 +142,7 @@ def test_sync_mirrors_the_project_deletes_keeps_links_and_leaves_out_excluded(sa
     (sample.root / "data" / "extra.txt").unlink()
     again = sample.invoke("vm.sync")
     assert again.returncode == 0
-    assert "0 of" in again.stdout  # nothing changed but a deletion
+    assert re.search(r"^0 of \d+ files sent", again.stdout, re.M), again.stdout  # nothing changed but a deletion
     assert in_guest(sample, "test -e sample/data/extra.txt && echo present || echo gone").strip() == "gone"
 
 
@@ -222,7 +259,6 @@ def test_privileged_suite_gets_root_through_sudo_for_a_non_root_user(sample: Pro
 
 
 def test_restore_on_failure_puts_the_vm_back_to_clean(sample: Project) -> None:
-    assert sample.invoke("vm.snapshot").returncode == 0
     result = sample.invoke("vm.test", "--suite", "dirty-fail", "--restore-on-failure")
     assert result.returncode == 1
     assert "restoring VM default to 'clean'" in result.stderr
@@ -232,13 +268,66 @@ def test_restore_on_failure_puts_the_vm_back_to_clean(sample: Project) -> None:
     assert in_guest(sample, "test -e /root/left-by-dirty-fail && echo dirty || echo clean").strip() == "dirty"
 
 
+def config_with(sample: Project, name: str, **changes) -> Path:
+    """A second config file for the sample project, its settings changed as given."""
+    settings = yaml.safe_load((sample.root / "vmlab.yaml").read_text())
+    settings.update(changes)
+    path = sample.root / name
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def test_restore_on_failure_set_in_the_config_and_only_for_privileged_suites(sample: Project) -> None:
+    config = config_with(sample, "restoring.yaml", restore_on_failure=True)
+    dirty = sample.invoke("vm.test", "--suite", "dirty-fail", "--config", str(config))
+    assert dirty.returncode == 1 and "restoring VM default to 'clean'" in dirty.stderr, dirty.stderr
+    assert in_guest(sample, "test -e /root/left-by-dirty-fail && echo dirty || echo clean").strip() == "clean"
+    broken = sample.invoke("vm.test", "--suite", "broken", "--config", str(config))  # not privileged
+    assert broken.returncode == 1 and "restoring" not in broken.stderr, broken.stderr
+
+
+def test_a_suite_runs_in_its_workdir(sample: Project) -> None:
+    settings = yaml.safe_load((sample.root / "vmlab.yaml").read_text())
+    config = config_with(sample, "workdir.yaml", suites={
+        **settings["suites"], "in-data": {"command": "test -f input.txt && pwd", "workdir": "data"}})
+    result = sample.invoke("vm.test", "--suite", "in-data", "--config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[0].endswith("/sample/data")
+
+
+def test_ssh_dying_mid_run_is_exit_2_with_the_results_so_far(sample: Project) -> None:
+    """The guest's sshd session under the run is killed by the second suite: the first suite's
+    result is kept, the one cut off and the one never started are said so, exit 2 (did not finish)."""
+    settings = yaml.safe_load((sample.root / "vmlab.yaml").read_text())
+    config = config_with(sample, "dies.yaml", suites={
+        **settings["suites"], "kills-ssh": {"command": "echo going; sleep 1; pkill -KILL -f 'sshd: root'; sleep 30"}})
+    result = sample.invoke("vm.test", "--suite", "unit", "--suite", "kills-ssh", "--suite", "broken",
+                           "--config", str(config), timeout=300)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "SSH stopped answering" in result.stderr and "Results so far: " in result.stderr
+    folder = Path(re.search(r"Results so far: (\S+)", result.stderr).group(1))
+    report = json.loads((folder / "report.json").read_text())
+    assert not report["complete"] and "SSH stopped answering" in report["cut_off"]
+    assert [(s["name"], s["status"]) for s in report["suites"]] == [
+        ("unit", "passed"), ("kills-ssh", "error"), ("broken", "not run")]
+    assert in_guest(sample, "echo back").strip() == "back"  # the next command connects again
+
+
 def test_library_session_survives_a_restore_and_fetches_files(sample: Project, tmp_path: Path) -> None:
+    """The session outlives a restore of the RAM under it: the file written before the restore
+    is gone afterwards (the restore happened), and the session is on a new connection."""
     lab = sample.lab()
     with lab.ssh() as session:
         assert session.run("echo before > /root/fetch-me").ok
+        assert session.fetch("/root/fetch-me", tmp_path / "before").read_text() == "before\n"
+        connection = session._client.get_transport()  # type: ignore[union-attr]
         lab.restore()  # kills the session's connection in the guest
         after = session.run("echo still here")  # reconnects once
         assert after.ok and after.stdout == "still here\n"
+        assert session._client.get_transport() is not connection  # type: ignore[union-attr]
+        assert session.run("test -e /root/fetch-me && echo present || echo absent").stdout == "absent\n"
+        with pytest.raises(FileNotFoundError, match="no file /root/fetch-me"):
+            session.fetch("/root/fetch-me", tmp_path / "after")
         fetched = session.fetch("/etc/hostname", tmp_path / "hostname")
         assert fetched.read_text() == "default\n"
         with pytest.raises(FileNotFoundError, match="no file /nonexistent"):
@@ -313,10 +402,16 @@ def test_a_guest_presenting_another_host_key_is_refused(sample: Project, tmp_pat
     assert "vm.destroy" in str(refused.value)  # says what to do
 
 
-def test_suites_on_a_stopped_vm_exit_2_saying_so(sample: Project) -> None:
-    assert sample.invoke("vm.stop").returncode == 0
-    result = sample.invoke("vm.quick")
+def test_suites_on_a_stopped_vm_exit_2_saying_so(project: Project, vm_ready) -> None:
+    """A project of its own whose VM is not running (never started: the same state as after
+    vm.stop, from the same pid check), so the module's shared VM keeps running for the others."""
+    shutil.copytree(SAMPLE, project.root, dirs_exist_ok=True, symlinks=True)
+    result = project.invoke("vm.quick")
     assert result.returncode == 2
     assert "VM default is not up (stopped): start it" in result.stderr
-    unknown = sample.invoke("vm.test", "--suite", "nosuch")
+    (report,) = [json.loads(p.read_text()) for p in (project.root / "vm" / "default").glob("results/*/report.json")]
+    assert not report["passed"] and not report["complete"]
+    assert [(s["name"], s["status"]) for s in report["suites"]] == [("unit", "not run")]
+    unknown = project.invoke("vm.test", "--suite", "nosuch")
     assert unknown.returncode == 2 and "no suite named 'nosuch'" in unknown.stderr
+    assert "unit" in unknown.stderr  # names the suites there are

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import os
+import shutil
 import sys
 from pathlib import Path
 
+import pytest
+
 from vmlab import accel, host
+from vmlab.errors import PrerequisiteMissing
 
 
 def test_missing_tools_are_all_listed_with_their_packages(project, tmp_path: Path) -> None:
@@ -39,7 +42,19 @@ def test_auto_without_kvm_device_picks_tcg_saying_why(tmp_path: Path, monkeypatc
     assert choice.accel == "tcg" and "does not exist" in choice.reason
 
 
-def test_boot_id_and_qemu_version_are_real() -> None:
-    assert len(host.boot_id()) == 36
-    assert host.qemu_version()[0].isdigit()
-    assert os.path.isabs(host.which("qemu-img") or "")
+def test_tools_in_sbin_are_found_when_path_lacks_sbin(monkeypatch) -> None:
+    """A non-root user's PATH often has no sbin folder; the image build's tools live there."""
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert shutil.which("debootstrap") is None  # so the answer below is vmlab's doing
+    assert host.which("debootstrap") == "/usr/sbin/debootstrap"
+    assert host.which("mkfs.ext4") == "/usr/sbin/mkfs.ext4"
+
+
+def test_a_hidden_tool_is_named_with_its_package(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # qemu-img is in /usr/bin, which is not searched now
+    with pytest.raises(PrerequisiteMissing) as missing:
+        host.require(["qemu-img", "debootstrap"], "building an image")
+    message = str(missing.value)
+    assert "building an image needs tools that are not installed" in message
+    assert "qemu-img (Debian package qemu-utils)" in message and "debootstrap" not in message  # found in sbin
+    assert "apt-get install qemu-utils" in message

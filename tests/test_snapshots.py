@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -11,11 +12,34 @@ from pathlib import Path
 
 import pytest
 
-from conftest import INVOKE, Project, kill_vms
+from conftest import INVOKE, Project, alive, kill_vms, prerequisite_missing
 
 
 def guest(project: Project, command: str, vm: str = "default") -> subprocess.CompletedProcess:
     return project.invoke("vm.ssh", "--vm", vm, "-c", command)
+
+
+def answer(project: Project, command: str, vm: str = "default") -> str:
+    """What `command` prints in the guest. It must print something: exit status 1 from vm.ssh
+    is also what vmlab returns when SSH fails, so "absent" is read from words, not from a status."""
+    result = guest(project, command, vm)
+    assert result.returncode == 0 and result.stdout.strip(), result.stdout + result.stderr
+    return result.stdout.strip()
+
+
+def file_in_guest(project: Project, path: str, vm: str = "default") -> str:
+    return answer(project, f"test -e {path} && echo present || echo absent", vm)
+
+
+def process_in_guest(project: Project, pattern: str) -> str:
+    """'running' or 'gone'; `pattern` is written so that it does not match this command's own shell."""
+    return answer(project, f"pgrep -f '{pattern}' >/dev/null && echo running || echo gone")
+
+
+def qemus_of(project: Project) -> int:
+    """QEMU processes whose command line names the project folder, counted by pgrep."""
+    found = subprocess.run(["pgrep", "-c", "-f", f"qemu-system.*{project.root}"], capture_output=True, text=True)
+    return int(found.stdout)
 
 
 def qemu_status(project: Project, vm: str = "default") -> str:
@@ -37,8 +61,8 @@ def test_restore_undoes_files_and_processes_and_sets_the_clock(running: Project)
     time.sleep(3)  # so the guest clock would visibly lag the host's if nobody set it
     restored = running.invoke("vm.restore")
     assert restored.returncode == 0, restored.stderr
-    assert guest(running, "test -e /root/dirty").returncode == 1
-    assert guest(running, "pgrep -f 'sleep 4321'").returncode == 1
+    assert file_in_guest(running, "/root/dirty") == "absent"
+    assert process_in_guest(running, "sleep [4]321") == "gone"
     clock = guest(running, "date +%s.%N")
     assert abs(float(clock.stdout) - time.time()) < 2.0
 
@@ -67,10 +91,17 @@ def test_twenty_restores_do_not_grow_processes_files_or_disk(running: Project) -
 
 
 def test_restore_to_a_missing_name_changes_nothing(running: Project) -> None:
+    assert guest(running, "echo kept > /root/marker; nohup sleep 7777 >/dev/null 2>&1 &").returncode == 0
+    pid = json.loads(running.invoke("vm.status", "--json").stdout)["pid"]
+    snapshots = json.loads(running.invoke("vm.snapshots", "--json").stdout)
     result = running.invoke("vm.restore", "--name", "nosuch")
     assert result.returncode == 1
     assert "no snapshot named 'nosuch'" in result.stderr and "snapshots: clean" in result.stderr
-    assert qemu_status(running) == "running"
+    assert file_in_guest(running, "/root/marker") == "present"  # not restored to anything
+    assert process_in_guest(running, "sleep [7]777") == "running"  # not rebooted
+    assert json.loads(running.invoke("vm.status", "--json").stdout)["pid"] == pid and alive(pid)  # the same QEMU
+    assert json.loads(running.invoke("vm.snapshots", "--json").stdout) == snapshots
+    guest(running, "rm -f /root/marker; pkill -f 'sleep [7]777'")
 
 
 def test_two_restores_at_once_one_is_refused(running: Project) -> None:
@@ -89,20 +120,24 @@ def test_restore_after_qemu_was_killed_starts_it_from_the_snapshot(running: Proj
     restored = running.invoke("vm.restore")
     assert restored.returncode == 0, restored.stderr
     assert "QEMU had died" in restored.stderr
-    assert guest(running, "test -e /root/dirty").returncode == 1
+    assert file_in_guest(running, "/root/dirty") == "absent"  # SSH answers, and the file is gone
     assert qemu_status(running) == "running"
 
 
 def test_suspend_holds_no_qemu_and_resume_keeps_port_and_processes(running: Project) -> None:
     assert guest(running, "nohup sleep 9876 >/dev/null 2>&1 &").returncode == 0
-    port = json.loads(running.invoke("vm.status", "--json").stdout)["ssh_port"]
+    before = json.loads(running.invoke("vm.status", "--json").stdout)
+    boot_id = answer(running, "cat /proc/sys/kernel/random/boot_id")
+    assert re.fullmatch(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", boot_id)
     assert running.invoke("vm.suspend").returncode == 0
     suspended = json.loads(running.invoke("vm.status", "--json").stdout)
     assert suspended["state"] == "suspended" and suspended["pid"] is None
+    assert not alive(before["pid"]) and qemus_of(running) == 0  # seen by the host, not by vmlab's records
     resumed = running.invoke("vm.resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert json.loads(running.invoke("vm.status", "--json").stdout)["ssh_port"] == port
-    assert guest(running, "pgrep -f 'sleep 9876'").returncode == 0
+    assert json.loads(running.invoke("vm.status", "--json").stdout)["ssh_port"] == before["ssh_port"]
+    assert process_in_guest(running, "sleep [9]876") == "running"
+    assert answer(running, "cat /proc/sys/kernel/random/boot_id") == boot_id  # the same kernel, not a boot
     assert [s["name"] for s in json.loads(running.invoke("vm.snapshots", "--json").stdout)["snapshots"]] == ["clean"]
 
 
@@ -110,7 +145,7 @@ def test_suspend_holds_no_qemu_and_resume_keeps_port_and_processes(running: Proj
 def small_disk(tmp_path: Path, vm_ready):
     """A project on its own 1 GiB tmpfs, so that its disk can really fill up."""
     if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
+        prerequisite_missing("mounting a small tmpfs needs root")  # skipped, and the run exits 2
     root = tmp_path / "small"
     root.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1G", "vmlab-test", str(root)], check=True)

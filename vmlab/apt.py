@@ -7,6 +7,7 @@ formats), so that no registry host name is ever written into a project.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
@@ -32,9 +33,9 @@ def _entries(apt_dir: Path) -> Iterator[Tuple[str, str, List[str]]]:
         if not path.is_file():
             continue
         for line in path.read_text().splitlines():
-            words = line.split("#", 1)[0].split()
+            words = re.sub(r"\[[^]]*\]", " ", line.split("#", 1)[0]).split()  # drop [options], spaces and all
             if words[:1] == ["deb"]:
-                words = [w for w in words[1:] if not w.startswith("[")]  # drop [options]
+                words = words[1:]
                 if len(words) >= 3:
                     yield words[0], words[1], words[2:]
     for path in sorted((apt_dir / "sources.list.d").glob("*.sources")):

@@ -35,7 +35,7 @@ def collect(machine: Machine, connect: Optional[Callable[[], GuestSSH]]) -> Path
         prefix = "" if run == machine.dir else "install-"
         if (run / "console.log").exists():
             (folder / f"{prefix}console-tail.txt").write_text(tail(run / "console.log", CONSOLE_LINES) + "\n")
-        for name in ("qemu.log", "state.json"):
+        for name in ("qemu.log", "state.json", "last-state.json"):  # last-state.json: a QEMU already stopped
             if (run / name).exists():
                 shutil.copyfile(run / name, folder / f"{prefix}{name}")
     status: Dict[str, Any] = {"qemu": "not running"}

@@ -342,7 +342,10 @@ class Machine:
             self._wait_gone(pid, 10)
 
     def clean(self) -> None:
-        """Remove what only a running QEMU needs: sockets, pid and state files. Logs stay."""
+        """Remove what only a running QEMU needs: sockets, pid and state files. Logs stay, and the
+        state (QEMU's command line, pid, port) as last-state.json, for the diagnostics of a failed start."""
+        if self.state_file.exists():
+            os.replace(self.state_file, self.dir / "last-state.json")
         for path in (self.qmp_socket, self.console_socket, self.pid_file, self.state_file):
             path.unlink(missing_ok=True)
 

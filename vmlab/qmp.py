@@ -24,15 +24,21 @@ class Monitor:
         self._qmp: Optional[QEMUMonitorProtocol] = None
 
     def __enter__(self) -> "Monitor":
+        import asyncio
+
         from qemu.qmp import QMPError
         from qemu.qmp.legacy import QEMUMonitorProtocol
 
         self._qmp = QEMUMonitorProtocol(str(self.socket))
         try:
-            self._qmp.connect()
-        except (QMPError, OSError) as e:
-            self._qmp = None
-            raise MachineError(f"cannot reach QEMU's monitor at {self.socket}: {e}") from None
+            # The legacy connect() waits for QEMU's greeting without a time limit, and a QEMU that
+            # is stopped (SIGSTOP) or wedged accepts the connection but never greets: vm.stop hung
+            # on one for ever. Its own connect, under the monitor's time limit, as its commands are.
+            self._qmp._sync(self._qmp._qmp.connect(str(self.socket)), self.timeout)
+        except (QMPError, OSError, asyncio.TimeoutError) as e:
+            self.__exit__()  # the half-made connection
+            why = f"no greeting within {self.timeout:g}s" if isinstance(e, asyncio.TimeoutError) else e
+            raise MachineError(f"cannot reach QEMU's monitor at {self.socket}: {why}") from None
         self._qmp.settimeout(self.timeout)
         return self
 

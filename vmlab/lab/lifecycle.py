@@ -13,6 +13,7 @@ import logging
 import secrets
 import shlex
 import shutil
+import socket
 import time
 from typing import TYPE_CHECKING, List, Optional
 
@@ -218,13 +219,24 @@ def demo(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> List[str]:
             facts = ssh.run("echo \"$(hostname) $(uname -sr) $(id -un)\"", timeout=60)
         if not facts.ok:
             raise GuestUnreachable(f"VM {vm.name}: a command over SSH failed: {facts.stderr.strip()}")
-        login = vmdir.machine.wait_console(r"login:\s*$", timeout=60)
+        login = _login_prompt(vmdir)
         report = [f"started in {status.extra['boot_seconds']}s under {status.accel} (pid {status.pid})",
                   f"SSH on 127.0.0.1:{status.ssh_port}: {facts.stdout.strip()}",
                   f"serial console ({vmdir.machine.console_log}): {login}"]
     finally:
         stopped = stop(lab, vm, vmdir)
     return report + [f"stopped: {stopped}"]
+
+
+def _login_prompt(vmdir: VMDir) -> str:
+    """The login prompt on the serial console, after pressing Enter there as a user would: a
+    restored guest (a fresh golden copy starts so) printed its prompt before the snapshot was
+    taken, into another boot's console.log, and getty prints it again on Enter."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as console:
+        console.settimeout(10)
+        console.connect(str(vmdir.machine.console_socket))
+        console.sendall(b"\r")
+        return vmdir.machine.wait_console(r"login:\s*$", timeout=60)
 
 
 def _shorten(line: str, width: int = 80) -> str:

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 def snapshot(vm: VMConfig, vmdir: VMDir, name: str = "clean") -> Snapshot:
     """Save the running VM's disk, RAM and devices as `name`."""
+    snapshots.check_name(name)  # a bad name is said first, not after the user started the VM for it
     with vmdir.lock():
         lifecycle.require_running(vm, vmdir)
         with Monitor(vmdir.machine.qmp_socket, timeout=60) as mon:
