@@ -42,7 +42,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import dragonfly_sim
 from dragonfly_guest import Guest, pack
@@ -129,6 +129,23 @@ class Machine:
                                      "current-progress": 1, "total-progress": 1, **({"error": error} if error else {})}
 
 
+def _requests(conn: socket.socket) -> Iterator[Dict[str, Any]]:
+    """QMP's input is a stream of JSON objects, not lines: qemu.qmp sends no newline after one."""
+    decoder, buffer = json.JSONDecoder(), ""
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            return
+        buffer += data.decode()
+        while buffer.strip():
+            try:
+                request, end = decoder.raw_decode(buffer.lstrip())
+            except json.JSONDecodeError:
+                break  # the rest of it is still coming
+            buffer = buffer.lstrip()[end:]
+            yield request
+
+
 def serve_qmp(server: socket.socket, machine: Machine, stop: Callable[[], None]) -> None:
     while True:
         conn, _ = server.accept()
@@ -138,10 +155,7 @@ def serve_qmp(server: socket.socket, machine: Machine, stop: Callable[[], None])
 def _qmp_session(conn: socket.socket, machine: Machine, stop: Callable[[], None]) -> None:
     send = lambda obj: conn.sendall((json.dumps(obj) + "\r\n").encode())  # noqa: E731
     send({"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": "fake"}, "capabilities": []}})
-    for line in conn.makefile("r", encoding="utf-8"):
-        if not line.strip():
-            continue
-        request = json.loads(line)
+    for request in _requests(conn):
         command, tag = request.get("execute"), ({"id": request["id"]} if "id" in request else {})
         args = request.get("arguments", {})
         with machine.lock:

@@ -148,3 +148,25 @@ def test_doctor_names_the_iso_its_checksum_the_mirror_and_the_recipe(dfly: Proje
     assert f"ISO {ISO} sha256:{sha256} from {mirror.url}/iso-images/{ISO}.bz2" in line
     rec = guests.load("dragonfly")
     assert f"recipe install.yaml {recipe.load(rec.dir / 'install.yaml').version}" in line
+
+
+def test_golden_from_scratch_through_the_cli(dfly: Project, fake_qemu: Dict[str, str], tmp_path: Path) -> None:
+    """`vm.golden --from-scratch` from a fetched ISO to a golden image, as a user runs it.
+
+    Mocked (tests/fake_qemu.py, tests/dragonfly_guest.py): QEMU and DragonFly. The
+    install runs install.sh under dash with dragonfly_stubs; the installed files are
+    kept in the real qcow2 (through the overlay, the flatten and the snapshot); the
+    booted guest is the host's real sshd with the installed host key and root's
+    authorized_keys, running each command chrooted into the installed files with
+    DragonFly's stand-ins first in PATH (pkg acts on the installed files, uname says
+    DragonFly, mounts are real Linux mounts in the session's own mount namespace);
+    the 'clean' snapshot is written by `qemu-img snapshot -c` and holds no RAM.
+    Real: the CLI, the download, qemu-img, xorriso, the recipe, SSH, install.sh,
+    provision.sh and the mount suite."""
+    config = dfly.root / "vmlab.yaml"
+    config.write_text(config.read_text().replace("mirrors: [", "packages: [python3, go], mirrors: ["))
+    assert dfly.invoke("vm.fetch", "--vm", "dfly").returncode == 0
+    key = dfly.invoke("vm.golden-key", "--vm", "dfly").stdout.strip()
+    done = dfly.invoke("vm.golden", "--from-scratch", "--vm", "dfly", env=fake_qemu, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    print(done.stdout[-3000:], done.stderr[-5000:])
