@@ -19,7 +19,9 @@ a shell running vmlab's commands as root. So:
   PATH (uname says DragonFly; mount, mount_null, mount_tmpfs and umount take
   DragonFly's syntax; pkg acts on the installed files) under dash, standing in
   for DragonFly's /bin/sh (root's shell after install.sh). The stubs and their
-  state are at /.sim in that root. Its mounts end with the session.
+  state are at /.sim in that root, beside links to the Debian programs that
+  /etc/alternatives names (awk), as the installed /etc has none. Its mounts end
+  with the session.
 
 At power-off the folder is packed into the disk again.
 """
@@ -121,6 +123,11 @@ class Guest:
             (bin_dir / tool).write_text(f'#!/bin/sh\nexec /usr/bin/python3 {SIM}/tests/dragonfly_stubs.py '
                                         f'{SIM}/world {tool} "$@"\n')
             (bin_dir / tool).chmod(0o755)
+        for folder in (Path("/usr/bin"), Path("/usr/sbin")):  # the installed /etc has no Debian alternatives
+            for program in folder.iterdir():
+                if program.is_symlink() and os.readlink(program).startswith("/etc/alternatives/") \
+                        and program.exists() and not (bin_dir / program.name).exists():
+                    (bin_dir / program.name).symlink_to(os.path.realpath(program))
         key = self.files / "etc" / "ssh" / "ssh_host_ed25519_key"
         if rc_conf(self.files, "sshd_enable").upper() == "YES" and key.is_file():
             self.sshd = self._start_sshd(key)

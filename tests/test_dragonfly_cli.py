@@ -164,7 +164,9 @@ def test_golden_from_scratch_through_the_cli(dfly: Project, fake_qemu: Dict[str,
     Real: the CLI, the download, qemu-img, xorriso, the recipe, SSH, install.sh,
     provision.sh and the mount suite."""
     config = dfly.root / "vmlab.yaml"
-    config.write_text(config.read_text().replace("mirrors: [", "packages: [python3, go], mirrors: ["))
+    # A cache folder named as users name theirs: the golden image's partial folder in it is deep.
+    config.write_text(config.read_text().replace("mirrors: [", "packages: [python3, go], mirrors: [")
+                      .replace("cache_dir: cache", "cache_dir: vmlab-image-cache"))
     assert dfly.invoke("vm.fetch", "--vm", "dfly").returncode == 0
     key = dfly.invoke("vm.golden-key", "--vm", "dfly").stdout.strip()
     done = dfly.invoke("vm.golden", "--from-scratch", "--vm", "dfly", env=fake_qemu, timeout=900)
