@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import bz2
 import hashlib
+import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Dict
 
 import pytest
 
+import dragonfly_guest
 from conftest import Project
 from httpserver import FileServer
 from vmlab import config, doctor, guests, recipe, schema
@@ -171,4 +174,35 @@ def test_golden_from_scratch_through_the_cli(dfly: Project, fake_qemu: Dict[str,
     key = dfly.invoke("vm.golden-key", "--vm", "dfly").stdout.strip()
     done = dfly.invoke("vm.golden", "--from-scratch", "--vm", "dfly", env=fake_qemu, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    print(done.stdout[-3000:], done.stderr[-5000:])
+    gold = dfly.root / "vmlab-image-cache" / "golden" / key
+    manifest = json.loads((gold / "manifest.json").read_text())
+    assert manifest["key"] == key and manifest["kind"] == "golden"  # the key `vm.golden-key` printed (CI caches by it)
+    assert f"golden image {key} is ready" in done.stderr and sorted(manifest["files"]) == ["base.qcow2", "clean.qcow2"]
+    # provision.sh ran the builders' pkg sequence over SSH, as root, and said so on the user's terminal
+    out = done.stdout
+    assert out.index("vmlab-step: update pkg's catalogue") < out.index("provision.sh: pkg could not upgrade itself; "
+                                                                        "going on") < out.index("[4/4] Installing go...")
+    calls = (dfly.root / "vm" / "dfly" / "dragonfly-guest" / "world" / "calls").read_text().splitlines()
+    assert [c for c in calls if c.startswith("pkg ")] == ["pkg update -f", "pkg upgrade -y pkg",
+                                                           "pkg install -y rsync doas python3 go"]
+    # ... and what it installed is in the golden image's disk (read back from the qcow2 chain)
+    files = tmp_path / "golden-files"
+    assert dragonfly_guest.unpack(gold / "clean.qcow2", files)
+    assert (files / "var/db/vmlab-stub-pkgs").read_text().split() == ["rsync", "doas", "python3", "go"]
+    assert os.readlink(files / "etc/ssl/cert.pem") == "/usr/local/share/certs/ca-root-nss.crt"
+    assert (files / "usr/local/etc/doas.conf").read_text() == "permit nopass lab as root\n"
+    assert (files / "usr/local/etc/pkg/repos/df-latest.conf").is_file()  # put back after pkg's failed upgrade
+    assert not (files / "var/tmp/vmlab-mount-suite").exists()  # the mount suite cleaned up after itself
+    # the mount suite passed in the guest: every check, with real tmpfs limits, read-only trees and a busy umount
+    results = Path(re.search(r"the mount suite passed \(10 checks, .*\); results in (\S+)", done.stderr).group(1))
+    junit = (results / "mounts.junit.xml").read_text()
+    assert 'tests="10" failures="0"' in junit and 'name="umount-retries-busy"' in junit
+    assert "mount-suite on DragonFly 6.4-RELEASE" in out and "Device busy" in out
+    # the 'clean' snapshot is in the golden image, as qemu-img lists it
+    listed = subprocess.run(["qemu-img", "snapshot", "-U", "-l", str(gold / "clean.qcow2")], capture_output=True,
+                            text=True, check=True).stdout
+    assert re.search(r"^\d+\s+clean@1\s", listed, re.M), listed
+    # nothing left running: no QEMU, sshd or ssh control master of this project
+    assert not (dfly.root / "vm" / "dfly" / "qemu.pid").exists() and not (dfly.root / "vm" / "dfly" / "golden").exists()
+    left = subprocess.run(["pgrep", "-af", str(dfly.root)], capture_output=True, text=True).stdout
+    assert not left, left
