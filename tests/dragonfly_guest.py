@@ -28,10 +28,12 @@ At power-off the folder is packed into the disk again.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import os
 import re
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -42,7 +44,6 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-import dragonfly_stubs
 from dragonfly_stubs import GUEST_TOOLS, World
 
 MAGIC = b"DFLYSIM-FILES-1\n"  # 16 bytes, then the tar's length (8, big-endian), then the tar
@@ -145,7 +146,7 @@ class Guest:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # its privilege separation folder
         with open(self.folder / "sshd.log", "ab") as log:
             return subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=log, start_new_session=True)
+                                    stdout=log, stderr=log, start_new_session=True, preexec_fn=_die_with_parent)
 
     def wait_listening(self, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout
@@ -161,13 +162,18 @@ class Guest:
         """Stop sshd (its sessions die with the machine) and leave the files on the disk."""
         if self.sshd is not None:
             try:
-                os.killpg(self.sshd.pid, 15)
+                os.killpg(self.sshd.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
             self.sshd.wait(timeout=10)
             self.sshd = None
         if self.files.is_dir():
             pack(self.files, self.disk)
+
+
+def _die_with_parent() -> None:
+    """The guest's sshd ends with its QEMU, even a QEMU killed by SIGKILL (prctl PR_SET_PDEATHSIG)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
 
 
 def _mount(*args: str) -> None:

@@ -28,7 +28,14 @@ class Monitor:
     def __enter__(self) -> "Monitor":
         self._qmp = QEMUMonitorProtocol(str(self.socket))
         try:
-            self._qmp.connect()
+            # The legacy connect() waits for the greeting without a deadline, and QEMU greets one
+            # QMP client at a time: while another holds the monitor, connect() would never return.
+            self._qmp._qmp.await_greeting = self._qmp._qmp.negotiate = True
+            self._qmp._sync(self._qmp._qmp.connect(str(self.socket)), self.timeout)
+        except asyncio.TimeoutError:
+            self._qmp = None
+            raise MachineError(f"QEMU's monitor at {self.socket} did not answer within {self.timeout:.0f}s "
+                               "(QEMU serves one monitor client at a time: is another connected?)") from None
         except (QMPError, OSError) as e:
             self._qmp = None
             raise MachineError(f"cannot reach QEMU's monitor at {self.socket}: {e}") from None
