@@ -17,7 +17,8 @@ a shell running vmlab's commands as root. So:
   /var, /tmp, /root, /home, /boot, /usr/local) and Debian's programs read-only
   (/bin, /sbin, /lib, /libexec, /usr), with dragonfly_stubs.GUEST_TOOLS first in
   PATH (uname says DragonFly; mount, mount_null, mount_tmpfs and umount take
-  DragonFly's syntax; pkg acts on the installed files) under dash, standing in
+  DragonFly's syntax; pkg acts on the installed files; writes to /dev/random
+  fail unless `sysctl kern.seedenable=1`, as on DragonFly) under dash, standing in
   for DragonFly's /bin/sh (root's shell after install.sh). The stubs and their
   state are at /.sim in that root, beside links to the Debian programs that
   /etc/alternatives names (awk), as the installed /etc has none. Its mounts end
@@ -35,6 +36,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -54,6 +56,8 @@ GUEST_PATH = f"{SIM}/world/bin:/sbin:/bin:/usr/sbin:/usr/bin:/usr/local/sbin:/us
 HOST_TREES = (("bin", "/usr/bin"), ("sbin", "/usr/sbin"), ("lib", "/usr/lib"), ("lib64", "/usr/lib64"),
               ("libexec", "/usr/libexec"), ("usr", "/usr"))
 INSTALLED_TREES = ("etc", "var", "tmp", "root", "home", "boot", "usr/local")
+DEV_NODES = {"null": (1, 3), "zero": (1, 5), "tty": (5, 0)}  # Linux's numbers; random and urandom are the stubs'
+
 
 
 def pack(files: Path, disk: Path) -> None:
@@ -158,8 +162,8 @@ class Guest:
             except OSError:
                 time.sleep(0.05)
 
-    def power_off(self) -> None:
-        """Stop sshd (its sessions die with the machine) and leave the files on the disk."""
+    def halt(self) -> None:
+        """Stop sshd: its sessions die with the machine."""
         if self.sshd is not None:
             try:
                 os.killpg(self.sshd.pid, signal.SIGTERM)
@@ -167,6 +171,10 @@ class Guest:
                 pass
             self.sshd.wait(timeout=10)
             self.sshd = None
+
+    def power_off(self) -> None:
+        """Halt, leaving the files on the disk."""
+        self.halt()
         if self.files.is_dir():
             pack(self.files, self.disk)
 
@@ -197,13 +205,20 @@ def session(folder: Path) -> int:
             _mount("--bind", str(files / name), str(root / name))
     for name in ("dev", "proc", SIM.lstrip("/") + "/tests", SIM.lstrip("/") + "/world"):
         (root / name).mkdir(parents=True, exist_ok=True)
-    _mount("--bind", "/dev", str(root / "dev"))
+    _mount("-t", "tmpfs", "-o", "size=1m,mode=755", "devfs", str(root / "dev"))
+    for node, (major, minor) in DEV_NODES.items():  # nodes, not mounts: one devfs in the mount table
+        os.mknod(root / "dev" / node, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+        os.chmod(root / "dev" / node, 0o666)
+    for node in ("random", "urandom"):  # kern.seedenable's rule, kept by the stubs (World.set_seedenable)
+        (root / "dev" / node).symlink_to(f"{SIM}/world/devnodes/{node}")
     _mount("-t", "proc", "proc", str(root / "proc"))
     _mount("--bind", str(TESTS), str(root / SIM.lstrip("/") / "tests"))
     _mount("-o", "remount,bind,ro", str(root / SIM.lstrip("/") / "tests"))
     _mount("--bind", str(world), str(root / SIM.lstrip("/") / "world"))
     os.chroot(root)
     os.chdir("/root" if os.path.isdir("/root") else "/")
+    world_here = World(Path(SIM) / "world")  # the links of /dev/random as this root shows them
+    world_here.set_seedenable(world_here.load()["sysctl"]["kern.seedenable"])
     env = {"PATH": GUEST_PATH, "VMLAB_TEST_PATH": f"{SIM}/world/bin", "HOME": "/root", "USER": "root",
            "LOGNAME": "root", "SHELL": "/bin/sh"}
     command = os.environ.get("SSH_ORIGINAL_COMMAND")

@@ -15,7 +15,7 @@ It reads the argv vmlab gives QEMU and does what vmlab relies on QEMU for:
   tests/dragonfly_guest.py runs: its files come out of the qcow2, and a real sshd
   listens on the port of `-netdev user,hostfwd=tcp:127.0.0.1:PORT-:22`;
 - the QMP socket answers the greeting, qmp_capabilities, query-status, stop, cont,
-  system_powerdown, quit, and the jobs snapshot-save and snapshot-delete (with
+  system_powerdown, quit, and the jobs snapshot-save, -load and -delete (with
   query-jobs and job-dismiss): an internal snapshot is written into the real
   qcow2 with `qemu-img snapshot`, after the guest's files; the daemon's stderr
   goes to the -D log;
@@ -27,8 +27,9 @@ Where it differs from QEMU: the installer's guest starts when the console is fir
 connected (QEMU's wait=off starts it at once), and writes the installed files to
 a folder beside the disk (DISK.files), packed into the qcow2 at power-off; the
 guest's writes reach the qcow2 only when it is paused for a snapshot or powers
-off; a snapshot holds no RAM (vm-state-size 0: a stopped guest's disk) and
-snapshot-load is not played; `stop` pauses nothing but what QMP reports; without
+off; a snapshot holds no RAM (vm-state-size 0: a stopped guest's disk), so
+snapshot-load reverts the disk (`qemu-img snapshot -a`) and the guest boots from
+it when it runs; `stop` pauses nothing but what QMP reports; without
 -device VGA the simulated machine has no video device. DFLY_SIM_TICK sets the
 simulation's pace (default 0.02 s).
 """
@@ -104,8 +105,8 @@ class Machine:
             pack(self.files, self.disk)
 
     def job(self, command: str, args: Dict[str, Any]) -> None:
-        """snapshot-save / snapshot-delete of QEMU >= 6 on the node `disk0`, concluded at once."""
-        nodes = [args.get("vmstate", "disk0")] if command == "snapshot-save" else []
+        """snapshot-save / -load / -delete of QEMU >= 6 on the node `disk0`, concluded at once."""
+        nodes = [args.get("vmstate", "disk0")] if command in ("snapshot-save", "snapshot-load") else []
         error = next((f"Cannot find device='' nor node-name='{n}'" for n in [*nodes, *args.get("devices", [])]
                       if n != "disk0"), None)
         tag = args["tag"]
@@ -116,6 +117,10 @@ class Machine:
             if command == "snapshot-save":
                 self.write_disk()
                 steps = ([["-d", tag]] if exists else []) + [["-c", tag]]  # QEMU deletes the old one first
+            elif command == "snapshot-load" and exists:
+                steps = [["-a", tag]]
+                if self.guest is not None and self.guest.sshd is not None:
+                    self.guest.halt()  # what it ran since is gone: its sessions die, its files are not kept
             elif exists:
                 steps = [["-d", tag]]
             else:
@@ -125,6 +130,9 @@ class Machine:
                 if done.returncode != 0:
                     error = done.stderr.strip() or f"qemu-img snapshot {step[0]} failed"
                     break
+        if command == "snapshot-load" and error is None and self.guest is not None and self.status == "running":
+            self.guest.boot()  # a live restore: the guest runs from the snapshot's disk at once
+            self.guest.wait_listening()
         self.jobs[args["job-id"]] = {"id": args["job-id"], "type": command, "status": "concluded",
                                      "current-progress": 1, "total-progress": 1, **({"error": error} if error else {})}
 
@@ -169,7 +177,7 @@ def _qmp_session(conn: socket.socket, machine: Machine, stop: Callable[[], None]
             elif command in ("stop", "cont"):
                 machine.status = "paused" if command == "stop" else "running"
                 send({"return": {}, **tag})
-            elif command in ("snapshot-save", "snapshot-delete"):
+            elif command in ("snapshot-save", "snapshot-delete", "snapshot-load"):
                 if args.get("job-id") in machine.jobs:
                     send({"error": {"class": "GenericError", "desc": f"Job ID '{args['job-id']}' already in use"},
                           **tag})

@@ -25,6 +25,7 @@ from typing import Dict
 import pytest
 
 import dragonfly_guest
+import dragonfly_stubs
 from conftest import Project
 from httpserver import FileServer
 from vmlab import config, doctor, guests, recipe, schema
@@ -202,6 +203,16 @@ def test_golden_from_scratch_through_the_cli(dfly: Project, fake_qemu: Dict[str,
     listed = subprocess.run(["qemu-img", "snapshot", "-U", "-l", str(gold / "clean.qcow2")], capture_output=True,
                             text=True, check=True).stdout
     assert re.search(r"^\d+\s+clean@1\s", listed, re.M), listed
+    # vm.start now restores 'clean' and sets the guest right the DragonFly way (profile's after_restore)
+    started = dfly.invoke("vm.start", "--vm", "dfly", env=fake_qemu, timeout=300)
+    assert started.returncode == 0, started.stderr[-3000:]
+    assert "restored to 'clean'" in started.stderr + started.stdout or "fresh copy of golden image" in started.stderr
+    world = dragonfly_stubs.World(dfly.root / "vm" / "dfly" / "dragonfly-guest" / "world")
+    assert re.fullmatch(rb"[0-9a-f]{128}", world.entropy())  # reached /dev/random while kern.seedenable was 1
+    assert world.load()["sysctl"]["kern.seedenable"] == 0  # and set back
+    ran = dfly.invoke("vm.ssh", "--vm", "dfly", "-c", "uname -sr", env=fake_qemu)
+    assert ran.returncode == 0 and ran.stdout == "DragonFly 6.4-RELEASE\n", ran.stderr
+    assert dfly.invoke("vm.stop", "--vm", "dfly", env=fake_qemu).returncode == 0
     # nothing left running: no QEMU, sshd or ssh control master of this project
     assert not (dfly.root / "vm" / "dfly" / "qemu.pid").exists() and not (dfly.root / "vm" / "dfly" / "golden").exists()
     left = subprocess.run(["pgrep", "-af", str(dfly.root)], capture_output=True, text=True).stdout
