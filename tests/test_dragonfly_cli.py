@@ -155,7 +155,8 @@ def test_doctor_names_the_iso_its_checksum_the_mirror_and_the_recipe(dfly: Proje
 
 
 def test_golden_from_scratch_through_the_cli(dfly: Project, fake_qemu: Dict[str, str], tmp_path: Path) -> None:
-    """`vm.golden --from-scratch` from a fetched ISO to a golden image, as a user runs it.
+    """`vm.golden --from-scratch` from a fetched ISO to a golden image, as a user runs it; then
+    `vm.start` restores the image's 'clean' snapshot and sets the guest right.
 
     Mocked (tests/fake_qemu.py, tests/dragonfly_guest.py): QEMU and DragonFly. The
     install runs install.sh under dash with dragonfly_stubs; the installed files are
@@ -164,7 +165,8 @@ def test_golden_from_scratch_through_the_cli(dfly: Project, fake_qemu: Dict[str,
     authorized_keys, running each command chrooted into the installed files with
     DragonFly's stand-ins first in PATH (pkg acts on the installed files, uname says
     DragonFly, mounts are real Linux mounts in the session's own mount namespace);
-    the 'clean' snapshot is written by `qemu-img snapshot -c` and holds no RAM.
+    the 'clean' snapshot is written by `qemu-img snapshot -c` and holds no RAM, so
+    loading it reverts the disk (`qemu-img snapshot -a`) and the guest boots from it.
     Real: the CLI, the download, qemu-img, xorriso, the recipe, SSH, install.sh,
     provision.sh and the mount suite."""
     config = dfly.root / "vmlab.yaml"
@@ -206,7 +208,7 @@ def test_golden_from_scratch_through_the_cli(dfly: Project, fake_qemu: Dict[str,
     # vm.start now restores 'clean' and sets the guest right the DragonFly way (profile's after_restore)
     started = dfly.invoke("vm.start", "--vm", "dfly", env=fake_qemu, timeout=300)
     assert started.returncode == 0, started.stderr[-3000:]
-    assert "restored to 'clean'" in started.stderr + started.stdout or "fresh copy of golden image" in started.stderr
+    assert f"a fresh copy of golden image {key}: restored to 'clean', not booted" in started.stderr
     world = dragonfly_stubs.World(dfly.root / "vm" / "dfly" / "dragonfly-guest" / "world")
     assert re.fullmatch(rb"[0-9a-f]{128}", world.entropy())  # reached /dev/random while kern.seedenable was 1
     assert world.load()["sysctl"]["kern.seedenable"] == 0  # and set back
