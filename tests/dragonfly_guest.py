@@ -122,6 +122,8 @@ class Guest:
         if not unpack(self.disk, self.files):
             return False
         world = World.installed(self.world_dir)
+        if os.environ.get("DFLY_FAIL"):  # a fault a test asks for: sshd gives its sessions no environment
+            (world.folder / "fault").write_text(os.environ["DFLY_FAIL"])
         bin_dir = world.folder / "bin"
         bin_dir.mkdir()
         for tool in GUEST_TOOLS:  # paths as the session's chrooted root shows them
@@ -221,6 +223,8 @@ def session(folder: Path) -> int:
     world_here.set_seedenable(world_here.load()["sysctl"]["kern.seedenable"])
     env = {"PATH": GUEST_PATH, "VMLAB_TEST_PATH": f"{SIM}/world/bin", "HOME": "/root", "USER": "root",
            "LOGNAME": "root", "SHELL": "/bin/sh"}
+    if (Path(SIM) / "world" / "fault").is_file():
+        env["DFLY_FAIL"] = (Path(SIM) / "world" / "fault").read_text()
     command = os.environ.get("SSH_ORIGINAL_COMMAND")
     argv: List[str] = ["/bin/sh", "-c", command] if command is not None else ["/bin/sh", "-i"]
     os.execve("/bin/sh", argv, env)

@@ -219,3 +219,25 @@ def test_golden_from_scratch_through_the_cli(dfly: Project, fake_qemu: Dict[str,
     assert not (dfly.root / "vm" / "dfly" / "qemu.pid").exists() and not (dfly.root / "vm" / "dfly" / "golden").exists()
     left = subprocess.run(["pgrep", "-af", str(dfly.root)], capture_output=True, text=True).stdout
     assert not left, left
+
+
+def test_a_failed_provision_says_what_pkg_said_and_the_next_golden_reuses_the_install(
+        dfly: Project, fake_qemu: Dict[str, str]) -> None:
+    """A dead package mirror fails `vm.golden` in provision.sh with pkg's own words; the install it
+    made is a cached checkpoint, so the next `vm.golden --from-scratch` does not install again.
+    Mocked as in the test above; the fault is the pkg stand-in failing with pkg's message."""
+    assert dfly.invoke("vm.fetch", "--vm", "dfly").returncode == 0
+    why = "https://mirror-master.dragonflybsd.org/dports/dragonfly:6.4:x86:64/LATEST/meta.conf: Authentication error"
+    failed = dfly.invoke("vm.golden", "--from-scratch", "--vm", "dfly", env={**fake_qemu, "DFLY_FAIL": f"pkg:{why}"},
+                         timeout=600)
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    assert "VM dfly: provisioning failed (provision.sh, exit 3); `invoke vm.provision --vm dfly` tries again" \
+        in failed.stderr
+    assert f"pkg: {why}" in failed.stderr and "provision.sh: pkg update failed (its output is above)" in failed.stderr
+    assert not list((dfly.root / "cache" / "golden").glob("*/manifest.json"))
+    again = dfly.invoke("vm.golden", "--from-scratch", "--vm", "dfly", env=fake_qemu, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "install" in again.stderr and "is cached" in again.stderr and "installing from" not in again.stderr
+    assert "golden image" in again.stderr and "is ready" in again.stderr
+    left = subprocess.run(["pgrep", "-af", str(dfly.root)], capture_output=True, text=True).stdout
+    assert not left, left
