@@ -96,6 +96,7 @@ class Machine:
         self.status = "prelaunch" if paused else "running"
         self.jobs: Dict[str, Dict[str, Any]] = {}
         self.lock = threading.Lock()
+        self.reboot = threading.Event()
 
     def write_disk(self) -> None:
         """What the guest wrote reaches its qcow2 (a running guest's writes would be there already)."""
@@ -130,9 +131,8 @@ class Machine:
                 if done.returncode != 0:
                     error = done.stderr.strip() or f"qemu-img snapshot {step[0]} failed"
                     break
-        if command == "snapshot-load" and error is None and self.guest is not None and self.status == "running":
-            self.guest.boot()  # a live restore: the guest runs from the snapshot's disk at once
-            self.guest.wait_listening()
+        if command == "snapshot-load" and error is None and self.guest is not None:
+            self.reboot.set()  # a live restore: the guest runs from the snapshot's disk (booted by the main thread)
         self.jobs[args["job-id"]] = {"id": args["job-id"], "type": command, "status": "concluded",
                                      "current-progress": 1, "total-progress": 1, **({"error": error} if error else {})}
 
@@ -256,13 +256,16 @@ def main(argv: List[str]) -> int:
         dragonfly_sim.serve(console_server, args, transcript)
         stop()
         return 0
-    while machine.status != "running":  # -S: the guest starts at `cont`
-        threading.Event().wait(0.05)
-    if guest is not None and guest.boot():
-        guest.wait_listening()
-    threading.Thread(target=dragonfly_sim.serve, args=(console_server, args, transcript), daemon=True).start()
-    threading.Event().wait()  # until QMP stops the machine
-    return 0
+    console_thread = threading.Thread(target=dragonfly_sim.serve, args=(console_server, args, transcript), daemon=True)
+    while True:  # until QMP stops the machine. Boots run here: sshd dies with the thread that started it
+        while machine.status != "running":  # -S: the guest starts at `cont`
+            threading.Event().wait(0.05)
+        machine.reboot.clear()
+        if guest is not None and guest.boot():
+            guest.wait_listening()
+        if console_thread.ident is None:
+            console_thread.start()  # the console shows the installed files once there are some
+        machine.reboot.wait()
 
 
 if __name__ == "__main__":

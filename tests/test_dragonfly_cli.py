@@ -214,6 +214,13 @@ def test_golden_from_scratch_through_the_cli(dfly: Project, fake_qemu: Dict[str,
     assert world.load()["sysctl"]["kern.seedenable"] == 0  # and set back
     ran = dfly.invoke("vm.ssh", "--vm", "dfly", "-c", "uname -sr", env=fake_qemu)
     assert ran.returncode == 0 and ran.stdout == "DragonFly 6.4-RELEASE\n", ran.stderr
+    # a snapshot and a live restore of it: what the guest wrote since is gone
+    assert dfly.invoke("vm.snapshot", "--name", "before", "--vm", "dfly", env=fake_qemu).returncode == 0
+    assert dfly.invoke("vm.ssh", "--vm", "dfly", "-c", "echo x > /root/later", env=fake_qemu).returncode == 0
+    restored = dfly.invoke("vm.restore", "--name", "before", "--vm", "dfly", env=fake_qemu, timeout=300)
+    assert restored.returncode == 0, restored.stderr[-3000:]
+    gone = dfly.invoke("vm.ssh", "--vm", "dfly", "-c", "test -e /root/later || echo gone", env=fake_qemu)
+    assert gone.stdout == "gone\n", gone.stderr
     assert dfly.invoke("vm.stop", "--vm", "dfly", env=fake_qemu).returncode == 0
     # nothing left running: no QEMU, sshd or ssh control master of this project
     assert not (dfly.root / "vm" / "dfly" / "qemu.pid").exists() and not (dfly.root / "vm" / "dfly" / "golden").exists()
