@@ -26,8 +26,8 @@ It reads the argv vmlab gives QEMU and does what vmlab relies on QEMU for:
 Where it differs from QEMU: the installer's guest starts when the console is first
 connected (QEMU's wait=off starts it at once), and writes the installed files to
 a folder beside the disk (DISK.files), packed into the qcow2 at power-off; the
-guest's writes reach the qcow2 only when it is paused for a snapshot or powers
-off; a snapshot holds no RAM (vm-state-size 0: a stopped guest's disk), so
+booted guest's writes reach the qcow2 only at a snapshot-save or at power-off
+(system_powerdown powers off at once: the guest's shutdown is not played); a snapshot holds no RAM (vm-state-size 0: a stopped guest's disk), so
 snapshot-load reverts the disk (`qemu-img snapshot -a`) and the guest boots from
 it when it runs; `stop` pauses nothing but what QMP reports; without
 -device VGA the simulated machine has no video device. DFLY_SIM_TICK sets the
