@@ -11,6 +11,13 @@ the mounts, the sysctls. What it cannot know is marked [INF].
     bin_dir = install(folder / "bin", world)  # one stub per command, first in PATH
 
 The simulator (dragonfly_sim.py) uses the same world when PFI runs install.sh.
+
+The installed guest (dragonfly_guest.py, behind a real sshd) uses World.installed
+and GUEST_TOOLS: there each SSH session runs chrooted in its own Linux mount
+namespace, and mount, mount_null, mount_tmpfs and umount take DragonFly's syntax
+and refusals but make real Linux mounts (a bind for nullfs, tmpfs with its size
+limit), so a write to a read-only tree, a full tmpfs and a busy umount fail as the
+kernel makes them fail. Every mount ends with the session's namespace.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +43,11 @@ CA_BUNDLE = "/usr/local/share/certs/ca-root-nss.crt"  # ca_root_nss, built into 
 REPOS = "usr/local/etc/pkg/repos"
 TOOLS = ("sysctl", "ifconfig", "dd", "fdisk", "disklabel64", "newfs", "newfs_hammer2", "mount", "mount_cd9660",
          "umount", "cpdup", "chroot", "pw", "pkg", "date", "hostname", "poweroff")
+# In the installed guest the rest (dd, touch, id, timeout, ...) are Debian's, which vmlab's scripts use portably.
+GUEST_TOOLS = ("uname", "mount", "mount_null", "mount_tmpfs", "umount", "pkg", "sysctl", "date", "hostname")
+LINUX_MOUNT, LINUX_UMOUNT = "/usr/bin/mount", "/usr/bin/umount"
+UNAME = {"s": "DragonFly", "n": "vmlab", "r": "6.4-RELEASE", "m": "x86_64", "p": "x86_64",
+         "v": "DragonFly v6.4.2-RELEASE #1: Mon Nov 20 2023"}
 
 # /etc.hdd is `make distribution`'s /etc, copied before the CD's overlay: root has an empty
 # password and there is no installer account (nrelease/Makefile; etc/master.passwd).
@@ -92,6 +105,16 @@ class World:
             (folder / "dev" / node).touch()
         world.save({"mounts": {}, "fs": {}, "labels": {}, "sysctl": {"kern.seedenable": 0},
                     "media": {"cd0": str(world.live), **(media or {})}, "poweroff": False})
+        world.set_seedenable(0)
+        return world
+
+    @classmethod
+    def installed(cls, folder: Path) -> "World":
+        """The installed system, booted: its mounts are real ones in each SSH session's namespace."""
+        world = cls(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        world.save({"mounts": {}, "fs": {}, "labels": {}, "sysctl": {"kern.seedenable": 0}, "media": {},
+                    "poweroff": False, "real_mounts": True})
         world.set_seedenable(0)
         return world
 
@@ -174,10 +197,10 @@ class World:
         return path.read_bytes() if path.exists() else b""
 
 
-def install(bin_dir: Path, world: World) -> Path:
+def install(bin_dir: Path, world: World, tools: Tuple[str, ...] = TOOLS) -> Path:
     """One executable per DragonFly command in `bin_dir`, each running this module's stub of it."""
     bin_dir.mkdir(parents=True, exist_ok=True)
-    for tool in TOOLS:
+    for tool in tools:
         path = bin_dir / tool
         path.write_text(f'#!/bin/sh\nexec "{PYTHON}" "{__file__}" "{world.folder}" {tool} "$@"\n')
         path.chmod(0o755)
@@ -371,6 +394,8 @@ def _format(world: World, special: str, fs: str, tool: str) -> None:
 
 def mount(world: World, argv: List[str]) -> int:
     """mount [-adfpruvw] [-o options] [-t type] special node (sbin/mount); no -t means ufs."""
+    if world.load().get("real_mounts"):
+        return _guest_mount(argv)
     opts, operands = _opts(argv, "adF:fo:prt:uvw", "mount",
                            "mount [-adfpruvw] [-F fstab] [-o options] [-t type] special node", 2)
     fstype = opts.get("t", "ufs")
@@ -406,11 +431,139 @@ def mount_cd9660(world: World, argv: List[str]) -> int:
 
 
 def umount(world: World, argv: List[str]) -> int:
-    _, operands = _opts(argv, "fv", "umount", "umount [-fv] special | node", 1)
+    opts, operands = _opts(argv, "fv", "umount", "umount [-fv] special | node", 1)
+    if world.load().get("real_mounts"):
+        return _guest_umount(operands[0], "f" in opts)
     try:
         world.umount(operands[0])
     except Refused as e:
         raise Refused(f"umount: {e}") from None
+    return 0
+
+
+# --- the installed guest's mounts: DragonFly's syntax, real Linux mounts in the session's namespace ---
+
+
+def _linux(argv: List[str], tool: str) -> None:
+    """Run util-linux's mount or umount; its failure as DragonFly words it (strerror)."""
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        err = done.stderr.strip()
+        if "busy" in err:
+            raise Refused(f"{tool}: unmount of {argv[-1]} failed: Device busy")
+        if "not mounted" in err:
+            raise Refused(f"{tool}: {argv[-1]}: not currently mounted")
+        raise Refused(f"{tool}: {argv[-1]}: {err.splitlines()[-1] if err else 'failed'}")
+
+
+def _mount_point(node: str, tool: str) -> str:
+    """DragonFly's checkdirs/realpath: the mount point must be an existing folder."""
+    if not Path(node).is_dir():
+        raise Refused(f"{tool}: {node}: No such file or directory")
+    return os.path.realpath(node)
+
+
+def _size_bytes(text: str, tool: str) -> int:
+    """dehumanize_number(3) as mount_tmpfs -s takes it: digits and an optional k, m, g or t."""
+    m = re.fullmatch(r"(\d+)([kKmMgGtT]?)", text)
+    if not m:
+        raise Refused(f"{tool}: invalid size '{text}'")  # [INF: the message]
+    return int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}[m.group(2).lower()]
+
+
+def _guest_mount(argv: List[str]) -> int:
+    """mount -p (fstab lines of the mount table), or -t tmpfs|null|devfs|procfs [-o options] special node."""
+    opts, operands = _opts(argv, "adF:fo:prt:uvw", "mount")
+    if "p" in opts or not operands:
+        for dev, node, fstype, options in _mount_table():
+            print(f"{dev}\t{node}\t{fstype}\t{options}\t0 0" if "p" in opts else f"{dev} on {node} ({fstype})")
+        return 0
+    if len(operands) != 2:
+        raise Refused("usage: mount [-dfpruvw] [-o options] [-t ufs | external_type] special node")
+    fstype, (special, node) = opts.get("t", "ufs"), operands
+    options = [o for o in opts.get("o", "").split(",") if o]
+    if fstype == "tmpfs":
+        size = [o.split("=", 1)[1] for o in options if o.startswith("size=")]
+        return mount_tmpfs(World(Path("/")), [*(["-s", size[-1]] if size else []), special, node])
+    if fstype == "null":
+        return mount_null(World(Path("/")), [*(["-o", ",".join(options)] if options else []), special, node])
+    point = _mount_point(node, "mount")
+    if fstype == "devfs":
+        _linux([LINUX_MOUNT, "--bind", "/dev", point], "mount")
+    elif fstype == "procfs":
+        _procfs(point)
+    else:
+        raise Refused(f"mount: exec mount_{fstype} not found in /sbin, /usr/sbin: No such file or directory")
+    return 0
+
+
+def _procfs(point: str) -> None:
+    """DragonFly's procfs has curproc (Linux's has self): a read-only tmpfs of links into Linux's /proc,
+    one per process running at mount time [INF: a stand-in; processes started later are missing]."""
+    _linux([LINUX_MOUNT, "-t", "tmpfs", "-o", "size=1m,mode=555", "procfs", point], "mount")
+    os.symlink("/proc/self", os.path.join(point, "curproc"))
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            os.symlink(f"/proc/{pid}", os.path.join(point, pid))
+    _linux([LINUX_MOUNT, "-o", "remount,ro", point], "mount")
+
+
+def mount_null(world: World, argv: List[str]) -> int:
+    """mount_null [-o options] target mount_point (sbin/mount_null): a bind, read-only with -o ro."""
+    opts, operands = _opts(argv, "o:", "mount_null", "mount_null [-o options] target_fs mount_point", 2)
+    target, node = operands
+    if not os.path.isdir(target):
+        raise Refused(f"mount_null: {target}: No such file or directory")
+    point = _mount_point(node, "mount_null")
+    _linux([LINUX_MOUNT, "--bind", target, point], "mount_null")
+    if "ro" in opts.get("o", "").split(",") or "rdonly" in opts.get("o", "").split(","):
+        _linux([LINUX_MOUNT, "-o", "remount,bind,ro", point], "mount_null")
+    return 0
+
+
+def mount_tmpfs(world: World, argv: List[str]) -> int:
+    """mount_tmpfs [-C] [-f nodes] [-g group] [-m mode] [-n nodes] [-o options] [-s size] [-u user]
+    tmpfs mount_point (sbin/mount_tmpfs): a tmpfs of at most `size` (default: no limit but memory)."""
+    opts, operands = _opts(argv, "Cf:g:m:n:o:s:u:", "mount_tmpfs",
+                           "mount_tmpfs [-C] [-f nodes] [-g group] [-m mode] [-n nodes] [-o options] [-s size] "
+                           "[-u user] tmpfs mount_point", 2)
+    point = _mount_point(operands[1], "mount_tmpfs")
+    size = _size_bytes(opts["s"], "mount_tmpfs") if "s" in opts else 0
+    _linux([LINUX_MOUNT, "-t", "tmpfs", "-o", f"size={size}" if size else "size=50%", "tmpfs", point], "mount_tmpfs")
+    return 0
+
+
+def _guest_umount(node: str, force: bool) -> int:
+    """umount [-f] node; -f unmounts a busy file system too (Linux: lazily, -l)."""
+    point = os.path.realpath(node)
+    if point not in {n for _, n, _, _ in _mount_table()}:
+        raise Refused(f"umount: {node}: not currently mounted")
+    _linux([LINUX_UMOUNT, *(["-l"] if force else []), point], "umount")
+    return 0
+
+
+def _mount_table() -> List[Tuple[str, str, str, str]]:
+    """The session's mounts as DragonFly names their types: device, node, type, options."""
+    names = {"proc": "procfs", "devtmpfs": "devfs", "ext4": "ufs", "overlay": "null", "xfs": "ufs"}
+    table = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields, _, tail = line.partition(" - ")
+        _, _, _, root, node, options = fields.split()[:6]
+        fstype, dev = tail.split()[:2]
+        node = node.replace("\\040", " ")
+        if dev == "procfs" and fstype == "tmpfs":
+            fstype = "procfs"
+        elif root != "/" or node == "/dev" or dev in ("udev", "devtmpfs"):
+            fstype = "null" if root != "/" else "devfs"
+        table.append((dev, node, names.get(fstype, fstype), "ro" if options.startswith("ro") else "rw"))
+    return table
+
+
+def uname(world: World, argv: List[str]) -> int:
+    """uname [-amnprsv] (usr.bin/uname): sysname nodename release version machine processor."""
+    opts, operands = _opts(argv, "amnprsv", "uname", "uname [-amnprsv]", 0)
+    flags = "snrvmp" if "a" in opts else "".join(f for f in "snrvmp" if f in opts) or "s"
+    print(" ".join(UNAME[f] for f in flags))
     return 0
 
 
@@ -578,6 +731,10 @@ def date(world: World, argv: List[str]) -> int:
         return 0
     if operands and not operands[0].startswith("+") and not re.fullmatch(r"(\d\d){2,6}(\.\d\d)?", operands[0]):
         raise Refused("date: illegal time format")
+    if operands and operands[0].startswith("+"):  # strftime(3), %s too (the mount suite times its checks)
+        now = time.time()
+        print(time.strftime(operands[0][1:].replace("%s", str(int(now))), time.gmtime(now)))
+        return 0
     print(time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime()))
     return 0
 

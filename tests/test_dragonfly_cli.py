@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import bz2
 import hashlib
+import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Dict
 
 import pytest
 
+import dragonfly_guest
+import dragonfly_stubs
 from conftest import Project
 from httpserver import FileServer
 from vmlab import config, doctor, guests, recipe, schema
@@ -148,3 +152,99 @@ def test_doctor_names_the_iso_its_checksum_the_mirror_and_the_recipe(dfly: Proje
     assert f"ISO {ISO} sha256:{sha256} from {mirror.url}/iso-images/{ISO}.bz2" in line
     rec = guests.load("dragonfly")
     assert f"recipe install.yaml {recipe.load(rec.dir / 'install.yaml').version}" in line
+
+
+def test_golden_from_scratch_through_the_cli(dfly: Project, fake_qemu: Dict[str, str], tmp_path: Path) -> None:
+    """`vm.golden --from-scratch` from a fetched ISO to a golden image, as a user runs it; then
+    `vm.start` restores the image's 'clean' snapshot and sets the guest right.
+
+    Mocked (tests/fake_qemu.py, tests/dragonfly_guest.py): QEMU and DragonFly. The
+    install runs install.sh under dash with dragonfly_stubs; the installed files are
+    kept in the real qcow2 (through the overlay, the flatten and the snapshot); the
+    booted guest is the host's real sshd with the installed host key and root's
+    authorized_keys, running each command chrooted into the installed files with
+    DragonFly's stand-ins first in PATH (pkg acts on the installed files, uname says
+    DragonFly, mounts are real Linux mounts in the session's own mount namespace);
+    the 'clean' snapshot is written by `qemu-img snapshot -c` and holds no RAM, so
+    loading it reverts the disk (`qemu-img snapshot -a`) and the guest boots from it.
+    Real: the CLI, the download, qemu-img, xorriso, the recipe, SSH, install.sh,
+    provision.sh and the mount suite."""
+    config = dfly.root / "vmlab.yaml"
+    # A cache folder named as users name theirs: the golden image's partial folder in it is deep.
+    config.write_text(config.read_text().replace("mirrors: [", "packages: [python3, go], mirrors: [")
+                      .replace("cache_dir: cache", "cache_dir: vmlab-image-cache"))
+    assert dfly.invoke("vm.fetch", "--vm", "dfly").returncode == 0
+    key = dfly.invoke("vm.golden-key", "--vm", "dfly").stdout.strip()
+    done = dfly.invoke("vm.golden", "--from-scratch", "--vm", "dfly", env=fake_qemu, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    gold = dfly.root / "vmlab-image-cache" / "golden" / key
+    manifest = json.loads((gold / "manifest.json").read_text())
+    assert manifest["key"] == key and manifest["kind"] == "golden"  # the key `vm.golden-key` printed (CI caches by it)
+    assert f"golden image {key} is ready" in done.stderr and sorted(manifest["files"]) == ["base.qcow2", "clean.qcow2"]
+    # provision.sh ran the builders' pkg sequence over SSH, as root, and said so on the user's terminal
+    out = done.stdout
+    assert out.index("vmlab-step: update pkg's catalogue") < out.index("provision.sh: pkg could not upgrade itself; "
+                                                                        "going on") < out.index("[4/4] Installing go...")
+    calls = (dfly.root / "vm" / "dfly" / "dragonfly-guest" / "world" / "calls").read_text().splitlines()
+    assert [c for c in calls if c.startswith("pkg ")] == ["pkg update -f", "pkg upgrade -y pkg",
+                                                           "pkg install -y rsync doas python3 go"]
+    # ... and what it installed is in the golden image's disk (read back from the qcow2 chain)
+    files = tmp_path / "golden-files"
+    assert dragonfly_guest.unpack(gold / "clean.qcow2", files)
+    assert (files / "var/db/vmlab-stub-pkgs").read_text().split() == ["rsync", "doas", "python3", "go"]
+    assert os.readlink(files / "etc/ssl/cert.pem") == "/usr/local/share/certs/ca-root-nss.crt"
+    assert (files / "usr/local/etc/doas.conf").read_text() == "permit nopass lab as root\n"
+    assert (files / "usr/local/etc/pkg/repos/df-latest.conf").is_file()  # put back after pkg's failed upgrade
+    assert not (files / "var/tmp/vmlab-mount-suite").exists()  # the mount suite cleaned up after itself
+    # the mount suite passed in the guest: every check, with real tmpfs limits, read-only trees and a busy umount
+    results = Path(re.search(r"the mount suite passed \(10 checks, .*\); results in (\S+)", done.stderr).group(1))
+    junit = (results / "mounts.junit.xml").read_text()
+    assert 'tests="10" failures="0"' in junit and 'name="umount-retries-busy"' in junit
+    assert "mount-suite on DragonFly 6.4-RELEASE" in out and "Device busy" in out
+    # the 'clean' snapshot is in the golden image, as qemu-img lists it
+    listed = subprocess.run(["qemu-img", "snapshot", "-U", "-l", str(gold / "clean.qcow2")], capture_output=True,
+                            text=True, check=True).stdout
+    assert re.search(r"^\d+\s+clean@1\s", listed, re.M), listed
+    # vm.start now restores 'clean' and sets the guest right the DragonFly way (profile's after_restore)
+    started = dfly.invoke("vm.start", "--vm", "dfly", env=fake_qemu, timeout=300)
+    assert started.returncode == 0, started.stderr[-3000:]
+    assert f"a fresh copy of golden image {key}: restored to 'clean', not booted" in started.stderr
+    world = dragonfly_stubs.World(dfly.root / "vm" / "dfly" / "dragonfly-guest" / "world")
+    assert re.fullmatch(rb"[0-9a-f]{128}", world.entropy())  # reached /dev/random while kern.seedenable was 1
+    assert world.load()["sysctl"]["kern.seedenable"] == 0  # and set back
+    ran = dfly.invoke("vm.ssh", "--vm", "dfly", "-c", "uname -sr", env=fake_qemu)
+    assert ran.returncode == 0 and ran.stdout == "DragonFly 6.4-RELEASE\n", ran.stderr
+    # a snapshot and a live restore of it: what the guest wrote since is gone
+    assert dfly.invoke("vm.snapshot", "--name", "before", "--vm", "dfly", env=fake_qemu).returncode == 0
+    assert dfly.invoke("vm.ssh", "--vm", "dfly", "-c", "echo x > /root/later", env=fake_qemu).returncode == 0
+    restored = dfly.invoke("vm.restore", "--name", "before", "--vm", "dfly", env=fake_qemu, timeout=300)
+    assert restored.returncode == 0, restored.stderr[-3000:]
+    gone = dfly.invoke("vm.ssh", "--vm", "dfly", "-c", "test -e /root/later || echo gone", env=fake_qemu)
+    assert gone.stdout == "gone\n", gone.stderr
+    assert dfly.invoke("vm.stop", "--vm", "dfly", env=fake_qemu).returncode == 0
+    # nothing left running: no QEMU, sshd or ssh control master of this project
+    assert not (dfly.root / "vm" / "dfly" / "qemu.pid").exists() and not (dfly.root / "vm" / "dfly" / "golden").exists()
+    left = subprocess.run(["pgrep", "-af", str(dfly.root)], capture_output=True, text=True).stdout
+    assert not left, left
+
+
+def test_a_failed_provision_says_what_pkg_said_and_the_next_golden_reuses_the_install(
+        dfly: Project, fake_qemu: Dict[str, str]) -> None:
+    """A dead package mirror fails `vm.golden` in provision.sh with pkg's own words; the install it
+    made is a cached checkpoint, so the next `vm.golden --from-scratch` does not install again.
+    Mocked as in the test above; the fault is the pkg stand-in failing with pkg's message."""
+    assert dfly.invoke("vm.fetch", "--vm", "dfly").returncode == 0
+    why = "https://mirror-master.dragonflybsd.org/dports/dragonfly:6.4:x86:64/LATEST/meta.conf: Authentication error"
+    failed = dfly.invoke("vm.golden", "--from-scratch", "--vm", "dfly", env={**fake_qemu, "DFLY_FAIL": f"pkg:{why}"},
+                         timeout=600)
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    assert "VM dfly: provisioning failed (provision.sh, exit 3); `invoke vm.provision --vm dfly` tries again" \
+        in failed.stderr
+    assert f"pkg: {why}" in failed.stderr and "provision.sh: pkg update failed (its output is above)" in failed.stderr
+    assert not list((dfly.root / "cache" / "golden").glob("*/manifest.json"))
+    again = dfly.invoke("vm.golden", "--from-scratch", "--vm", "dfly", env=fake_qemu, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "install" in again.stderr and "is cached" in again.stderr and "installing from" not in again.stderr
+    assert "golden image" in again.stderr and "is ready" in again.stderr
+    left = subprocess.run(["pgrep", "-af", str(dfly.root)], capture_output=True, text=True).stdout
+    assert not left, left

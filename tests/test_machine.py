@@ -188,3 +188,30 @@ def test_qemu_refusing_a_command_is_a_one_line_vmlab_error(tmp_path: Path) -> No
         qemu.kill()
         qemu.wait()
     assert str(refused.value) == "QEMU refused blockdev-del: Failed to find node with node-name='no-such-node'"
+
+
+def test_the_monitor_gives_up_within_its_timeout_while_another_client_holds_qemus_monitor(tmp_path: Path) -> None:
+    """QEMU greets one QMP client at a time; qemu.qmp's legacy connect() waits for the greeting
+    without a deadline, so `vm.status` hung for good while e.g. a user's socat held the monitor."""
+    if not host.which("qemu-system-x86_64"):
+        pytest.skip("no qemu-system-x86_64")
+    sock, pidfile = tmp_path / "qmp.sock", tmp_path / "qemu.pid"
+    subprocess.run(["qemu-system-x86_64", "-machine", "none", "-nodefaults", "-display", "none", "-S", "-daemonize",
+                    "-qmp", f"unix:{sock},server=on,wait=off", "-pidfile", str(pidfile)], check=True)
+    pid = int(pidfile.read_text())
+    try:
+        with socket.socket(socket.AF_UNIX) as holder:
+            holder.connect(str(sock))
+            assert holder.recv(4096).startswith(b'{"QMP"')  # the first client has the monitor
+            started = time.monotonic()
+            with pytest.raises(MachineError, match="did not answer within 1s"):
+                with Monitor(sock, timeout=1):
+                    pass
+            assert time.monotonic() - started < 5
+        with Monitor(sock, timeout=5) as mon:  # once it is free, the monitor answers again
+            assert mon.status() == "prelaunch"
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while alive(pid) and time.monotonic() < deadline:  # gone before the session's leak check looks
+            time.sleep(0.05)

@@ -31,14 +31,20 @@ class Monitor:
 
         self._qmp = QEMUMonitorProtocol(str(self.socket))
         try:
-            # The legacy connect() waits for QEMU's greeting without a time limit, and a QEMU that
-            # is stopped (SIGSTOP) or wedged accepts the connection but never greets: vm.stop hung
-            # on one for ever. Its own connect, under the monitor's time limit, as its commands are.
+            # The legacy connect() waits for QEMU's greeting without a time limit, and QEMU greets
+            # one QMP client at a time: while another holds the monitor, or when QEMU is stopped
+            # (SIGSTOP) or wedged, it accepts the connection but never greets, and vm.stop hung for
+            # ever. Its own connect, as the legacy one sets it up, under the monitor's time limit.
+            self._qmp._qmp.await_greeting = self._qmp._qmp.negotiate = True
             self._qmp._sync(self._qmp._qmp.connect(str(self.socket)), self.timeout)
-        except (QMPError, OSError, asyncio.TimeoutError) as e:
+        except asyncio.TimeoutError:
             self.__exit__()  # the half-made connection
-            why = f"no greeting within {self.timeout:g}s" if isinstance(e, asyncio.TimeoutError) else e
-            raise MachineError(f"cannot reach QEMU's monitor at {self.socket}: {why}") from None
+            raise MachineError(f"QEMU's monitor at {self.socket} did not answer within {self.timeout:g}s "
+                               "(QEMU serves one monitor client at a time: is another connected? "
+                               "or QEMU is stopped)") from None
+        except (QMPError, OSError) as e:
+            self.__exit__()
+            raise MachineError(f"cannot reach QEMU's monitor at {self.socket}: {e}") from None
         self._qmp.settimeout(self.timeout)
         return self
 

@@ -172,17 +172,21 @@ def make_golden(lab: "Lab", vm: VMConfig, vmdir: VMDir, from_scratch: bool = Fal
             assert origin is not None  # provision made the disk
             kernel_files = {f.name: f for f in images.boot_files(lab, vm, origin.path).values() if isinstance(f, Path)}
             gold = golden.make(lab.cache, key, inputs, vmdir.disk, kernel_files, lifecycle.keys_for(lab, vmdir),
-                               lambda clean: _snapshot_clean(lab, vm, clean))
+                               lambda clean: _snapshot_clean(lab, vm, vmdir, clean))
     lifecycle.discard_disk(lab, vm, vmdir)  # captured in the golden image; vm.start now restores from it
     log.info("VM %s: golden image %s is ready; `invoke vm.start --vm %s` starts from it by restoring "
              "'clean'", vm.name, gold.key, vm.name)
     return gold
 
 
-def _snapshot_clean(lab: "Lab", vm: VMConfig, clean_qcow2: Path) -> None:
-    """Boot a guest on a new golden image's clean.qcow2 and save "clean" there, paused first."""
+def _snapshot_clean(lab: "Lab", vm: VMConfig, vmdir: VMDir, clean_qcow2: Path) -> None:
+    """Boot a guest on a new golden image's clean.qcow2 and save "clean" there, paused first.
+
+    Its QEMU's sockets are in the VM's folder (locked, its own QEMU stopped), where the VM's
+    own sockets fit: under the cache's deeper golden/.KEY.partial/ a unix socket's 107 bytes
+    ran out after the whole install, provision and mount suite had run."""
     folder = clean_qcow2.parent
-    runner = Machine(f"golden-{vm.name}", folder / "run")
+    runner = Machine(f"golden-{vm.name}", vmdir.dir / "golden")
     gold_keys = keys.LabKeys(folder / "keys")
     spec = MachineSpec(
         name=runner.name, accel=images.accelerator(lab, vm, folder), memory_mib=vm.memory_mib, cpus=vm.cpus,

@@ -58,7 +58,7 @@ def ensure_provisioned(lab: "Lab", vm: VMConfig, vmdir: VMDir, conn: SharedConne
                           output=output, echo=sys.stdout.buffer, timeout=4 * 3600)
         if status != 0:
             lines = output.getvalue().decode(errors="replace").splitlines()[-30:]
-            raise ProvisionError(f"VM {vm.name}: provisioning failed ({Path(script).name} {' '.join(packages)}, "
+            raise ProvisionError(f"VM {vm.name}: provisioning failed ({' '.join([Path(script).name, *packages])}, "
                                  f"exit {status}); `invoke vm.provision --vm {vm.name}` tries again from the "
                                  "base image.\n" + "\n".join(lines))
     vmdir.mark_provisioned(key, packages, time.time())

@@ -1,0 +1,236 @@
+"""The installed DragonFly as vmlab reaches it, over a real SSH server: played by fake_qemu.py.
+
+No DragonFly can run here. What vmlab relies on in an installed guest is its disk,
+its sshd (with the host key and root's authorized_keys the install put there) and
+a shell running vmlab's commands as root. So:
+
+- the installed system's files live in the qcow2 itself: a tar at offset 0 behind
+  a header (MAGIC, length), written with qemu-io and read with qemu-img dd. They
+  follow the disk as a file system would: through overlays, `qemu-img convert`
+  (the golden image's flatten) and internal snapshots (`qemu-img snapshot`);
+- at boot they are unpacked into a folder; if rc.conf says sshd_enable="YES" and
+  the host key is there, the host's own OpenSSH sshd listens on QEMU's hostfwd
+  port with that host key, root's authorized_keys and the installed sshd_config's
+  PermitRootLogin: vmlab's host-key check and its key login are real;
+- every session's command runs as `session` below (sshd's ForceCommand): in its
+  own mount namespace, chrooted into a root made of the installed files (/etc,
+  /var, /tmp, /root, /home, /boot, /usr/local) and Debian's programs read-only
+  (/bin, /sbin, /lib, /libexec, /usr), with dragonfly_stubs.GUEST_TOOLS first in
+  PATH (uname says DragonFly; mount, mount_null, mount_tmpfs and umount take
+  DragonFly's syntax; pkg acts on the installed files; writes to /dev/random
+  fail unless `sysctl kern.seedenable=1`, as on DragonFly) under dash, standing in
+  for DragonFly's /bin/sh (root's shell after install.sh). The stubs and their
+  state are at /.sim in that root, beside links to the Debian programs that
+  /etc/alternatives names (awk), as the installed /etc has none. Its mounts end
+  with the session.
+
+At power-off the folder is packed into the disk again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import os
+import re
+import shutil
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import List, Optional
+
+from dragonfly_stubs import GUEST_TOOLS, World
+
+MAGIC = b"DFLYSIM-FILES-1\n"  # 16 bytes, then the tar's length (8, big-endian), then the tar
+HEADER = len(MAGIC) + 8
+TESTS = Path(__file__).resolve().parent
+SIM = "/.sim"  # where the session's root shows the stubs (SIM/tests) and their state (SIM/world)
+GUEST_PATH = f"{SIM}/world/bin:/sbin:/bin:/usr/sbin:/usr/bin:/usr/local/sbin:/usr/local/bin"
+HOST_TREES = (("bin", "/usr/bin"), ("sbin", "/usr/sbin"), ("lib", "/usr/lib"), ("lib64", "/usr/lib64"),
+              ("libexec", "/usr/libexec"), ("usr", "/usr"))
+INSTALLED_TREES = ("etc", "var", "tmp", "root", "home", "boot", "usr/local")
+DEV_NODES = {"null": (1, 3), "zero": (1, 5), "tty": (5, 0)}  # Linux's numbers; random and urandom are the stubs'
+
+
+
+def pack(files: Path, disk: Path) -> None:
+    """Write the tree `files` into the qcow2 `disk` (what a guest's writes would have left there)."""
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w:gz") as tar:
+        tar.add(str(files), arcname=".")
+    blob = MAGIC + struct.pack(">Q", len(data.getvalue())) + data.getvalue()
+    with tempfile.NamedTemporaryFile(prefix="dfly-disk-") as tmp:
+        tmp.write(blob)
+        tmp.flush()
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -s {tmp.name} 0 {len(blob)}", str(disk)],
+                       check=True, capture_output=True)
+
+
+def _read(disk: Path, count: int) -> bytes:
+    """The first `count` bytes of what the guest sees on `disk` (rounded up to 64 KiB blocks)."""
+    with tempfile.TemporaryDirectory(prefix="dfly-disk-") as tmp:
+        out = Path(tmp) / "head"
+        subprocess.run(["qemu-img", "dd", "-f", "qcow2", "-O", "raw", f"if={disk}", f"of={out}", "bs=65536",
+                        f"count={-(-count // 65536)}"], check=True, capture_output=True)
+        return out.read_bytes()[:count]
+
+
+def unpack(disk: Path, into: Path) -> bool:
+    """The installed files of `disk` into `into`; False if the disk holds none (a blank disk)."""
+    head = _read(disk, HEADER)
+    if not head.startswith(MAGIC):
+        return False
+    length = struct.unpack(">Q", head[len(MAGIC):])[0]
+    into.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(_read(disk, HEADER + length)[HEADER:]), mode="r:gz") as tar:
+        tar.extractall(into, numeric_owner=True)
+    return True
+
+
+def rc_conf(files: Path, name: str) -> str:
+    """A variable of the installed /etc/rc.conf, as rc reads it."""
+    conf = files / "etc" / "rc.conf"
+    found = re.findall(rf'^{re.escape(name)}="?([^"\n]*)"?', conf.read_text() if conf.is_file() else "", re.M)
+    return found[-1] if found else ""
+
+
+def permit_root_login(files: Path) -> str:
+    """The installed sshd_config's PermitRootLogin; OpenSSH's default when it is commented out."""
+    conf = files / "etc" / "ssh" / "sshd_config"
+    found = re.findall(r"^\s*PermitRootLogin\s+(\S+)", conf.read_text() if conf.is_file() else "", re.M)
+    return found[-1] if found else "prohibit-password"
+
+
+class Guest:
+    """The installed system booted from `disk`: its files in folder/files, sshd on `port` if rc starts it."""
+
+    def __init__(self, disk: Path, folder: Path, port: int):
+        self.disk, self.folder, self.port = disk, folder, port
+        self.files, self.world_dir = folder / "files", folder / "world"
+        self.sshd: Optional[subprocess.Popen] = None
+
+    def boot(self) -> bool:
+        """Unpack the disk and start sshd as rc would; False if the disk has no system on it."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+        if not unpack(self.disk, self.files):
+            return False
+        world = World.installed(self.world_dir)
+        if os.environ.get("DFLY_FAIL"):  # a fault a test asks for: sshd gives its sessions no environment
+            (world.folder / "fault").write_text(os.environ["DFLY_FAIL"])
+        bin_dir = world.folder / "bin"
+        bin_dir.mkdir()
+        for tool in GUEST_TOOLS:  # paths as the session's chrooted root shows them
+            (bin_dir / tool).write_text(f'#!/bin/sh\nexec /usr/bin/python3 {SIM}/tests/dragonfly_stubs.py '
+                                        f'{SIM}/world {tool} "$@"\n')
+            (bin_dir / tool).chmod(0o755)
+        for folder in (Path("/usr/bin"), Path("/usr/sbin")):  # the installed /etc has no Debian alternatives
+            for program in folder.iterdir():
+                if program.is_symlink() and os.readlink(program).startswith("/etc/alternatives/") \
+                        and program.exists() and not (bin_dir / program.name).exists():
+                    (bin_dir / program.name).symlink_to(os.path.realpath(program))
+        key = self.files / "etc" / "ssh" / "ssh_host_ed25519_key"
+        if rc_conf(self.files, "sshd_enable").upper() == "YES" and key.is_file():
+            self.sshd = self._start_sshd(key)
+        return True
+
+    def _start_sshd(self, host_key: Path) -> subprocess.Popen:
+        config = self.folder / "sshd_config"
+        command = f"/usr/bin/unshare -m --propagation private {sys.executable} {__file__} session {self.folder}"
+        config.write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
+            f"AuthorizedKeysFile {self.files}/root/.ssh/authorized_keys\nAllowUsers root\n"
+            f"PermitRootLogin {permit_root_login(self.files)}\nPidFile none\nStrictModes no\nUsePAM no\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+            f"ForceCommand {command}\n")
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # its privilege separation folder
+        with open(self.folder / "sshd.log", "ab") as log:
+            return subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=log, start_new_session=True, preexec_fn=_die_with_parent)
+
+    def wait_listening(self, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while self.sshd is not None and time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    if s.recv(4).startswith(b"SSH-"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+
+    def halt(self) -> None:
+        """Stop sshd: its sessions die with the machine."""
+        if self.sshd is not None:
+            try:
+                os.killpg(self.sshd.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            self.sshd.wait(timeout=10)
+            self.sshd = None
+
+    def power_off(self) -> None:
+        """Halt, leaving the files on the disk."""
+        self.halt()
+        if self.files.is_dir():
+            pack(self.files, self.disk)
+
+
+def _die_with_parent() -> None:
+    """The guest's sshd ends with its QEMU, even a QEMU killed by SIGKILL (prctl PR_SET_PDEATHSIG)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
+def _mount(*args: str) -> None:
+    subprocess.run(["/usr/bin/mount", *args], check=True)
+
+
+def session(folder: Path) -> int:
+    """sshd's ForceCommand, already in a private mount namespace (unshare -m): the client's command,
+    as root, in the chrooted installed system."""
+    files, world = folder / "files", folder / "world"
+    root = folder / "session-root"
+    root.mkdir(exist_ok=True)
+    _mount("-t", "tmpfs", "-o", "size=16m,mode=755", "guest-root", str(root))
+    for name, host_dir in HOST_TREES:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        _mount("--bind", host_dir, str(root / name))
+        _mount("-o", "remount,bind,ro", str(root / name))
+    for name in INSTALLED_TREES:
+        if (files / name).is_dir():
+            (root / name).mkdir(parents=True, exist_ok=True)  # usr/local: the host's /usr has one
+            _mount("--bind", str(files / name), str(root / name))
+    for name in ("dev", "proc", SIM.lstrip("/") + "/tests", SIM.lstrip("/") + "/world"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    _mount("-t", "tmpfs", "-o", "size=1m,mode=755", "devfs", str(root / "dev"))
+    for node, (major, minor) in DEV_NODES.items():  # nodes, not mounts: one devfs in the mount table
+        os.mknod(root / "dev" / node, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+        os.chmod(root / "dev" / node, 0o666)
+    for node in ("random", "urandom"):  # kern.seedenable's rule, kept by the stubs (World.set_seedenable)
+        (root / "dev" / node).symlink_to(f"{SIM}/world/devnodes/{node}")
+    _mount("-t", "proc", "proc", str(root / "proc"))
+    _mount("--bind", str(TESTS), str(root / SIM.lstrip("/") / "tests"))
+    _mount("-o", "remount,bind,ro", str(root / SIM.lstrip("/") / "tests"))
+    _mount("--bind", str(world), str(root / SIM.lstrip("/") / "world"))
+    os.chroot(root)
+    os.chdir("/root" if os.path.isdir("/root") else "/")
+    world_here = World(Path(SIM) / "world")  # the links of /dev/random as this root shows them
+    world_here.set_seedenable(world_here.load()["sysctl"]["kern.seedenable"])
+    env = {"PATH": GUEST_PATH, "VMLAB_TEST_PATH": f"{SIM}/world/bin", "HOME": "/root", "USER": "root",
+           "LOGNAME": "root", "SHELL": "/bin/sh"}
+    if (Path(SIM) / "world" / "fault").is_file():
+        env["DFLY_FAIL"] = (Path(SIM) / "world" / "fault").read_text()
+    command = os.environ.get("SSH_ORIGINAL_COMMAND")
+    argv: List[str] = ["/bin/sh", "-c", command] if command is not None else ["/bin/sh", "-i"]
+    os.execve("/bin/sh", argv, env)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["session"]:
+        sys.exit(session(Path(sys.argv[2])))
+    sys.exit(f"usage: {sys.argv[0]} session FOLDER")
