@@ -442,10 +442,11 @@ def build(c, vm=None, config=None):
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP, "restore_on_failure": RESTORE_HELP})
 @cli
 def quick(c, vm=None, config=None, restore_on_failure=False):
-    """The edit-test loop: sync, then the 'quick' suite."""
+    """The edit-test loop: start the VM if it is not running, sync, then the 'quick' suite."""
     lab = _lab(config)
     if not lab.config.quick:
         raise Exit(f"vmlab: error: {lab.config.source} names no 'quick:' suite", code=2)
+    lab.up(_vm(vm))
     _finish(lab.run_suites([lab.config.suite(lab.config.quick)], _vm(vm),
                            restore_on_failure or lab.config.restore_on_failure, sync_first=True))
 
@@ -463,6 +464,7 @@ def watch(c, suite=None, finish=False, vm=None, config=None):
     name = suite or lab.config.quick
     if not name:
         raise Exit(f"vmlab: error: {lab.config.source} names no 'quick:' suite; name one with --suite", code=2)
+    lab.up(_vm(vm))
     logging.getLogger().setLevel(logging.WARNING)  # each run's result line says what it synced
     lab.watch(lab.config.suite(name), _vm(vm), finish=finish)
 

@@ -74,7 +74,7 @@ vm-provision: $(VMLAB_READY) ## Install the config's packages in a VM started af
 vm-sync: $(VMLAB_READY) ## rsync the project into the guest
 	$(VMLAB) sync
 
-vm-quick: $(VMLAB_READY) ## The edit-test loop: sync, then run the 'quick' suite
+vm-quick: $(VMLAB_READY) ## The edit-test loop: start the VM if needed, sync, run the 'quick' suite
 	$(VMLAB) quick
 
 vm-watch: $(VMLAB_READY) ## Run the 'quick' suite on every save until Ctrl-C (VM_SUITE=name for another)

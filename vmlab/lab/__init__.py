@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, cast
 
@@ -28,10 +29,11 @@ from vmlab.config import VM_NAME, LabConfig, SuiteConfig, VMConfig
 from vmlab.errors import Busy, ConfigError, NoSuchSnapshot, PrerequisiteMissing, VmlabError
 from vmlab.lab import building, images, lifecycle, loop, snapshotting
 from vmlab.lab.vmdir import VMDir
-from vmlab.machine import MachineStatus
+from vmlab.machine import MachineStatus, State
 from vmlab.snapshots import Snapshot
 from vmlab.ssh import GuestSSH
 
+log = logging.getLogger(__name__)
 Verb = TypeVar("Verb", bound=Callable[..., Any])
 
 
@@ -130,6 +132,16 @@ class Lab:
         if vmdir.suspended_port() is not None:
             return self.resume(vm.name)
         return lifecycle.start(self, vm, vmdir)
+
+    def up(self, name: Optional[str] = None) -> MachineStatus:
+        """The edit-test loop's first turn: a VM that is not running is started (or resumed)
+        instead of refused, so `make vm-quick` in a new project just works."""
+        vm, vmdir = self._at(name)
+        status = vmdir.machine.status(query_qemu=False)  # its pid and state file: no QMP session
+        if status.state == State.RUNNING:
+            return status
+        log.info("VM %s is %s: starting it first", vm.name, vmdir.status().state)
+        return self.start(vm.name)
 
     def stop(self, name: Optional[str] = None, soft_timeout: float = 60.0) -> str:
         return lifecycle.stop(self, *self._at(name), soft_timeout)
