@@ -47,7 +47,8 @@ def sample(vm_dir: Path, pid: int) -> Dict[str, int]:
     status = Path(f"/proc/{pid}/status").read_text()
     rss = next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:"))
     runtime = re.escape(os.environ["XDG_RUNTIME_DIR"])  # the soak's own: not another lab's masters
-    procs = subprocess.run(["pgrep", "-f", rf"{re.escape(str(vm_dir))}|^ssh: {runtime}/|^ssh .*ControlPath=.*{runtime}/"],
+    mine = rf"{re.escape(str(vm_dir))}|^ssh: {runtime}/|^ssh .*ControlPath=.*{runtime}/"
+    procs = subprocess.run(["pgrep", "-f", mine],
                            capture_output=True, text=True)
     return {"overlay": (vm_dir / "disk.qcow2").stat().st_size, "rss": rss,
             "fds": len(list(Path(f"/proc/{pid}/fd").iterdir())), "procs": len(procs.stdout.split())}

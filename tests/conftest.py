@@ -19,8 +19,8 @@ from typing import Dict, List, NoReturn, Optional
 
 import pytest
 
-from vmlab import config as config_mod
 from vmlab import builder, guests, host
+from vmlab import config as config_mod
 from vmlab.cache import ArtefactCache
 from vmlab.errors import VmlabError
 from vmlab.lab import Lab

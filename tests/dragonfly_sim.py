@@ -57,9 +57,9 @@ DATE = "Feb 21 20:19:12"
 BIOS = ("SeaBIOS (version 1.16.2-debian-1.16.2-1)", "", "iPXE (https://ipxe.org) 00:03.0 CA00 PCI2.10 PnP PMM", "")
 LOADER = ("Console: serial port", "BIOS 639kB/2096000kB available memory", "",
           "DragonFly/i386 bootstrap loader, Revision 1.1", "(root@bsd64.dragonflybsd.org, Mon Nov 20 2023)")
-LOGO = ("  ,--,                       ,--,  ", "  |   `-,       _:_       ,-'   |  ", "   `,    `-,   (/ \\)   ,-'    ,'   ",
-        "     `-,    `-,/   \\,-'    ,-'     ", "        `------{   }------'        ", "    ,----------{   }----------,    ",
-        "   |        _,-{   }-,_        |   ", "    `-,__,-'   \\   /   `-,__,-'    ", "               | |               ")
+LOGO = ("  ,--,                       ,--,  ", "  |   `-,       _:_       ,-'   |  ", "   `,    `-,   (/ \\)   ,-'    ,'   ",  # noqa: E501 (DragonFly's own text)
+        "     `-,    `-,/   \\,-'    ,-'     ", "        `------{   }------'        ", "    ,----------{   }----------,    ",  # noqa: E501 (DragonFly's own text)
+        "   |        _,-{   }-,_        |   ", "    `-,__,-'   \\   /   `-,__,-'    ", "               | |               ")  # noqa: E501 (DragonFly's own text)
 MENU_ITEMS = ("1. Boot DragonFly [kernel]", "2. Boot DragonFly in Safe Mode", "3. Boot DragonFly without AHCI driver",
               "4. Boot DragonFly without ACPI driver", "9. Escape to loader prompt (also ESC)",
               "r. Boot DragonFly to a rescue ramdisk", "s. Boot DragonFly in single user mode",
@@ -73,7 +73,7 @@ KERNEL = ("Copyright (c) 2003-2023 The DragonFly Project.",
           "DragonFly v6.4.2-RELEASE #1: Mon Nov 20 2023",
           "    root@bsd64.dragonflybsd.org:/usr/obj/usr/src/sys/X86_64_GENERIC",
           "real memory  = 2147483648 (2048 MB)", "avail memory = 2012741632 (1919 MB)",
-          "virtio_blk0: <VirtIO Block Adapter> port 0xc000-0xc07f mem 0xfebd1000-0xfebd1fff irq 11 at device 2.0 on pci0",
+          "virtio_blk0: <VirtIO Block Adapter> port 0xc000-0xc07f mem 0xfebd1000-0xfebd1fff irq 11 at device 2.0 on pci0",  # noqa: E501 (DragonFly's own text)
           "vbd0: 20480MB (41943040 512 byte sectors)",
           "vtnet0: <VirtIO Networking Adapter> port 0xc080-0xc09f irq 10 at device 3.0 on pci0",
           "cd0 at ata0 bus 0 target 0 lun 0", "cd0: <QEMU QEMU DVD-ROM 2.5+> Removable CD-ROM SCSI-5 device",

@@ -289,13 +289,13 @@ def disklabel64(world: World, argv: List[str]) -> int:
         if len(operands) != 2:
             raise usage
         if slice_ not in labels:
-            raise Refused("disklabel64: ioctl DIOCWDINFO64: no disk label on disk;\nadd \"-r\" to install initial label")
+            raise Refused("disklabel64: ioctl DIOCWDINFO64: no disk label on disk;\nadd \"-r\" to install initial label")  # noqa: E501
         _save_label(world, slice_, _parse_label(Path(operands[1])))
     elif "e" in opts:
         raise Refused("disklabel64: -e runs $EDITOR on the label (not modelled)")
     else:
         if slice_ not in labels:
-            raise Refused("disklabel64: ioctl DIOCGDINFO64: no disk label on disk;\nadd \"-r\" to install initial label", 4)
+            raise Refused("disklabel64: ioctl DIOCGDINFO64: no disk label on disk;\nadd \"-r\" to install initial label", 4)  # noqa: E501
         print(_show_label(slice_, labels[slice_]))
     return 0
 

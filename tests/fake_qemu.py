@@ -27,7 +27,8 @@ Where it differs from QEMU: the installer's guest starts when the console is fir
 connected (QEMU's wait=off starts it at once), and writes the installed files to
 a folder beside the disk (DISK.files), packed into the qcow2 at power-off; the
 booted guest's writes reach the qcow2 only at a snapshot-save or at power-off
-(system_powerdown powers off at once: the guest's shutdown is not played); a snapshot holds no RAM (vm-state-size 0: a stopped guest's disk), so
+(system_powerdown powers off at once: the guest's shutdown is not played); a
+snapshot holds no RAM (vm-state-size 0: a stopped guest's disk), so
 snapshot-load reverts the disk (`qemu-img snapshot -a`) and the guest boots from
 it when it runs; `stop` pauses nothing but what QMP reports; without
 -device VGA the simulated machine has no video device. DFLY_SIM_TICK sets the

@@ -11,8 +11,8 @@ import pytest
 
 from conftest import prerequisite_missing
 from vmlab import accel, builder, config, guests, host
-from vmlab.errors import PrerequisiteMissing
 from vmlab.cache import ArtefactCache
+from vmlab.errors import PrerequisiteMissing
 
 
 @pytest.fixture(scope="module")

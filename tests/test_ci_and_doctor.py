@@ -17,8 +17,8 @@ from conftest import Project, alive
 from test_accel import kvm_boots_linux
 from vmlab import accel, builder, config, guests, schema
 from vmlab.cache import ArtefactCache
-from vmlab.qmp import Monitor
 from vmlab.lab import Lab
+from vmlab.qmp import Monitor
 
 ROOT = Path(__file__).parents[1]
 WORKFLOW = ROOT / ".github" / "workflows" / "vm-tests.yml"

@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 from conftest import Project
-from vmlab.ci import rehearsal as ci_rehearsal, standins
+from vmlab.ci import standins
 
 ROOT = Path(__file__).parents[1]
 WORKFLOW = ROOT / ".github" / "workflows" / "vm-tests.yml"

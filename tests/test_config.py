@@ -25,7 +25,8 @@ def test_no_file_gives_working_defaults(tmp_path: Path) -> None:
     lab = config.load(cwd=tmp_path)
     vm = lab.vm()
     assert lab.source == "built-in defaults"
-    assert (vm.name, vm.profile, vm.memory_mib, vm.cpus, vm.accel, vm.ssh_port) == ("default", "debian", 1024, 2, "auto", 0)
+    assert (vm.name, vm.profile, vm.memory_mib, vm.cpus, vm.accel, vm.ssh_port) == \
+        ("default", "debian", 1024, 2, "auto", 0)
     assert lab.state_dir == tmp_path.resolve() / "vm"
 
 

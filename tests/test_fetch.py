@@ -9,8 +9,8 @@ from __future__ import annotations
 import bz2
 import hashlib
 import json
-import os
 import logging
+import os
 import random
 import re
 import signal
@@ -23,8 +23,8 @@ from typing import Any, Dict, Set
 
 import pytest
 
-from vmlab.errors import ChecksumMismatch, ConfigError, DownloadError, PrerequisiteMissing
 import vmlab.pins as pins_module
+from vmlab.errors import ChecksumMismatch, ConfigError, DownloadError, PrerequisiteMissing
 from vmlab.fetch import FetchResult, cached, fetch, prune
 
 try:

@@ -293,7 +293,8 @@ def test_item02_an_interrupted_golden_export_leaves_nothing_behind(project: Proj
     make_golden(project, cache, disk_bytes=96 << 20)
     out = project.root / "out"
     out.mkdir()
-    proc = subprocess.Popen([INVOKE, "vm.golden-export", "--output", str(out / "g.tar")], cwd=project.root, stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen([INVOKE, "vm.golden-export", "--output", str(out / "g.tar")], cwd=project.root,
+                            stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, VMLAB_CACHE=str(cache)))
     deadline = time.monotonic() + 120

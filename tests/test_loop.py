@@ -77,7 +77,8 @@ def test_quick_syncs_runs_the_quick_suite_and_records_it(sample: Project) -> Non
     assert report["guest"] == {"os": "Linux", "kernel": in_guest(sample, "uname -r").strip()}
     assert report["vmlab"] and report["qemu"][0].isdigit()
     (unit,) = report["suites"]
-    assert (unit["name"], unit["status"], unit["passed"], unit["failed"], unit["exit_code"]) == ("unit", "passed", 2, 0, 0)
+    assert (unit["name"], unit["status"], unit["passed"], unit["failed"], unit["exit_code"]) == \
+        ("unit", "passed", 2, 0, 0)
     assert Path(unit["log"]).read_text().startswith("greeting: ok")
     assert set(junit_cases(report)) == {"greeting from the environment", "input file synced"}
 
@@ -108,7 +109,8 @@ def test_a_suite_is_judged_by_its_junit_too(sample: Project) -> None:
     when it exits 0; a missing or unreadable JUnit file is named in the suite's note."""
     config = sample.root / "junit.yaml"
     settings = yaml.safe_load((sample.root / "vmlab.yaml").read_text())
-    failure = '<testsuite tests="2"><testcase name="a"/><testcase name="b"><failure message="b broke"/></testcase></testsuite>'
+    failure = ('<testsuite tests="2"><testcase name="a"/><testcase name="b"><failure message="b broke"/></testcase>'
+               '</testsuite>')
     settings["suites"] = {
         "exits-0-with-a-failure": {"command": f"mkdir -p out && echo '{failure}' > out/f.xml", "junit": "out/f.xml"},
         "writes-no-junit": {"command": "rm -f out/never.xml", "junit": "out/never.xml"},

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import INVOKE, Project, alive
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
+from conftest import INVOKE, Project, alive
 from vmlab import host
 from vmlab.errors import MachineError
 from vmlab.qmp import Monitor

@@ -44,7 +44,8 @@ def test_setup_fetches_the_pinned_release_and_creates_a_blank_disk(project: Proj
     iso = project.root / "cache" / "isos" / ISO
     assert iso.read_bytes() == payload
     assert "trying the next mirror" in result.stderr
-    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(project.root / "vm" / "dfly" / "disk.qcow2")],
+    disk = project.root / "vm" / "dfly" / "disk.qcow2"
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(disk)],
                                      capture_output=True, text=True, check=True).stdout)
     assert info["virtual-size"] == 12 * 2**30
     blank = project.invoke("vm.start")

@@ -97,7 +97,7 @@ def _build(cache: ArtefactCache, profile: Profile, section: str, facts: Dict[str
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _stop_group(proc: subprocess.Popen) -> None:
+def _stop_group(proc: "subprocess.Popen[str]") -> None:
     """TERM the build's process group, KILL it after 10 s; wait for its leader."""
     for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
         try:

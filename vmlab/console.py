@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
-
 from vmlab.errors import ConsoleError, MachineError
 from vmlab.machine import ESCAPES
 

@@ -60,7 +60,8 @@ def run(argv: Sequence[str], what: str, hint: str = "", **kwargs: Any) -> "subpr
     A missing tool is PrerequisiteMissing (with its package); a failure is CommandFailed
     with the command, its exit status, the last lines of its output and `hint`."""
     require([argv[0]], what)
-    kwargs.setdefault("stdin", subprocess.DEVNULL)
+    if "input" not in kwargs:
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
     if "stdout" in kwargs:
         kwargs.setdefault("stderr", subprocess.PIPE)
     else:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Iterator
 
-
 from vmlab import locks
 from vmlab.errors import PrerequisiteMissing
 

@@ -89,7 +89,8 @@ def _qopt(value: object) -> str:
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def port_is_free(port: int) -> bool:
@@ -139,9 +140,10 @@ class Machine:
 
     def state(self) -> Dict[str, Any]:
         try:
-            return json.loads(self.state_file.read_text())
+            state = json.loads(self.state_file.read_text())
         except (OSError, ValueError):
             return {}
+        return state if isinstance(state, dict) else {}
 
     def status(self, query_qemu: bool = True) -> MachineStatus:
         recorded = self.state()

@@ -140,7 +140,7 @@ class SharedConnection:
         return status
 
     @staticmethod
-    def _handshake(proc: subprocess.Popen, handshake: Callable[[str], Optional[bytes]],
+    def _handshake(proc: "subprocess.Popen[bytes]", handshake: Callable[[str], Optional[bytes]],
                    sinks: Tuple[Optional[IO[bytes]], ...]) -> bytes:
         """Give `handshake` each line of output until it answers; its answer is the command's
         whole input. Lines it does not claim, and what follows, go to `sinks`. Returns them."""

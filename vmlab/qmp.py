@@ -74,7 +74,7 @@ class Monitor:
 
     def status(self) -> str:
         """QEMU's run state: 'running', 'paused', 'shutdown', 'postmigrate', ..."""
-        return self.command("query-status")["status"]
+        return str(self.command("query-status")["status"])
 
     def run_job(self, command: str, job_id: str, timeout: float, **args: Any) -> None:
         """Run a QMP job (snapshot-save, -load, -delete) to its end and dismiss it.

@@ -16,7 +16,7 @@ import shlex
 import socket
 import time
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, Callable, Dict, Optional
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Callable, Dict, List, Optional
 
 from vmlab.command import CommandResult
 from vmlab.errors import GuestUnreachable, HostKeyMismatch
@@ -143,9 +143,10 @@ class GuestSSH:
                 if timeout is not None and time.monotonic() - started > timeout:
                     timed_out = True
                     break
-                readable = select.select([chan, *([stdin] if feeding else [])], [], [], 0.2)[0]
-                if feeding and stdin in readable:
-                    chunk = os.read(stdin.fileno(), 65536)  # type: ignore[union-attr]
+                watched: List[Any] = [chan, stdin] if feeding and stdin is not None else [chan]
+                readable = select.select(watched, [], [], 0.2)[0]
+                if stdin is not None and stdin in readable:
+                    chunk = os.read(stdin.fileno(), 65536)
                     if chunk:
                         chan.sendall(chunk)
                     else:
@@ -164,7 +165,8 @@ class GuestSSH:
                         break
             status = -1 if timed_out else chan.recv_exit_status()
         except socket.error as e:
-            raise GuestUnreachable(f"the SSH connection to 127.0.0.1:{self.port} broke during {command!r}: {e}") from None
+            raise GuestUnreachable(f"the SSH connection to 127.0.0.1:{self.port} broke during {command!r}: "
+                                   f"{e}") from None
         finally:
             chan.close()
         return CommandResult(command, status, out.text(), err.text(), time.monotonic() - started, timed_out)

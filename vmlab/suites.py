@@ -24,10 +24,10 @@ from typing import IO, Iterator, List, Optional
 
 from vmlab import formats, host
 from vmlab.config import SuiteConfig
+from vmlab.delta import DELTA_FAILED
 from vmlab.errors import Cancelled, GuestUnreachable, SyncError
 from vmlab.openssh import SharedConnection
 from vmlab.results import SuiteResult
-from vmlab.delta import DELTA_FAILED
 from vmlab.sync import NOT_SYNCED, SyncGate
 
 TIMED_OUT = (124, 137)  # `timeout`'s status when it stopped the command (137: it had to SIGKILL)

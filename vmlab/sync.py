@@ -64,7 +64,7 @@ def _anchored(path: str) -> str:
     return "/" + (re.sub(r"([*?\[\\])", r"\\\1", path) if re.search(r"[*?\[]", path) else path)
 
 
-def rsync_argv(conn: SharedConnection, project_dir: Path, settings: SyncConfig) -> list:
+def rsync_argv(conn: SharedConnection, project_dir: Path, settings: SyncConfig) -> List[str]:
     """rsync's command line; with settings.gitignore it reads git_ignored's list, anchored, on stdin."""
     argv = [host.which("rsync") or "rsync", "-a", "--delete", "--stats", *ALWAYS_EXCLUDED,
             *(f"--exclude={pattern}" for pattern in settings.excludes)]

@@ -57,7 +57,8 @@ class Tally:
         parts = [f"{self.passed} passed", f"{self.failed} failed"]
         parts += [f"{self.cancelled} cancelled"] if self.cancelled else []
         parts += [f"{self.errors} did not finish"] if self.errors else []
-        return f"watch: {runs} run{'s' if runs != 1 else ''}: {', '.join(parts)} in {_clock(time.monotonic() - self.started)}"
+        took = _clock(time.monotonic() - self.started)
+        return f"watch: {runs} run{'s' if runs != 1 else ''}: {', '.join(parts)} in {took}"
 
 
 def _clock(seconds: float) -> str:

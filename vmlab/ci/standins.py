@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, NoReturn, Optional, Sequence
 
+from vmlab import host
 from vmlab.ci.records import JobRecord
 from vmlab.errors import ConfigError
 
@@ -51,10 +52,10 @@ def checkout(repo: Path, ws: Path) -> None:
         _put(repo / name, ws / name, link=False)
     git = ["git", "-C", str(ws), "-c", "user.name=vmlab rehearsal", "-c", "user.email=rehearsal@localhost",
            "-c", "commit.gpgsign=false"]
-    subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "add", "-f", "--pathspec-from-file=-", "--pathspec-file-nul"], check=True,
-                   input="\0".join(names).encode())
-    subprocess.run([*git, "commit", "-q", "--no-verify", "-m", "the rehearsal's checkout"], check=True)
+    what = "actions/checkout's stand-in"
+    host.run([*git, "init", "-q"], what)
+    host.run([*git, "add", "-f", "--pathspec-from-file=-", "--pathspec-file-nul"], what, input="\0".join(names))
+    host.run([*git, "commit", "-q", "--no-verify", "-m", "the rehearsal's checkout"], what)
 
 
 def as_sudo(argv: Sequence[str]) -> NoReturn:

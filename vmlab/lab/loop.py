@@ -24,8 +24,7 @@ from vmlab import suites as suite_runner
 from vmlab import sync as rsync
 from vmlab.command import CommandResult
 from vmlab.config import SuiteConfig, VMConfig
-from vmlab.errors import (Cancelled, GuestUnreachable, ProvisionError, RunIncomplete, SyncError, Terminated,
-                          VmlabError)
+from vmlab.errors import Cancelled, GuestUnreachable, ProvisionError, RunIncomplete, SyncError, Terminated, VmlabError
 from vmlab.lab import images, lifecycle, snapshotting
 from vmlab.lab.vmdir import VMDir
 from vmlab.openssh import SharedConnection

@@ -1,0 +1,149 @@
+"""Tasks that make what a VM starts from: the ISO, install, provision, verify, golden
+images (and their export and import), the image cache.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+from invoke.context import Context
+from invoke.exceptions import Exit
+from invoke.tasks import task
+
+from vmlab import golden as golden_images
+from vmlab.tasks.common import CONFIG_HELP, VM_HELP, cli, finish_run, lab_of, print_table, vm_name
+
+
+@task(help={"vm": VM_HELP, "config": CONFIG_HELP})
+@cli
+def install(c: Context, vm: Optional[str] = None, config: Optional[str] = None) -> None:
+    """Install the guest from its ISO over the serial console.
+
+    The installed disk is a cached checkpoint keyed by the ISO and the recipe.
+    """
+    print(lab_of(config).install(vm_name(vm)))
+
+
+@task(help={"vm": VM_HELP, "config": CONFIG_HELP})
+@cli
+def provision(c: Context, vm: Optional[str] = None, config: Optional[str] = None) -> None:
+    """Provision: the config's packages, from the base image.
+
+    Boots from the installed (or built) disk; a failed provision never redoes the install.
+    """
+    print(f"provisioned ({lab_of(config).provision(vm_name(vm))})")
+
+
+@task(help={"vm": VM_HELP, "config": CONFIG_HELP})
+@cli
+def verify(c: Context, vm: Optional[str] = None, config: Optional[str] = None) -> None:
+    """Run vmlab's privileged mount suite in the VM.
+
+    Every golden image must pass it.
+    """
+    finish_run(lab_of(config).verify(vm_name(vm)))
+
+
+@task(name="golden", help={"from_scratch": "reset the VM and run every phase: fetch, install, provision, verify",
+                           "vm": VM_HELP, "config": CONFIG_HELP})
+@cli
+def golden_task(c: Context, from_scratch: bool = False, vm: Optional[str] = None, config: Optional[str] = None) -> None:
+    """Make the VM's golden image: provisioned, verified.
+
+    Verified by the mount suite, with a clean snapshot; cached by its key. The VM is left
+    stopped: vm.start then starts it from the golden image by restoring.
+    """
+    gold = lab_of(config).make_golden(vm_name(vm), from_scratch=from_scratch)
+    print(f"golden image {gold.key}: {gold.dir}")
+
+
+@task(name="golden-key", help={"vm": VM_HELP, "config": CONFIG_HELP})
+@cli
+def golden_key(c: Context, vm: Optional[str] = None, config: Optional[str] = None) -> None:
+    """Print the golden image's key (a CI cache key).
+
+    A hash of everything that makes it; nothing is built. An ISO's checksum is part of it, so
+    a guest installed from one has its ISO fetched (verified) first: CI's first step on a fresh runner.
+    """
+    lab = lab_of(config)
+    if lab.profile(lab.vm(vm_name(vm))).iso:
+        lab.fetch_iso(vm_name(vm))
+    print(lab.golden_key(vm_name(vm)))
+
+
+@task(name="golden-export", help={"output": "file to write (default: golden-KEY.tar)", "vm": VM_HELP,
+                                  "config": CONFIG_HELP})
+@cli
+def golden_export(c: Context, output: Optional[str] = None, vm: Optional[str] = None,
+                  config: Optional[str] = None) -> None:
+    """Write the VM's golden image to one file."""
+    lab = lab_of(config)
+    v = lab.vm(vm_name(vm))
+    gold = lab.golden_of(v)
+    if gold is None:
+        raise Exit(f"vmlab: error: VM {v.name} has no golden image yet; make it: invoke vm.golden", code=2)
+    path = golden_images.export(gold, Path(output or f"golden-{gold.key}.tar"))
+    print(f"{path} ({path.stat().st_size >> 20} MiB, golden image {gold.key})")
+
+
+@task(name="golden-import", help={"input": "a file written by vm.golden-export", "config": CONFIG_HELP})
+@cli
+def golden_import(c: Context, input: str, config: Optional[str] = None) -> None:
+    """Load an exported golden image, verifying it."""
+    gold = golden_images.import_(lab_of(config).cache, Path(input))
+    print(f"golden image {gold.key}: {gold.dir}")
+
+
+@task(help={"offline": "use only the cache; never download", "vm": VM_HELP, "config": CONFIG_HELP})
+@cli
+def fetch(c: Context, offline: bool = False, vm: Optional[str] = None, config: Optional[str] = None) -> None:
+    """Download the guest's ISO: verified, resumable."""
+    got = lab_of(config).fetch_iso(vm_name(vm), offline=offline)
+    print(f"{got.path} (sha256 {got.sha256}, from {got.source})")
+
+
+@task(help={"offline": "use only the cache; never download", "vm": VM_HELP, "config": CONFIG_HELP})
+@cli
+def setup(c: Context, offline: bool = False, vm: Optional[str] = None, config: Optional[str] = None) -> None:
+    """Fetch (or build) the installer and make the disk."""
+    for key, value in lab_of(config).setup(vm_name(vm), offline=offline).items():
+        print(f"{key}: {value}")
+
+
+@task(help={"prune": "delete cached ISOs and partial downloads the config no longer uses",
+            "config": CONFIG_HELP, "json": "print JSON"})
+@cli
+def cache(c: Context, prune: bool = False, config: Optional[str] = None, json_: bool = False) -> None:
+    """List the cache: ISOs, images, golden images.
+
+    --prune deletes ISOs and partial downloads the config no longer uses.
+    """
+    lab = lab_of(config)
+    if prune:
+        for path in lab.prune_isos():
+            print(f"deleted {path}")
+    listing = lab.cache_listing()
+    if json_:
+        print(json.dumps(listing, indent=2, default=str))
+        return
+    print(f"cache: {lab.cache.root}")
+    rows = [("KIND", "NAME", "SIZE / BUILT", "SHA256 / PATH")]
+    rows += [("iso", iso["name"], f"{iso.get('size', 0) >> 20} MiB", str(iso.get("sha256"))[:16])
+             for iso in listing["isos"]]
+    rows += [(kind, entry["key"], entry["built_at"], entry["path"])
+             for kind, entries in listing["artefacts"].items() for entry in entries]
+    if len(rows) > 1:
+        print_table(rows)
+
+
+@task(help={"vm": VM_HELP, "config": CONFIG_HELP})
+@cli
+def image(c: Context, vm: Optional[str] = None, config: Optional[str] = None) -> None:
+    """Build (or find) the image a new VM disk starts from."""
+    lab = lab_of(config)
+    started = time.monotonic()
+    folder = lab.base(vm_name(vm))
+    print(f"{folder} ({time.monotonic() - started:.1f}s)")

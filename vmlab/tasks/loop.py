@@ -1,0 +1,118 @@
+"""Tasks of the edit-test loop and CI: sync, the suites (one, all, quick, on every save),
+the build command, the suite matrix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import List, Optional
+
+from invoke.context import Context
+from invoke.exceptions import Exit
+from invoke.tasks import task
+
+from vmlab import config as config_mod
+from vmlab.config import SuiteConfig
+from vmlab.tasks.common import CONFIG_HELP, VM_HELP, cli, finish_run, lab_of, print_table, vm_name
+
+RESTORE_HELP = "after a privileged suite fails, restore the 'clean' snapshot (default: restore_on_failure)"
+
+
+@task(help={"vm": VM_HELP, "config": CONFIG_HELP})
+@cli
+def sync(c: Context, vm: Optional[str] = None, config: Optional[str] = None) -> None:
+    """Copy the project into the guest with rsync.
+
+    Incremental, with --delete; .git and vm/ are never sent.
+    """
+    print(lab_of(config).sync(vm_name(vm)))
+
+
+@task(iterable=["suite"], help={"suite": "suite from vmlab.yaml (repeat for several)", "vm": VM_HELP,
+                                "config": CONFIG_HELP, "restore_on_failure": RESTORE_HELP})
+@cli
+def test(c: Context, suite: List[str], vm: Optional[str] = None, config: Optional[str] = None,
+         restore_on_failure: bool = False) -> None:
+    """Run test suites from vmlab.yaml in the guest.
+
+    Report, JUnit and logs go to vm/NAME/results/RUN/.
+    """
+    lab = lab_of(config)
+    if not suite:
+        raise Exit(f"vmlab: error: name a suite with --suite; configured: {', '.join(lab.config.suites) or 'none'}",
+                   code=2)
+    chosen = [lab.config.suite(name) for name in suite]
+    finish_run(lab.run_suites(chosen, vm_name(vm), restore_on_failure or lab.config.restore_on_failure))
+
+
+def _require_suites(cfg: config_mod.LabConfig) -> None:
+    if not cfg.suites:
+        raise Exit(f"vmlab: error: {cfg.source} has no suites (add them under 'suites:')", code=2)
+
+
+@task(name="test-all", help={"vm": VM_HELP, "config": CONFIG_HELP, "restore_on_failure": RESTORE_HELP})
+@cli
+def test_all(c: Context, vm: Optional[str] = None, config: Optional[str] = None,
+             restore_on_failure: bool = False) -> None:
+    """Run every suite in vmlab.yaml, in order."""
+    lab = lab_of(config)
+    _require_suites(lab.config)
+    finish_run(lab.run_suites(list(lab.config.suites.values()), vm_name(vm),
+                           restore_on_failure or lab.config.restore_on_failure))
+
+
+@task(help={"config": CONFIG_HELP, "json": "one line of JSON, {\"include\": [...]}: a CI matrix for fromJSON"})
+@cli
+def suites(c: Context, config: Optional[str] = None, json_: bool = False) -> None:
+    """List the suites (--json: a CI matrix of them)."""
+    cfg = config_mod.load(config)
+    _require_suites(cfg)  # an empty matrix would fail on GitHub with a message that names no file
+    matrix = config_mod.suite_matrix(cfg)
+    if json_:
+        print(json.dumps({"include": matrix}))  # one line: a $GITHUB_OUTPUT value
+        return
+    print_table([("NAME", "PRIVILEGED", "TIMEOUT", "COMMAND")] + [
+        (m["suite"], "yes" if m["privileged"] else "no", f"{m['timeout']}s", cfg.suites[m["suite"]].command)
+        for m in matrix])
+
+
+@task(help={"vm": VM_HELP, "config": CONFIG_HELP})
+@cli
+def build(c: Context, vm: Optional[str] = None, config: Optional[str] = None) -> None:
+    """Run the configured build command in the guest."""
+    lab = lab_of(config)
+    if not lab.config.build:
+        raise Exit(f"vmlab: error: {lab.config.source} has no 'build:' command", code=2)
+    finish_run(lab.run_suites([SuiteConfig(name="build", command=lab.config.build, timeout=3600)], vm_name(vm)))
+
+
+@task(help={"vm": VM_HELP, "config": CONFIG_HELP, "restore_on_failure": RESTORE_HELP})
+@cli
+def quick(c: Context, vm: Optional[str] = None, config: Optional[str] = None, restore_on_failure: bool = False) -> None:
+    """The edit-test loop: start if needed, sync, run 'quick'."""
+    lab = lab_of(config)
+    if not lab.config.quick:
+        raise Exit(f"vmlab: error: {lab.config.source} names no 'quick:' suite", code=2)
+    lab.up(vm_name(vm))
+    finish_run(lab.run_suites([lab.config.suite(lab.config.quick)], vm_name(vm),
+                           restore_on_failure or lab.config.restore_on_failure, sync_first=True))
+
+
+@task(help={"suite": "the suite to run on every change (default: the config's 'quick')",
+            "finish": "let a run finish when a change comes, then run again (default: cancel it and start over)",
+            "vm": VM_HELP, "config": CONFIG_HELP})
+@cli
+def watch(c: Context, suite: Optional[str] = None, finish: bool = False, vm: Optional[str] = None,
+          config: Optional[str] = None) -> None:
+    """Run the quick suite on every save, until Ctrl-C.
+
+    Keeps the SSH connection open and sends only what changed; one result line per run.
+    """
+    lab = lab_of(config)
+    name = suite or lab.config.quick
+    if not name:
+        raise Exit(f"vmlab: error: {lab.config.source} names no 'quick:' suite; name one with --suite", code=2)
+    lab.up(vm_name(vm))
+    logging.getLogger().setLevel(logging.WARNING)  # each run's result line says what it synced
+    lab.watch(lab.config.suite(name), vm_name(vm), finish=finish)
