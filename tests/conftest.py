@@ -114,6 +114,19 @@ def alive(pid: int) -> bool:
         return False
 
 
+def qemu_processes(folder: Path) -> List[str]:
+    """QEMU processes started for a VM folder, read from /proc (not from vmlab's own records)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "qemu-system" in cmdline and str(folder) in cmdline:
+            found.append(proc.name)
+    return found
+
+
 def kill_vms(root: Path) -> None:
     """Kill any QEMU still running for a VM of the project at `root`, and wait until it is gone."""
     for state_dir in (root / "vm").glob("*/"):

@@ -11,14 +11,12 @@ checks, qemu-img, xorriso, the recipe engine, dash running install.sh.
 
 from __future__ import annotations
 
-import bz2
 import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Dict
 
@@ -27,46 +25,31 @@ import pytest
 import dragonfly_guest
 import dragonfly_stubs
 from conftest import Project
+from dragonfly_mirror import ISO, config_for, fake_qemu_env, mirror_files
 from httpserver import FileServer
 from vmlab import config, doctor, guests, recipe, schema
 from vmlab.lab import Lab
 
-ISO = "dfly-x86_64-6.4.2_REL.iso"
 TESTS = Path(__file__).parent
 DOCS = TESTS.parent / "docs" / "dragonfly.md"
 
 
 @pytest.fixture
 def mirror():
-    payload = os.urandom(1 << 20)
-    packed = bz2.compress(payload)
-    md5 = f"MD5 ({ISO}.bz2) = {hashlib.md5(packed).hexdigest()}\nMD5 ({ISO}) = {hashlib.md5(payload).hexdigest()}\n"
-    with FileServer({f"/iso-images/{ISO}.bz2": packed, "/iso-images/md5.txt": md5.encode()}) as server:
+    with FileServer(mirror_files(1 << 20)) as server:
         yield server
 
 
 @pytest.fixture
 def dfly(project: Project, mirror: FileServer, tmp_path: Path) -> Project:
-    project.write_config(f"""
-        vms:
-          dfly: {{profile: dragonfly, accel: tcg, disk_size: 4G}}
-        profiles:
-          dragonfly: {{mirrors: ["{mirror.url}"]}}
-        cache_dir: cache
-        """)
+    project.write_config(config_for(mirror.url))
     return project
 
 
 @pytest.fixture
 def fake_qemu(tmp_path: Path) -> Dict[str, str]:
     """PATH with tests/fake_qemu.py first, named qemu-system-x86_64."""
-    bin_dir = tmp_path / "fake-bin"
-    bin_dir.mkdir()
-    qemu = bin_dir / "qemu-system-x86_64"
-    qemu.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(TESTS)!r})\n"
-                    "from fake_qemu import main\nsys.exit(main(sys.argv[1:]))\n")
-    qemu.chmod(0o755)
-    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "DFLY_SIM_TICK": "0.02"}
+    return fake_qemu_env(tmp_path / "fake-bin")
 
 
 def test_fetch_then_golden_key_prints_one_key(dfly: Project) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import INVOKE, Project, alive
+from conftest import INVOKE, Project, alive, qemu_processes
 from vmlab import config as config_mod
 from vmlab import golden
 from vmlab.cache import sha256_file
@@ -37,19 +37,6 @@ def golden_dir(project: Project) -> Path:
 def fingerprint(folder: Path) -> dict:
     return {name: (sha256_file(folder / name), oct((folder / name).stat().st_mode & 0o777))
             for name in golden.FROZEN}
-
-
-def qemu_processes(folder: Path) -> list:
-    """QEMU processes started for a VM folder, read from /proc (not from vmlab's own records)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if "qemu-system" in cmdline and str(folder) in cmdline:
-            found.append(proc.name)
-    return found
 
 
 def ssh(project: Project, vm: str, command: str) -> subprocess.CompletedProcess:

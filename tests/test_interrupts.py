@@ -11,7 +11,6 @@ fetch runs against tests/httpserver.py (no VM is needed to download).
 from __future__ import annotations
 
 import bz2
-import hashlib
 import json
 import os
 import queue
@@ -19,7 +18,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -28,7 +26,8 @@ from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 import pytest
 
-from conftest import INVOKE, Project
+from conftest import INVOKE, Project, qemu_processes
+from dragonfly_mirror import ISO, config_for, fake_qemu_env, mirror_files
 from httpserver import FileServer
 from vmlab.lab import lifecycle
 from vmlab.machine import Machine
@@ -44,19 +43,6 @@ def ssh_masters() -> Set[int]:
     found = subprocess.run(["pgrep", "-f", rf"^ssh: {runtime}/vmlab-[0-9]+/.*\[mux\]|^ssh .*ControlPath=.*{runtime}"],
                            capture_output=True, text=True)
     return {int(p) for p in found.stdout.split()}
-
-
-def qemu_of(folder: Path) -> List[str]:
-    """QEMU processes started for a VM folder, read from /proc (not from vmlab's records)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if "qemu-system" in cmdline and str(folder) in cmdline:
-            found.append(proc.name)
-    return found
 
 
 class Running:
@@ -182,7 +168,7 @@ def test_start_of_a_golden_copy(lab: Project, sig: int, point: str, after: float
     run = Running(lab, "vm.start")
     run.wait_for(point)
     run.stop(sig, after)
-    assert Machine("default", vm_folder(lab)).pid() is None and not qemu_of(vm_folder(lab))
+    assert Machine("default", vm_folder(lab)).pid() is None and not qemu_processes(vm_folder(lab))
     again = lab.invoke("vm.start")
     assert again.returncode == 0 and "restored to 'clean', not booted" in again.stderr, again.stderr
 
@@ -252,30 +238,22 @@ def test_suite(lab: Project, sig: int) -> None:
 def test_fetch(project: Project, sig: int, runtime_dir) -> None:
     """A download cut half-way: one line, the resumable partial kept (and nothing in the place
     a later run trusts); the next fetch resumes it and verifies the whole."""
-    iso = "dfly-x86_64-6.4.2_REL.iso"
-    payload = os.urandom(4 << 20)
-    packed = bz2.compress(payload)
-    md5 = f"MD5 ({iso}.bz2) = {hashlib.md5(packed).hexdigest()}\nMD5 ({iso}) = {hashlib.md5(payload).hexdigest()}\n"
-    with FileServer({f"/iso-images/{iso}.bz2": packed, "/iso-images/md5.txt": md5.encode()}) as mirror:
-        project.write_config(f"""
-            vms:
-              dfly: {{profile: dragonfly, accel: tcg, disk_size: 4G}}
-            profiles:
-              dragonfly: {{mirrors: ["{mirror.url}"]}}
-            cache_dir: cache
-            """)
+    files = mirror_files(4 << 20)
+    packed = files[f"/iso-images/{ISO}.bz2"]
+    with FileServer(files) as mirror:
+        project.write_config(config_for(mirror.url))
         mirror.rate = len(packed) / 20  # 20 s for the whole file
         run = Running(project, "vm.fetch")
         run.wait_for(r"fetching .*\.iso")
         run.stop(sig, 2.0)
         isos = project.root / "cache" / "isos"
-        assert not (isos / iso).exists(), sorted(p.name for p in isos.iterdir())
+        assert not (isos / ISO).exists(), sorted(p.name for p in isos.iterdir())
         assert [p for p in isos.iterdir() if p.name.endswith(".partial") and p.stat().st_size > 0], \
             sorted(p.name for p in isos.iterdir())
         mirror.rate = None
         again = project.invoke("vm.fetch")
         assert again.returncode == 0, again.stderr
-        assert (isos / iso).read_bytes() == payload
+        assert (isos / ISO).read_bytes() == bz2.decompress(packed)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -283,30 +261,14 @@ def test_install(project: Project, sig: int, runtime_dir, tmp_path: Path) -> Non
     """An install cut while install.sh runs (tests/fake_qemu.py plays DragonFly's live CD: no
     real VM is needed to drive the installer): one line, the installer's QEMU gone, no installed
     image in the cache, and the next install works."""
-    iso = "dfly-x86_64-6.4.2_REL.iso"
-    payload = os.urandom(1 << 20)
-    packed = bz2.compress(payload)
-    md5 = f"MD5 ({iso}.bz2) = {hashlib.md5(packed).hexdigest()}\nMD5 ({iso}) = {hashlib.md5(payload).hexdigest()}\n"
-    bin_dir = tmp_path / "fake-bin"
-    bin_dir.mkdir()
-    qemu = bin_dir / "qemu-system-x86_64"
-    qemu.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-                    "from fake_qemu import main\nsys.exit(main(sys.argv[1:]))\n")
-    qemu.chmod(0o755)
-    fake = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "DFLY_SIM_TICK": "0.02"}
-    with FileServer({f"/iso-images/{iso}.bz2": packed, "/iso-images/md5.txt": md5.encode()}) as mirror:
-        project.write_config(f"""
-            vms:
-              dfly: {{profile: dragonfly, accel: tcg, disk_size: 4G}}
-            profiles:
-              dragonfly: {{mirrors: ["{mirror.url}"]}}
-            cache_dir: cache
-            """)
+    fake = fake_qemu_env(tmp_path / "fake-bin")
+    with FileServer(mirror_files(1 << 20)) as mirror:
+        project.write_config(config_for(mirror.url))
         assert project.invoke("vm.fetch").returncode == 0
         run = Running(project, "vm.install", env=fake)
         run.wait_for(r"install\.sh, run by PFI")
         run.stop(sig, 0.5)
-        assert not qemu_of(project.root / "vm" / "dfly")
+        assert not qemu_processes(project.root / "vm" / "dfly")
         assert not list((project.root / "cache").glob("*/*/keys/id_ed25519.pub"))  # no installed image
         again = project.invoke("vm.install", env=fake, timeout=300)
         assert again.returncode == 0 and "installed in" in again.stderr, again.stderr
@@ -361,7 +323,7 @@ def test_provision(project: Project, runtime_dir, vm_ready) -> None:
     run.wait_for(r"installing what the config asks for", timeout=300)
     run.stop(signal.SIGINT, 3.0)
     folder = project.root / "vm" / "default"
-    assert Machine("default", folder).pid() is None and not qemu_of(folder)
+    assert Machine("default", folder).pid() is None and not qemu_processes(folder)
     assert not (folder / "provisioned.json").exists()
     again = project.invoke("vm.provision", timeout=900)
     assert again.returncode == 0, again.stderr[-2000:]
