@@ -225,6 +225,9 @@ def test_a_failed_provision_says_what_pkg_said_and_the_next_golden_reuses_the_in
         in failed.stderr
     assert f"pkg: {why}" in failed.stderr and "provision.sh: pkg update failed (its output is above)" in failed.stderr
     assert not list((dfly.root / "cache" / "golden").glob("*/manifest.json"))
+    assert "VM dfly: stopping it (it was booted for the golden image)" in failed.stderr  # as building.py promises
+    left = subprocess.run(["pgrep", "-af", str(dfly.root)], capture_output=True, text=True).stdout
+    assert not left, left
     again = dfly.invoke("vm.golden", "--from-scratch", "--vm", "dfly", env=fake_qemu, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "install" in again.stderr and "is cached" in again.stderr and "installing from" not in again.stderr

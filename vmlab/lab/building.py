@@ -160,10 +160,18 @@ def make_golden(lab: "Lab", vm: VMConfig, vmdir: VMDir, from_scratch: bool = Fal
     if gold:
         log.info("golden image %s (same inputs) is cached in %s: VM %s now runs from it", key, gold.dir, vm.name)
     else:
-        provision(lab, vm, vmdir)
-        if vmdir.machine.pid() is None:
-            lifecycle.start(lab, vm, vmdir)
-        verify(lab, vm, vmdir)
+        was_running = vmdir.machine.pid() is not None
+        try:
+            provision(lab, vm, vmdir)
+            if vmdir.machine.pid() is None:
+                lifecycle.start(lab, vm, vmdir)
+            verify(lab, vm, vmdir)
+        except BaseException:  # a failure or Ctrl-C: the VM this booted does not outlive it
+            if not was_running and vmdir.machine.pid() is not None:
+                log.warning("VM %s: stopping it (it was booted for the golden image); `invoke vm.start --vm %s` "
+                            "boots it again to look", vm.name, vm.name)
+                lifecycle.stop(lab, vm, vmdir, soft_timeout=0)
+            raise
         with vmdir.lock():
             log.info("VM %s: powering off so its disk is consistent", vm.name)
             lifecycle.close_connection(lab, vm, vmdir)
