@@ -178,7 +178,7 @@ def test_a_project_carries_its_own_guest_and_vmlab_uses_it(project, vm_ready) ->
     after a restore; `guests: [guests]` makes vmlab use that copy instead of its own."""
     import shutil
 
-    from vmlab.config import GUESTS_DIR
+    from vmlab.schema import GUESTS_DIR
 
     own = project.root / "guests" / "debian"
     shutil.copytree(GUESTS_DIR / "debian", own)
