@@ -37,17 +37,23 @@ STEPS = [  # (what the step is, the line that starts it), in order
 
 
 def run(clone: Path, cache: Path) -> tuple:
-    """Runs `make vm-main`; returns (seconds, {step: seconds from the start}, output)."""
+    """Runs `make vm-main`; returns (seconds, {step: seconds from the start}, output, the longest
+    silence: (seconds without an output line, the line after it))."""
     env = dict(os.environ, VMLAB_CACHE=str(cache))
     env.pop("VM", None)
     started = time.monotonic()
     seen: dict = {}
     lines = []
+    last, silence = started, (0.0, "")
     proc = subprocess.Popen(["make", "vm-main"], cwd=clone, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:
         lines.append(line)
+        now = time.monotonic()
+        if now - last > silence[0]:
+            silence = (now - last, line.strip()[:100])
+        last = now
         for name, pattern in STEPS:
             if name not in seen and re.search(pattern, line):
                 seen[name] = time.monotonic() - started
@@ -56,7 +62,7 @@ def run(clone: Path, cache: Path) -> tuple:
     if status != 0:
         sys.stderr.write("".join(lines[-40:]))
         raise SystemExit(f"make vm-main failed (exit {status})")
-    return total, seen, "".join(lines)
+    return total, seen, "".join(lines), silence
 
 
 def main() -> int:
@@ -64,9 +70,9 @@ def main() -> int:
         clone, cache = Path(tmp) / "vmlab", Path(tmp) / "cache"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
         print("first run: a fresh clone, an empty cache ...", flush=True)
-        first, steps, _ = run(clone, cache)
+        first, steps, _, quiet = run(clone, cache)
         print("second run: the same clone and cache ...", flush=True)
-        second, _, _ = run(clone, cache)
+        second, _, _, _ = run(clone, cache)
         subprocess.run(["make", "-s", "vm-stop", "VM=rehearsal"], cwd=clone,
                        env=dict(os.environ, VMLAB_CACHE=str(cache)), capture_output=True)
     print()
@@ -75,6 +81,7 @@ def main() -> int:
     for i, name in enumerate(names):
         end = steps[names[i + 1]] if i + 1 < len(names) else first
         print(f"  {name:<42} {end - steps[name]:6.0f} s")
+    print(f"  longest time without a progress line: {quiet[0]:.0f} s, before: {quiet[1]}")
     print(f"make vm-main again (everything cached):             {second:5.1f} s")
     return 0
 
