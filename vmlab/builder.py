@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Dict
@@ -24,6 +25,7 @@ from vmlab import apt, host
 from vmlab.cache import ArtefactCache, key_of
 from vmlab.errors import ImageBuildError
 from vmlab.guests import Profile
+from vmlab.progress import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +81,22 @@ def _build(cache: ArtefactCache, profile: Profile, section: str, facts: Dict[str
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True, process_group=0)
             assert proc.stdout is not None
+            step, step_started = "starting", time.monotonic()
+
+            def still(_: float) -> str:
+                last = tail[-1].strip() if tail else ""
+                return (f"  ... {step}: {time.monotonic() - step_started:.0f} s so far"
+                        + (f" ({last[:90]})" if last and not last.startswith("vmlab-step:") else ""))
+
             try:
-                for line in proc.stdout:
-                    logfile.write(line)
-                    tail.append(line.rstrip())
-                    if line.startswith("vmlab-step:"):
-                        log.info("  %s", line.split(":", 1)[1].strip())
-                rc = proc.wait()
+                with Heartbeat(log, still):
+                    for line in proc.stdout:
+                        logfile.write(line)
+                        tail.append(line.rstrip())
+                        if line.startswith("vmlab-step:"):
+                            step, step_started = line.split(":", 1)[1].strip(), time.monotonic()
+                            log.info("  %s", step)
+                    rc = proc.wait()
             except BaseException:
                 _stop_group(proc)
                 raise

@@ -363,3 +363,11 @@ def last_line(path: Path) -> str:
     """The last line of `path` that is not blank: what a booting guest printed last."""
     lines = [line for line in ESCAPES.sub("", tail(path, 5)).splitlines() if line.strip()]
     return " ".join(lines[-1].split()) if lines else ""  # boot menus pad with runs of spaces
+
+
+def console_now(path: Path, width: int = 80) -> str:
+    """The console's last line for one line of progress: its end, cut at a word."""
+    line = last_line(path)
+    if not line:
+        return "(nothing yet)"
+    return line if len(line) <= width else "..." + line[-width:].split(" ", 1)[-1]

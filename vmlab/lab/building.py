@@ -20,7 +20,8 @@ from vmlab.console import Console
 from vmlab.errors import ConsoleError, PrerequisiteMissing, ProvisionError
 from vmlab.lab import images, lifecycle, loop
 from vmlab.lab.vmdir import Origin, OriginKind, VMDir
-from vmlab.machine import Machine, MachineSpec
+from vmlab.machine import Machine, MachineSpec, console_now
+from vmlab.progress import Heartbeat
 from vmlab.qmp import Monitor
 from vmlab.ssh import GuestSSH
 
@@ -77,10 +78,12 @@ def _run_install(lab: "Lab", vm: VMConfig, vmdir: VMDir, rec: recipe.Recipe, med
         with runner.launched(spec):
             log.info("VM %s: installing from %s over the serial console (%s; transcript %s)", vm.name,
                      medium.name, rec.description, runner.console_log)
-            with Console(runner.console_socket, fails=rec.fails) as con:
-                rec.run(con, {"vm": vm.name})
-            if not runner.wait_stopped(120):
-                raise ConsoleError(f"VM {vm.name}: the install powered off, but QEMU still runs after 120s")
+            with Heartbeat(log, lambda t: f"  ... installing: {t:.0f} s so far; console: "
+                                          f"{console_now(runner.console_log)}"):
+                with Console(runner.console_socket, fails=rec.fails) as con:
+                    rec.run(con, {"vm": vm.name})
+                if not runner.wait_stopped(120):
+                    raise ConsoleError(f"VM {vm.name}: the install powered off, but QEMU still runs after 120s")
     except ConsoleError as e:
         raise ConsoleError(f"VM {vm.name}: the install failed: {e}\nFull transcript: {runner.console_log}") from None
     finally:

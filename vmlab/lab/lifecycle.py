@@ -23,7 +23,7 @@ from vmlab.errors import GuestUnreachable, PrerequisiteMissing, RunIncomplete, S
 from vmlab.keys import LabKeys
 from vmlab.lab import images
 from vmlab.lab.vmdir import SUSPEND, VMDir
-from vmlab.machine import MachineSpec, MachineStatus, State, last_line, tail
+from vmlab.machine import MachineSpec, MachineStatus, State, console_now, tail
 from vmlab.openssh import SharedConnection
 from vmlab.qmp import Monitor
 from vmlab.ssh import GuestSSH
@@ -145,7 +145,7 @@ def wait_for_ssh(lab: "Lab", vm: VMConfig, vmdir: VMDir, timeout: float) -> Gues
         ssh.wait_ready(timeout, check=machine.assert_alive,
                        progress=lambda t, why: log.info(
                            "  still booting after %.0fs (%s); console: %s", t, why,
-                           _shorten(last_line(machine.console_log)) or "(nothing yet)"))
+                           console_now(machine.console_log)))
     except GuestUnreachable as e:
         raise GuestUnreachable(f"VM {vm.name}: {e}.\nLast console lines ({machine.console_log}):\n"
                                f"{tail(machine.console_log, 15)}") from None
@@ -237,10 +237,3 @@ def _login_prompt(vmdir: VMDir) -> str:
         console.connect(str(vmdir.machine.console_socket))
         console.sendall(b"\r")
         return vmdir.machine.wait_console(r"login:\s*$", timeout=60)
-
-
-def _shorten(line: str, width: int = 80) -> str:
-    """The end of a long console line, cut at a word, for one line of progress."""
-    if len(line) <= width:
-        return line
-    return "..." + line[-width:].split(" ", 1)[-1]
