@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from conftest import INVOKE, Project
-from vmlab import keys
+from vmlab import keys, suites
 from vmlab.errors import HostKeyMismatch
 from vmlab.ssh import GuestSSH
 
@@ -121,13 +121,13 @@ def test_a_suite_is_judged_by_its_junit_too(sample: Project) -> None:
     config.write_text(yaml.safe_dump(settings))
     result = sample.invoke("vm.test-all", "--config", str(config))
     assert result.returncode == 1, result.stdout + result.stderr
-    suites = {s["name"]: s for s in report_of(result.stdout)["suites"]}
-    lied = suites["exits-0-with-a-failure"]
+    by_name = {s["name"]: s for s in report_of(result.stdout)["suites"]}
+    lied = by_name["exits-0-with-a-failure"]
     assert (lied["exit_code"], lied["status"], lied["passed"], lied["failed"]) == (0, "failed", 1, 1)
     assert "exit 0, but 1 of its 2 tests failed" in lied["note"]
-    assert "it wrote no JUnit file at sample/out/never.xml" in suites["writes-no-junit"]["note"]
-    assert "its JUnit file is not valid XML" in suites["writes-garbage"]["note"]
-    told_wrong = suites["unit-told-wrong"]  # the sample's own suite reports its failing check in JUnit
+    assert "it wrote no JUnit file at sample/out/never.xml" in by_name["writes-no-junit"]["note"]
+    assert "its JUnit file is not valid XML" in by_name["writes-garbage"]["note"]
+    told_wrong = by_name["unit-told-wrong"]  # the sample's own suite reports its failing check in JUnit
     assert (told_wrong["status"], told_wrong["passed"], told_wrong["failed"]) == ("failed", 1, 1)
     assert [f["name"] for f in told_wrong["failing"]] == ["greeting from the environment"], told_wrong
 
@@ -295,6 +295,36 @@ def test_a_suite_runs_in_its_workdir(sample: Project) -> None:
     result = sample.invoke("vm.test", "--suite", "in-data", "--config", str(config))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines()[0].endswith("/sample/data")
+
+
+@pytest.mark.parametrize("command, plain", [
+    ("go test -run=TestMount ./...", True), ("make check", True), ("sh checks/unit.sh", True),
+    ("cat data/*.txt", False), ("echo $HOME", False), ("ls ~", False), ("a && b", False), ("a; b", False),
+    ("echo 'quoted'", False), ("GREETING=hi printenv GREETING", False), ("cd data", False), ("exit 3", False),
+    ("", False)])
+def test_which_commands_skip_the_shell(command: str, plain: bool) -> None:
+    assert suites.plain_command(command) is plain
+
+
+def test_a_plain_command_runs_as_a_shell_would_run_it(sample: Project) -> None:
+    """A one-program command is exec'd without `sh -c` (suites.plain_command): it must still
+    get its environment and work folder, and what only a shell can run must still run."""
+    config = config_with(sample, "plain.yaml", suites={
+        "plain": {"command": "printenv GREETING", "env": {"GREETING": "hi there"}, "workdir": "data"},
+        "plain-in-workdir": {"command": "ls input.txt", "workdir": "data"},
+        "builtin": {"command": "exit 3"},
+        "assignment": {"command": "GREETING=set-here printenv GREETING"},
+        "missing": {"command": "no-such-program --flag"},
+    }, quick="plain")
+    result = sample.invoke("vm.test-all", "--config", str(config))
+    assert result.returncode == 1, result.stdout + result.stderr
+    by_name = {s["name"]: s for s in report_of(result.stdout)["suites"]}
+    assert by_name["plain"]["status"] == "passed" and "hi there" in Path(by_name["plain"]["log"]).read_text()
+    assert by_name["plain-in-workdir"]["status"] == "passed"
+    assert (by_name["builtin"]["status"], by_name["builtin"]["exit_code"]) == ("failed", 3)
+    assert by_name["assignment"]["status"] == "passed"
+    assert "set-here" in Path(by_name["assignment"]["log"]).read_text()
+    assert (by_name["missing"]["status"], by_name["missing"]["exit_code"]) == ("failed", 127)
 
 
 def test_ssh_dying_mid_run_is_exit_2_with_the_results_so_far(sample: Project) -> None:

@@ -38,6 +38,7 @@ class GuestSSH:
     def __init__(self, port: int, user: str, keys: LabKeys, host: str = "127.0.0.1"):
         self.port, self.user, self.keys, self.host = port, user, keys, host
         self._client: Optional[paramiko.SSHClient] = None
+        self.last_error = "no attempt yet"  # why the last wait_ready attempt failed
 
     def __enter__(self) -> "GuestSSH":
         return self
@@ -75,38 +76,34 @@ class GuestSSH:
             raise
         self._client = client
 
-    def wait_ready(self, timeout: float, check: Callable[[], None] = lambda: None,
-                   progress: Optional[Callable[[float, str], None]] = None) -> float:
+    def wait_ready(self, timeout: float, check: Callable[[], None] = lambda: None) -> float:
         """Retry until a command runs, under one deadline with backoff; returns the seconds it took.
 
-        `check` is called between attempts and may raise (QEMU died); `progress(elapsed,
-        last_error)` is called about every 10 s so a long boot is never silent.
+        `check` is called between attempts and may raise (QEMU died). `last_error` says why
+        the latest attempt failed, for a caller's progress line (progress.Heartbeat).
         """
         import paramiko
 
         started = time.monotonic()
-        delay, last_error, next_report = 0.5, "no attempt yet", started + 10
+        delay, self.last_error = 0.5, "no attempt yet"
         while True:
             check()
             try:
                 self.connect(timeout=min(10.0, max(1.0, timeout - (time.monotonic() - started))))
                 if self.run("true", timeout=30).exit_status == 0:
                     return time.monotonic() - started
-                last_error = "`true` did not succeed"
+                self.last_error = "`true` did not succeed"
             except HostKeyMismatch:
                 raise
             except paramiko.AuthenticationException as e:
-                last_error = f"authentication failed ({e}): the guest does not accept this lab's key"
+                self.last_error = f"authentication failed ({e}): the guest does not accept this lab's key"
             except (OSError, EOFError, paramiko.SSHException) as e:  # not up yet, while it boots
-                last_error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                self.last_error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             self.close()
             now = time.monotonic()
             if now - started >= timeout:
                 raise GuestUnreachable(f"SSH on 127.0.0.1:{self.port} did not answer within {timeout:.0f}s "
-                                       f"(last error: {last_error})")
-            if progress and now >= next_report:
-                progress(now - started, last_error)
-                next_report = now + 10
+                                       f"(last error: {self.last_error})")
             time.sleep(min(delay, max(0.0, timeout - (now - started))))
             delay = min(delay * 1.5, 3.0)
 

@@ -31,6 +31,9 @@ STAMP_SUFFIX = ".vmlab-synced"  # beside the guest's copy: <guest_dir>.vmlab-syn
 log = logging.getLogger(__name__)
 RSYNC_LOST_CONNECTION = 12  # rsync's "error in rsync protocol data stream": its remote shell went away
 NOT_SYNCED = 97  # what a suite's session exits with when the host gave up before syncing
+# A file's time in the guest moves in clock ticks (4 ms at HZ=250, 10 ms at DragonFly's HZ=100):
+# the suite must not write in the stamp's tick, or -cnewer would miss it next time.
+STAMP_TICK = 0.02
 
 
 @dataclass(frozen=True)
@@ -164,19 +167,20 @@ class SyncGate:
             fresh = (f'[ -d {shlex.quote(folder)} ] && {{ read -r t < "$s"; }} 2>/dev/null && '
                      f'[ "$t" = {shlex.quote(str(expected))} ] && '
                      f'changed=$({self._find_changed(folder)}) && [ -z "$changed" ]')
-        # After the stamp, wait out the clock's tick: a file the suite writes in that same
-        # tick would have the stamp's ctime, and -cnewer would not see it next time.
+        # After the stamp, the suite waits out its tick (STAMP_TICK): here for the host's answer,
+        # which answer() holds back that long (no `sleep` exec: ~50 ms each under TCG); after
+        # a sync, with a `sleep`, as those sessions ran rsync or tar already.
         applied = "fresh"
         if self._inline_lines and fresh != "false":
             fresh += (f" && {{ ( cd {shlex.quote(folder)} && {self._inline_lines} ) || exit {delta.DELTA_FAILED}; }} "
-                      f'&& echo {self.token} > "$s" && sleep 0.02')
+                      f'&& echo {self.token} > "$s"')
             applied = "applied"
         return (f"s={shlex.quote(folder + STAMP_SUFFIX)}\n"
                 f"if {fresh}; then echo {self.MARK}{applied} $$; else echo {self.MARK}stale $$; fi\n"
                 f"read -r answer || exit {NOT_SYNCED}\n"
                 f'if [ "$answer" != go ]; then\n'
                 f'  case "$answer" in delta*) {delta.guest_apply(folder)};; synced) ;; *) exit {NOT_SYNCED};; esac\n'
-                f'  echo {self.token} > "$s" && sleep 0.02\nfi\n')
+                f'  echo {self.token} > "$s" && sleep {STAMP_TICK}\nfi\n')
 
     def _find_changed(self, folder: str) -> str:
         """find(1) for what changed in the guest's copy since the stamp, but in what rsync
@@ -198,6 +202,7 @@ class SyncGate:
             self._remember()
             self.sent = self.inline
             log.info("synced %s: %s, only what changed (no rsync scan)", self.project_dir, self.inline)
+            time.sleep(STAMP_TICK)  # the stamp was written before this line was sent: its tick is over after
             return b"go\n"
         fresh = line == self.MARK + "fresh"
         if fresh and self.last.get("digest") == self.digest:

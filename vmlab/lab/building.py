@@ -182,8 +182,9 @@ def make_golden(lab: "Lab", vm: VMConfig, vmdir: VMDir, from_scratch: bool = Fal
             origin = vmdir.origin()
             assert origin is not None  # provision made the disk
             kernel_files = {f.name: f for f in images.boot_files(lab, vm, origin.path).values() if isinstance(f, Path)}
-            gold = golden.make(lab.cache, key, inputs, vmdir.disk, kernel_files, lifecycle.keys_for(lab, vmdir),
-                               lambda clean: _snapshot_clean(lab, vm, vmdir, clean))
+            with Heartbeat(log, lambda t: f"  ... making the golden image: {t:.0f} s so far"):
+                gold = golden.make(lab.cache, key, inputs, vmdir.disk, kernel_files, lifecycle.keys_for(lab, vmdir),
+                                   lambda clean: _snapshot_clean(lab, vm, vmdir, clean))
     lifecycle.discard_disk(lab, vm, vmdir)  # captured in the golden image; vm.start now restores from it
     log.info("VM %s: golden image %s is ready; `invoke vm.start --vm %s` starts from it by restoring "
              "'clean'", vm.name, gold.key, vm.name)
@@ -207,7 +208,9 @@ def _snapshot_clean(lab: "Lab", vm: VMConfig, vmdir: VMDir, clean_qcow2: Path) -
         with runner.launched(spec) as status:
             log.info("golden image: booting it to take the %r snapshot (console: %s)", golden.SNAPSHOT,
                      runner.console_log)
-            with GuestSSH(status.ssh_port or 0, vm.ssh_user, gold_keys) as ssh:
+            with GuestSSH(status.ssh_port or 0, vm.ssh_user, gold_keys) as ssh, \
+                    Heartbeat(log, lambda t: f"  still booting after {t:.0f}s ({ssh.last_error}); console: "
+                                             f"{console_now(runner.console_log)}"):
                 ssh.wait_ready(vm.boot_timeout, check=runner.assert_alive)
             with Monitor(runner.qmp_socket, timeout=60) as mon:
                 mon.command("stop")

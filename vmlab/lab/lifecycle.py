@@ -25,6 +25,7 @@ from vmlab.lab import images
 from vmlab.lab.vmdir import SUSPEND, VMDir
 from vmlab.machine import MachineSpec, MachineStatus, State, console_now, tail
 from vmlab.openssh import SharedConnection
+from vmlab.progress import Heartbeat
 from vmlab.qmp import Monitor
 from vmlab.ssh import GuestSSH
 
@@ -142,10 +143,9 @@ def wait_for_ssh(lab: "Lab", vm: VMConfig, vmdir: VMDir, timeout: float) -> Gues
     machine = vmdir.machine
     ssh = GuestSSH(machine.state()["ssh_port"], vm.ssh_user, keys_for(lab, vmdir))
     try:
-        ssh.wait_ready(timeout, check=machine.assert_alive,
-                       progress=lambda t, why: log.info(
-                           "  still booting after %.0fs (%s); console: %s", t, why,
-                           console_now(machine.console_log)))
+        with Heartbeat(log, lambda t: f"  still booting after {t:.0f}s ({ssh.last_error}); console: "
+                                      f"{console_now(machine.console_log)}"):
+            ssh.wait_ready(timeout, check=machine.assert_alive)
     except GuestUnreachable as e:
         raise GuestUnreachable(f"VM {vm.name}: {e}.\nLast console lines ({machine.console_log}):\n"
                                f"{tail(machine.console_log, 15)}") from None
