@@ -15,7 +15,7 @@ import pytest
 
 from conftest import Project, alive
 from test_accel import kvm_boots_linux
-from vmlab import accel, builder, config, guests, schema
+from vmlab import accel, builder, config, doctor, guests, schema
 from vmlab.cache import ArtefactCache
 from vmlab.lab import Lab
 from vmlab.qmp import Monitor
@@ -133,3 +133,59 @@ def test_doctor_names_too_little_memory(project: Project) -> None:
     assert result.returncode == 1, result.stdout + result.stderr
     assert re.search(r"^FAIL memory .* the largest VM wants 4096\.0 GiB$", result.stdout, re.M), result.stdout
     assert "fix: stop other VMs (invoke vm.status) or lower 'memory' in vmlab.yaml" in result.stdout
+
+
+@pytest.fixture
+def small_state_disk(project: Project, request: pytest.FixtureRequest):
+    """The project's vm/ folder on a tmpfs of the size the test names (a limit, not memory
+    taken), unmounted at the end whatever happened. The cache is put on it too (VMLAB_CACHE)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    state = project.root / "vm"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={request.param}", "vmlab-doctor-test", str(state)],
+                   check=True)
+    try:
+        yield project
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+def doctor_on(project: Project) -> subprocess.CompletedProcess:
+    """vm.doctor with the cache on the vm/ tmpfs, and no KVM device (so no accelerator probe runs)."""
+    project.write_config("vms:\n  default: {memory: 256}\n")
+    return project.invoke("vm.doctor", env={"VMLAB_CACHE": str(project.root / "vm" / "cache"),
+                                            "VMLAB_KVM_DEVICE": str(project.root / "no-kvm")}, timeout=120)
+
+
+def disk_lines(result: subprocess.CompletedProcess) -> list:
+    return [line for line in result.stdout.splitlines() if line[5:].startswith("disk ")]
+
+
+@pytest.mark.parametrize("small_state_disk", ["16m", f"{(doctor.MIN_FREE_DISK >> 10) - 4}k"], indirect=True,
+                         ids=["16MiB", "10GiB-less-a-page"])
+def test_doctor_with_little_free_disk_names_it_with_the_fix_and_exits_2(small_state_disk: Project) -> None:
+    project = small_state_disk
+    result = doctor_on(project)
+    assert result.returncode == 2, result.stdout + result.stderr
+    state, cache = project.root / "vm", project.root / "vm" / "cache"
+    lines = disk_lines(result)
+    assert len(lines) == 2, result.stdout
+    assert re.fullmatch(rf"FAIL disk +\d+\.\d GiB free where vm/ lives \({re.escape(str(state))}\)", lines[0])
+    assert re.fullmatch(rf"FAIL disk +\d+\.\d GiB free where cache lives \({re.escape(str(cache))}\)", lines[1])
+    shown = [float(line.split()[2]) for line in lines]
+    assert all(gib < doctor.MIN_FREE_DISK / 2**30 for gib in shown), lines  # never "10.0 GiB free" and FAIL
+    fix = "fix: free space there (vmlab wants 10 GiB), or prune the cache: invoke vm.cache --prune"
+    assert result.stdout.count(fix) == 2
+    failing = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
+    assert failing == lines  # exit 2 is the disk's: nothing else failed
+    assert "2 problem(s) found" in result.stderr
+
+
+@pytest.mark.parametrize("small_state_disk", [f"{doctor.MIN_FREE_DISK >> 10}k"], indirect=True, ids=["10GiB"])
+def test_doctor_with_enough_free_disk_says_ok(small_state_disk: Project) -> None:
+    """The same tmpfs, as big as vmlab wants: both lines ok, exit 0."""
+    result = doctor_on(small_state_disk)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [line.split()[:2] for line in disk_lines(result)] == [["ok", "disk"], ["ok", "disk"]], result.stdout
+    assert "10.0 GiB free where vm/ lives" in result.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -14,6 +15,7 @@ from conftest import INVOKE, Project, alive, qemu_processes
 from vmlab import config as config_mod
 from vmlab import golden
 from vmlab.cache import sha256_file
+from vmlab.errors import ImageBuildError
 from vmlab.lab import Lab
 
 
@@ -227,3 +229,133 @@ def test_clone_of_names_the_vm_whose_golden_image_a_new_vm_starts_from(lab_with_
         assert restarted.returncode == 0, restarted.stderr
     finally:
         assert project.invoke("vm.destroy", "--yes", "--vm", "c1", "--config", str(two)).returncode == 0
+
+
+# --- verify: a golden image whose files changed after it was made is refused ---
+
+
+@pytest.fixture
+def small_golden(project: Project) -> golden.Golden:
+    """A golden image made by golden.make from a small real qcow2 in the project's own cache
+    (test_hostile_inputs.make_golden). Not real: its 'clean' snapshot (taking one boots a
+    guest) and its kernel (a few bytes); verify reads only the files' bytes and the manifest."""
+    from test_hostile_inputs import make_golden
+
+    gold = make_golden(project, project.root / "cache")
+    return gold
+
+
+def export_of(project: Project, out: Path) -> subprocess.CompletedProcess:
+    """vm.golden-export verifies the image first: the CLI path a user takes with a golden image."""
+    return project.invoke("vm.golden-export", "--output", str(out), env={"VMLAB_CACHE": str(project.root / "cache")})
+
+
+def refused(result: subprocess.CompletedProcess, *names: Path) -> str:
+    """The CLI's one-line error (exit 1, no traceback), naming each of `names`."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.startswith("vmlab: error: "), result.stderr
+    for name in names:
+        assert str(name) in result.stderr, result.stderr
+    return result.stderr
+
+
+def flip_a_byte(path: Path, where: int) -> None:
+    """Change one byte in place: same file (inode), same size. The files are mode 0444; root
+    writes them anyway (a user would chmod first)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        old = os.pread(fd, 1, where)
+        os.pwrite(fd, bytes([old[0] ^ 0xFF]), where)
+    finally:
+        os.close(fd)
+
+
+def test_verify_passes_an_untouched_golden_image_and_records_it(small_golden: golden.Golden, project: Project,
+                                                                 tmp_path: Path) -> None:
+    gold = small_golden
+    gold.verify()
+    assert set(json.loads((gold.dir / golden.VERIFIED).read_text())) == set(golden.FROZEN)
+    gold.verify()  # from the record: still passes
+    gold.new_disk(tmp_path / "clone.qcow2")
+    assert (tmp_path / "clone.qcow2").is_file()
+    result = export_of(project, tmp_path / "g.tar")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "g.tar").is_file()
+
+
+@pytest.mark.parametrize("name", golden.FROZEN)
+def test_a_changed_byte_in_a_golden_file_is_refused_naming_it(small_golden: golden.Golden, project: Project,
+                                                               tmp_path: Path, name: str) -> None:
+    """verify() ran before the change, so verified.json holds a record of the untouched file:
+    the record must not hide the change (the write moved the file's mtime)."""
+    gold = small_golden
+    gold.verify()
+    path = gold.dir / name
+    flip_a_byte(path, path.stat().st_size // 2)
+    with pytest.raises(ImageBuildError) as failed:
+        gold.verify()
+    assert f"golden image {path} was modified" in str(failed.value)
+    clone = tmp_path / "clone.qcow2"
+    with pytest.raises(ImageBuildError):
+        gold.new_disk(clone)
+    assert not clone.exists() and not clone.with_suffix(".partial").exists()  # no disk made from it
+    refused(export_of(project, tmp_path / "g.tar"), path)
+    assert not (tmp_path / "g.tar").exists()
+
+
+def test_an_edit_that_keeps_size_mtime_and_inode_is_still_refused(small_golden: golden.Golden,
+                                                                   project: Project, tmp_path: Path) -> None:
+    """A byte changed in place and the mtime put back (what `touch -r`, `cp -p` onto the file or
+    `rsync --inplace -t` do): size, mtime and inode are as verify() recorded them; only the
+    ctime, which no user can set, moved."""
+    gold = small_golden
+    gold.verify()
+    path = gold.dir / "base.qcow2"
+    before = path.stat()
+    flip_a_byte(path, before.st_size // 2)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
+    with pytest.raises(ImageBuildError) as failed:
+        gold.verify()
+    assert f"golden image {path} was modified" in str(failed.value)
+    refused(export_of(project, tmp_path / "g.tar"), path)
+
+
+def edit_manifest(gold: golden.Golden, change) -> Path:
+    path = gold.dir / "manifest.json"
+    path.write_text(json.dumps(change(json.loads(path.read_text())), indent=2) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("what, change", [
+    ("a recorded sha256", lambda m: dict(m, files=dict(m["files"], **{"clean.qcow2": "0" * 64}))),
+    ("the inputs", lambda m: dict(m, inputs=dict(m["inputs"], memory_mib=m["inputs"]["memory_mib"] * 2))),
+    ("the key", lambda m: dict(m, key="0123456789abcdef")),
+], ids=["digest", "inputs", "key"])
+def test_an_edited_manifest_is_refused_naming_it(small_golden: golden.Golden, project: Project, tmp_path: Path,
+                                                 what: str, change) -> None:
+    """The image files are untouched and verify() recorded them as checked: the record must not
+    make an edited manifest pass (an export of it would carry the edit to another machine,
+    whose import refuses it as damaged)."""
+    gold = small_golden
+    gold.verify()
+    manifest = edit_manifest(gold, change)
+    with pytest.raises(ImageBuildError) as failed:
+        gold.verify()
+    assert str(manifest) in str(failed.value), what
+    refused(export_of(project, tmp_path / "g.tar"), manifest)
+    assert not (tmp_path / "g.tar").exists()
+
+
+def test_a_manifest_that_is_not_json_is_refused_naming_it(small_golden: golden.Golden, project: Project,
+                                                          tmp_path: Path) -> None:
+    """Cut short, as a full disk or a crash mid-edit leaves it: one line naming it, not a traceback."""
+    gold = small_golden
+    gold.verify()
+    manifest = gold.dir / "manifest.json"
+    manifest.write_text(manifest.read_text()[:40])
+    with pytest.raises(ImageBuildError) as failed:
+        gold.verify()
+    assert str(manifest) in str(failed.value)
+    refused(export_of(project, tmp_path / "g.tar"), manifest)

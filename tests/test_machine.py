@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
+from typing import List, Set
 
 import pytest
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from conftest import INVOKE, Project, alive
+from conftest import INVOKE, Project, alive, prerequisite_missing, qemu_processes
 from vmlab import host
+from vmlab.accel import AccelChoice
 from vmlab.errors import MachineError
+from vmlab.machine import START_ATTEMPTS, Machine, MachineSpec, State
 from vmlab.qmp import Monitor
 
 RUNTIME_FILES = ("qmp.sock", "console.sock", "qemu.pid", "state.json")
@@ -215,3 +221,122 @@ def test_the_monitor_gives_up_within_its_timeout_while_another_client_holds_qemu
         deadline = time.monotonic() + 10
         while alive(pid) and time.monotonic() < deadline:  # gone before the session's leak check looks
             time.sleep(0.05)
+
+
+# --- a forwarded port taken between choosing it and QEMU binding it ---
+
+
+class PortTaker:
+    """Takes the SSH port of each of the first `times` QEMUs this process starts, in the moment
+    between vmlab choosing the port (free then) and QEMU binding it: it finds the QEMU child as
+    soon as it has exec'd (its command line in /proc), stops it (SIGSTOP) before it gets
+    anywhere near its network setup, listens on the port named in its `hostfwd=`, and lets it
+    go on (SIGCONT). Nothing is mocked: vmlab's own chooser picks the port, the real QEMU
+    finds it taken."""
+
+    HOSTFWD = re.compile(r"hostfwd=tcp:127\.0\.0\.1:(\d+)-:22")
+
+    def __init__(self, times: int):
+        self.times = times
+        self.taken: List[int] = []  # the ports it holds, in order
+        self.late: List[int] = []  # ports QEMU had bound before it could take them
+        self.seen: Set[int] = set()
+        self.holders: List[socket.socket] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> "PortTaker":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join(timeout=5)
+        for holder in self.holders:
+            holder.close()
+
+    def _children(self) -> List[int]:
+        found = []
+        for children in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                found += [int(pid) for pid in children.read_text().split()]
+        return found
+
+    def _watch(self) -> None:
+        while not self.done.is_set() and len(self.taken) + len(self.late) < self.times:
+            for pid in self._children():
+                if pid in self.seen:
+                    continue
+                try:
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                except OSError:
+                    continue
+                port = self.HOSTFWD.search(cmdline)
+                if "qemu-system" not in cmdline or not port:
+                    continue  # not exec'd yet (a fork of this process), or not a VM's QEMU
+                self.seen.add(pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+                try:
+                    holder = socket.socket()
+                    holder.bind(("127.0.0.1", int(port.group(1))))
+                    holder.listen()
+                    self.holders.append(holder)
+                    self.taken.append(int(port.group(1)))
+                except OSError:
+                    holder.close()
+                    self.late.append(int(port.group(1)))
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+            time.sleep(0.001)
+
+
+@pytest.fixture
+def tiny_spec(tmp_path: Path) -> MachineSpec:
+    """The smallest real QEMU vmlab starts: TCG, 64 MiB, a 16 MiB empty disk, CPUs stopped (-S):
+    no guest ever runs, so it costs next to no CPU."""
+    qemu = host.which("qemu-system-x86_64")
+    if qemu is None or host.which("qemu-img") is None:
+        prerequisite_missing("qemu-system-x86_64 and qemu-img are needed")
+    disk_path = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk_path), "16M"], check=True)
+    return MachineSpec(name="porttest", accel=AccelChoice("tcg", "test"), memory_mib=64, cpus=1, disk=disk_path,
+                       paused=True)
+
+
+def test_a_port_taken_before_qemu_binds_it_is_retried_with_another(tiny_spec: MachineSpec, tmp_path: Path) -> None:
+    machine = Machine("porttest", tmp_path / "m")
+    try:
+        with PortTaker(times=1) as taker:
+            status = machine.launch(tiny_spec)
+            assert taker.late == [], "QEMU bound the port before the test could take it: the race was not made"
+            assert len(taker.taken) == 1
+            assert status.state == State.RUNNING
+            port = machine.state()["ssh_port"]
+            assert port != taker.taken[0]  # the second attempt, on another port
+            assert f"hostfwd=tcp:127.0.0.1:{port}-:22" in " ".join(machine.state()["argv"])
+            assert listening_addresses(port) == {"0100007F"}  # QEMU forwards it, on 127.0.0.1 only
+            assert len(qemu_processes(machine.dir)) == 1  # the first attempt's QEMU is gone
+        with Monitor(machine.qmp_socket) as mon:
+            assert mon.status() == "prelaunch"
+    finally:
+        machine.stop(soft_timeout=0)
+    assert not qemu_processes(machine.dir)
+
+
+def test_a_port_taken_at_every_attempt_fails_naming_qemus_words_and_leaves_nothing(
+        tiny_spec: MachineSpec, tmp_path: Path) -> None:
+    machine = Machine("porttest", tmp_path / "m")
+    try:
+        with PortTaker(times=START_ATTEMPTS) as taker:
+            with pytest.raises(MachineError) as failed:
+                machine.launch(tiny_spec)
+            assert taker.late == [] and len(taker.taken) == START_ATTEMPTS  # each attempt had its own port
+            assert len(set(taker.taken)) == START_ATTEMPTS
+    finally:
+        machine.stop(soft_timeout=0)
+    message = str(failed.value)
+    assert "QEMU failed to start VM porttest" in message
+    assert f"Could not set up host forwarding rule 'tcp:127.0.0.1:{taker.taken[-1]}-:22'" in message
+    assert not qemu_processes(machine.dir)
+    assert [f for f in RUNTIME_FILES if (machine.dir / f).exists()] == []

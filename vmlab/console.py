@@ -57,7 +57,9 @@ DEFAULT_FAILS = (
     FailRule(r"(?m)^db> ", "the guest dropped into its kernel debugger"),
     FailRule(r"Login incorrect", "the guest refused the login"),
     FailRule(r"(?m)^Password:", "the guest refused the login: it asked for a password, and vmlab has none"),
-    FailRule(r"\((?:y|Y)/(?:n|N)\) *\S*$|\[(?:y|Y)/(?:n|N)\] *$|\((?:y|Y),(?:n|N)\) *\S*$",
+    # "[y/N]: " is pkg's (its bootstrap's and `pkg install`'s questions): without the colon it
+    # was not seen, and the step waited out its idle deadline.
+    FailRule(r"\((?:y|Y)/(?:n|N)\) *\S*$|\[(?:y|Y)/(?:n|N)\] *:? *$|\((?:y|Y),(?:n|N)\) *\S*$",
              "a command is asking a question nobody will answer"),
 )
 
@@ -236,16 +238,34 @@ class Console:
                 progress(match.group(1).strip())
 
     def wait_closed(self, step: str, limit: float) -> None:
-        """Wait until the other end closes the console (QEMU exits when the guest powers off)."""
+        """Wait until the other end closes the console (QEMU exits when the guest powers off).
+
+        The failure rules hold here as at every step: a guest that panics while it shuts down
+        (a BSD then sits at `db>`) never closes the console, and was waited for until `limit`."""
         import pexpect
 
         assert self._child is not None
-        try:
-            self._child.expect(pexpect.EOF, timeout=limit * self.time_scale)
-        except pexpect.TIMEOUT:
-            raise self._failure(step, ["<the machine powering off>"], time.monotonic() - limit,
-                                f"it was still running after {limit:.0f}s") from None
-        self.closed = True
+        wanted = ["<the machine powering off>"]
+        fails = [f.pattern for f in self.fails if f.times == 1]
+        started = time.monotonic()
+        seen = len(self._transcript.text)
+        while True:
+            left = limit * self.time_scale - (time.monotonic() - started)
+            if left <= 0:
+                raise self._failure(step, wanted, started, f"it was still running after {limit:.0f}s")
+            try:
+                index: Optional[int] = self._child.expect([pexpect.EOF, *fails], timeout=min(0.5, left))
+            except pexpect.TIMEOUT:
+                index = None
+            if len(self._transcript.text) != seen:
+                seen = len(self._transcript.text)
+                self._check_repeats(step, wanted, started)
+            if index == 0:
+                self.closed = True
+                return
+            if index is not None:
+                rule = next(f for f in self.fails if f.pattern == fails[index - 1])
+                raise self._failure(step, wanted, started, f"{rule.means} ({self._child.after!r})")
 
 
 def attach(console_socket: Path, name: str) -> None:

@@ -6,6 +6,7 @@ and, when it is a problem, the command or change that fixes it.
 
 from __future__ import annotations
 
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +76,8 @@ def _space(lab: Lab) -> List[Finding]:
     for what, path in (("vm/", lab.config.state_dir), ("cache", lab.config.cache_dir)):
         existing = next(p for p in (path, *path.parents) if p.exists())
         free = shutil.disk_usage(existing).free
-        text = f"{free / 2**30:.1f} GiB free where {what} lives ({path})"
+        # Rounded down: 10 GiB less a page read "10.0 GiB free" on a line that failed for want of 10.
+        text = f"{math.floor(free / 2**30 * 10) / 10:.1f} GiB free where {what} lives ({path})"
         found.append(Finding("disk", text) if free >= MIN_FREE_DISK else
                      Finding("disk", text, ok=False, prerequisite=True,
                              fix=f"free space there (vmlab wants {MIN_FREE_DISK >> 30} GiB), or prune the "

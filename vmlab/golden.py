@@ -56,7 +56,17 @@ class Golden:
 
     @property
     def manifest(self) -> Dict[str, Any]:
-        manifest: Dict[str, Any] = json.loads((self.dir / MANIFEST).read_text())
+        """The manifest; ImageBuildError naming it if it cannot be read or is not a JSON object
+        (cut short by a full disk, say): a user gets that line, not a traceback."""
+        path = self.dir / MANIFEST
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ImageBuildError(f"golden image {self.dir}: cannot read {path} ({e}). "
+                                  f"Delete {self.dir} and make it again") from None
+        if not isinstance(manifest, dict):
+            raise ImageBuildError(f"golden image {self.dir}: {path} is not a JSON object. "
+                                  f"Delete {self.dir} and make it again")
         return manifest
 
     @property
@@ -68,22 +78,42 @@ class Golden:
         return LabKeys(self.dir / "keys")
 
     def verify(self) -> None:
-        """Check every frozen file against its recorded sha256 (once per change of the file)."""
-        files = self.manifest["files"]
+        """Check the manifest (its key is this folder's and the hash of its inputs) and every
+        frozen file against the sha256 it records; ImageBuildError naming what was changed.
+
+        A file is hashed once per change: verified.json records, for each, its size, mtime,
+        inode and ctime and the digest it matched. The ctime is there because an edit in place
+        that puts the mtime back (`touch -r`, `cp -p` onto the file, `rsync --inplace -t`)
+        keeps the other three, and such an edit used to pass unhashed; no user can set a
+        ctime. The digest is there so that an edited manifest is checked again, not trusted
+        from the record of the old one (its export would be refused as damaged elsewhere).
+        """
+        path = self.dir / MANIFEST
+        manifest = self.manifest
+        key, inputs, files = manifest.get("key"), manifest.get("inputs"), manifest.get("files")
+        if key != self.dir.name or not isinstance(inputs, dict) or golden_key(inputs) != key:
+            raise ImageBuildError(f"golden image {self.dir}: {path} was modified: its key {str(key)[:40]!r} is not "
+                                  f"this folder's name or not the hash of its inputs. "
+                                  f"Delete {self.dir} and make it again")
+        if not isinstance(files, dict) or not all(isinstance(files.get(name), str) for name in FROZEN):
+            raise ImageBuildError(f"golden image {self.dir}: {path} was modified: it records no sha256 for "
+                                  f"{' and '.join(FROZEN)}. Delete {self.dir} and make it again")
         stamp_file = self.dir / VERIFIED
         try:
             stamps = json.loads(stamp_file.read_text())
         except (OSError, ValueError):
             stamps = {}
+        if not isinstance(stamps, dict):
+            stamps = {}
         for name in FROZEN:
             st = (self.dir / name).stat()
-            stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+            stamp = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, files[name]]
             if stamps.get(name) == stamp:
                 continue
             actual = sha256_file(self.dir / name)
             if actual != files[name]:
-                raise ImageBuildError(f"golden image {self.dir / name} was modified: sha256 {actual}, "
-                                      f"recorded {files[name]}. Delete {self.dir} and make it again")
+                raise ImageBuildError(f"golden image {self.dir / name} was modified: its sha256 is {actual}, "
+                                      f"{path} records {files[name]}. Delete {self.dir} and make it again")
             stamps[name] = stamp
         stamp_file.write_text(json.dumps(stamps))
 

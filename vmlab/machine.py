@@ -188,15 +188,21 @@ class Machine:
             for attempt in range(1, START_ATTEMPTS + 1):
                 port = spec.ssh_port or free_port()
                 argv = self.argv(spec, port)
+                if attempt > 1:
+                    self.qemu_log.unlink(missing_ok=True)  # this attempt's words only
                 proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True, timeout=120, check=False)
                 if proc.returncode == 0:
                     break
-                if "host forwarding rule" in proc.stderr and not spec.ssh_port and attempt < START_ATTEMPTS:
+                # Once it has forked (-daemonize), QEMU writes its errors to the -D log, not to
+                # stderr: a port taken at the hostfwd is said only in qemu.log. Reading stderr
+                # alone, a taken port was never retried, and every such error was empty.
+                words = "\n".join(text for text in (proc.stderr.strip(), self._logged()) if text)
+                if "host forwarding rule" in words and not spec.ssh_port and attempt < START_ATTEMPTS:
                     log.debug("port %d was taken before QEMU bound it; trying another", port)
                     continue
                 raise MachineError(f"QEMU failed to start VM {self.name} (exit {proc.returncode}):\n"
-                                   f"{proc.stderr.strip()}\ncommand: {' '.join(argv)}")
+                                   f"{words}\ncommand: {' '.join(argv)}")
             pid = self.pid()
             if pid is None:
                 raise MachineError(f"QEMU reported success but VM {self.name} is not running; see {self.qemu_log}")
@@ -260,6 +266,13 @@ class Machine:
             if spec.initrd:
                 args += ["-initrd", str(spec.initrd)]
         return args
+
+    def _logged(self, lines: int = 20) -> str:
+        """The end of qemu.log, or nothing if QEMU wrote none."""
+        try:
+            return "\n".join(self.qemu_log.read_text(errors="replace").strip().splitlines()[-lines:])
+        except OSError:
+            return ""
 
     def _write_state(self, data: Dict[str, Any]) -> None:
         tmp = self.state_file.with_suffix(".tmp")
