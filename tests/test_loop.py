@@ -416,6 +416,37 @@ def test_ctrl_c_during_the_mount_suite_leaves_no_mount_in_the_guest(sample: Proj
     assert in_guest(sample, "test -e /var/tmp/vmlab-mount-suite && echo left || echo gone").strip() == "gone"
 
 
+@pytest.mark.parametrize("user, privileged, command", [
+    ("root", False, "sleep 613"),  # a plain command: exec'd by `timeout`, no shell between
+    ("lab", True, "sh -c 'exec sleep 613'"),  # through sudo: only root can stop it
+])
+def test_ctrl_c_stops_the_suite_in_the_guest_too(sample: Project, user: str, privileged: bool, command: str) -> None:
+    """Closing the SSH session does not stop what it ran (no terminal, so no hangup): after
+    Ctrl-C on `vm.test` the suite must not go on running in the guest."""
+    settings = yaml.safe_load((sample.root / "vmlab.yaml").read_text())
+    settings["vms"]["default"] = {"ssh_user": user}
+    settings["suites"]["sleeper"] = {"command": command, "privileged": privileged}
+    config = sample.root / f"sleeper-{user}.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    running = "ps -eo args= | grep -cx 'sleep 613'"
+    run = subprocess.Popen([INVOKE, "vm.test", "--suite", "sleeper", "--config", str(config)], cwd=sample.root,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while in_guest(sample, running).strip() != "1" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert in_guest(sample, running).strip() == "1", "the suite never started"
+        os.killpg(run.pid, signal.SIGINT)
+        _, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+    assert run.returncode == 130 and "interrupted" in err, err
+    assert in_guest(sample, running).strip() == "0"
+
+
 def test_a_guest_presenting_another_host_key_is_refused(sample: Project, tmp_path: Path) -> None:
     """The lab pins the guest's host key; here the pin is replaced by another key, as if the
     disk had been swapped. Neither vmlab nor the user's ~/.ssh/known_hosts is consulted otherwise."""

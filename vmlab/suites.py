@@ -32,6 +32,7 @@ from vmlab.sync import NOT_SYNCED, SyncGate
 
 TIMED_OUT = (124, 137)  # `timeout`'s status when it stopped the command (137: it had to SIGKILL)
 KILL_GRACE = 10  # seconds between the guest's TERM and KILL at a timeout
+SESSION_MARK = "vmlab-suite-session: "  # the first line of a suite's session: its shell's pid
 PYTEST_REPORT = "/tmp/vmlab-{}.pytest.xml"  # where pytest writes its JUnit for format pytest (by suite name)
 
 
@@ -95,20 +96,26 @@ def run(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Pat
     With `gate`, the same session first syncs the project if the guest's copy may differ."""
     log_path = run_dir / f"{suite.name}.log"
     started = [time.monotonic()]
+    session: List[Optional[int]] = [None]  # the guest's session (its shell's pid: sshd makes each a session)
 
     def handshake(line: str) -> Optional[bytes]:
-        assert gate is not None
+        if gate is None:  # only the session's own line: it has no input
+            claimed = line.startswith(SESSION_MARK)
+            if claimed:
+                session[0] = _pid(line[len(SESSION_MARK):])
+            return b"" if claimed else None
         answer = gate.answer(line)
         if answer is not None:
+            session[0] = gate.guest_pid
             started[0] = time.monotonic()  # the suite's own time starts once synced
         return answer
 
     command = remote_command(suite, guest_dir, run_as_root)
-    with open(log_path, "wb") as log, _stopped_in_guest_if_cancelled(conn, gate):
-        status = conn.run(gate.prelude() + command if gate else command, output=log,
+    as_root = run_as_root if suite.privileged else ""
+    with open(log_path, "wb") as log, _stopped_in_guest_if_cut_off(conn, session, as_root):
+        status = conn.run(gate.prelude() + command if gate else f"echo {SESSION_MARK}$$\n{command}", output=log,
                           echo=echo if echo is not None else sys.stdout.buffer,
-                          timeout=suite.timeout + KILL_GRACE + 30, handshake=handshake if gate else None,
-                          cancel=cancel)
+                          timeout=suite.timeout + KILL_GRACE + 30, handshake=handshake, cancel=cancel)
     if gate and status == NOT_SYNCED and not gate.answered:
         raise SyncError(f"the guest never ran vmlab's sync check before suite {suite.name} "
                         f"(see {log_path}: does the SSH user's shell print or exit first?)")
@@ -128,21 +135,24 @@ def run(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Pat
 
 
 @contextmanager
-def _stopped_in_guest_if_cancelled(conn: SharedConnection, gate: Optional[SyncGate]) -> Iterator[None]:
-    """A run cancelled on the host (vm.watch) is stopped in the guest too: its `timeout` (the
-    session shell's child, or the shell itself after an exec) is sent TERM, which it passes to
-    the suite's whole process group."""
+def _stopped_in_guest_if_cut_off(conn: SharedConnection, session: List[Optional[int]], as_root: str) -> Iterator[None]:
+    """A run cut off on the host (vm.watch's newer save, Ctrl-C, SIGTERM) is stopped in the guest
+    too: closing the SSH session does not (no terminal, so no hangup), and a suite left running
+    holds its mounts and races the next run. Every process of its session is sent TERM, as root
+    for a privileged suite; `timeout` passes it on to the suite's process group."""
     try:
         yield
-    except Cancelled:
-        if gate is not None and gate.guest_pid:
+    except (Cancelled, KeyboardInterrupt):
+        if session[0]:
             try:
-                pid = gate.guest_pid  # the shell may have exec'd `timeout` as its last command (bash does)
-                conn.run(f"pkill -TERM -P {pid} -x timeout; case \"$(ps -o comm= -p {pid})\" in "
-                         f"timeout*) kill -TERM {pid};; esac", timeout=10)
+                conn.run(f"{as_root} pkill -TERM -s {session[0]}".strip(), timeout=10)
             except GuestUnreachable:
                 pass
         raise
+
+
+def _pid(text: str) -> Optional[int]:
+    return int(text) if text.strip().isdigit() else None
 
 
 def _read_cases(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Path,
