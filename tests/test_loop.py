@@ -11,6 +11,7 @@ import subprocess
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import yaml
@@ -106,7 +107,7 @@ def test_a_hung_suite_is_killed_at_its_timeout_and_the_guest_stays_usable(sample
 
 def test_a_suite_is_judged_by_its_junit_too(sample: Project) -> None:
     """suites.run reads the JUnit a suite writes: a failing case there fails the suite even
-    when it exits 0; a missing or unreadable JUnit file is named in the suite's note."""
+    when it exits 0; so does a missing or unreadable JUnit file, named in the suite's note."""
     config = sample.root / "junit.yaml"
     settings = yaml.safe_load((sample.root / "vmlab.yaml").read_text())
     failure = ('<testsuite tests="2"><testcase name="a"/><testcase name="b"><failure message="b broke"/></testcase>'
@@ -125,7 +126,10 @@ def test_a_suite_is_judged_by_its_junit_too(sample: Project) -> None:
     lied = by_name["exits-0-with-a-failure"]
     assert (lied["exit_code"], lied["status"], lied["passed"], lied["failed"]) == (0, "failed", 1, 1)
     assert "exit 0, but 1 of its 2 tests failed" in lied["note"]
-    assert "it wrote no JUnit file at sample/out/never.xml" in by_name["writes-no-junit"]["note"]
+    # exit 0 with the JUnit file it promised missing or unreadable: nothing shown to pass, so failed
+    assert (by_name["writes-no-junit"]["exit_code"], by_name["writes-no-junit"]["status"]) == (0, "failed")
+    assert "exit 0, but it wrote no JUnit file at sample/out/never.xml" in by_name["writes-no-junit"]["note"]
+    assert (by_name["writes-garbage"]["exit_code"], by_name["writes-garbage"]["status"]) == (0, "failed")
     assert "its JUnit file is not valid XML" in by_name["writes-garbage"]["note"]
     told_wrong = by_name["unit-told-wrong"]  # the sample's own suite reports its failing check in JUnit
     assert (told_wrong["status"], told_wrong["passed"], told_wrong["failed"]) == ("failed", 1, 1)
@@ -384,6 +388,23 @@ def test_the_mount_suite_passes_and_leaves_the_mount_table_as_it_was(sample: Pro
     assert "no-mount-left" in set(junit_cases(report_of(result.stdout)))
 
 
+def ctrl_c_vm_test(project: Project, suite: str, config: Path, once: Callable[[subprocess.Popen], None]) -> None:
+    """`vm.test --suite SUITE` interrupted as a terminal's Ctrl-C does (SIGINT to its process
+    group) `once` says it is time; it must end with exit 130, saying it was interrupted."""
+    run = subprocess.Popen([INVOKE, "vm.test", "--suite", suite, "--config", str(config)], cwd=project.root,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    try:
+        once(run)
+        os.killpg(run.pid, signal.SIGINT)
+        _, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+    assert run.returncode == 130 and "interrupted" in err, err
+
+
 def test_ctrl_c_during_the_mount_suite_leaves_no_mount_in_the_guest(sample: Project) -> None:
     """Ctrl-C on the host (SIGINT to the command's process group, as a terminal sends it)
     closes the SSH session under the running suite; the suite must still tear down."""
@@ -394,21 +415,14 @@ def test_ctrl_c_during_the_mount_suite_leaves_no_mount_in_the_guest(sample: Proj
     config.write_text(yaml.safe_dump(settings))
     assert sample.invoke("vm.sync", "--config", str(config)).returncode == 0
     before = in_guest(sample, "mount | sort")
-    run = subprocess.Popen([INVOKE, "vm.test", "--suite", "mount-suite", "--config", str(config)], cwd=sample.root,
-                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           start_new_session=True)
-    try:
+
+    def mounted(run: subprocess.Popen) -> None:
         assert run.stdout is not None
         for line in run.stdout:
             if line.startswith("ok - setup-workers"):  # every worker's mounts are in place
                 break
-        os.killpg(run.pid, signal.SIGINT)
-        _, err = run.communicate(timeout=60)
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.wait()
-    assert run.returncode == 130 and "interrupted" in err, err
+
+    ctrl_c_vm_test(sample, "mount-suite", config, once=mounted)
     deadline = time.monotonic() + 60  # the guest tears down on its own after the session closed
     while in_guest(sample, "mount | sort") != before and time.monotonic() < deadline:
         time.sleep(2)
@@ -429,21 +443,14 @@ def test_ctrl_c_stops_the_suite_in_the_guest_too(sample: Project, user: str, pri
     config = sample.root / f"sleeper-{user}.yaml"
     config.write_text(yaml.safe_dump(settings))
     running = "ps -eo args= | grep -cx 'sleep 613'"
-    run = subprocess.Popen([INVOKE, "vm.test", "--suite", "sleeper", "--config", str(config)], cwd=sample.root,
-                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           start_new_session=True)
-    try:
+
+    def started(run: subprocess.Popen) -> None:
         deadline = time.monotonic() + 60
         while in_guest(sample, running).strip() != "1" and time.monotonic() < deadline:
             time.sleep(0.5)
         assert in_guest(sample, running).strip() == "1", "the suite never started"
-        os.killpg(run.pid, signal.SIGINT)
-        _, err = run.communicate(timeout=60)
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.wait()
-    assert run.returncode == 130 and "interrupted" in err, err
+
+    ctrl_c_vm_test(sample, "sleeper", config, once=started)
     assert in_guest(sample, running).strip() == "0"
 
 

@@ -157,17 +157,24 @@ def _pid(text: str) -> Optional[int]:
 
 def _read_cases(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Path,
                 result: SuiteResult) -> None:
-    """result.cases from the suite's output or from the JUnit file it wrote (fetched into run_dir)."""
+    """result.cases from the suite's output or from the JUnit file it wrote (fetched into run_dir).
+
+    A suite that said it writes a JUnit file and exits 0 with none, or with one that is not
+    XML or holds no test, has not shown that anything passed: it fails, as a CI reader
+    (Jenkins' junit step, test-reporter) fails a run whose report is missing or empty."""
     if suite.format in formats.FROM_FILE:
         remote = report_file(suite, guest_dir)
         assert remote is not None
         data = conn.read(remote)
         if data is None:
-            _add_note(result, f"it wrote no JUnit file at {remote}")
-            return
-        result.junit = run_dir / f"{suite.name}.junit.xml"
-        result.junit.write_bytes(data)
-        parsed = formats.junit(data)
+            parsed = formats.Parsed([], f"it wrote no JUnit file at {remote}")
+        else:
+            result.junit = run_dir / f"{suite.name}.junit.xml"
+            result.junit.write_bytes(data)
+            parsed = formats.junit(data)
+        if not parsed.cases and result.status == "passed":
+            result.status = "failed"
+            parsed.problem = f"exit 0, but {parsed.problem}"
     elif suite.format:
         parsed = formats.parse(suite.format, result.log.read_text(errors="replace") if result.log else "", suite.name)
     else:
