@@ -305,7 +305,7 @@ def test_a_suite_runs_in_its_workdir(sample: Project) -> None:
     ("go test -run=TestMount ./...", True), ("make check", True), ("sh checks/unit.sh", True),
     ("cat data/*.txt", False), ("echo $HOME", False), ("ls ~", False), ("a && b", False), ("a; b", False),
     ("echo 'quoted'", False), ("GREETING=hi printenv GREETING", False), ("cd data", False), ("exit 3", False),
-    ("", False)])
+    ("%1", False), ("", False)])
 def test_which_commands_skip_the_shell(command: str, plain: bool) -> None:
     assert suites.plain_command(command) is plain
 
