@@ -168,7 +168,7 @@ class SyncGate:
                      f'[ "$t" = {shlex.quote(str(expected))} ] && '
                      f'changed=$({self._find_changed(folder)}) && [ -z "$changed" ]')
         # After the stamp, the suite waits out its tick (STAMP_TICK): here for the host's answer,
-        # which answer() holds back that long (no `sleep` exec: ~50 ms each under TCG); after
+        # which answer() holds back that long (a `sleep` there is an exec, ~16 ms measured under TCG); after
         # a sync, with a `sleep`, as those sessions ran rsync or tar already.
         applied = "fresh"
         if self._inline_lines and fresh != "false":
