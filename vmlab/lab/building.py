@@ -209,8 +209,7 @@ def _snapshot_clean(lab: "Lab", vm: VMConfig, vmdir: VMDir, clean_qcow2: Path) -
             log.info("golden image: booting it to take the %r snapshot (console: %s)", golden.SNAPSHOT,
                      runner.console_log)
             with GuestSSH(status.ssh_port or 0, vm.ssh_user, gold_keys) as ssh, \
-                    Heartbeat(log, lambda t: f"  still booting after {t:.0f}s ({ssh.last_error}); console: "
-                                             f"{console_now(runner.console_log)}"):
+                    lifecycle.booting(ssh, runner.console_log):
                 ssh.wait_ready(vm.boot_timeout, check=runner.assert_alive)
             with Monitor(runner.qmp_socket, timeout=60) as mon:
                 mon.command("stop")

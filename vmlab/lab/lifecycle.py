@@ -15,6 +15,7 @@ import shlex
 import shutil
 import socket
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
 
 from vmlab import golden, host, seed, snapshots
@@ -138,13 +139,18 @@ def forget_suspended(vm: VMConfig, vmdir: VMDir) -> None:
     log.info("VM %s: its suspended state was dropped (it runs from another state now)", vm.name)
 
 
+def booting(ssh: GuestSSH, console_log: Path) -> Heartbeat:
+    """Progress lines while `ssh` waits for a guest: why it is not up yet, and its console's last line."""
+    return Heartbeat(log, lambda t: f"  still booting after {t:.0f}s ({ssh.last_error}); console: "
+                                    f"{console_now(console_log)}")
+
+
 def wait_for_ssh(lab: "Lab", vm: VMConfig, vmdir: VMDir, timeout: float) -> GuestSSH:
     """A session once SSH runs a command; the error shows the console's last lines."""
     machine = vmdir.machine
     ssh = GuestSSH(machine.state()["ssh_port"], vm.ssh_user, keys_for(lab, vmdir))
     try:
-        with Heartbeat(log, lambda t: f"  still booting after {t:.0f}s ({ssh.last_error}); console: "
-                                      f"{console_now(machine.console_log)}"):
+        with booting(ssh, machine.console_log):
             ssh.wait_ready(timeout, check=machine.assert_alive)
     except GuestUnreachable as e:
         raise GuestUnreachable(f"VM {vm.name}: {e}.\nLast console lines ({machine.console_log}):\n"
