@@ -11,7 +11,7 @@ is created by `private_file`: mode 0600 from its first byte, never half-written.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,14 +97,18 @@ def private_file(path: Path) -> Iterator[BinaryIO]:
     """A new file at `path`, mode 0600 from its first byte (whatever the umask), written under
     a temporary name beside it and renamed into place only if the block ends without error:
     on any failure or Ctrl-C, nothing is left behind. A link planted at `path` is replaced,
-    never followed."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    never followed.
+
+    The temporary name is chosen before the file exists and the file is made inside the `try`:
+    with tempfile.mkstemp a Ctrl-C landing between its open and its return left the file
+    behind under a name nobody knew (seen in CI)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.partial")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb", opener=lambda name, flags: os.open(name, flags, 0o600)) as f:
             yield f
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
