@@ -283,6 +283,23 @@ def test_verify_passes_an_untouched_golden_image_and_records_it(small_golden: go
     assert (tmp_path / "g.tar").is_file()
 
 
+def test_a_clone_cut_off_while_it_is_made_leaves_no_disk(small_golden: golden.Golden, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C after the copy of clean.qcow2, before its rebase. Not real: the interruption,
+    raised from the rebase (a real SIGINT cannot be timed to land there); the copy is real.
+    Neither the disk (a later start would trust it) nor its half-made copy may stay."""
+    def interrupted(image: Path, base: Path) -> None:
+        assert image.stat().st_size > 0  # the copy is there, under its temporary name
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(golden.disk, "rebase_in_place", interrupted)
+    vmdir = tmp_path / "vm"
+    vmdir.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        small_golden.new_disk(vmdir / "disk.qcow2")
+    assert list(vmdir.iterdir()) == []
+
+
 @pytest.mark.parametrize("name", golden.FROZEN)
 def test_a_changed_byte_in_a_golden_file_is_refused_naming_it(small_golden: golden.Golden, project: Project,
                                                                tmp_path: Path, name: str) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Iterator
 
 from vmlab import host
 from vmlab.errors import MachineError
@@ -21,23 +23,35 @@ def info(image: Path) -> Dict[str, Any]:
     return facts
 
 
+@contextmanager
+def made_as(path: Path) -> Iterator[Path]:
+    """A temporary name beside `path` to make a disk under, renamed to `path` if the block ends
+    without error and deleted on any failure or Ctrl-C: a half-made disk never has the name a
+    later run trusts, nor stays to fill the disk."""
+    tmp = path.with_suffix(".partial")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def create_overlay(overlay: Path, base: Path, size_bytes: int) -> None:
     """A qcow2 that reads from `base` (never writing it) and holds every change itself."""
     base_size = info(base)["virtual-size"]
     if size_bytes < base_size:
         raise MachineError(f"disk_size {size_bytes / 2**30:.1f}G is smaller than the image it starts from "
                            f"({base_size / 2**30:.1f}G, {base}); raise disk_size")
-    tmp = overlay.with_suffix(".partial")
-    _qemu_img("create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base.resolve()), str(tmp), str(size_bytes),
-              what=f"making the disk {overlay}")
-    tmp.rename(overlay)
+    with made_as(overlay) as tmp:
+        _qemu_img("create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base.resolve()), str(tmp), str(size_bytes),
+                  what=f"making the disk {overlay}")
 
 
 def create_blank(path: Path, size_bytes: int) -> None:
     """An empty qcow2 disk to install a guest on."""
-    tmp = path.with_suffix(".partial")
-    _qemu_img("create", "-q", "-f", "qcow2", str(tmp), str(size_bytes), what=f"making the blank disk {path}")
-    tmp.rename(path)
+    with made_as(path) as tmp:
+        _qemu_img("create", "-q", "-f", "qcow2", str(tmp), str(size_bytes), what=f"making the blank disk {path}")
 
 
 def delete_snapshot(image: Path, tag: str) -> None:

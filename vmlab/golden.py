@@ -120,11 +120,10 @@ class Golden:
     def new_disk(self, path: Path) -> None:
         """A VM disk that starts as clean.qcow2 and writes only to itself."""
         self.verify()
-        tmp = path.with_suffix(".partial")
-        shutil.copyfile(self.dir / "clean.qcow2", tmp)
-        os.chmod(tmp, 0o644)
-        disk.rebase_in_place(tmp, self.dir / "base.qcow2")  # clean.qcow2 names its base relatively; a copy can't
-        os.replace(tmp, path)
+        with disk.made_as(path) as tmp:
+            shutil.copyfile(self.dir / "clean.qcow2", tmp)
+            os.chmod(tmp, 0o644)
+            disk.rebase_in_place(tmp, self.dir / "base.qcow2")  # clean.qcow2 names its base relatively; a copy can't
 
 
 def golden_key(inputs: Dict[str, Any]) -> str:
