@@ -29,7 +29,7 @@ import pytest
 
 from conftest import INVOKE, Project
 from sshd_fixtures import ME  # conftest loads its fixtures: sshd, connect, runtime
-from vmlab import __version__, golden, host, keys, recipe, suites
+from vmlab import __version__, atomic, golden, host, keys, recipe, suites
 from vmlab.cache import ArtefactCache, key_of
 from vmlab.config import SuiteConfig, SyncConfig
 from vmlab.errors import GuestUnreachable, PrerequisiteMissing, RecipeError, VmlabError
@@ -279,7 +279,7 @@ def test_item02_golden_export_is_private_from_its_first_byte(project: Project) -
 
 def test_item02_a_private_file_interrupted_between_any_two_lines_leaves_nothing(tmp_path: Path) -> None:
     """A Ctrl-C reaches Python code between two lines; here a KeyboardInterrupt is raised at
-    each line event of keys.private_file and all it calls (tempfile, contextlib...), in turn,
+    each line event of atomic.private_file and all it calls (tempfile, contextlib...), in turn,
     by a trace function, since a real SIGINT lands at one such point by chance (CI once caught
     the export between tempfile.mkstemp's open and its return: the file stayed). After each,
     the folder holds nothing, or only the whole file."""
@@ -297,7 +297,7 @@ def test_item02_a_private_file_interrupted_between_any_two_lines_leaves_nothing(
 
         sys.settrace(interrupt_at_n)
         try:
-            with keys.private_file(target) as f:
+            with atomic.private_file(target) as f:
                 f.write(b"secret")
         except KeyboardInterrupt:
             pass

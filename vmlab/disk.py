@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any, Dict
 
 from vmlab import host
+from vmlab.atomic import made_as
 from vmlab.errors import MachineError
 
 
@@ -21,20 +20,6 @@ def info(image: Path) -> Dict[str, Any]:
     facts: Dict[str, Any] = json.loads(_qemu_img("info", "-U", "--output=json", str(image),
                                                  what=f"reading the image {image}"))
     return facts
-
-
-@contextmanager
-def made_as(path: Path) -> Iterator[Path]:
-    """A temporary name beside `path` to make a disk under, renamed to `path` if the block ends
-    without error and deleted on any failure or Ctrl-C: a half-made disk never has the name a
-    later run trusts, nor stays to fill the disk."""
-    tmp = path.with_suffix(".partial")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def create_overlay(overlay: Path, base: Path, size_bytes: int) -> None:

@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Set
 
 from vmlab import __version__, disk
+from vmlab.atomic import made_as, private_file
 from vmlab.cache import MANIFEST, ArtefactCache, key_of, sha256_file
 from vmlab.errors import ConfigError, DownloadError, ImageBuildError
-from vmlab.keys import LabKeys, private_file
+from vmlab.keys import LabKeys
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class Golden:
     def new_disk(self, path: Path) -> None:
         """A VM disk that starts as clean.qcow2 and writes only to itself."""
         self.verify()
-        with disk.made_as(path) as tmp:
+        with made_as(path) as tmp:
             shutil.copyfile(self.dir / "clean.qcow2", tmp)
             os.chmod(tmp, 0o644)
             disk.rebase_in_place(tmp, self.dir / "base.qcow2")  # clean.qcow2 names its base relatively; a copy can't
@@ -160,7 +161,7 @@ def make(cache: ArtefactCache, key: str, inputs: Dict[str, Any], vm_disk: Path, 
 def export(golden: Golden, output: Path) -> Path:
     """One file (tar) with everything in the golden folder, the manifest first, recording the
     sha256 of every file. It holds the lab's private keys: mode 0600 from its first byte, and
-    never left half-written (see keys.private_file)."""
+    never left half-written (see atomic.private_file)."""
     if output.is_dir() or not output.parent.is_dir():
         raise ConfigError(f"cannot write the export to {output}: " + (
             "it is a folder; name a file in it" if output.is_dir() else

@@ -5,19 +5,18 @@ guest's host key is made here, not in the guest, so it is known before the guest
 ever boots: vmlab pins it and never touches the user's ~/.ssh/known_hosts.
 
 Every file holding a secret (these keys, an exported golden image, a seed CD)
-is created by `private_file`: mode 0600 from its first byte, never half-written.
+is created by `atomic.private_file`: mode 0600 from its first byte, never half-written.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Iterator
+from typing import TYPE_CHECKING
 
 from vmlab import locks
+from vmlab.atomic import private_file
 from vmlab.errors import PrerequisiteMissing
 
 if TYPE_CHECKING:
@@ -90,26 +89,6 @@ def openssh_path(path: Path) -> str:
         raise PrerequisiteMissing(f"{value}: OpenSSH would expand '${{...}}' in this path and has no way to "
                                   "escape it; move the project (or the cache) to a path without '${'")
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
-
-
-@contextmanager
-def private_file(path: Path) -> Iterator[BinaryIO]:
-    """A new file at `path`, mode 0600 from its first byte (whatever the umask), written under
-    a temporary name beside it and renamed into place only if the block ends without error:
-    on any failure or Ctrl-C, nothing is left behind. A link planted at `path` is replaced,
-    never followed.
-
-    The temporary name is chosen before the file exists and the file is made inside the `try`:
-    with tempfile.mkstemp a Ctrl-C landing between its open and its return left the file
-    behind under a name nobody knew (seen in CI)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.partial")
-    try:
-        with open(tmp, "xb", opener=lambda name, flags: os.open(name, flags, 0o600)) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _write_keypair(private: Path, comment: str) -> None:

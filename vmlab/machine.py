@@ -24,7 +24,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
-from vmlab import host
+from vmlab import atomic, host
 from vmlab.accel import AccelChoice
 from vmlab.errors import MachineError, PrerequisiteMissing
 from vmlab.qmp import Monitor
@@ -275,9 +275,7 @@ class Machine:
             return ""
 
     def _write_state(self, data: Dict[str, Any]) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, self.state_file)
+        atomic.write_text(self.state_file, json.dumps(data, indent=2) + "\n")
 
     def assert_alive(self) -> None:
         """MachineError with the end of QEMU's log and the console if QEMU has died."""

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from vmlab import locks
+from vmlab import atomic, locks
 from vmlab.cache import file_stamp, sha256_file
 from vmlab.errors import ChecksumMismatch, ConfigError
 
@@ -80,9 +79,7 @@ def load_json(path: Path) -> Dict[str, Any]:
 
 
 def write_json(path: Path, data: Dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def parse(pin: Optional[str]) -> Optional[Tuple[str, str]]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from vmlab import atomic
 from vmlab.formats import ERROR, FAILED, PASSED, SKIPPED, TestCase
 
 
@@ -97,11 +98,11 @@ def write(run_dir: Path, meta: Dict[str, Any], suites: List[SuiteResult], planne
     report = dict(meta, run_id=run_dir.name, passed=bool(suites) and not cut_off and all(s.passed for s in suites),
                   complete=cut_off is None, cut_off=cut_off.why if cut_off else None,
                   suites=[_entry(s, cases[s.name]) for s in suites])
-    _write_atomically(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    atomic.write_text(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
     merged = ET.Element("testsuites", name=f"vmlab run {run_dir.name}")
     for s in suites:
         merged.extend(_testsuites(s.name, cases[s.name]))
-    _write_atomically(run_dir / "junit.xml", ET.tostring(merged, encoding="unicode", xml_declaration=True))
+    atomic.write_text(run_dir / "junit.xml", ET.tostring(merged, encoding="unicode", xml_declaration=True))
     return report
 
 
@@ -114,13 +115,6 @@ def _entry(s: SuiteResult, cases: List[TestCase]) -> Dict[str, Any]:
                                                  for c in cases if c.failing],
             "duration_seconds": round(s.duration, 2), "exit_code": s.exit_code, "log": str(s.log) if s.log else None,
             "junit": str(s.junit) if s.junit else None, "artifacts": s.artifacts, "note": s.note}
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """A reader (CI's artifact upload, a later run) sees the old file or the new, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _testsuites(suite: str, cases: List[TestCase]) -> List[ET.Element]:

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Dict, Optional, Union
 
 from vmlab import host
-from vmlab.keys import LabKeys, private_file
+from vmlab.atomic import private_file
+from vmlab.keys import LabKeys
 
 LABEL = "VMLAB_SEED"
 

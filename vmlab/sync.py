@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from vmlab import delta, host
+from vmlab import atomic, delta, host
 from vmlab.config import SyncConfig
 from vmlab.errors import ConfigError, GuestUnreachable, SyncError
 from vmlab.openssh import SSH_FAILED, SharedConnection
@@ -226,6 +226,4 @@ class SyncGate:
         before the guest writes the stamp, so a failure between leaves the two disagreeing (a
         full rsync next time), never agreeing on a copy that was not made."""
         data = json.dumps({"digest": self.digest, "token": self.token, "tree": self.tree.entries})
-        tmp = self.record.with_name(f".{self.record.name}.tmp")
-        tmp.write_text(data)
-        os.replace(tmp, self.record)
+        atomic.write_text(self.record, data)

@@ -17,14 +17,13 @@ and `guest.json` (the guest's OS, asked once per QEMU process).
 from __future__ import annotations
 
 import json
-import os
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from vmlab import locks
+from vmlab import atomic, locks
 from vmlab.keys import LabKeys
 from vmlab.machine import Machine, MachineStatus, State
 
@@ -143,6 +142,4 @@ class VMDir:
     def _write(self, name: str, data: Dict[str, Any]) -> None:
         """Write a record whole or not at all: a crash never leaves half of one."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".{name}.tmp"
-        tmp.write_text(json.dumps(data) + "\n")
-        os.replace(tmp, self.dir / name)
+        atomic.write_text(self.dir / name, json.dumps(data) + "\n")
