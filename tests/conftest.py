@@ -69,7 +69,27 @@ def vm_ready() -> None:
         prerequisite_missing(problem)
 
 
+_interrupted_by: List[int] = []
+
+
+def _interrupted(signum: int, frame: object) -> NoReturn:
+    _interrupted_by.append(signum)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A CI that cancels or times out a run sends SIGTERM: end it as pytest ends a Ctrl-C, with
+    every fixture's teardown, so the VMs the tests started are stopped (by default SIGTERM
+    killed pytest outright and left them running). Either ends the run with 128 + the signal,
+    as vmlab's own commands do, not pytest's 2, which here means a prerequisite is missing."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupted)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _interrupted_by:
+        session.exitstatus = 128 + _interrupted_by[0]
+        return
     if exitstatus == 0 and _missing_prerequisites:
         session.exitstatus = 2  # did not finish: tests were skipped for a missing prerequisite
 
