@@ -224,6 +224,53 @@ def test_quick_sends_only_the_changed_files_and_deletions_without_rsync(sample: 
         doomed.unlink(missing_ok=True)
 
 
+def test_quick_never_sends_what_the_excludes_leave_out(sample: Project, show: Path) -> None:
+    """An anchored exclude (`/venv/`, as `vmlab init` writes `/.venv/`) and a literal path
+    (`docs/build`) are left out by the turn that sends only what changed, as rsync leaves
+    them out: that turn used to send them once a file in them changed (a user's pip install
+    put 149 files of .venv in the guest). A pattern with a wildcard in a path (`gen/*.out`)
+    is rsync's to apply: such a turn runs rsync."""
+    settings = yaml.safe_load(show.read_text())
+    settings["sync"]["excludes"] += ["/venv/", "docs/build"]
+    config = sample.root / "excludes.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    made = [sample.root / "venv", sample.root / "docs", sample.root / "gen", sample.root / "data" / "new.txt"]
+
+    def quick() -> str:
+        result = sample.invoke("vm.quick", "--config", str(config))
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stderr
+
+    def guest_has(*names: str) -> list:
+        listed = in_guest(sample, "cd sample && for f in " + " ".join(names) + "; do [ -e $f ] && echo $f; done")
+        return listed.split()
+
+    try:
+        for name in ("venv/lib.py", "docs/build/page.html", "docs/keep.md"):
+            (sample.root / name).parent.mkdir(parents=True, exist_ok=True)
+            (sample.root / name).write_text("first\n")
+        quick()
+        assert quick().count("in sync")
+        for name in ("venv/lib.py", "docs/build/page.html"):
+            (sample.root / name).write_text("changed\n")
+        (sample.root / "data" / "new.txt").write_text("new\n")
+        sent = quick()
+        assert "1 changed file sent" in sent and "no rsync scan" in sent, sent
+        assert guest_has("venv", "docs/build", "docs/keep.md", "data/new.txt") == ["docs/keep.md", "data/new.txt"]
+        settings["sync"]["excludes"] += ["gen/*.out"]
+        config.write_text(yaml.safe_dump(settings))
+        (sample.root / "gen").mkdir()
+        (sample.root / "gen" / "a.out").write_text("built\n")
+        (sample.root / "gen" / "keep.txt").write_text("kept\n")
+        by_rsync = quick()
+        assert "no rsync scan" not in by_rsync and "files sent" in by_rsync, by_rsync  # rsync's own line
+        assert guest_has("gen/a.out", "gen/keep.txt") == ["gen/keep.txt"]
+    finally:
+        for path in made:
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        config.unlink()
+
+
 def test_a_chatty_login_shell_is_shown_and_named_when_it_breaks_rsync(sample: Project, show: Path) -> None:
     """A ~/.bashrc that prints: vmlab's sync check (and the changed files it sends) pass its
     output through, and when rsync is needed it cannot work through it: exit 2 (the suite

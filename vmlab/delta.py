@@ -23,7 +23,7 @@ import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from vmlab.config import SyncConfig
 
@@ -31,6 +31,7 @@ Entry = Tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, mode: any change 
 MAX_FILES = 500  # more than this, or MAX_BYTES, and rsync (compressed, by blocks) is the better tool
 MAX_BYTES = 16 << 20
 INLINE_BYTES = 64 << 10  # up to this much of edited files goes in the session's command line, not a tar
+ALWAYS_EXCLUDED = (".git", "/vm/")  # never sent, whatever the config says: git's store, vmlab's own state
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Tree:
 
     entries: Dict[str, Entry]
     digest: str  # of the entries and of the sync settings: equal digests, nothing to send
+    exact: bool = True  # False: it also lists paths rsync leaves out (see Excludes)
 
 
 @dataclass
@@ -63,37 +65,65 @@ def is_plain_name(pattern: str) -> bool:
     return bool(pattern.rstrip("/")) and not re.search(r"[/\[\\]|^[-+] |\*\*", pattern.rstrip("/"))
 
 
-def scan(project_dir: Path, settings: SyncConfig, ignored: Set[str]) -> Tree:
-    """Every path under `project_dir` that rsync could send, with its Entry.
+def is_literal_path(pattern: str) -> bool:
+    """An exclude naming one path (`/.venv/`, `docs/build`): a slash before its end, no
+    wildcard, no rule prefix. rsync matches it against the whole path: from the top when it
+    starts with `/`, else against the path's end."""
+    body = pattern.rstrip("/")
+    return "/" in body and bool(body.strip("/")) and not re.search(r"[*?\[\\]|//|^[-+] ", body)
 
-    It looks at more than rsync sends (excludes with a slash or a class are not applied),
-    so a change it sees may send nothing; it never misses one rsync would send. `ignored`
+
+class Excludes:
+    """What rsync leaves out (ALWAYS_EXCLUDED and the config's excludes), as the scan can
+    apply it exactly: names at any depth (`*.o`, `build/`) and literal paths (`/.venv/`).
+    Any other pattern (a wildcard in a path, a `+ ` rule) makes `exact` False: the scan then
+    sees more than rsync sends, so what changed is left to rsync to send, never guessed."""
+
+    def __init__(self, patterns: Iterable[str]):
+        patterns = [*ALWAYS_EXCLUDED, *patterns]
+        self.names = [(p.rstrip("/"), p.endswith("/")) for p in patterns if is_plain_name(p)]
+        self.paths = [(p.rstrip("/"), p.endswith("/")) for p in patterns if is_literal_path(p)]
+        self.exact = len(self.names) + len(self.paths) == len(patterns)
+
+    def __call__(self, path: str, is_dir: bool) -> bool:
+        """Whether rsync leaves out `path` (relative to the project, '/' between names) itself."""
+        name = path.rpartition("/")[2]
+        return (any(fnmatch.fnmatchcase(name, pattern) for pattern, dir_only in self.names if is_dir or not dir_only)
+                or any(path == pattern[1:] if pattern.startswith("/") else path == pattern or
+                       path.endswith("/" + pattern) for pattern, dir_only in self.paths if is_dir or not dir_only))
+
+
+def scan(project_dir: Path, settings: SyncConfig, ignored: Set[str]) -> Tree:
+    """Every path under `project_dir` that rsync sends, with its Entry (see Excludes: with an
+    exclude it cannot apply exactly, it lists more, and the tree is not `exact`). `ignored`
     is git's list (sync.git_ignored), left out as rsync leaves it out, and hashed: a rule
     that stops ignoring a file changes the digest."""
     digest = hashlib.sha256(repr((str(project_dir), settings, sorted(ignored))).encode(errors="surrogateescape"))
-    plain = [p for p in settings.excludes if is_plain_name(p)]
-
-    def excluded(name: str, is_dir: bool) -> bool:
-        return any(fnmatch.fnmatchcase(name, p.rstrip("/")) for p in plain if is_dir or not p.endswith("/"))
-
+    excluded = Excludes(settings.excludes)
     entries: Dict[str, Entry] = {}
     for folder, dirs, files in os.walk(project_dir):
-        top = folder == str(project_dir)
-        rel = "" if top else os.path.relpath(folder, project_dir) + "/"
-        dirs[:] = sorted(d for d in dirs if d != ".git" and not (top and d == "vm") and not excluded(d, True)
-                         and not {rel + d, rel + d + "/"} & ignored)
-        for name in sorted(f for f in files if not excluded(f, False) and rel + f not in ignored) + dirs:
+        rel = "" if folder == str(project_dir) else os.path.relpath(folder, project_dir) + "/"
+        descend = []
+        for name in sorted(files + dirs):
+            path = rel + name
             st = os.lstat(os.path.join(folder, name))
+            is_dir = stat.S_ISDIR(st.st_mode)  # a link to a folder is a link to rsync -a, not a folder
+            if excluded(path, is_dir) or path in ignored or (is_dir and path + "/" in ignored):
+                continue
+            descend += [name] if is_dir else []
             entry = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
-            entries[rel + name] = entry
+            entries[path] = entry
             digest.update(f"{folder}/{name}\0{entry[0]}\0{entry[1]}\0{entry[2]}\0{entry[3]}\0"
                           .encode(errors="surrogateescape"))
-    return Tree(entries, digest.hexdigest())
+        dirs[:] = descend
+    return Tree(entries, digest.hexdigest(), excluded.exact)
 
 
 def diff(old: Dict[str, Entry], new: Tree) -> Optional[Delta]:
     """What turns the copy `old` describes into `new`, or None when rsync should do it
-    (too much to send, or a name the one-line protocol cannot carry)."""
+    (too much to send, a name the one-line protocol cannot carry, or a tree that is not exact)."""
+    if not new.exact:
+        return None
     delta = Delta()
     for path, entry in new.entries.items():
         before = old.get(path)

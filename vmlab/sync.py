@@ -26,7 +26,6 @@ from vmlab.config import SyncConfig
 from vmlab.errors import ConfigError, GuestUnreachable, SyncError
 from vmlab.openssh import SSH_FAILED, SharedConnection
 
-ALWAYS_EXCLUDED = ("--exclude=.git", "--exclude=/vm/")
 STAMP_SUFFIX = ".vmlab-synced"  # beside the guest's copy: <guest_dir>.vmlab-synced (see SyncGate)
 log = logging.getLogger(__name__)
 RSYNC_LOST_CONNECTION = 12  # rsync's "error in rsync protocol data stream": its remote shell went away
@@ -69,8 +68,8 @@ def _anchored(path: str) -> str:
 
 def rsync_argv(conn: SharedConnection, project_dir: Path, settings: SyncConfig) -> List[str]:
     """rsync's command line; with settings.gitignore it reads git_ignored's list, anchored, on stdin."""
-    argv = [host.which("rsync") or "rsync", "-a", "--delete", "--stats", *ALWAYS_EXCLUDED,
-            *(f"--exclude={pattern}" for pattern in settings.excludes)]
+    argv = [host.which("rsync") or "rsync", "-a", "--delete", "--stats",
+            *(f"--exclude={pattern}" for pattern in (*delta.ALWAYS_EXCLUDED, *settings.excludes))]
     if settings.gitignore:
         argv += ["--from0", "--exclude-from=-"]
     # --mkpath (rsync 3.2.3+) makes guest_dir; a `mkdir -p && rsync` wrapper costs an exec (~40 ms under TCG)

@@ -16,7 +16,6 @@ and prints a summary line of the session.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
 import signal
@@ -73,7 +72,7 @@ class Ignored:
         from watchfiles import DefaultFilter
 
         self.project_dir, self.gitignore = project_dir, gitignore
-        self.plain = [p.rstrip("/") for p in excludes if delta.is_plain_name(p)]
+        self.excluded = delta.Excludes(excludes)
         self.editor = DefaultFilter(ignore_paths=[str(state_dir), str(project_dir / "vm")])
 
     def __call__(self, change: object, path: str) -> bool:
@@ -81,10 +80,12 @@ class Ignored:
         if not self.editor(change, path):  # type: ignore[arg-type]
             return False
         rel = os.path.relpath(path, self.project_dir)
-        parts = rel.split(os.sep)
-        if rel.startswith("..") or parts[0] == "vm":
+        if rel.startswith(".."):
             return False
-        return not any(fnmatch.fnmatchcase(part, p) for part in parts for p in self.plain)
+        parts = rel.split(os.sep)
+        folders = ("/".join(parts[:i]) for i in range(1, len(parts)))
+        return not (any(self.excluded(folder, True) for folder in folders)
+                    or self.excluded("/".join(parts), os.path.isdir(path) and not os.path.islink(path)))
 
     def kept(self, paths: Set[str]) -> Set[str]:
         """Of `paths`, those git does not ignore (with sync.gitignore); git is asked once per burst."""

@@ -1,0 +1,74 @@
+"""The host's scan of the project (delta.scan), which decides what the loop's fast path
+sends without rsync, must list exactly what rsync sends. No VM is needed: real rsync copies
+a real tree into a local folder, and that copy is the oracle."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import List, Set
+
+import pytest
+
+from vmlab import delta
+from vmlab.config import SyncConfig
+from vmlab.watch import Ignored
+
+FILES = ["top.txt", "sub/top.txt", "a.tmp", "sub/b.tmp", ".git/HEAD", "sub/.git", "vm/default/disk",
+         "sub/vm/kept", ".venv/bin/python", "sub/.venv/kept", "docs/build/page.html", "x/docs/build/page.html",
+         "docs/keep.md", "build/out.o", "sub/build/out.o", "notes/build", "src/main.c"]
+
+
+def project(root: Path) -> Path:
+    for name in FILES:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(name)
+    (root / "cache").mkdir()
+    (root / "linked").symlink_to("cache")  # a link to a folder: rsync -a sends it as a link
+    return root
+
+
+def rsync_sends(root: Path, excludes: List[str], tmp_path: Path) -> Set[str]:
+    """What real rsync copies, with vmlab's own exclude arguments."""
+    out = tmp_path / "copy"
+    args = [f"--exclude={p}" for p in (*delta.ALWAYS_EXCLUDED, *excludes)]
+    subprocess.run(["rsync", "-a", *args, f"{root}/", f"{out}/"], check=True)
+    return {str(p.relative_to(out)) for p in out.rglob("*")}
+
+
+@pytest.mark.parametrize("excludes", [
+    [],
+    ["*.tmp", "build/"],
+    ["/.venv/", "docs/build", "/top.txt", "linked/", "notes/"],
+    ["/build", "sub/", "*.c"],
+], ids=["none", "names", "paths", "mixed"])
+def test_the_scan_lists_exactly_what_rsync_sends(tmp_path: Path, excludes: List[str]) -> None:
+    root = project(tmp_path / "project")
+    tree = delta.scan(root, SyncConfig(guest_dir="p", excludes=excludes), set())
+    assert tree.exact
+    assert set(tree.entries) == rsync_sends(root, excludes, tmp_path)
+
+
+def test_a_pattern_the_scan_cannot_apply_leaves_the_turn_to_rsync(tmp_path: Path) -> None:
+    """`src/*.c` (a wildcard in a path) is rsync's to apply: the scan lists more than rsync
+    sends, so it offers no delta of its own, whatever changed."""
+    root = project(tmp_path / "project")
+    settings = SyncConfig(guest_dir="p", excludes=["src/*.c"])
+    before = delta.scan(root, settings, set())
+    assert not before.exact and "src/main.c" in before.entries and "src/main.c" not in rsync_sends(
+        root, ["src/*.c"], tmp_path)
+    (root / "src" / "main.c").write_text("edited")
+    assert delta.diff(before.entries, delta.scan(root, settings, set())) is None
+
+
+def test_watch_leaves_out_what_the_scan_leaves_out(tmp_path: Path) -> None:
+    """A save under an anchored exclude (`/.venv/` is what `vmlab init` writes) or a literal
+    path starts no run; the same name elsewhere does."""
+    root = project(tmp_path / "project")
+    ignored = Ignored(root, root / "vm", ["/top.txt", "/notes/", "docs/build"], gitignore=False)
+    saved = {name: ignored(None, str(root / name)) for name in
+             ("top.txt", "sub/top.txt", "notes/build", "docs/build/page.html", "x/docs/build/page.html",
+              "docs/keep.md", ".git/HEAD", "vm/default/disk", "src/main.c")}
+    assert saved == {"top.txt": False, "sub/top.txt": True, "notes/build": False, "docs/build/page.html": False,
+                     "x/docs/build/page.html": False, "docs/keep.md": True, ".git/HEAD": False,
+                     "vm/default/disk": False, "src/main.c": True}
