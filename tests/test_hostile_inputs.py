@@ -312,6 +312,25 @@ def test_item02_a_private_file_interrupted_between_any_two_lines_leaves_nothing(
     assert n > 5, "the trace saw almost no lines; the test tried nothing"
 
 
+def test_records_written_by_two_commands_at_once_are_always_whole(tmp_path: Path) -> None:
+    """Two vmlab commands may write one record at once (a watch and a quick both write the
+    sync record): with one temporary name for both, one rename took the other's half-written
+    file into place and the other's failed. Here 3 processes each write 150 versions while
+    the test reads: every read is one whole version, and no writer fails."""
+    record = tmp_path / "state.json"
+    writer = (f"import sys; from pathlib import Path; from vmlab import atomic\n"
+              f"for i in range(150): atomic.write_text(Path({str(record)!r}), sys.argv[1] * (20000 + i))")
+    procs = [subprocess.Popen([sys.executable, "-c", writer, c], stderr=subprocess.PIPE, text=True) for c in "abc"]
+    seen = set()
+    while any(p.poll() is None for p in procs):
+        if record.exists():
+            text = record.read_text()
+            assert len(set(text)) == 1 and 20000 <= len(text) < 20150, f"a mixed or cut record: {len(text)} bytes"
+            seen.add(text[0])
+    assert [(p.returncode, p.stderr.read()) for p in procs] == [(0, "")] * 3
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"] and seen
+
+
 def test_item02_golden_export_to_a_missing_folder_is_exit_2_naming_it(project: Project) -> None:
     cache = project.root / "cache"
     make_golden(project, cache)

@@ -16,11 +16,13 @@ from typing import BinaryIO, Iterator
 
 
 @contextmanager
-def made_as(path: Path) -> Iterator[Path]:
+def made_as(path: Path, unique: bool = False) -> Iterator[Path]:
     """A temporary name beside `path` for a tool to make the file under (qemu-img, a copy):
     renamed to `path` if the block ends without error, deleted on any failure or Ctrl-C. The
-    name is fixed, so what a `kill -9` left is replaced by the next try, not piled up."""
-    tmp = path.with_name(f".{path.name}.partial")
+    name is fixed, so what a `kill -9` left (a disk: it can be large) is replaced by the next
+    try, not piled up; `unique` gives each writer its own, for a file two commands may write
+    at once (the other's rename would take a half-written file into place)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8) + '.' if unique else ''}partial")
     try:
         tmp.unlink(missing_ok=True)
         yield tmp
@@ -32,7 +34,7 @@ def made_as(path: Path) -> Iterator[Path]:
 
 def write_text(path: Path, text: str) -> None:
     """Replace `path`'s content with `text` as one step (a record, a report)."""
-    with made_as(path) as tmp:
+    with made_as(path, unique=True) as tmp:
         tmp.write_text(text)
 
 
