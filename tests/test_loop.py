@@ -228,8 +228,9 @@ def test_quick_never_sends_what_the_excludes_leave_out(sample: Project, show: Pa
     """An anchored exclude (`/venv/`, as `vmlab init` writes `/.venv/`) and a literal path
     (`docs/build`) are left out by the turn that sends only what changed, as rsync leaves
     them out: that turn used to send them once a file in them changed (a user's pip install
-    put 149 files of .venv in the guest). A pattern with a wildcard in a path (`gen/*.out`)
-    is rsync's to apply: such a turn runs rsync."""
+    put 149 files of .venv in the guest), and writes there in the guest made every turn an
+    rsync. A pattern with a wildcard in a path (`gen/*.out`) is rsync's to apply: such a
+    turn runs rsync."""
     settings = yaml.safe_load(show.read_text())
     settings["sync"]["excludes"] += ["/venv/", "docs/build"]
     config = sample.root / "excludes.yaml"
@@ -257,6 +258,10 @@ def test_quick_never_sends_what_the_excludes_leave_out(sample: Project, show: Pa
         sent = quick()
         assert "1 changed file sent" in sent and "no rsync scan" in sent, sent
         assert guest_has("venv", "docs/build", "docs/keep.md", "data/new.txt") == ["docs/keep.md", "data/new.txt"]
+        in_guest(sample, "mkdir -p sample/venv sample/x/docs/build")  # new names in the copy: a sync
+        quick()
+        in_guest(sample, "date > sample/venv/built && date > sample/x/docs/build/page.html")  # a build's output
+        assert "in sync" in quick()  # rsync leaves those alone: no reason to run it
         settings["sync"]["excludes"] += ["gen/*.out"]
         config.write_text(yaml.safe_dump(settings))
         (sample.root / "gen").mkdir()
@@ -269,6 +274,7 @@ def test_quick_never_sends_what_the_excludes_leave_out(sample: Project, show: Pa
         for path in made:
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         config.unlink()
+        in_guest(sample, "rm -rf sample/venv sample/x")
 
 
 def test_a_chatty_login_shell_is_shown_and_named_when_it_breaks_rsync(sample: Project, show: Path) -> None:

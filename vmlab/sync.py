@@ -183,11 +183,18 @@ class SyncGate:
 
     def _find_changed(self, folder: str) -> str:
         """find(1) for what changed in the guest's copy since the stamp, but in what rsync
-        leaves alone (.git, vm/, excluded names), so a build folder listed in the excludes
-        can be written without costing a sync."""
-        skip = ["-name .git", f"-path {shlex.quote(folder + '/vm')}"]
-        skip += [f"-name {shlex.quote(p.rstrip('/'))}" + (" -type d" if p.endswith("/") else "")
-                 for p in self.settings.excludes if delta.is_plain_name(p)]
+        leaves alone (.git, vm/, excluded names and literal paths), so a build folder listed
+        in the excludes (`build/`, `/build/`) can be written without costing a sync."""
+        skip = []
+        for p in (*delta.ALWAYS_EXCLUDED, *self.settings.excludes):
+            body = p.rstrip("/")
+            if delta.is_plain_name(p):
+                test = f"-name {shlex.quote(body)}"
+            elif delta.is_literal_path(p):  # find's -path: from the copy's top, or at any depth
+                test = f"-path {shlex.quote(folder + body if body.startswith('/') else '*/' + body)}"
+            else:
+                continue
+            skip.append(test + (" -type d" if p.endswith("/") else ""))
         return f'find {shlex.quote(folder)} \\( {" -o ".join(skip)} \\) -prune -o -cnewer "$s" -print'
 
     def answer(self, line: str) -> Optional[bytes]:
