@@ -88,9 +88,14 @@ class Excludes:
     def __call__(self, path: str, is_dir: bool) -> bool:
         """Whether rsync leaves out `path` (relative to the project, '/' between names) itself."""
         name = path.rpartition("/")[2]
-        return (any(fnmatch.fnmatchcase(name, pattern) for pattern, dir_only in self.names if is_dir or not dir_only)
-                or any(path == pattern[1:] if pattern.startswith("/") else path == pattern or
-                       path.endswith("/" + pattern) for pattern, dir_only in self.paths if is_dir or not dir_only))
+        for pattern, dir_only in self.names:
+            if (is_dir or not dir_only) and fnmatch.fnmatchcase(name, pattern):
+                return True
+        for pattern, dir_only in self.paths:
+            at = path == pattern[1:] if pattern.startswith("/") else path == pattern or path.endswith("/" + pattern)
+            if (is_dir or not dir_only) and at:
+                return True
+        return False
 
 
 def scan(project_dir: Path, settings: SyncConfig, ignored: Set[str]) -> Tree:

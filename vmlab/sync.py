@@ -185,16 +185,10 @@ class SyncGate:
         """find(1) for what changed in the guest's copy since the stamp, but in what rsync
         leaves alone (.git, vm/, excluded names and literal paths), so a build folder listed
         in the excludes (`build/`, `/build/`) can be written without costing a sync."""
-        skip = []
-        for p in (*delta.ALWAYS_EXCLUDED, *self.settings.excludes):
-            body = p.rstrip("/")
-            if delta.is_plain_name(p):
-                test = f"-name {shlex.quote(body)}"
-            elif delta.is_literal_path(p):  # find's -path: from the copy's top, or at any depth
-                test = f"-path {shlex.quote(folder + body if body.startswith('/') else '*/' + body)}"
-            else:
-                continue
-            skip.append(test + (" -type d" if p.endswith("/") else ""))
+        excludes = delta.Excludes(self.settings.excludes)
+        skip = [f"-name {shlex.quote(name)}" + (" -type d" if dir_only else "") for name, dir_only in excludes.names]
+        skip += [f"-path {shlex.quote(folder + path if path.startswith('/') else '*/' + path)}"  # top, or any depth
+                 + (" -type d" if dir_only else "") for path, dir_only in excludes.paths]
         return f'find {shlex.quote(folder)} \\( {" -o ".join(skip)} \\) -prune -o -cnewer "$s" -print'
 
     def answer(self, line: str) -> Optional[bytes]:
