@@ -5,7 +5,7 @@ The formats' output is the real output of the real tools, kept in tests/runner-o
 README says how each was made), fed in chunks as SSH delivers it. Then the real runners this
 machine has (go test -json, perl's Test::More under prove, pytest) run as suites over OpenSSH
 against a real sshd on 127.0.0.1 standing in for the guest's (tests/sshd_fixtures.py), and one
-of them waits, mid-run, until its first test's line has been shown. tests/test_seed_targets.py
+of them waits, mid-run, until its first test's line has been shown. tests/test_suite_targets.py
 shows the same through `make` and `vmlab watch` on the real Debian guest.
 """
 

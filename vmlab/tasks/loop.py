@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import List, Optional
 
 from invoke.context import Context
@@ -64,11 +65,24 @@ def test_all(c: Context, vm: Optional[str] = None, config: Optional[str] = None,
                               restore_on_failure or lab.config.restore_on_failure, raw=raw_output(raw)))
 
 
-@task(help={"config": CONFIG_HELP, "json": "one line of JSON, {\"include\": [...]}: a CI matrix for fromJSON"})
+@task(help={"config": CONFIG_HELP, "json": "one line of JSON, {\"include\": [...]}: a CI matrix for fromJSON",
+            "make": "each suite as the make target that runs it (what `make vm-help` lists)"})
 @cli
-def suites(c: Context, config: Optional[str] = None, json_: bool = False) -> None:
-    """List the suites (--json: a CI matrix of them)."""
+def suites(c: Context, config: Optional[str] = None, json_: bool = False, make: bool = False) -> None:
+    """List the suites (--json: a CI matrix; --make: targets)."""
     cfg = config_mod.load(config)
+    if make:
+        from vmlab.init import suite_target
+
+        for s in cfg.suites.values():
+            target = suite_target(s.name, cfg.project_dir)
+            what = s.command if len(s.command) <= 60 else s.command[:59] + "…"
+            taken = f" (vm-test-{s.name} is another target)" if target.startswith("vm-test ") else ""
+            print(f"  make {target:<20} Run suite {s.name}: {what}{' (as root)' if s.privileged else ''}{taken}")
+        if not cfg.suites:
+            where = cfg.source if Path(cfg.source).is_file() else config_mod.CONFIG_NAME
+            print(f"  make {'vm-test-NAME':<20} Run suite NAME (none yet: add them under 'suites:' in {where})")
+        return
     _require_suites(cfg)  # an empty matrix would fail on GitHub with a message that names no file
     matrix = config_mod.suite_matrix(cfg)
     if json_:
