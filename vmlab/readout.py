@@ -31,6 +31,7 @@ from vmlab.results import SuiteResult
 ICONS = {PASSED: "✓", FAILED: "✖", ERROR: "✖", SKIPPED: "∅"}  # gotestsum's
 COLORS = {PASSED: "32", FAILED: "31", ERROR: "31", SKIPPED: "33"}  # green, red, yellow
 INDENT = "    "  # a test's output under its line
+LONGEST_LINE = 1 << 20  # bytes without a newline that are shown as they are, not read as the format
 
 
 @dataclass
@@ -57,7 +58,7 @@ class Readout:
     raw: bool = False
     color: Optional[bool] = None  # None: if `out` is a terminal (and NO_COLOR is not set)
     reader: Union[formats.GoTestReader, formats.TapReader, None] = field(init=False, default=None)
-    partial: bytes = field(init=False, default=b"")  # a line whose end has not come yet
+    partial: List[bytes] = field(init=False, default_factory=list)  # a line whose end has not come yet
     pending: Optional[_Shown] = field(init=False, default=None)
     last: Optional[_Shown] = field(init=False, default=None)  # lines said after it go under it, if it failed
 
@@ -76,8 +77,15 @@ class Readout:
         if self.reader is None:
             self.out.write(data)
             return len(data)
-        lines = (self.partial + data).split(b"\n")
-        self.partial = lines.pop()
+        if b"\n" not in data:
+            self.partial.append(data)  # joined once its end comes: a long line costs no more than its size
+            if sum(map(len, self.partial)) > LONGEST_LINE:  # not a test's line: shown as it is
+                self.out.write(b"".join(self.partial))
+                self.partial = []
+            return len(data)
+        lines = b"".join([*self.partial, data]).split(b"\n")
+        rest = lines.pop()
+        self.partial = [rest] if rest else []
         for line in lines:
             self._read(line + b"\n")
         return len(data)
@@ -93,8 +101,8 @@ class Readout:
             return
         if self.reader is not None:
             if self.partial:
-                self._read(self.partial + b"\n")
-                self.partial = b""
+                self._read(b"".join(self.partial) + b"\n")
+                self.partial = []
             events, parsed = self.reader.close()
             for event in events:
                 self._show(event)
