@@ -51,7 +51,7 @@ class _Shown:
 
 @dataclass
 class Readout:
-    """Where a suite's output goes (an IO[bytes] to openssh's run): the readable view of it, on `out`."""
+    """Where a suite's output goes as it comes (openssh's Sink): the readable view of it, on `out`."""
 
     suite: SuiteConfig
     out: IO[bytes]
@@ -59,6 +59,7 @@ class Readout:
     color: Optional[bool] = None  # None: if `out` is a terminal (and NO_COLOR is not set)
     reader: Union[formats.GoTestReader, formats.TapReader, None] = field(init=False, default=None)
     partial: List[bytes] = field(init=False, default_factory=list)  # a line whose end has not come yet
+    partial_size: int = field(init=False, default=0)
     pending: Optional[_Shown] = field(init=False, default=None)
     last: Optional[_Shown] = field(init=False, default=None)  # lines said after it go under it, if it failed
 
@@ -79,13 +80,14 @@ class Readout:
             return len(data)
         if b"\n" not in data:
             self.partial.append(data)  # joined once its end comes: a long line costs no more than its size
-            if sum(map(len, self.partial)) > LONGEST_LINE:  # not a test's line: shown as it is
+            self.partial_size += len(data)
+            if self.partial_size > LONGEST_LINE:  # not a test's line: shown as it is
                 self.out.write(b"".join(self.partial))
-                self.partial = []
+                self.partial, self.partial_size = [], 0
             return len(data)
         lines = b"".join([*self.partial, data]).split(b"\n")
         rest = lines.pop()
-        self.partial = [rest] if rest else []
+        self.partial, self.partial_size = ([rest] if rest else []), len(rest)
         for line in lines:
             self._read(line + b"\n")
         return len(data)
@@ -102,7 +104,7 @@ class Readout:
         if self.reader is not None:
             if self.partial:
                 self._read(b"".join(self.partial) + b"\n")
-                self.partial = []
+                self.partial, self.partial_size = [], 0
             events, parsed = self.reader.close()
             for event in events:
                 self._show(event)
