@@ -96,7 +96,8 @@ def test_go_test_v_names_the_package_once_it_ends_and_keeps_output_that_follows_
     assert under(text, "✖  TestPanics")[0] == "    panic: assignment to entry in nil map [recovered]"  # after ---FAIL
     assert lines.index("✖  TestFatal") < lines.index(f"✖  {GOCAP}ok (2ms)")
     assert f"∅  {GOCAP}nofiles (no test files)" in lines
-    assert "setup: the database is not there" in lines  # said outside any test: shown as it came
+    assert lines.count("setup: the database is not there") == 1  # said outside any test: shown as it came,
+    assert under(text, f"✖  {GOCAP}mainfail TestMain") == []  # not again under the failure it explains
 
 
 def test_package_times_are_written_as_go_writes_them() -> None:

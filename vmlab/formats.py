@@ -27,7 +27,7 @@ import json
 import re
 import textwrap
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 FORMATS = ("junit", "pytest", "go-test", "tap")
@@ -409,11 +409,12 @@ class GoTestReader(_GoRun):
         self.events.append(Ended(case))
 
     def package_end(self, package: str, action: str, build_failed: str = "") -> None:
-        made = len(self.cases)
+        made, said = len(self.cases), not self.package_output.get(package)  # -v: its lines were shown (Other)
         super().package_end(package, action, build_failed)
         cases = self.cases[made:]
         told = {name for (where, name) in self.told if where in ("", package)}
-        self.events += [Ended(c) for c in cases if c.failing and c.name not in told]
+        self.events += [Ended(replace(c, text="") if said and c.name == "TestMain" else c)
+                        for c in cases if c.failing and c.name not in told]
         self.told = {key: case for key, case in self.told.items() if key[0] not in ("", package)}
         seconds, notes = 0.0, []
         for found in _GO_SUMMARY.finditer(self.summaries.pop(package, "")):
