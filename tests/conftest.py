@@ -174,6 +174,21 @@ def shared_project(tmp_path_factory: pytest.TempPathFactory):
     kill_vms(root)
 
 
+@pytest.fixture(scope="session")
+def vmlab_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """vmlab built as a wheel and installed into a fresh venv of the system's python3: vmlab
+    as a project that adopts it has it (tests/test_adoption.py, tests/test_suite_targets.py)."""
+    work = tmp_path_factory.mktemp("install")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work / "dist"),
+                    str(Path(__file__).resolve().parents[1])], check=True, capture_output=True)
+    wheel = next((work / "dist").glob("vmlab-*.whl"))
+    system_python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable  # a user's
+    subprocess.run([system_python, "-m", "venv", str(work / "venv")], check=True)
+    subprocess.run([str(work / "venv" / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(wheel)],
+                   check=True, capture_output=True)
+    return work / "venv" / "bin"
+
+
 RUN_MARK = "VMLAB_TEST_RUN"  # in the environment of every process this test run starts, QEMU included
 
 

@@ -12,8 +12,6 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Dict, Optional
 
-import pytest
-
 from conftest import kill_vms
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,19 +39,6 @@ hello: ## the project's own first target
 test:
 \tsh tests/mount-test.sh
 """
-
-
-@pytest.fixture(scope="module")
-def vmlab_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """vmlab built as a wheel and installed into a fresh venv of the system's python3."""
-    work = tmp_path_factory.mktemp("install")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "-w", str(work / "dist"), str(REPO)], check=True, capture_output=True)
-    wheel = next((work / "dist").glob("vmlab-*.whl"))
-    subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(work / "venv")], check=True)
-    subprocess.run([str(work / "venv" / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(wheel)],
-                   check=True, capture_output=True)
-    return work / "venv" / "bin"
 
 
 def run(argv: list, cwd: Path, bin_dir: Path, env: Optional[Dict[str, str]] = None,

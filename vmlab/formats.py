@@ -15,7 +15,10 @@ which test failed, not just which suite:
 - `junit`, and `pytest` (pytest's own --junitxml, which vmlab asks for): the file.
 
 The parsers are pure: text in, cases out. Output that holds no test, or that ends
-before its tests did, says so in Parsed.problem, never with an exception.
+before its tests did, says so in Parsed.problem, never with an exception. go test's
+and TAP's also read line by line (GoTestReader, go_test()'s parser; TapReader, tap()'s),
+saying what each line ended (a test, a package) or that it is not in the format, for
+the display of a suite's output as it comes (readout.py).
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ import json
 import re
 import textwrap
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 FORMATS = ("junit", "pytest", "go-test", "tap")
 FROM_FILE = ("junit", "pytest")  # read from the JUnit file the suite wrote, not from its output
@@ -310,32 +313,10 @@ def _tap_message(text: str) -> str:
 
 def tap(output: str, classname: str) -> Parsed:
     """TAP versions 12 to 14 (and `prove -v`); `classname` names a stream that has no file name."""
-    files = [_TapFile(classname)]
+    reader = TapReader(classname)
     for line in output.splitlines(keepends=True):
-        prove, plan, bail, point = (_PROVE_FILE.match(line), _TAP_PLAN.match(line), _TAP_BAIL.match(line),
-                                    _TAP_POINT.match(line))
-        current = files[-1]
-        if prove:
-            files.append(_TapFile(prove.group(1)))
-        elif point:
-            current.point(len(point.group(1)), bool(point.group(2)), point.group(3), point.group(4))
-        elif plan:
-            current.last = None
-            if not plan.group(1):
-                current.plan = int(plan.group(2))
-        elif bail:
-            current.bailed = True
-            current.cases.append(TestCase("Bail out!", current.classname, ERROR, message=bail.group(1) or "bailed out"))
-            current.last = None
-        elif _TAP_SUBTEST.match(line) or _PROVE_SAYS.match(line):
-            current.last = None
-        else:
-            current.line(line)
-    problems = [problem for problem in (f.finish() for f in files) if problem]
-    cases = [case for f in files for case in f.cases]
-    if not cases and not problems:
-        problems = ["its output has no TAP test line ('ok N - name' / 'not ok N - name')"]
-    return Parsed(cases, "; ".join(problems))
+        reader.line(line)
+    return reader.close()[1]
 
 
 def parse(format_: str, output: str, classname: str) -> Parsed:
@@ -344,4 +325,168 @@ def parse(format_: str, output: str, classname: str) -> Parsed:
         return go_test(output)
     if format_ == "tap":
         return tap(output, classname)
+    raise ValueError(f"format {format_!r} is read from a file, not from the output")
+
+
+# --- read as it comes: what a display (readout.py) shows before the output ends ---
+
+
+@dataclass
+class Ended:
+    """A test ended: its case as far as it is known then (TAP's diagnostics follow its point: Said)."""
+
+    case: TestCase
+    depth: int = 0  # a TAP subtest's indentation
+
+
+@dataclass
+class Said:
+    """A line of output that belongs to a test that has already ended."""
+
+    case: TestCase
+    line: str
+
+
+@dataclass
+class GroupEnded:
+    """A package ended (go test): its outcome and time as `go test` says them."""
+
+    name: str
+    outcome: str
+    time: float
+    tests: int  # how many tests it reported
+    note: str = ""  # "cached", "no test files", "build failed", its coverage
+
+
+@dataclass
+class Other:
+    """A line that is not in the format (a build's or a script's own words): shown as it is."""
+
+    line: str
+
+
+Event = Union[Ended, Said, GroupEnded, Other]
+_GO_SUMMARY = re.compile(r"(\d+(?:\.\d+)?)s\b|\((cached)\)|(coverage: .*? of statements)|\[(.+?)\]")
+
+
+class GoTestReader(_GoRun):
+    """`go test -json` (or `-v`) read line by line, saying what ended as soon as it ends: the
+    same parser as go_test(), with the moments a display needs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: List[Event] = []
+        self.told: Dict[Tuple[str, str], TestCase] = {}  # (package, test): the case an Ended gave
+        self.summaries: Dict[str, str] = {}  # by package: the rest of its `ok`/`FAIL` line
+
+    def line(self, text: str) -> List[Event]:
+        event = _json_event(text)
+        said = str(event.get("Output", "")) if event and event["Action"] == "output" else text if not event else ""
+        end = _GO_PACKAGE_END.match(said)
+        if end:
+            self.summaries[end.group(2)] = end.group(3) or ""
+        if event is not None:
+            self.event(event)
+        elif end and end.group(1) == "?   ":  # -v: a package without tests ends with no event
+            self.events.append(GroupEnded(end.group(2), SKIPPED, 0.0, 0, self.summaries.pop(end.group(2)).strip("[]")))
+        else:
+            self.text(text)
+        events, self.events = self.events, []
+        return events
+
+    def output(self, package: str, name: Optional[str], text: str) -> None:
+        super().output(package, name, text)
+        told = self.told.get((package, name)) if name else None
+        if told is not None:
+            self.events.append(Said(told, text))
+        elif not name and not package:  # in no test and no package: not go test's
+            self.events.append(Other(text))
+
+    def end(self, package: str, name: str, action: str, elapsed: float) -> None:
+        super().end(package, name, action, elapsed)
+        tests = self.tests[package]
+        self.told[(package, name)] = case = _go_case(package, tests[name], tests, (ERROR, ""))
+        self.events.append(Ended(case))
+
+    def package_end(self, package: str, action: str, build_failed: str = "") -> None:
+        made, said = len(self.cases), not self.package_output.get(package)  # -v: its lines were shown (Other)
+        super().package_end(package, action, build_failed)
+        cases = self.cases[made:]
+        told = {name for (where, name) in self.told if where in ("", package)}
+        self.events += [Ended(replace(c, text="") if said and c.name == "TestMain" else c)
+                        for c in cases if c.failing and c.name not in told]
+        self.told = {key: case for key, case in self.told.items() if key[0] not in ("", package)}
+        seconds, notes = 0.0, []
+        for found in _GO_SUMMARY.finditer(self.summaries.pop(package, "")):
+            time_, cached, coverage, bracketed = found.groups()
+            seconds = float(time_) if time_ else seconds
+            notes += [n for n in (cached, coverage, bracketed) if n]
+        outcome = ERROR if any(c.outcome == ERROR for c in cases) else _GO_ENDS[action]
+        self.events.append(GroupEnded(package, outcome, seconds, sum(c.classname == package for c in cases),
+                                      ", ".join(notes)))
+
+    def close(self) -> Tuple[List[Event], Parsed]:
+        """The output ended: the tests that never did (their output stopped), and every case."""
+        made = len(self.cases)
+        parsed = super().finish()
+        return [Ended(c) for c in parsed.cases[made:] if c.failing], parsed
+
+
+class TapReader:
+    """TAP read line by line: each point is a test that ended; the lines below it its diagnostics."""
+
+    def __init__(self, classname: str) -> None:
+        self.files = [_TapFile(classname)]
+
+    def line(self, line: str) -> List[Event]:
+        prove, plan, bail, point = (_PROVE_FILE.match(line), _TAP_PLAN.match(line), _TAP_BAIL.match(line),
+                                    _TAP_POINT.match(line))
+        current = self.files[-1]
+        if prove:
+            self.files.append(_TapFile(prove.group(1)))
+        elif point:
+            current.point(len(point.group(1)), bool(point.group(2)), point.group(3), point.group(4))
+            assert current.last is not None
+            return [Ended(current.last, len(point.group(1)))]
+        elif plan:
+            current.last = None
+            if not plan.group(1):
+                current.plan = int(plan.group(2))
+        elif bail:
+            current.bailed = True
+            current.cases.append(TestCase("Bail out!", current.classname, ERROR, message=bail.group(1) or "bailed out"))
+            current.last = None
+            return [Ended(current.cases[-1])]
+        elif _TAP_SUBTEST.match(line) or _PROVE_SAYS.match(line):
+            current.last = None
+            return [Other(line)] if _PROVE_SAYS.match(line) else []
+        elif current.last is None:
+            return [] if _TAP_VERSION.match(line) else [Other(line)]
+        else:
+            current.line(line)
+            duration = _TAP_DURATION.match(line)
+            if duration:
+                current.last.time = float(duration.group(1)) / 1000
+            return [Said(current.last, line)]
+        return []
+
+    def close(self) -> Tuple[List[Event], Parsed]:
+        """The output ended: every case (TAP says nothing more at its end)."""
+        problems = [problem for problem in (f.finish() for f in self.files) if problem]
+        cases = [case for f in self.files for case in f.cases]
+        if not cases and not problems:
+            problems = ["its output has no TAP test line ('ok N - name' / 'not ok N - name')"]
+        return [], Parsed(cases, "; ".join(problems))
+
+
+_TAP_VERSION = re.compile(r"^TAP version \d+\s*$")
+_TAP_DURATION = re.compile(r"^\s*duration_ms:\s*([\d.]+)")
+
+
+def reader(format_: str, classname: str) -> Union[GoTestReader, TapReader]:
+    """A reader of a suite's output as it comes (`format_` go-test or tap); `classname` for tests that name none."""
+    if format_ == "go-test":
+        return GoTestReader()
+    if format_ == "tap":
+        return TapReader(classname)
     raise ValueError(f"format {format_!r} is read from a file, not from the output")

@@ -93,9 +93,10 @@ def qemu_version() -> str:
     return out.splitlines()[0].replace("QEMU emulator version ", "") if out else "unknown"
 
 
-# What only vmlab's own tests need: a real sshd on 127.0.0.1 stands in for a guest's.
-# Installed with its service neither started nor enabled (see install_packages).
-TEST_PACKAGES = {"sshd": "openssh-server"}
+# What only vmlab's own tests need: a real sshd on 127.0.0.1 stands in for a guest's
+# (installed with its service neither started nor enabled: see install_packages), and
+# real test runners whose output vmlab reads (tests/test_readout.py).
+TEST_PACKAGES = {"sshd": "openssh-server", "go": "golang-go", "prove": "perl"}
 
 
 def missing_packages(for_tests: bool = False) -> List[str]:

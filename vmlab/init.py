@@ -121,12 +121,31 @@ def _add_make_targets(project: Path, confirm: Callable[[str], bool]) -> Tuple[st
                        f"({', '.join(clashing)}); remove them, then add the line `{INCLUDE}`")
     with open(makefile, "a") as f:
         f.write(("\n" if text and not text.endswith("\n") else "") + ("\n" if text else "") + INCLUDE + "\n")
-    return wrote, f"{'added' if text else 'wrote'} `include vmlab.mk` to {makefile}"
+    own = sorted(own_test_targets(text))
+    kept = (f"; kept {makefile.name}'s own {', '.join(own)}: make runs your recipes for those names, not vmlab's "
+            "(vmlab's run of any suite: `make vm-test VM_SUITE=NAME`)") if own else ""
+    return wrote, f"{'added' if text else 'wrote'} `include vmlab.mk` to {makefile}{kept}"
 
 
 def fragment_targets() -> Set[str]:
-    """The targets vmlab.mk defines."""
+    """The targets vmlab.mk defines by name (not vm-test-%, its pattern rule)."""
     return set(re.findall(r"^(vm-[a-z0-9-]+):", FRAGMENT.read_text(), re.MULTILINE))
+
+
+def own_test_targets(makefile_text: str) -> Set[str]:
+    """The vm-test-* targets (or pattern) a Makefile has of its own: make runs those, not vmlab.mk's
+    vm-test-% (a pattern rule yields to a target of the name, and to a pattern defined before it)."""
+    rules = re.findall(r"^([^\s:#=][^:#=]*)::?(?!=)", makefile_text, re.MULTILINE)
+    return {t for rule in rules for t in rule.split() if t.startswith("vm-test-")} - fragment_targets()
+
+
+def suite_target(suite: str, project: Path) -> str:
+    """What `make` runs `suite` with in `project`: vm-test-NAME, unless that name is taken (vm-test-all,
+    or the project's own target): then vm-test VM_SUITE=NAME."""
+    makefile = _makefile(project)
+    taken = fragment_targets() | (own_test_targets(makefile.read_text(errors="replace")) if makefile else set())
+    target = f"vm-test-{suite}"
+    return f"vm-test VM_SUITE={suite}" if target in taken or "vm-test-%" in taken else target
 
 
 def _ignore_state(project: Path) -> str:

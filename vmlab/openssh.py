@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Protocol, Tuple
 
 from vmlab import host
 from vmlab.errors import Cancelled, GuestUnreachable, PrerequisiteMissing
@@ -56,6 +56,14 @@ def runtime_dir() -> Path:
     return base
 
 
+class Sink(Protocol):
+    """Where a command's output goes: a binary file, or a display of it (readout.Readout)."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class SharedConnection:
     """The OpenSSH command line for one VM's guest, sharing one connection between commands."""
@@ -83,7 +91,7 @@ class SharedConnection:
         """ssh with this connection's options and user, without a destination (what rsync -e wants)."""
         return [host.which("ssh") or "ssh", *self.ssh_options()]
 
-    def run(self, command: str, output: Optional[IO[bytes]] = None, echo: Optional[IO[bytes]] = None,
+    def run(self, command: str, output: Optional[Sink] = None, echo: Optional[Sink] = None,
             timeout: Optional[float] = None, handshake: Optional[Callable[[str], Optional[bytes]]] = None,
             cancel: Optional[threading.Event] = None) -> int:
         """Run `command` in the guest; stdout and stderr go, merged, to `output` and `echo`.
@@ -141,7 +149,7 @@ class SharedConnection:
 
     @staticmethod
     def _handshake(proc: "subprocess.Popen[bytes]", handshake: Callable[[str], Optional[bytes]],
-                   sinks: Tuple[Optional[IO[bytes]], ...]) -> bytes:
+                   sinks: Tuple[Optional[Sink], ...]) -> bytes:
         """Give `handshake` each line of output until it answers; its answer is the command's
         whole input. Lines it does not claim, and what follows, go to `sinks`. Returns them."""
         assert proc.stdout is not None and proc.stdin is not None

@@ -27,6 +27,7 @@ from vmlab.config import SuiteConfig
 from vmlab.delta import DELTA_FAILED
 from vmlab.errors import Cancelled, GuestUnreachable, SyncError
 from vmlab.openssh import SharedConnection
+from vmlab.readout import Readout
 from vmlab.results import SuiteResult
 from vmlab.sync import NOT_SYNCED, SyncGate
 
@@ -91,9 +92,11 @@ def remote_command(suite: SuiteConfig, guest_dir: str, run_as_root: str) -> str:
 
 def run(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Path, run_as_root: str,
         echo: Optional[IO[bytes]] = None, gate: Optional[SyncGate] = None,
-        cancel: Optional[threading.Event] = None) -> SuiteResult:
+        cancel: Optional[threading.Event] = None, raw: bool = False) -> SuiteResult:
     """Run `suite`, keeping its output in run_dir/<name>.log and its JUnit in run_dir/<name>.junit.xml.
 
+    Its output is shown on `echo` (default: stdout) as it comes: read as its format says,
+    a line per test or package (readout.py), or with `raw` as it is.
     With `gate`, the same session first syncs the project if the guest's copy may differ."""
     log_path = run_dir / f"{suite.name}.log"
     started = [time.monotonic()]
@@ -113,10 +116,10 @@ def run(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Pat
 
     command = remote_command(suite, guest_dir, run_as_root)
     as_root = run_as_root if suite.privileged else ""
+    shown = Readout(suite, echo if echo is not None else sys.stdout.buffer, raw)
     with open(log_path, "wb") as log, _stopped_in_guest_if_cut_off(conn, session, as_root):
         status = conn.run(gate.prelude() + command if gate else f"echo {SESSION_MARK}$$\n{command}", output=log,
-                          echo=echo if echo is not None else sys.stdout.buffer,
-                          timeout=suite.timeout + KILL_GRACE + 30, handshake=handshake, cancel=cancel)
+                          echo=shown, timeout=suite.timeout + KILL_GRACE + 30, handshake=handshake, cancel=cancel)
     if gate and status == NOT_SYNCED and not gate.answered:
         raise SyncError(f"the guest never ran vmlab's sync check before suite {suite.name} "
                         f"(see {log_path}: does the SSH user's shell print or exit first?)")
@@ -130,6 +133,7 @@ def run(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Pat
     if timed_out:
         result.note = f"killed after {suite.timeout:.0f}s (its timeout)"
     _read_cases(conn, suite, guest_dir, run_dir, result)
+    shown.finish(result)
     if suite.artifacts:
         result.artifacts = fetch_artifacts(conn, suite, guest_dir, run_dir, result)
     return _settle(result)

@@ -1,8 +1,11 @@
 # vmlab's Make targets: each is one `vmlab TASK` call (the logic lives in vmlab).
 # `vmlab init` puts this file beside a project's Makefile and includes it; `make vm-help`
-# lists the targets. VM=name picks a VM (default: the first in vmlab.yaml); VM_CMD='...'
-# gives vm-ssh a command, VM_SNAPSHOT=... a snapshot (default clean), VM_SUITE=... the
-# suite of vm-test. (Prefixed, so they cannot clash with the project's own variables.)
+# lists the targets, and a `vm-test-NAME` for each suite of vmlab.yaml (one pattern rule
+# runs them; a target of the project's own with such a name is the project's).
+# VM=name picks a VM (default: the first in vmlab.yaml); VM_CMD='...' gives vm-ssh a
+# command, VM_SNAPSHOT=... a snapshot (default clean), VM_SUITE=... the suite of vm-test.
+# (Prefixed, so they cannot clash with the project's own variables.) VMLAB_RAW=1 shows a
+# suite's output as it comes, not a line per test or package.
 # Make reports any failure as exit status 2; `vmlab TASK` itself returns 0 passed or
 # done, 1 failed, 2 did not finish (a prerequisite is missing, and it says which).
 
@@ -17,8 +20,11 @@ VM_SUITE ?=
 export VM VM_CMD
 
 # First, so that in a Makefile of nothing else a plain `make` only lists the targets.
-vm-help: ## List every vm-* target with what it does
+# The suites are vmlab's to read from vmlab.yaml (it says what is wrong with the file).
+vm-help: ## List every vm-* target with what it does, and a vm-test-NAME per suite
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z0-9-]*:.*## / {printf "  make %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@if command -v $(VMLAB) >/dev/null 2>&1; then $(VMLAB) suites --make || true; else \
+	  printf "  make %-20s %s\n" vm-test-NAME "Run suite NAME of vmlab.yaml (once vmlab is installed, listed here)"; fi
 
 vm-start: $(VMLAB_READY) ## Start the VM (building its image if needed) and wait for SSH
 	$(VMLAB) start
@@ -85,6 +91,10 @@ vm-build: $(VMLAB_READY) ## Run the configured build command in the guest
 
 vm-test: $(VMLAB_READY) ## Run one suite of vmlab.yaml in the guest (VM_SUITE=name)
 	$(VMLAB) test $(if $(VM_SUITE),--suite "$(VM_SUITE)")
+
+# vm-test-NAME: suite NAME (vmlab names the configured ones if there is none of that name).
+vm-test-%: $(VMLAB_READY)
+	$(VMLAB) test --suite "$*"
 
 vm-test-all: $(VMLAB_READY) ## Run every suite in vmlab.yaml
 	$(VMLAB) test-all

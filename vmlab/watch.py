@@ -9,9 +9,9 @@ what changed (sync.SyncGate) and runs the suite; a run still going when the next
 change comes is cancelled and started again, or with `finish` left to end first
 and followed by one run for everything that came meanwhile.
 
-Each run prints the suite's output and one result line; stopping (Ctrl-C,
-SIGTERM) kills the run under way, closes the control master if watch opened it,
-and prints a summary line of the session.
+Each run prints the suite's output (read as its format says, as vm.quick does: readout.py)
+and one result line; stopping (Ctrl-C, SIGTERM) kills the run under way, closes the
+control master if watch opened it, and prints a summary line of the session.
 """
 
 from __future__ import annotations
@@ -102,8 +102,9 @@ class Watch:
     """A watch session of one VM: the runs, one at a time, in a worker thread."""
 
     def __init__(self, lab: "Lab", vm: VMConfig, vmdir: VMDir, suite: SuiteConfig, finish: bool = False,
-                 say: Callable[[str], None] = lambda line: print(line, flush=True)):
+                 say: Callable[[str], None] = lambda line: print(line, flush=True), raw: bool = False):
         self.lab, self.vm, self.vmdir, self.suite, self.finish, self.say = lab, vm, vmdir, suite, finish, say
+        self.raw = raw  # the suite's output as it comes, not read as its format (readout.py)
         self.tally = Tally()
         self._cancel = threading.Event()
         self._worker: Optional[threading.Thread] = None
@@ -187,7 +188,7 @@ class Watch:
         stamp = time.strftime("%H:%M:%S")
         try:
             report = loop.run_suites(self.lab, self.vm, self.vmdir, [self.suite], sync_first=True,
-                                     echo=sys.stdout.buffer, cancel=cancel)
+                                     echo=sys.stdout.buffer, cancel=cancel, raw=self.raw)
         except Cancelled:
             self.tally.cancelled += 1
             why = "watch stopped" if self._stopping else "a newer change came"

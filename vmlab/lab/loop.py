@@ -93,7 +93,7 @@ def sync(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> rsync.SyncResult:
 
 def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig],
                restore_on_failure: bool = False, sync_first: bool = False, echo: Optional[IO[bytes]] = None,
-               cancel: Optional[threading.Event] = None) -> Dict[str, Any]:
+               cancel: Optional[threading.Event] = None, raw: bool = False) -> Dict[str, Any]:
     """Run suites in order into a new results folder; returns the report (see results.py).
 
     After a privileged suite fails or times out, `restore_on_failure` puts the VM back
@@ -101,8 +101,9 @@ def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig]
     first, within the first suite's session and only if the guest's copy may differ
     (see sync.SyncGate): the edit-test loop's fast path. A run that cannot finish (VM
     down, SSH gone, sync failed) is RunIncomplete: exit code 2, not a failed suite.
-    `echo` gets the suites' output live (default: stdout); setting `cancel` stops the run
-    (Cancelled, its report says so: vm.watch after a newer save).
+    `echo` gets the suites' output live (default: stdout), a line per test or package where
+    a suite's format says what its output is, or with `raw` as it comes (see readout.py);
+    setting `cancel` stops the run (Cancelled, its report says so: vm.watch after a newer save).
     """
     run_dir = results.new_run(vmdir.dir / "results")
     meta: Dict[str, Any] = {"vm": dataclasses.asdict(vm), "vmlab": __version__,
@@ -123,7 +124,7 @@ def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig]
             current = suite.name
             log.info("suite %s: %s%s", suite.name, suite.command, " (as root)" if suite.privileged else "")
             result = suite_runner.run(conn, suite, lab.config.sync.guest_dir, run_dir, run_as_root, echo=echo,
-                                      gate=gate, cancel=cancel)
+                                      gate=gate, cancel=cancel, raw=raw)
             if gate:
                 meta["sync"] = str(gate.sent or gate.result or "in sync")
             done.append(result)

@@ -23,6 +23,13 @@ VM_HELP = "VM name from vmlab.yaml (default: $VM, else the first VM)"
 
 
 CONFIG_HELP = "config file (default: $VMLAB_CONFIG, else ./vmlab.yaml, else built-in defaults)"
+RAW_HELP = ("show the suite's output as it comes, not a line per test or package read from its format "
+            "(default: $VMLAB_RAW=1)")
+
+
+def raw_output(flag: bool) -> bool:
+    """--raw, else VMLAB_RAW (1, true or yes): the suites' output as it comes."""
+    return flag or os.environ.get("VMLAB_RAW", "").strip().lower() in ("1", "true", "yes")
 
 
 def _setup_logging() -> None:

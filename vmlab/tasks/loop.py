@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import List, Optional
 
 from invoke.context import Context
@@ -14,7 +15,7 @@ from invoke.tasks import task
 
 from vmlab import config as config_mod
 from vmlab.config import SuiteConfig
-from vmlab.tasks.common import CONFIG_HELP, VM_HELP, cli, finish_run, lab_of, print_table, vm_name
+from vmlab.tasks.common import CONFIG_HELP, RAW_HELP, VM_HELP, cli, finish_run, lab_of, print_table, raw_output, vm_name
 
 RESTORE_HELP = "after a privileged suite fails, restore the 'clean' snapshot (default: restore_on_failure)"
 
@@ -30,10 +31,10 @@ def sync(c: Context, vm: Optional[str] = None, config: Optional[str] = None) -> 
 
 
 @task(iterable=["suite"], help={"suite": "suite from vmlab.yaml (repeat for several)", "vm": VM_HELP,
-                                "config": CONFIG_HELP, "restore_on_failure": RESTORE_HELP})
+                                "config": CONFIG_HELP, "restore_on_failure": RESTORE_HELP, "raw": RAW_HELP})
 @cli
 def test(c: Context, suite: List[str], vm: Optional[str] = None, config: Optional[str] = None,
-         restore_on_failure: bool = False) -> None:
+         restore_on_failure: bool = False, raw: bool = False) -> None:
     """Run test suites from vmlab.yaml in the guest.
 
     Report, JUnit and logs go to vm/NAME/results/RUN/.
@@ -43,7 +44,8 @@ def test(c: Context, suite: List[str], vm: Optional[str] = None, config: Optiona
         raise Exit(f"vmlab: error: name a suite with --suite; configured: {', '.join(lab.config.suites) or 'none'}",
                    code=2)
     chosen = [lab.config.suite(name) for name in suite]
-    finish_run(lab.run_suites(chosen, vm_name(vm), restore_on_failure or lab.config.restore_on_failure))
+    finish_run(lab.run_suites(chosen, vm_name(vm), restore_on_failure or lab.config.restore_on_failure,
+                              raw=raw_output(raw)))
 
 
 def _require_suites(cfg: config_mod.LabConfig) -> None:
@@ -51,22 +53,36 @@ def _require_suites(cfg: config_mod.LabConfig) -> None:
         raise Exit(f"vmlab: error: {cfg.source} has no suites (add them under 'suites:')", code=2)
 
 
-@task(name="test-all", help={"vm": VM_HELP, "config": CONFIG_HELP, "restore_on_failure": RESTORE_HELP})
+@task(name="test-all", help={"vm": VM_HELP, "config": CONFIG_HELP, "restore_on_failure": RESTORE_HELP,
+                             "raw": RAW_HELP})
 @cli
 def test_all(c: Context, vm: Optional[str] = None, config: Optional[str] = None,
-             restore_on_failure: bool = False) -> None:
+             restore_on_failure: bool = False, raw: bool = False) -> None:
     """Run every suite in vmlab.yaml, in order."""
     lab = lab_of(config)
     _require_suites(lab.config)
     finish_run(lab.run_suites(list(lab.config.suites.values()), vm_name(vm),
-                           restore_on_failure or lab.config.restore_on_failure))
+                              restore_on_failure or lab.config.restore_on_failure, raw=raw_output(raw)))
 
 
-@task(help={"config": CONFIG_HELP, "json": "one line of JSON, {\"include\": [...]}: a CI matrix for fromJSON"})
+@task(help={"config": CONFIG_HELP, "json": "one line of JSON, {\"include\": [...]}: a CI matrix for fromJSON",
+            "make": "each suite as the make target that runs it (what `make vm-help` lists)"})
 @cli
-def suites(c: Context, config: Optional[str] = None, json_: bool = False) -> None:
-    """List the suites (--json: a CI matrix of them)."""
+def suites(c: Context, config: Optional[str] = None, json_: bool = False, make: bool = False) -> None:
+    """List the suites (--json: a CI matrix; --make: targets)."""
     cfg = config_mod.load(config)
+    if make:
+        from vmlab.init import suite_target
+
+        for s in cfg.suites.values():
+            target = suite_target(s.name, cfg.project_dir)
+            what = s.command if len(s.command) <= 60 else s.command[:59] + "…"
+            taken = f" (vm-test-{s.name} is another target)" if target.startswith("vm-test ") else ""
+            print(f"  make {target:<20} Run suite {s.name}: {what}{' (as root)' if s.privileged else ''}{taken}")
+        if not cfg.suites:
+            where = cfg.source if Path(cfg.source).is_file() else config_mod.CONFIG_NAME
+            print(f"  make {'vm-test-NAME':<20} Run suite NAME (none yet: add them under 'suites:' in {where})")
+        return
     _require_suites(cfg)  # an empty matrix would fail on GitHub with a message that names no file
     matrix = config_mod.suite_matrix(cfg)
     if json_:
@@ -87,24 +103,26 @@ def build(c: Context, vm: Optional[str] = None, config: Optional[str] = None) ->
     finish_run(lab.run_suites([SuiteConfig(name="build", command=lab.config.build, timeout=3600)], vm_name(vm)))
 
 
-@task(help={"vm": VM_HELP, "config": CONFIG_HELP, "restore_on_failure": RESTORE_HELP})
+@task(help={"vm": VM_HELP, "config": CONFIG_HELP, "restore_on_failure": RESTORE_HELP, "raw": RAW_HELP})
 @cli
-def quick(c: Context, vm: Optional[str] = None, config: Optional[str] = None, restore_on_failure: bool = False) -> None:
+def quick(c: Context, vm: Optional[str] = None, config: Optional[str] = None, restore_on_failure: bool = False,
+          raw: bool = False) -> None:
     """The edit-test loop: start if needed, sync, run 'quick'."""
     lab = lab_of(config)
     if not lab.config.quick:
         raise Exit(f"vmlab: error: {lab.config.source} names no 'quick:' suite", code=2)
     lab.up(vm_name(vm))
     finish_run(lab.run_suites([lab.config.suite(lab.config.quick)], vm_name(vm),
-                           restore_on_failure or lab.config.restore_on_failure, sync_first=True))
+                              restore_on_failure or lab.config.restore_on_failure, sync_first=True,
+                              raw=raw_output(raw)))
 
 
 @task(help={"suite": "the suite to run on every change (default: the config's 'quick')",
             "finish": "let a run finish when a change comes, then run again (default: cancel it and start over)",
-            "vm": VM_HELP, "config": CONFIG_HELP})
+            "vm": VM_HELP, "config": CONFIG_HELP, "raw": RAW_HELP})
 @cli
 def watch(c: Context, suite: Optional[str] = None, finish: bool = False, vm: Optional[str] = None,
-          config: Optional[str] = None) -> None:
+          config: Optional[str] = None, raw: bool = False) -> None:
     """Run the quick suite on every save, until Ctrl-C.
 
     Keeps the SSH connection open and sends only what changed; one result line per run.
@@ -115,4 +133,4 @@ def watch(c: Context, suite: Optional[str] = None, finish: bool = False, vm: Opt
         raise Exit(f"vmlab: error: {lab.config.source} names no 'quick:' suite; name one with --suite", code=2)
     lab.up(vm_name(vm))
     logging.getLogger().setLevel(logging.WARNING)  # each run's result line says what it synced
-    lab.watch(lab.config.suite(name), vm_name(vm), finish=finish)
+    lab.watch(lab.config.suite(name), vm_name(vm), finish=finish, raw=raw_output(raw))
