@@ -121,7 +121,7 @@ def go_project(vmlab_bin: Path, tmp_path_factory: pytest.TempPathFactory, vm_rea
 
 def test_make_vm_test_name_runs_that_suite_of_the_projects_config_read_as_go_developers_read_it(
         go_project: Path, vmlab_bin: Path) -> None:
-    shown = run(["make", "-s", "vm-sync", "vm-test-go"], go_project, vmlab_bin)
+    shown = run(["make", "-s", "vm-test-go"], go_project, vmlab_bin)
     assert shown.returncode == 2 and "vm-test-go] Error 1" in shown.stderr, shown.stdout + shown.stderr  # a test failed
     out = shown.stdout
     assert under(out, f"✖  {CALC} TestDivide/by_zero") == [
@@ -138,6 +138,17 @@ def test_make_vm_test_name_runs_that_suite_of_the_projects_config_read_as_go_dev
     raw = run(["make", "-s", "vm-test-go"], go_project, vmlab_bin, env={"VMLAB_RAW": "1"})
     assert raw.returncode == 2 and re.search(r'^\{"Time":.*"Action":"fail"', raw.stdout, re.MULTILINE)
     assert "DONE" not in raw.stdout and "✖" not in raw.stdout
+
+    # As the seed's per-suite targets did, `make vm-test-NAME` tests the code as it is now: a test
+    # written since the last sync runs, with no `make vm-sync` first.
+    added = go_project / "calc" / "added_test.go"
+    added.write_text('package calc\n\nimport "testing"\n\nfunc TestAdded(t *testing.T) {}\n')
+    try:
+        edited = run(["make", "-s", "vm-test-go"], go_project, vmlab_bin)
+    finally:
+        added.unlink()  # the module's other tests count the project's own tests
+    assert re.search(r"^DONE 6 tests, 1 skipped, 2 failures in ", edited.stdout, re.MULTILINE), \
+        edited.stdout + edited.stderr
 
     vet = run(["make", "-s", "vm-test-vet"], go_project, vmlab_bin)  # another suite, by its own target
     assert vet.returncode == 0 and re.search(r"^  passed +vet ", vet.stdout, re.MULTILINE), vet.stdout + vet.stderr

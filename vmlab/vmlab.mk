@@ -92,9 +92,10 @@ vm-build: $(VMLAB_READY) ## Run the configured build command in the guest
 vm-test: $(VMLAB_READY) ## Run one suite of vmlab.yaml in the guest (VM_SUITE=name)
 	$(VMLAB) test $(if $(VM_SUITE),--suite "$(VM_SUITE)")
 
-# vm-test-NAME: suite NAME (vmlab names the configured ones if there is none of that name).
+# vm-test-NAME: vm-quick for suite NAME: start the VM if needed, sync what changed, run NAME
+# (vmlab names the configured suites if there is none of that name).
 vm-test-%: $(VMLAB_READY)
-	$(VMLAB) test --suite "$*"
+	$(VMLAB) quick --suite "$*"
 
 vm-test-all: $(VMLAB_READY) ## Run every suite in vmlab.yaml
 	$(VMLAB) test-all

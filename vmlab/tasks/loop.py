@@ -103,16 +103,19 @@ def build(c: Context, vm: Optional[str] = None, config: Optional[str] = None) ->
     finish_run(lab.run_suites([SuiteConfig(name="build", command=lab.config.build, timeout=3600)], vm_name(vm)))
 
 
-@task(help={"vm": VM_HELP, "config": CONFIG_HELP, "restore_on_failure": RESTORE_HELP, "raw": RAW_HELP})
+@task(help={"suite": "the suite to run (default: the config's 'quick'); `make vm-test-NAME` runs this",
+            "vm": VM_HELP, "config": CONFIG_HELP, "restore_on_failure": RESTORE_HELP, "raw": RAW_HELP})
 @cli
-def quick(c: Context, vm: Optional[str] = None, config: Optional[str] = None, restore_on_failure: bool = False,
-          raw: bool = False) -> None:
-    """The edit-test loop: start if needed, sync, run 'quick'."""
+def quick(c: Context, suite: Optional[str] = None, vm: Optional[str] = None, config: Optional[str] = None,
+          restore_on_failure: bool = False, raw: bool = False) -> None:
+    """The edit-test loop: start if needed, sync what changed, run 'quick' (or --suite NAME)."""
     lab = lab_of(config)
-    if not lab.config.quick:
-        raise Exit(f"vmlab: error: {lab.config.source} names no 'quick:' suite", code=2)
+    name = suite or lab.config.quick
+    if not name:
+        raise Exit(f"vmlab: error: {lab.config.source} names no 'quick:' suite; name one with --suite", code=2)
+    chosen = lab.config.suite(name)  # an unknown name is refused, naming the suites, before the VM starts
     lab.up(vm_name(vm))
-    finish_run(lab.run_suites([lab.config.suite(lab.config.quick)], vm_name(vm),
+    finish_run(lab.run_suites([chosen], vm_name(vm),
                               restore_on_failure or lab.config.restore_on_failure, sync_first=True,
                               raw=raw_output(raw)))
 
