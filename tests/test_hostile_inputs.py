@@ -16,6 +16,7 @@ import json
 import os
 import pwd
 import shlex
+import shutil
 import signal
 import stat
 import subprocess
@@ -27,7 +28,7 @@ from typing import Callable, Dict, List, Optional
 
 import pytest
 
-from conftest import INVOKE, Project
+from conftest import INVOKE, Project, prerequisite_missing
 from sshd_fixtures import ME  # conftest loads its fixtures: sshd, connect, runtime
 from vmlab import __version__, atomic, golden, host, keys, recipe, suites
 from vmlab.cache import ArtefactCache, key_of
@@ -644,3 +645,82 @@ def test_small_a_recipe_mistake_is_refused_at_load_naming_where(tmp_path: Path, 
         recipe.load(path)
     assert str(refused.value).startswith(f"{path}: ") and problem in str(refused.value), str(refused.value)
     assert refused.value.exit_code == 2
+
+
+# --- issue 24: the second round (a test per item, named for it) ---
+
+
+def rehearsal_repo(root: Path) -> Path:
+    """A repository whose workflow has one job of one `run:` step (bash, as GitHub's)."""
+    repo = root / "repo"
+    (repo / ".github" / "workflows").mkdir(parents=True)
+    (repo / ".github" / "workflows" / "w.yml").write_text(
+        "env: {VM: default}\njobs:\n  one:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo the step ran\n")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    return repo
+
+
+def planted(folder: Path, marker: Path, owner: Optional[int] = None) -> Path:
+    """A work folder another user made first (mode 0777) with a `bin/bash` that leaves `marker`."""
+    (folder / "bin").mkdir(parents=True)
+    (folder / "bin" / "bash").write_text(f"#!/bin/sh\necho ran as uid $(id -u) > {shlex.quote(str(marker))}\n"
+                                         "exec /bin/bash \"$@\"\n")
+    (folder / "bin" / "bash").chmod(0o755)
+    for path in (folder, folder / "bin", folder / "bin" / "bash"):
+        if owner is not None:
+            os.chown(path, owner, -1)
+    folder.chmod(0o777)
+    return folder
+
+
+def rehearse_ci(repo: Path, *args: str, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vmlab.ci.rehearsal", "--repo", str(repo), "--workflow",
+                           str(repo / ".github" / "workflows" / "w.yml"), "--runs", "1", *args],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+                          env=dict(os.environ, **(env or {})))
+
+
+@pytest.mark.parametrize("how", ["open to others", "owned by another user", "a symlink"])
+def test_issue24_item01_a_rehearsal_work_folder_someone_else_can_write_is_refused(tmp_path: Path, how: str) -> None:
+    """`--work` naming a folder another user made first (0777, with a `bin/bash` in it): the
+    steps run with WORK/bin first on PATH, so its `bash` ran as root. Now refused, exit 2, one
+    line naming the folder, nothing of it run."""
+    repo, marker = rehearsal_repo(tmp_path), tmp_path / "planted-bash-ran"
+    work = tmp_path / "work"
+    if how == "owned by another user":
+        if os.geteuid() != 0:
+            prerequisite_missing("root, to make a folder owned by another user")
+        planted(work, marker, owner=pwd.getpwnam("nobody").pw_uid)
+        work.chmod(0o700)  # private, but not ours
+    elif how == "open to others":
+        planted(work, marker)
+    else:
+        planted(tmp_path / "elsewhere", marker).chmod(0o700)
+        work.symlink_to(tmp_path / "elsewhere")
+    done = rehearse_ci(repo, "--work", str(work))
+    assert not marker.exists(), marker.read_text()
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"rehearse-ci: error: {work} is unsafe for the CI rehearsal's work") and "--work" in line
+
+
+def test_issue24_item01_the_default_rehearsal_work_folder_is_private_and_a_planted_one_is_refused(
+        tmp_path: Path) -> None:
+    """With no --work: the old default, TMPDIR/vmlab-ci-rehearsal, was used whoever made it.
+    The default is now the user's own TMPDIR/vmlab-ci-rehearsal-UID, made 0700; planted first
+    by someone else, it is refused like any other."""
+    repo, marker = rehearsal_repo(tmp_path), tmp_path / "planted-bash-ran"
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    planted(temp / "vmlab-ci-rehearsal", marker)  # the old default name
+    done = rehearse_ci(repo, env={"TMPDIR": str(temp)})
+    assert not marker.exists(), marker.read_text()
+    assert done.returncode == 0, done.stdout + done.stderr
+    own = temp / f"vmlab-ci-rehearsal-{os.getuid()}"
+    assert f"in {own}" in done.stdout and "[one] the step ran" in done.stdout
+    assert stat.S_IMODE(own.lstat().st_mode) == 0o700 and own.lstat().st_uid == os.getuid()
+    shutil.rmtree(own)
+    planted(own, marker)
+    again = rehearse_ci(repo, env={"TMPDIR": str(temp)})
+    assert not marker.exists() and again.returncode == 2
+    assert f"{own} is unsafe" in again.stderr
