@@ -11,6 +11,7 @@ VM runs), git. What is not real is said in the test's docstring.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -724,3 +725,58 @@ def test_issue24_item01_the_default_rehearsal_work_folder_is_private_and_a_plant
     again = rehearse_ci(repo, env={"TMPDIR": str(temp)})
     assert not marker.exists() and again.returncode == 2
     assert f"{own} is unsafe" in again.stderr
+
+
+def gnu_tar_export(archive: Path, manifest: Dict[str, object], files: Dict[str, bytes], sparse: str,
+                   apparent: int, tar_format: str) -> Path:
+    """An export written by GNU tar --sparse: the manifest, the files, and `sparse` as a file of
+    holes (as `truncate -s` makes) of `apparent` bytes, which takes a few KiB in the archive."""
+    folder = archive.parent / f"parts-{tar_format}"
+    for name, data in [("manifest.json", json.dumps(manifest).encode()), *files.items()]:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    with open(folder / sparse, "wb") as f:
+        f.truncate(apparent)
+        f.seek(apparent // 2)
+        f.write(b"data in the middle")
+    subprocess.run(["tar", "--sparse", f"--format={tar_format}", "-cf", str(archive), "-C", str(folder),
+                    "manifest.json", *files, sparse], check=True)
+    return archive
+
+
+@pytest.mark.parametrize("tar_format", ["gnu", "posix"])
+def test_issue24_item02_golden_import_refuses_a_sparse_member_before_writing_it(
+        exported: Path, importer, tmp_path: Path, tar_format: str) -> None:
+    """A sparse member (GNU's old format, or PAX's GNU.sparse) takes a few KiB in the archive
+    and unpacks to as much as its header says: 64 MiB here, 512 MiB of real blocks in the
+    report from one 10 KiB archive. Refused before a byte of it is written."""
+    manifest, files = real_parts(exported)
+    files.pop("vmlinuz")
+    archive = gnu_tar_export(tmp_path / "sparse.tar", manifest, files, "vmlinuz", 64 << 20, tar_format)
+    assert archive.stat().st_size < 1 << 20
+    with tarfile.open(archive) as tar:
+        assert tar.getmember("vmlinuz").issparse()  # what tarfile itself makes of it: a sparse regular file
+    result = importer(archive)
+    assert result.returncode == 1
+    assert "member 'vmlinuz' is a sparse file" in one_line_error(result)
+    assert_nothing_imported(tmp_path)
+
+
+def test_issue24_item02_golden_import_writes_no_member_past_the_size_its_manifest_states(
+        exported: Path, importer, tmp_path: Path) -> None:
+    """A member larger than its manifest says (its sha256 right: the manifest is the attacker's
+    too) is refused before anything is written; an export without sizes, made before they were
+    recorded, is refused saying to export it again."""
+    manifest, files = real_parts(exported)
+    files["vmlinuz"] = b"k" * (4 << 20)
+    grown = dict(manifest, files=dict(manifest["files"], vmlinuz=hashlib.sha256(files["vmlinuz"]).hexdigest()),
+                 sizes={**{n: len(data) for n, data in files.items()}, "vmlinuz": len(b"a kernel")})
+    result = importer(craft(tmp_path / "grown.tar", grown, files))
+    assert result.returncode == 1
+    assert f"member 'vmlinuz' is {4 << 20} bytes, its manifest says 8" in one_line_error(result)
+    assert_nothing_imported(tmp_path)
+    manifest, files = real_parts(exported)
+    del manifest["sizes"]
+    result = importer(craft(tmp_path / "no-sizes.tar", manifest, files))
+    assert result.returncode == 1 and "no 'sizes' mapping" in one_line_error(result)
+    assert_nothing_imported(tmp_path)
