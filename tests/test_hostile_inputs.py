@@ -780,3 +780,30 @@ def test_issue24_item02_golden_import_writes_no_member_past_the_size_its_manifes
     result = importer(craft(tmp_path / "no-sizes.tar", manifest, files))
     assert result.returncode == 1 and "no 'sizes' mapping" in one_line_error(result)
     assert_nothing_imported(tmp_path)
+
+
+@pytest.mark.parametrize("pattern", ["!", "!keep.log", "+ *", "- *.o"], ids=["clear", "negation", "include", "exclude"])
+def test_issue24_item03_an_exclude_rsync_reads_as_a_rule_is_refused_where_config_is_read(project: Project,
+                                                                                          pattern: str) -> None:
+    """`!` alone clears rsync's exclude list (vmlab's own `.git` and `/vm/` with it); `+ ` and
+    `- ` are rule prefixes; a leading `!` negates nothing in rsync (gitignore's `!` does)."""
+    project.write_config(f"sync:\n  guest_dir: p\n  excludes:\n    - '*.tmp'\n    - {json.dumps(pattern)}\n")
+    result = project.invoke("vm.status")
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert "vmlab.yaml:3: sync.excludes:" in line and f"{pattern!r} is an rsync rule, not a pattern" in line
+
+
+def test_issue24_item03_the_labs_keys_and_git_never_reach_the_guest_whatever_the_excludes(connect,
+                                                                                          tmp_path: Path) -> None:
+    """Past the config's check (a SyncConfig made in code): with `excludes: ["!"]` rsync copied
+    vm/<name>/keys/, vm/keys/ (the lab's private keys) and .git/config into the guest. vmlab's
+    own excludes now come after every other rule, where a `!` cannot clear them."""
+    project_dir = tmp_path / "project"
+    for name in ("src/main.c", ".git/config", "vm/default/keys/id_ed25519", "sub/.git/HEAD"):
+        (project_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (project_dir / name).write_text(name)
+    conn = connect(project_dir)  # its keys are the lab's: project/vm/keys/
+    guest = tmp_path / "guest"
+    sync(conn, project_dir, SyncConfig(guest_dir=str(guest), excludes=("*.o", "!")))
+    assert sorted(str(p.relative_to(guest)) for p in guest.rglob("*") if not p.is_dir()) == ["src/main.c"]

@@ -243,10 +243,28 @@ def file_patterns(value: Any) -> List[str]:
     return value
 
 
+def rsync_rule(pattern: str) -> bool:
+    """Whether rsync's --exclude reads `pattern` as a rule rather than a pattern: `!` clears
+    every exclude before it (vmlab's own `.git` and `/vm/` among them), `+ ` includes, `- `
+    excludes; a leading `!` elsewhere is only a name's first character (it negates nothing)."""
+    return pattern.startswith(("!", "+ ", "- "))
+
+
+def rsync_excludes(value: Any) -> List[str]:
+    """rsync patterns, never a rule (see rsync_rule): the guest must never get the lab's keys or .git."""
+    patterns = string_list(value)
+    for pattern in patterns:
+        if rsync_rule(pattern):
+            raise ValueError(f"rsync patterns (a list of strings); {pattern!r} is an rsync rule, not a pattern: "
+                             "'!' would clear vmlab's own excludes, '+ ' and '- ' are not allowed, and rsync has no "
+                             "'!' to re-include (for git's rules, set gitignore: true)")
+    return patterns
+
+
 # How the project reaches the guest, under `sync:`.
 SYNC_FIELDS: Dict[str, Field] = {
     "guest_dir": Field(guest_path, "src", "where the project goes in the guest (relative: to the SSH user's home)"),
-    "excludes": Field(string_list, [], "rsync patterns never sent (.git/ and vm/ never are)"),
+    "excludes": Field(rsync_excludes, [], "rsync patterns never sent (.git/ and vm/ never are)"),
     "gitignore": Field(boolean, False, "also leave out what the project's .gitignore files name"),
 }
 

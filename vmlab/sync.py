@@ -66,12 +66,19 @@ def _anchored(path: str) -> str:
     return "/" + (re.sub(r"([*?\[\\])", r"\\\1", path) if re.search(r"[*?\[]", path) else path)
 
 
+def exclude_options(settings: SyncConfig) -> List[str]:
+    """rsync's exclude options: vmlab's own, the config's, what git ignores (read on stdin), and
+    vmlab's own again. The config refuses rsync's rules, but none could undo vmlab's: an include
+    (`+ `) after the first ones never wins (rsync takes the first rule that matches), and a
+    clear (`!`, every rule so far) comes before the last ones."""
+    own = [f"--exclude={pattern}" for pattern in delta.ALWAYS_EXCLUDED]
+    return [*own, *(f"--exclude={pattern}" for pattern in settings.excludes),
+            *(["--from0", "--exclude-from=-"] if settings.gitignore else []), *own]
+
+
 def rsync_argv(conn: SharedConnection, project_dir: Path, settings: SyncConfig) -> List[str]:
     """rsync's command line; with settings.gitignore it reads git_ignored's list, anchored, on stdin."""
-    argv = [host.which("rsync") or "rsync", "-a", "--delete", "--stats",
-            *(f"--exclude={pattern}" for pattern in (*delta.ALWAYS_EXCLUDED, *settings.excludes))]
-    if settings.gitignore:
-        argv += ["--from0", "--exclude-from=-"]
+    argv = [host.which("rsync") or "rsync", "-a", "--delete", "--stats", *exclude_options(settings)]
     # --mkpath (rsync 3.2.3+) makes guest_dir; a `mkdir -p && rsync` wrapper costs an exec (~40 ms under TCG)
     return argv + ["--mkpath", "-e", shlex.join(conn.ssh_command()),
                    f"{project_dir}/", f"{conn.destination}:{settings.guest_dir}/"]
