@@ -807,3 +807,61 @@ def test_issue24_item03_the_labs_keys_and_git_never_reach_the_guest_whatever_the
     guest = tmp_path / "guest"
     sync(conn, project_dir, SyncConfig(guest_dir=str(guest), excludes=("*.o", "!")))
     assert sorted(str(p.relative_to(guest)) for p in guest.rglob("*") if not p.is_dir()) == ["src/main.c"]
+
+
+@pytest.mark.parametrize("config, where", [
+    ('vms:\n  "abc\\n": {profile: debian}\n', "vmlab.yaml:2: vms.'abc\\n': a VM name is"),
+    ('profiles:\n  debian: {mirror: "http://mirror.example/debian\\n"}\n', "vmlab.yaml:2: profiles.debian.mirror:"),
+    ('profiles:\n  dragonfly: {mirrors: ["https://mirror.example/dfly\\n"]}\n',
+     "vmlab.yaml:2: profiles.dragonfly.mirrors:"),
+], ids=["vm-name", "debian-mirror", "dragonfly-mirror"])
+def test_issue24_item05_a_value_ending_in_a_newline_is_refused_where_config_is_read(project: Project, config: str,
+                                                                                    where: str) -> None:
+    """The name patterns were used with re.match and `$`, which also matches before a final
+    newline: `golden-key` printed a key for VM "abc\\n". Every value is now matched whole."""
+    project.write_config(config)
+    result = project.invoke("vm.golden-key")
+    assert result.returncode == 2 and result.stdout == ""
+    assert where in one_line_error(result)
+
+
+def test_issue24_item05_a_vm_or_snapshot_name_ending_in_a_newline_is_refused_on_the_command_line(
+        project: Project) -> None:
+    """A new VM name clones the first VM once it has a golden image (`vm.start --vm shard-1`):
+    "shard\\n" was taken for one (a folder vm/shard<newline>/); a snapshot named "clean\\n" too."""
+    cache = project.root / "cache"
+    make_golden(project, cache)
+    env = {"VMLAB_CACHE": str(cache)}
+    assert "shard-1" in project.invoke("vm.status", "--vm", "shard-1", env=env).stdout  # a clone's name: fine
+    refused = project.invoke("vm.status", "--vm", "shard\n", env=env)
+    assert refused.returncode == 2 and "there is no VM named 'shard\\n'" in one_line_error(refused)
+    refused = project.invoke("vm.snapshot", "--name", "clean\n", env=env)
+    assert refused.returncode == 2 and "snapshot name 'clean\\n'" in one_line_error(refused)
+    assert not [p for p in project.root.rglob("*") if "\n" in p.name]
+
+
+@pytest.mark.parametrize("options, key", [
+    ('{suite: "--print-debs"}', "profiles.debian.suite"),
+    ('{suite: "bookworm --foreign"}', "profiles.debian.suite"),
+    ('{mirror: "http://mirror.example/debian;touch${IFS}/tmp/x"}', "profiles.debian.mirror"),
+    ('{mirror: "http://mirror.example/debian --keyring=/tmp/k"}', "profiles.debian.mirror"),
+    ('{packages: ["make", "lib-ünï"]}', "profiles.debian.packages"),
+], ids=["suite-option", "suite-two-words", "mirror-shell", "mirror-space", "package-non-ascii"])
+def test_issue24_item06_a_profile_value_that_reaches_debootstrap_is_checked_where_config_is_read(
+        project: Project, options: str, key: str) -> None:
+    """`suite: --print-debs` was accepted and passed to debootstrap, as root (build-image.sh).
+    The suite, the mirror and the packages reach its command line: each is refused unless it is
+    only a name, a URL, a package name."""
+    project.write_config(f"profiles:\n  debian: {options}\n")
+    result = project.invoke("vm.golden-key")
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"vmlab.yaml:2: {key}:" in one_line_error(result)
+
+
+def test_issue24_item06_the_usual_suites_and_mirrors_are_accepted(project: Project) -> None:
+    for options in ('{suite: bookworm, mirror: "http://deb.debian.org/debian/"}',
+                    '{suite: stable, mirror: "https://[::1]:8080/debian"}', '{mirror: "file:///srv/mirror"}',
+                    '{suite: bookworm-updates, packages: [g++, libc6-dev, python3.11]}'):
+        project.write_config(f"profiles:\n  debian: {options}\n")
+        result = project.invoke("vm.golden-key")
+        assert result.returncode == 0, (options, result.stderr)

@@ -85,11 +85,11 @@ class Lab:
         """
         if not name or name in self.config.vms:
             return self.config.vm(name)
-        of = VMDir(name, self.config.state_dir / name).clone_of() if VM_NAME.match(name) else None
+        of = VMDir(name, self.config.state_dir / name).clone_of() if VM_NAME.fullmatch(name) else None
         if of:
             return dataclasses.replace(self.config.vm(of), name=name, ssh_port=0)
         first = self.config.vm()
-        if VM_NAME.match(name) and ((self.config.state_dir / name / "disk.json").exists()
+        if VM_NAME.fullmatch(name) and ((self.config.state_dir / name / "disk.json").exists()
                                     or images.golden_of(self, first)):
             return dataclasses.replace(first, name=name, ssh_port=0)
         try:
@@ -116,7 +116,7 @@ class Lab:
     def clone(self, name: str, of: str) -> VMConfig:
         """Record that VM `name` is a clone of configured VM `of` (it starts from `of`'s golden image)."""
         origin = self.config.vm(of)
-        if name in self.config.vms or not VM_NAME.match(name):
+        if name in self.config.vms or not VM_NAME.fullmatch(name):
             raise ConfigError(f"{name!r} cannot be a clone: it is a configured VM or not a valid VM name")
         if images.golden_of(self, origin) is None:
             raise PrerequisiteMissing(f"VM {of} has no golden image to clone: invoke vm.golden --vm {of} "
