@@ -258,6 +258,30 @@ def test_output_with_terminal_escapes_and_nul_still_makes_valid_junit_xml(tmp_pa
     assert failure.get("message") == "\\x1b[31mred\\x1b[0m" and failure.text == "bad byte \\x00 here"
 
 
+
+def test_issue24_item07_a_classname_with_control_bytes_still_makes_valid_junit_xml(tmp_path: Path) -> None:
+    """A `go test -json` Package and a `prove -v` file name are classnames, and each classname
+    names a <testsuite>: with an escape byte or another control character in it, junit.xml did
+    not parse (test names and messages with the same bytes were escaped). Any bytes: XML 1.0's
+    characters pass, the others are written as \\xNN."""
+    package = "example.com/\x1b[31mred\x01pkg"
+    go_output = "".join(json.dumps(e) + "\n" for e in (
+        {"Action": "run", "Package": package, "Test": "TestA"},
+        {"Action": "output", "Package": package, "Test": "TestA", "Output": "boom \x07\n"},
+        {"Action": "fail", "Package": package, "Test": "TestA", "Elapsed": 0.1},
+        {"Action": "fail", "Package": package, "Elapsed": 0.2}))
+    prove_output = "t/\x1bbad\x02name.t .. \nok 1 - fine\nnot ok 2 - \x1b[1mbold\n1..2\n"
+    go = results.SuiteResult("go", "failed", 1, 0.3, None, cases=formats.go_test(go_output).cases)
+    tap = results.SuiteResult("tap", "failed", 1, 0.3, None, cases=formats.tap(prove_output, "tap").cases)
+    _, cases = written(tmp_path, go, tap)  # ET.parse: it is XML
+    escaped = {"\\x1b": "\x1b", "\\x01": "\x01", "\\x02": "\x02"}
+    assert set(cases) == {("example.com/\\x1b[31mred\\x01pkg", "TestA"), ("t/\\x1bbad\\x02name.t", "fine"),
+                          ("t/\\x1bbad\\x02name.t", "\\x1b[1mbold")}
+    suites_ = [s.get("name") for s in ET.parse(tmp_path / "junit.xml").getroot().iter("testsuite")]
+    assert suites_ == ["go: example.com/\\x1b[31mred\\x01pkg", "tap: t/\\x1bbad\\x02name.t"]
+    assert all(raw not in (tmp_path / "junit.xml").read_text() for raw in escaped.values())
+
+
 # --- suites over SSH: the command's output or its JUnit, and artifacts ---
 
 

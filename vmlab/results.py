@@ -125,7 +125,8 @@ def _testsuites(suite: str, cases: List[TestCase]) -> List[ET.Element]:
     found = []
     for classname, group in groups.items():
         n = count(group)
-        element = ET.Element("testsuite", name=f"{suite}: {classname}" if classname not in ("", SUITE_CLASS) else suite,
+        element = ET.Element("testsuite", name=_xml(f"{suite}: {classname}" if classname not in ("", SUITE_CLASS)
+                                                    else suite),
                              tests=str(n["tests"]), failures=str(n["failures"]), errors=str(n["errors"]),
                              skipped=str(n["skipped"]), time=f"{sum(c.time for c in group):.3f}")
         element.extend(_testcase(case) for case in group)
