@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional
 
 from vmlab import atomic
 from vmlab.formats import ERROR, FAILED, PASSED, SKIPPED, TestCase
+from vmlab.logtail import last_lines
 
 
 @dataclass
@@ -155,7 +156,7 @@ def _xml(text: str) -> str:
 
 def _tail(log: Path, lines: int = 40) -> str:
     try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+        return last_lines(log, lines)
     except OSError:
         return ""
 
