@@ -92,3 +92,17 @@ def test_watch_leaves_out_what_the_scan_leaves_out(tmp_path: Path) -> None:
     assert saved == {"top.txt": False, "sub/top.txt": True, "notes/build": False, "docs/build/page.html": False,
                      "x/docs/build/page.html": False, "docs/keep.md": True, ".git/HEAD": False,
                      "vm/default/disk": False, "src/main.c": True}
+
+
+def test_issue24_item10_watch_sees_a_top_level_file_whose_name_starts_with_two_dots(tmp_path: Path) -> None:
+    """`..data` is a name like any other (Kubernetes' ConfigMap folders use it): the sync sends
+    it, and a save of it must start a run. watch took every path whose relative form starts
+    with '..' for one outside the project; only '..' itself, or '../...', is."""
+    root = project(tmp_path / "project")
+    for name in ("..data", "..hidden/x", "...", "sub/..data"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(name)
+    assert {"..data", "..hidden/x", "...", "sub/..data"} <= set(delta.scan(root, SyncConfig(), set()).entries)
+    ignored = Ignored(root, root / "vm", [], gitignore=False)
+    assert [ignored(None, str(root / name)) for name in ("..data", "..hidden/x", "...", "sub/..data")] == [True] * 4
+    assert not ignored(None, str(tmp_path / "outside.txt")) and not ignored(None, str(tmp_path))
