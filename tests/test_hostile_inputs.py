@@ -31,7 +31,8 @@ import pytest
 
 from conftest import INVOKE, Project, prerequisite_missing
 from sshd_fixtures import ME  # conftest loads its fixtures: sshd, connect, runtime
-from vmlab import __version__, atomic, golden, host, keys, recipe, suites
+from vmlab import __version__, atomic, config, golden, host, keys, recipe, suites
+from vmlab import sync as sync_module
 from vmlab.cache import ArtefactCache, key_of
 from vmlab.config import SuiteConfig, SyncConfig
 from vmlab.errors import GuestUnreachable, PrerequisiteMissing, RecipeError, VmlabError
@@ -865,3 +866,115 @@ def test_issue24_item06_the_usual_suites_and_mirrors_are_accepted(project: Proje
         project.write_config(f"profiles:\n  debian: {options}\n")
         result = project.invoke("vm.golden-key")
         assert result.returncode == 0, (options, result.stderr)
+
+
+# --- vmlab init in a project folder that holds links, folders, odd names ---
+
+VMLAB = str(Path(INVOKE).parent / "vmlab")
+
+
+def vmlab_init(project_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    """`vmlab init --guest debian` as a user types it in the project (stdin not a terminal: no one answers)."""
+    return subprocess.run([VMLAB, "init", "--guest", "debian", *args], cwd=project_dir, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=120)
+
+
+INIT_FILES = ["vmlab.yaml", "vmlab.mk", "Makefile", ".gitignore"]
+
+
+@pytest.mark.parametrize("target_exists", [False, True], ids=["dangling", "to-a-file"])
+@pytest.mark.parametrize("name", INIT_FILES)
+def test_issue24_item04_init_never_writes_through_a_link(tmp_path: Path, name: str, target_exists: bool) -> None:
+    """A project's vmlab.yaml, vmlab.mk, Makefile or .gitignore that is a link to a file outside
+    it: init made the file a dangling link names, appended to one a link names, and with --yes
+    replaced precious.yaml through vmlab.yaml. Now nothing outside is touched: without an
+    answer the link is kept; --yes replaces a vmlab.yaml or vmlab.mk link by a file of its own
+    and leaves a Makefile or .gitignore link alone, saying which line to add."""
+    outside, project_dir = tmp_path / "outside", tmp_path / "project"
+    outside.mkdir()
+    project_dir.mkdir()
+    if target_exists:
+        (outside / "precious").write_text("the user's own file\n")
+    (project_dir / name).symlink_to(outside / "precious")
+    before = tree(outside)
+    first = vmlab_init(project_dir)
+    assert first.returncode == 0, first.stderr
+    assert tree(outside) == before and (project_dir / name).is_symlink()
+    answered = vmlab_init(project_dir, "--yes")
+    assert answered.returncode == 0, answered.stderr
+    assert tree(outside) == before and sorted(p.name for p in outside.iterdir()) == sorted(before)
+    if name in ("vmlab.yaml", "vmlab.mk"):
+        assert not (project_dir / name).is_symlink() and (project_dir / name).is_file()
+        assert f"wrote {project_dir / name}" in answered.stdout
+    else:
+        assert (project_dir / name).is_symlink() and "is a symbolic link" in answered.stdout
+    config.load(cwd=project_dir)
+
+
+@pytest.mark.parametrize("name, make", [
+    ("Makefile", lambda p: p.mkdir()),
+    (".gitignore", lambda p: os.mkfifo(p)),
+    ("vmlab.mk", lambda p: p.mkdir()),
+], ids=["makefile-folder", "gitignore-fifo", "fragment-folder"])
+def test_issue24_item04_init_checks_every_file_before_it_writes_any(tmp_path: Path, name: str, make) -> None:
+    """A Makefile that is a folder gave IsADirectoryError after vmlab.yaml and vmlab.mk were
+    written (a .gitignore that is a fifo: init waited for ever). Now exit 2 in one line naming
+    it, and nothing written."""
+    make(tmp_path / name)
+    result = vmlab_init(tmp_path)
+    assert result.returncode == 2
+    assert one_line_error(result).startswith(f"vmlab: error: {tmp_path / name} is a ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_init_never_overwrites_a_file_without_asking(tmp_path: Path) -> None:
+    """README and ADOPTING.md promise it: a vmlab.yaml or vmlab.mk of the user's is replaced only
+    when the user says so (--yes, or y at the prompt); with no one to answer, both are kept."""
+    own_config, own_fragment = "vms: {mine: {profile: debian}}\n", "vm-mine:\n\techo mine\n"
+    (tmp_path / "vmlab.yaml").write_text(own_config)
+    (tmp_path / "vmlab.mk").write_text(own_fragment)
+    kept = vmlab_init(tmp_path)
+    assert kept.returncode == 0, kept.stderr
+    assert (tmp_path / "vmlab.yaml").read_text() == own_config and (tmp_path / "vmlab.mk").read_text() == own_fragment
+    assert f"kept {tmp_path / 'vmlab.yaml'} as it is" in kept.stdout and f"kept {tmp_path / 'vmlab.mk'}" in kept.stdout
+    replaced = vmlab_init(tmp_path, "--yes")
+    assert replaced.returncode == 0, replaced.stderr
+    assert (tmp_path / "vmlab.yaml").read_text() != own_config and (tmp_path / "vmlab.mk").read_text() != own_fragment
+
+
+def test_init_leaves_out_the_include_when_the_makefile_already_has_vm_targets(tmp_path: Path) -> None:
+    """A Makefile with a vm-* target of its own: including vmlab.mk would give make two recipes
+    for one target (it warns and keeps one): the Makefile is left as it is, saying why."""
+    makefile = "all:\n\ttrue\n\nvm-quick:\n\t./my-own-vm-script\n"
+    (tmp_path / "Makefile").write_text(makefile)
+    result = vmlab_init(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "Makefile").read_text() == makefile
+    assert f"did not include vmlab.mk in {tmp_path / 'Makefile'}: it has targets of its own with vmlab's names " \
+           "(vm-quick)" in result.stdout
+    assert "next: `vmlab quick`" in result.stdout  # not `make vm-quick`: that is the project's own
+
+
+@pytest.mark.parametrize("project_name, guest_dir", [
+    ("yes", "yes"), ("on", "on"), ("null", "null"), ("1.5", "1.5"), ("-dash", "dash"), ("..dots", "dots"),
+    ("with space", "with-space")])
+def test_issue24_item09_init_writes_a_config_vmlab_loads_whatever_the_folder_names(
+        tmp_path: Path, project_name: str, guest_dir: str) -> None:
+    """A project named `yes` (YAML's true), `null`, `1.5` or `-dash` (an option), or a venv
+    folder named `a,b`, `x]y` or `x #y` (YAML's flow and comment syntax): init wrote a
+    vmlab.yaml vmlab then refused to load. Names are now quoted, the guest folder is never an
+    option, and the excludes leave out exactly the venvs (real rsync says so)."""
+    project_dir = tmp_path / project_name
+    venvs = ["a,b", "x]y", "x #y", "x[1]", "q'uote", ".venv"]
+    for venv in venvs:
+        (project_dir / venv).mkdir(parents=True)
+        (project_dir / venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (project_dir / "main.c").write_text("int main(void) { return 0; }\n")
+    result = vmlab_init(project_dir)
+    assert result.returncode == 0, result.stderr
+    loaded = config.load(cwd=project_dir)
+    assert loaded.sync.guest_dir == guest_dir
+    copy = tmp_path / "copy"
+    subprocess.run(["rsync", "-a", *sync_module.exclude_options(loaded.sync), f"{project_dir}/", f"{copy}/"],
+                   check=True)
+    assert sorted(p.name for p in copy.iterdir()) == [".gitignore", "Makefile", "main.c", "vmlab.mk", "vmlab.yaml"]

@@ -60,7 +60,7 @@ def git_ignored(project_dir: Path) -> List[str]:
     return [os.fsdecode(path) for path in proc.stdout.split(b"\0") if path]
 
 
-def _anchored(path: str) -> str:
+def anchored(path: str) -> str:
     """An rsync exclude matching exactly this path under the project: a backslash escapes a
     wildcard character only in a pattern that has one."""
     return "/" + (re.sub(r"([*?\[\\])", r"\\\1", path) if re.search(r"[*?\[]", path) else path)
@@ -88,7 +88,7 @@ def sync(conn: SharedConnection, project_dir: Path, settings: SyncConfig) -> Syn
     """Make the guest's copy of `project_dir` (at settings.guest_dir) equal to it."""
     host.require(["rsync", "ssh"], "syncing the project into the guest")
     started = time.monotonic()
-    ignored = "".join(_anchored(path) + "\0" for path in git_ignored(project_dir)) if settings.gitignore else ""
+    ignored = "".join(anchored(path) + "\0" for path in git_ignored(project_dir)) if settings.gitignore else ""
     proc = subprocess.run(rsync_argv(conn, project_dir, settings), input=ignored, capture_output=True,
                           text=True, errors="surrogateescape", check=False)
     if proc.returncode in (SSH_FAILED, RSYNC_LOST_CONNECTION):  # which of the two rsync says is a race
