@@ -978,3 +978,72 @@ def test_issue24_item09_init_writes_a_config_vmlab_loads_whatever_the_folder_nam
     subprocess.run(["rsync", "-a", *sync_module.exclude_options(loaded.sync), f"{project_dir}/", f"{copy}/"],
                    check=True)
     assert sorted(p.name for p in copy.iterdir()) == [".gitignore", "Makefile", "main.c", "vmlab.mk", "vmlab.yaml"]
+
+
+# --- "0600 from the first byte": the mode of a secret seen from its creation on ---
+
+_FIRST_BYTES: Dict[str, object] = {"folder": None, "busy": False, "created": [], "seen": []}
+
+
+def _observe_created_files(event: str, args: tuple) -> None:
+    """An audit hook (sys.addaudithook; it cannot be removed, so it does nothing unless a test
+    set a folder). Every file opened with O_CREAT under the folder is remembered, and at every
+    audited operation after it (a write is not one; a chmod, a rename, an open are) the mode of
+    each remembered file is recorded: a file made 0644 and then chmod'ed is seen 0644 at the chmod."""
+    folder = _FIRST_BYTES["folder"]
+    if folder is None or _FIRST_BYTES["busy"]:
+        return
+    _FIRST_BYTES["busy"] = True
+    try:
+        created, seen = _FIRST_BYTES["created"], _FIRST_BYTES["seen"]
+        assert isinstance(created, list) and isinstance(seen, list)
+        for path in created:
+            try:
+                seen.append((path, event, stat.S_IMODE(os.lstat(path).st_mode)))
+            except OSError:
+                pass
+        if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)) and isinstance(args[2], int) \
+                and args[2] & os.O_CREAT:
+            path = os.path.abspath(os.fsdecode(args[0]))
+            if path.startswith(f"{folder}{os.sep}") and path not in created:
+                created.append(path)
+    finally:
+        _FIRST_BYTES["busy"] = False
+
+
+def test_secrets_are_0600_from_their_first_byte(project: Project, tmp_path: Path) -> None:
+    """security.md: every file holding a secret (the lab's keys, known_hosts, a golden export)
+    is mode 0600 from its first byte. A file made 0644 and chmod'ed 0600 before its rename has
+    the same final mode, so the mode is watched from the file's creation (an audit hook, in
+    this process: keys.ensure and golden.export run here, as the CLI runs them), with the usual
+    umask 022, under which a plain create is 0644."""
+    if not _FIRST_BYTES.get("hooked"):
+        sys.addaudithook(_observe_created_files)
+        _FIRST_BYTES["hooked"] = True
+    cache = tmp_path / "cache"
+    gold = make_golden(project, cache)
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    secrets = ("id_ed25519", "ssh_host_ed25519_key", "known_hosts", "export.tar")
+    umask = os.umask(0o022)
+    _FIRST_BYTES.update(folder=str(watched), created=[], seen=[])
+    try:
+        keys.ensure(watched / "keys", "first-byte test")
+        golden.export(gold, watched / "export.tar")
+    finally:
+        _FIRST_BYTES["folder"] = None
+        os.umask(umask)
+    created, seen = _FIRST_BYTES["created"], _FIRST_BYTES["seen"]
+    assert isinstance(created, list) and isinstance(seen, list)
+
+    def secret_of(path: str) -> Optional[str]:
+        name = os.path.basename(path)
+        return next((s for s in secrets if name == s or name.startswith(f".{s}.")), None)
+
+    watched_secrets = {secret_of(path) for path, _, _ in seen} - {None}
+    assert watched_secrets == set(secrets), f"the hook saw only {watched_secrets}: the test tried nothing"
+    loose = [(os.path.basename(path), event, f"{mode:04o}") for path, event, mode in seen
+             if secret_of(path) and mode != 0o600]
+    assert not loose, f"a secret was not 0600 when seen: {loose[:5]}"
+    for name in ("keys/id_ed25519", "keys/ssh_host_ed25519_key", "keys/known_hosts", "export.tar"):
+        assert stat.S_IMODE((watched / name).stat().st_mode) == 0o600
