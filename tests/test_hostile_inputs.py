@@ -1,12 +1,14 @@
 """Hostile inputs: everything vmlab reads from outside is refused early with one clear line,
 or handled exactly; nothing outside vmlab's own folders is touched.
 
-One test per defect of issue 16 (named for its item), and a home for every new input
-vmlab accepts: crafted golden exports (traversal, links, devices, missing fields, wrong
-checksums, another version), hostile config values, paths with spaces, quotes and
-non-ASCII. The parts are real: tar files, the CLI (`project.invoke`), OpenSSH's client and
-rsync against a real sshd on 127.0.0.1 (standing in for the guest's: the same programs a
-VM runs), git. What is not real is said in the test's docstring.
+One test per defect of issue 16 (test_itemNN_...) and of issue 24 (test_issue24_itemNN_...),
+and a home for every new input vmlab accepts: crafted golden exports (traversal, links,
+devices, sparse members, missing fields, wrong checksums, another version), hostile config
+values, paths with spaces, quotes and non-ASCII, planted folders and links (the CI
+rehearsal's work folder, `vmlab init`'s files). The parts are real: tar files (GNU tar's
+too), the CLI (`project.invoke`, `vmlab`), OpenSSH's client and rsync against a real sshd
+on 127.0.0.1 (standing in for the guest's: the same programs a VM runs), git. What is not
+real is said in the test's docstring.
 """
 
 from __future__ import annotations
