@@ -145,12 +145,12 @@ def _add_make_targets(project: Path, confirm: Callable[[str], bool]) -> Tuple[St
             wrote = (f"kept {fragment}{' (a symbolic link)' if kind == 'link' else ''} as it is", None)
     makefile = _makefile_to_change(project)
     kind = _kind(makefile)
+    text = makefile.read_text(errors="replace") if makefile.is_file() else ""  # a link's file is read, never written
+    if re.search(r"^\s*-?include\s+vmlab\.mk\b", text, re.MULTILINE):
+        return wrote, ("", None)
     if kind == "link":
         return wrote, (f"did not include vmlab.mk in {makefile}: it is a symbolic link (to {os.readlink(makefile)}), "
                        f"which vmlab init does not write through; add the line `{INCLUDE}` to the file it names", None)
-    text = makefile.read_text(errors="replace") if kind == "file" else ""
-    if re.search(r"^\s*-?include\s+vmlab\.mk\b", text, re.MULTILINE):
-        return wrote, ("", None)
     clashing = sorted(set(re.findall(r"^(vm-[a-z0-9-]+)\s*:(?!=)", text, re.MULTILINE)) & fragment_targets())
     if clashing:  # make would warn and keep one recipe of two: the user decides which go
         return wrote, (f"did not include vmlab.mk in {makefile}: it has targets of its own with vmlab's names "
@@ -168,12 +168,12 @@ def fragment_targets() -> Set[str]:
 def _ignore_state(project: Path) -> Step:
     gitignore = project / ".gitignore"
     kind = _kind(gitignore)
+    text = gitignore.read_text(errors="replace") if gitignore.is_file() else ""  # a link's file is read, never written
+    if re.search(r"^/?vm/?\s*$", text, re.MULTILINE):
+        return "", None
     if kind == "link":
         return (f"did not add /vm/ to {gitignore}: it is a symbolic link (to {os.readlink(gitignore)}), which vmlab "
                 "init does not write through; add the line `/vm/` to the file it names", None)
-    text = gitignore.read_text(errors="replace") if kind == "file" else ""
-    if re.search(r"^/?vm/?\s*$", text, re.MULTILINE):
-        return "", None
     addition = ("\n" if text and not text.endswith("\n") else "") + "# vmlab's VM state: disks, logs, keys\n/vm/\n"
     return f"added /vm/ to {gitignore}", lambda: _append(gitignore, addition, new=kind == "missing")
 
