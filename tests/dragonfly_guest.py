@@ -108,6 +108,19 @@ def permit_root_login(files: Path) -> str:
     return found[-1] if found else "prohibit-password"
 
 
+def prerequisite_problem() -> Optional[str]:
+    """What this machine lacks to play an installed guest, or None: the host's own sshd (at the
+    path Guest starts), unshare and mount for each session's namespace, and root for both."""
+    missing = []
+    if not os.path.exists("/usr/sbin/sshd"):
+        missing.append("/usr/sbin/sshd (Debian package openssh-server; its service need not run)")
+    missing += [f"{tool} (Debian package util-linux)" for tool in ("/usr/bin/unshare", "/usr/bin/mount")
+                if not os.path.exists(tool)]
+    if os.geteuid() != 0:
+        missing.append("root (each SSH session of the played guest mounts and chroots)")
+    return "the played DragonFly guest needs " + ", ".join(missing) if missing else None
+
+
 class Guest:
     """The installed system booted from `disk`: its files in folder/files, sshd on `port` if rc starts it."""
 

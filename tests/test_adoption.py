@@ -115,7 +115,7 @@ def test_a_projects_venv_is_never_sent_and_hints_name_vmlabs_own_commands(vmlab_
     project = make_project(tmp_path / "counter")
     subprocess.run([SYSTEM_PYTHON, "-m", "venv", "--without-pip", str(project / ".venv")], check=True)
     assert run(["vmlab", "init", "--guest", "debian"], project, vmlab_bin).returncode == 0
-    assert "excludes: [/.venv/]" in (project / "vmlab.yaml").read_text()
+    assert 'excludes: ["/.venv/"]' in (project / "vmlab.yaml").read_text()
     listed = run(["vmlab", "suites", "--json"], project, vmlab_bin)
     assert listed.returncode == 0, listed.stderr
     not_up = run(["vmlab", "sync"], project, vmlab_bin)

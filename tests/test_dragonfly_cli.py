@@ -24,7 +24,7 @@ import pytest
 
 import dragonfly_guest
 import dragonfly_stubs
-from conftest import Project
+from conftest import Project, prerequisite_missing
 from dragonfly_mirror import ISO, config_for, fake_qemu_env, mirror_files
 from httpserver import FileServer
 from vmlab import config, doctor, guests, recipe, schema
@@ -50,6 +50,15 @@ def dfly(project: Project, mirror: FileServer, tmp_path: Path) -> Project:
 def fake_qemu(tmp_path: Path) -> Dict[str, str]:
     """PATH with tests/fake_qemu.py first, named qemu-system-x86_64."""
     return fake_qemu_env(tmp_path / "fake-bin")
+
+
+@pytest.fixture
+def played_guest() -> None:
+    """Depend on this in a test whose guest boots after its install: dragonfly_guest.py plays it
+    with the host's sshd (see prerequisite_problem); a missing part is a missing prerequisite."""
+    problem = dragonfly_guest.prerequisite_problem()
+    if problem:
+        prerequisite_missing(problem)
 
 
 def test_fetch_then_golden_key_prints_one_key(dfly: Project) -> None:
@@ -137,7 +146,8 @@ def test_doctor_names_the_iso_its_checksum_the_mirror_and_the_recipe(dfly: Proje
     assert f"recipe install.yaml {recipe.load(rec.dir / 'install.yaml').version}" in line
 
 
-def test_golden_from_scratch_through_the_cli(dfly: Project, fake_qemu: Dict[str, str], tmp_path: Path) -> None:
+def test_golden_from_scratch_through_the_cli(dfly: Project, fake_qemu: Dict[str, str], tmp_path: Path,
+                                            played_guest: None) -> None:
     """`vm.golden --from-scratch` from a fetched ISO to a golden image, as a user runs it; then
     `vm.start` restores the image's 'clean' snapshot and sets the guest right.
 
@@ -212,7 +222,7 @@ def test_golden_from_scratch_through_the_cli(dfly: Project, fake_qemu: Dict[str,
 
 
 def test_a_failed_provision_says_what_pkg_said_and_the_next_golden_reuses_the_install(
-        dfly: Project, fake_qemu: Dict[str, str]) -> None:
+        dfly: Project, fake_qemu: Dict[str, str], played_guest: None) -> None:
     """A dead package mirror fails `vm.golden` in provision.sh with pkg's own words; the install it
     made is a cached checkpoint, so the next `vm.golden --from-scratch` does not install again.
     Mocked as in the test above; the fault is the pkg stand-in failing with pkg's message."""

@@ -13,10 +13,12 @@ from __future__ import annotations
 import io
 import json
 import shlex
+import subprocess
 import sys
+import tracemalloc
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, List
 
 import pytest
 
@@ -257,6 +259,115 @@ def test_output_with_terminal_escapes_and_nul_still_makes_valid_junit_xml(tmp_pa
     failure = cases[("c", "colours")].find("failure")
     assert failure.get("message") == "\\x1b[31mred\\x1b[0m" and failure.text == "bad byte \\x00 here"
 
+
+
+def test_issue24_item07_a_classname_with_control_bytes_still_makes_valid_junit_xml(tmp_path: Path) -> None:
+    """A `go test -json` Package and a `prove -v` file name are classnames, and each classname
+    names a <testsuite>: with an escape byte or another control character in it, junit.xml did
+    not parse (test names and messages with the same bytes were escaped). Any bytes: XML 1.0's
+    characters pass, the others are written as \\xNN."""
+    package = "example.com/\x1b[31mred\x01pkg"
+    go_output = "".join(json.dumps(e) + "\n" for e in (
+        {"Action": "run", "Package": package, "Test": "TestA"},
+        {"Action": "output", "Package": package, "Test": "TestA", "Output": "boom \x07\n"},
+        {"Action": "fail", "Package": package, "Test": "TestA", "Elapsed": 0.1},
+        {"Action": "fail", "Package": package, "Elapsed": 0.2}))
+    prove_output = "t/\x1bbad\x02name.t .. \nok 1 - fine\nnot ok 2 - \x1b[1mbold\n1..2\n"
+    go = results.SuiteResult("go", "failed", 1, 0.3, None, cases=formats.go_test(go_output).cases)
+    tap = results.SuiteResult("tap", "failed", 1, 0.3, None, cases=formats.tap(prove_output, "tap").cases)
+    _, cases = written(tmp_path, go, tap)  # ET.parse: it is XML
+    escaped = {"\\x1b": "\x1b", "\\x01": "\x01", "\\x02": "\x02"}
+    assert set(cases) == {("example.com/\\x1b[31mred\\x01pkg", "TestA"), ("t/\\x1bbad\\x02name.t", "fine"),
+                          ("t/\\x1bbad\\x02name.t", "\\x1b[1mbold")}
+    suites_ = [s.get("name") for s in ET.parse(tmp_path / "junit.xml").getroot().iter("testsuite")]
+    assert suites_ == ["go: example.com/\\x1b[31mred\\x01pkg", "tap: t/\\x1bbad\\x02name.t"]
+    assert all(raw not in (tmp_path / "junit.xml").read_text() for raw in escaped.values())
+
+
+
+
+def test_a_line_of_output_ends_at_a_newline_only() -> None:
+    """str.splitlines also splits at \\x0b, \\x0c, \\x1c-\\x1e and \\x85, which a test's name can
+    hold: a TAP point was cut in two there (and its second half taken for output)."""
+    parsed = formats.tap("ok 1 - form\x0cfeed\nnot ok 2 - vertical\x0btab\n# why\n1..2\n", "t")
+    assert [(c.name, c.outcome, c.message) for c in parsed.cases] == [
+        ("form\x0cfeed", PASSED, ""), ("vertical\x0btab", FAILED, "why")]
+
+
+LARGE = 200_000
+LARGE_PARSE = f"""
+import json, sys
+from vmlab import formats
+n = {LARGE}
+tap = "".join(f"    ok {{i}} - sub {{i}}\\n" for i in range(1, n + 1)) + "not ok 1 - parent\\n" + "\\n" * n
+parsed = formats.tap(tap + "# x\\n1..1\\n", "t")
+go = "".join(json.dumps(e) + "\\n" for e in [{{"Action": "run", "Package": "p", "Test": f"T/{{i}}"}} for i in range(n)]
+             + [{{"Action": "fail", "Package": "p", "Test": f"T/{{i}}"}} for i in range(n)]
+             + [{{"Action": "fail", "Package": "p", "Test": "T"}}, {{"Action": "fail", "Package": "p"}}])
+went = formats.go_test(go)
+print(json.dumps([[c.name, c.outcome, c.message] for c in (*parsed.cases[:2], parsed.cases[-1], went.cases[-1])]
+                 + [len(parsed.cases), len(went.cases)]))
+"""
+
+
+def test_issue24_item08_tap_and_go_output_of_any_size_is_read_in_linear_time() -> None:
+    """20,000 indented TAP points took 35 s (5,000: 1 s): each point scanned every subtest still
+    waiting for its parent, and a failing test's blank lines were scanned again from each. A
+    failing Go test with no output looked through every other test of its package for a failed
+    subtest. Here 200,000 of each, in a process of its own given 300 s: linear parsing takes a
+    few seconds, the quadratic one took about an hour. What it read is checked too."""
+    done = subprocess.run([sys.executable, "-c", LARGE_PARSE], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    *cases, tap_count, go_count = json.loads(done.stdout)
+    assert cases == [["parent", FAILED, "x"], ["parent/sub 1", PASSED, ""], [f"parent/sub {LARGE}", PASSED, ""],
+                     ["T", FAILED, "subtest T/0 failed"]]
+    assert (tap_count, go_count) == (LARGE + 1, LARGE + 1)
+
+
+def peak_memory(work: Callable[[], object]) -> int:
+    tracemalloc.start()
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("format_", ["tap", "go-test"])
+def test_issue24_item08_a_huge_log_is_read_and_shown_in_bounded_memory(tmp_path: Path, format_: str) -> None:
+    """A suite's log is read for its tests (suites.cut_off and after every run) and its last 40
+    lines go into junit.xml for a failed suite: each read the whole log into memory and split
+    it (a 10 MiB log: 42 MiB for its tail). Here a log of 12 MiB or more, mostly output of
+    passing tests, then a failing test's 2 MiB: at most about 1 MiB of that is kept (its start
+    and end; the log has the rest). tracemalloc's peak stays under 6 MiB, less than half the
+    log whatever its size (it was 4 times the log), and under 2 MiB for the tail."""
+    lines = [f"output line {i} of a chatty test\n" for i in range(2 << 14)]  # ~1 MiB
+    if format_ == "tap":
+        log = "".join(f"ok {i} - passes\n" + "".join(lines) for i in range(1, 11))
+        log += "not ok 11 - fails\n# why\n" + "".join(lines) * 2
+    else:  # test2json: an event per line of output (~3 MiB of events per test), then the test's end
+        events = [json.dumps(event) + "\n" for i in range(4) for event in (
+            *({"Action": "output", "Package": "p", "Test": f"T{i}", "Output": line} for line in lines * (1 + i // 3)),
+            {"Action": "pass" if i < 3 else "fail", "Package": "p", "Test": f"T{i}"})]
+        log = "".join(events) + json.dumps({"Action": "fail", "Package": "p"}) + "\n"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "unit.log").write_text(log)
+    assert (run_dir / "unit.log").stat().st_size >= 12 << 20
+    suite = SuiteConfig(name="unit", command="true", format=format_)
+    found: List[results.SuiteResult] = []
+    peak = peak_memory(lambda: found.append(suites.cut_off(suite, run_dir, "a test")))
+    assert peak < 6 << 20, f"{peak >> 20} MiB"
+    (failing,) = [c for c in found[0].cases if c.failing]
+    assert 1 << 20 <= len(failing.text) < (1 << 20) + (64 << 10) and "of this output left out" in failing.text
+    assert failing.text.rstrip().endswith("output line 32767 of a chatty test")
+    assert len(found[0].cases) == (11 if format_ == "tap" else 4)
+    assert all(not c.text for c in found[0].cases if not c.failing)
+    failed = results.SuiteResult("unit", "failed", 1, 1.0, run_dir / "unit.log")
+    peak = peak_memory(lambda: results.write(run_dir, {"vm": {"name": "default"}}, [failed]))
+    assert peak < 2 << 20, f"{peak >> 20} MiB"
+    tail = ET.parse(run_dir / "junit.xml").getroot().find("testsuite/testcase/failure").text
+    assert tail.splitlines()[-1] == log.splitlines()[-1] and len(tail.splitlines()) == 40
 
 # --- suites over SSH: the command's output or its JUnit, and artifacts ---
 

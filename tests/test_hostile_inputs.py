@@ -1,21 +1,25 @@
 """Hostile inputs: everything vmlab reads from outside is refused early with one clear line,
 or handled exactly; nothing outside vmlab's own folders is touched.
 
-One test per defect of issue 16 (named for its item), and a home for every new input
-vmlab accepts: crafted golden exports (traversal, links, devices, missing fields, wrong
-checksums, another version), hostile config values, paths with spaces, quotes and
-non-ASCII. The parts are real: tar files, the CLI (`project.invoke`), OpenSSH's client and
-rsync against a real sshd on 127.0.0.1 (standing in for the guest's: the same programs a
-VM runs), git. What is not real is said in the test's docstring.
+One test per defect of issue 16 (test_itemNN_...) and of issue 24 (test_issue24_itemNN_...),
+and a home for every new input vmlab accepts: crafted golden exports (traversal, links,
+devices, sparse members, missing fields, wrong checksums, another version), hostile config
+values, paths with spaces, quotes and non-ASCII, planted folders and links (the CI
+rehearsal's work folder, `vmlab init`'s files). The parts are real: tar files (GNU tar's
+too), the CLI (`project.invoke`, `vmlab`), OpenSSH's client and rsync against a real sshd
+on 127.0.0.1 (standing in for the guest's: the same programs a VM runs), git. What is not
+real is said in the test's docstring.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import pwd
 import shlex
+import shutil
 import signal
 import stat
 import subprocess
@@ -27,9 +31,10 @@ from typing import Callable, Dict, List, Optional
 
 import pytest
 
-from conftest import INVOKE, Project
+from conftest import INVOKE, Project, prerequisite_missing
 from sshd_fixtures import ME  # conftest loads its fixtures: sshd, connect, runtime
-from vmlab import __version__, atomic, golden, host, keys, recipe, suites
+from vmlab import __version__, atomic, config, golden, host, keys, recipe, suites
+from vmlab import sync as sync_module
 from vmlab.cache import ArtefactCache, key_of
 from vmlab.config import SuiteConfig, SyncConfig
 from vmlab.errors import GuestUnreachable, PrerequisiteMissing, RecipeError, VmlabError
@@ -644,3 +649,403 @@ def test_small_a_recipe_mistake_is_refused_at_load_naming_where(tmp_path: Path, 
         recipe.load(path)
     assert str(refused.value).startswith(f"{path}: ") and problem in str(refused.value), str(refused.value)
     assert refused.value.exit_code == 2
+
+
+# --- issue 24: the second round (a test per item, named for it) ---
+
+
+def rehearsal_repo(root: Path) -> Path:
+    """A repository whose workflow has one job of one `run:` step (bash, as GitHub's)."""
+    repo = root / "repo"
+    (repo / ".github" / "workflows").mkdir(parents=True)
+    (repo / ".github" / "workflows" / "w.yml").write_text(
+        "env: {VM: default}\njobs:\n  one:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo the step ran\n")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    return repo
+
+
+def planted(folder: Path, marker: Path, owner: Optional[int] = None) -> Path:
+    """A work folder another user made first (mode 0777) with a `bin/bash` that leaves `marker`."""
+    (folder / "bin").mkdir(parents=True)
+    (folder / "bin" / "bash").write_text(f"#!/bin/sh\necho ran as uid $(id -u) > {shlex.quote(str(marker))}\n"
+                                         "exec /bin/bash \"$@\"\n")
+    (folder / "bin" / "bash").chmod(0o755)
+    for path in (folder, folder / "bin", folder / "bin" / "bash"):
+        if owner is not None:
+            os.chown(path, owner, -1)
+    folder.chmod(0o777)
+    return folder
+
+
+def rehearse_ci(repo: Path, *args: str, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vmlab.ci.rehearsal", "--repo", str(repo), "--workflow",
+                           str(repo / ".github" / "workflows" / "w.yml"), "--runs", "1", *args],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+                          env=dict(os.environ, **(env or {})))
+
+
+@pytest.mark.parametrize("how", ["open to others", "owned by another user", "a symlink"])
+def test_issue24_item01_a_rehearsal_work_folder_someone_else_can_write_is_refused(tmp_path: Path, how: str) -> None:
+    """`--work` naming a folder another user made first (0777, with a `bin/bash` in it): the
+    steps run with WORK/bin first on PATH, so its `bash` ran as root. Now refused, exit 2, one
+    line naming the folder, nothing of it run."""
+    repo, marker = rehearsal_repo(tmp_path), tmp_path / "planted-bash-ran"
+    work = tmp_path / "work"
+    if how == "owned by another user":
+        if os.geteuid() != 0:
+            prerequisite_missing("root, to make a folder owned by another user")
+        planted(work, marker, owner=pwd.getpwnam("nobody").pw_uid)
+        work.chmod(0o700)  # private, but not ours
+    elif how == "open to others":
+        planted(work, marker)
+    else:
+        planted(tmp_path / "elsewhere", marker).chmod(0o700)
+        work.symlink_to(tmp_path / "elsewhere")
+    done = rehearse_ci(repo, "--work", str(work))
+    assert not marker.exists(), marker.read_text()
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"rehearse-ci: error: {work} is unsafe for the CI rehearsal's work") and "--work" in line
+
+
+def test_issue24_item01_the_default_rehearsal_work_folder_is_private_and_a_planted_one_is_refused(
+        tmp_path: Path) -> None:
+    """With no --work: the old default, TMPDIR/vmlab-ci-rehearsal, was used whoever made it.
+    The default is now the user's own TMPDIR/vmlab-ci-rehearsal-UID, made 0700; planted first
+    by someone else, it is refused like any other."""
+    repo, marker = rehearsal_repo(tmp_path), tmp_path / "planted-bash-ran"
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    planted(temp / "vmlab-ci-rehearsal", marker)  # the old default name
+    done = rehearse_ci(repo, env={"TMPDIR": str(temp)})
+    assert not marker.exists(), marker.read_text()
+    assert done.returncode == 0, done.stdout + done.stderr
+    own = temp / f"vmlab-ci-rehearsal-{os.getuid()}"
+    assert f"in {own}" in done.stdout and "[one] the step ran" in done.stdout
+    assert stat.S_IMODE(own.lstat().st_mode) == 0o700 and own.lstat().st_uid == os.getuid()
+    shutil.rmtree(own)
+    planted(own, marker)
+    again = rehearse_ci(repo, env={"TMPDIR": str(temp)})
+    assert not marker.exists() and again.returncode == 2
+    assert f"{own} is unsafe" in again.stderr
+
+
+def gnu_tar_export(archive: Path, manifest: Dict[str, object], files: Dict[str, bytes], sparse: str,
+                   apparent: int, tar_format: str) -> Path:
+    """An export written by GNU tar --sparse: the manifest, the files, and `sparse` as a file of
+    holes (as `truncate -s` makes) of `apparent` bytes, which takes a few KiB in the archive."""
+    folder = archive.parent / f"parts-{tar_format}"
+    for name, data in [("manifest.json", json.dumps(manifest).encode()), *files.items()]:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    with open(folder / sparse, "wb") as f:
+        f.truncate(apparent)
+        f.seek(apparent // 2)
+        f.write(b"data in the middle")
+    subprocess.run(["tar", "--sparse", f"--format={tar_format}", "-cf", str(archive), "-C", str(folder),
+                    "manifest.json", *files, sparse], check=True)
+    return archive
+
+
+@pytest.mark.parametrize("tar_format", ["gnu", "posix"])
+def test_issue24_item02_golden_import_refuses_a_sparse_member_before_writing_it(
+        exported: Path, importer, tmp_path: Path, tar_format: str) -> None:
+    """A sparse member (GNU's old format, or PAX's GNU.sparse) takes a few KiB in the archive
+    and unpacks to as much as its header says: 64 MiB here, 512 MiB of real blocks in the
+    report from one 10 KiB archive. Refused before a byte of it is written."""
+    manifest, files = real_parts(exported)
+    files.pop("vmlinuz")
+    archive = gnu_tar_export(tmp_path / "sparse.tar", manifest, files, "vmlinuz", 64 << 20, tar_format)
+    assert archive.stat().st_size < 1 << 20
+    with tarfile.open(archive) as tar:
+        assert tar.getmember("vmlinuz").issparse()  # what tarfile itself makes of it: a sparse regular file
+    result = importer(archive)
+    assert result.returncode == 1
+    assert "member 'vmlinuz' is a sparse file" in one_line_error(result)
+    assert_nothing_imported(tmp_path)
+
+
+def test_issue24_item02_golden_import_writes_no_member_past_the_size_its_manifest_states(
+        exported: Path, importer, tmp_path: Path) -> None:
+    """A member larger than its manifest says (its sha256 right: the manifest is the attacker's
+    too) is refused before anything is written; an export without sizes, made before they were
+    recorded, is refused saying to export it again."""
+    manifest, files = real_parts(exported)
+    files["vmlinuz"] = b"k" * (4 << 20)
+    grown = dict(manifest, files=dict(manifest["files"], vmlinuz=hashlib.sha256(files["vmlinuz"]).hexdigest()),
+                 sizes={**{n: len(data) for n, data in files.items()}, "vmlinuz": len(b"a kernel")})
+    result = importer(craft(tmp_path / "grown.tar", grown, files))
+    assert result.returncode == 1
+    assert f"member 'vmlinuz' is {4 << 20} bytes, its manifest says 8" in one_line_error(result)
+    assert_nothing_imported(tmp_path)
+    manifest, files = real_parts(exported)
+    del manifest["sizes"]
+    result = importer(craft(tmp_path / "no-sizes.tar", manifest, files))
+    assert result.returncode == 1 and "no 'sizes' mapping" in one_line_error(result)
+    assert_nothing_imported(tmp_path)
+
+
+@pytest.mark.parametrize("pattern", ["!", "!keep.log", "+ *", "- *.o"], ids=["clear", "negation", "include", "exclude"])
+def test_issue24_item03_an_exclude_rsync_reads_as_a_rule_is_refused_where_config_is_read(project: Project,
+                                                                                          pattern: str) -> None:
+    """`!` alone clears rsync's exclude list (vmlab's own `.git` and `/vm/` with it); `+ ` and
+    `- ` are rule prefixes; a leading `!` negates nothing in rsync (gitignore's `!` does)."""
+    project.write_config(f"sync:\n  guest_dir: p\n  excludes:\n    - '*.tmp'\n    - {json.dumps(pattern)}\n")
+    result = project.invoke("vm.status")
+    assert result.returncode == 2
+    line = one_line_error(result)
+    assert "vmlab.yaml:3: sync.excludes:" in line and f"{pattern!r} is an rsync rule, not a pattern" in line
+
+
+def test_issue24_item03_the_labs_keys_and_git_never_reach_the_guest_whatever_the_excludes(connect,
+                                                                                          tmp_path: Path) -> None:
+    """Past the config's check (a SyncConfig made in code): with `excludes: ["!"]` rsync copied
+    vm/<name>/keys/, vm/keys/ (the lab's private keys) and .git/config into the guest. vmlab's
+    own excludes now come after every other rule, where a `!` cannot clear them."""
+    project_dir = tmp_path / "project"
+    for name in ("src/main.c", ".git/config", "vm/default/keys/id_ed25519", "sub/.git/HEAD"):
+        (project_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (project_dir / name).write_text(name)
+    conn = connect(project_dir)  # its keys are the lab's: project/vm/keys/
+    guest = tmp_path / "guest"
+    sync(conn, project_dir, SyncConfig(guest_dir=str(guest), excludes=("*.o", "!")))
+    assert sorted(str(p.relative_to(guest)) for p in guest.rglob("*") if not p.is_dir()) == ["src/main.c"]
+
+
+@pytest.mark.parametrize("config, where", [
+    ('vms:\n  "abc\\n": {profile: debian}\n', "vmlab.yaml:2: vms.'abc\\n': a VM name is"),
+    ('profiles:\n  debian: {mirror: "http://mirror.example/debian\\n"}\n', "vmlab.yaml:2: profiles.debian.mirror:"),
+    ('profiles:\n  dragonfly: {mirrors: ["https://mirror.example/dfly\\n"]}\n',
+     "vmlab.yaml:2: profiles.dragonfly.mirrors:"),
+], ids=["vm-name", "debian-mirror", "dragonfly-mirror"])
+def test_issue24_item05_a_value_ending_in_a_newline_is_refused_where_config_is_read(project: Project, config: str,
+                                                                                    where: str) -> None:
+    """The name patterns were used with re.match and `$`, which also matches before a final
+    newline: `golden-key` printed a key for VM "abc\\n". Every value is now matched whole."""
+    project.write_config(config)
+    result = project.invoke("vm.golden-key")
+    assert result.returncode == 2 and result.stdout == ""
+    assert where in one_line_error(result)
+
+
+def test_issue24_item05_a_vm_or_snapshot_name_ending_in_a_newline_is_refused_on_the_command_line(
+        project: Project) -> None:
+    """A new VM name clones the first VM once it has a golden image (`vm.start --vm shard-1`):
+    "shard\\n" was taken for one (a folder vm/shard<newline>/); a snapshot named "clean\\n" too."""
+    cache = project.root / "cache"
+    make_golden(project, cache)
+    env = {"VMLAB_CACHE": str(cache)}
+    assert "shard-1" in project.invoke("vm.status", "--vm", "shard-1", env=env).stdout  # a clone's name: fine
+    refused = project.invoke("vm.status", "--vm", "shard\n", env=env)
+    assert refused.returncode == 2 and "there is no VM named 'shard\\n'" in one_line_error(refused)
+    refused = project.invoke("vm.snapshot", "--name", "clean\n", env=env)
+    assert refused.returncode == 2 and "snapshot name 'clean\\n'" in one_line_error(refused)
+    assert not [p for p in project.root.rglob("*") if "\n" in p.name]
+
+
+@pytest.mark.parametrize("options, key", [
+    ('{suite: "--print-debs"}', "profiles.debian.suite"),
+    ('{suite: "bookworm --foreign"}', "profiles.debian.suite"),
+    ('{mirror: "http://mirror.example/debian;touch${IFS}/tmp/x"}', "profiles.debian.mirror"),
+    ('{mirror: "http://mirror.example/debian --keyring=/tmp/k"}', "profiles.debian.mirror"),
+    ('{packages: ["make", "lib-ünï"]}', "profiles.debian.packages"),
+], ids=["suite-option", "suite-two-words", "mirror-shell", "mirror-space", "package-non-ascii"])
+def test_issue24_item06_a_profile_value_that_reaches_debootstrap_is_checked_where_config_is_read(
+        project: Project, options: str, key: str) -> None:
+    """`suite: --print-debs` was accepted and passed to debootstrap, as root (build-image.sh).
+    The suite, the mirror and the packages reach its command line: each is refused unless it is
+    only a name, a URL, a package name."""
+    project.write_config(f"profiles:\n  debian: {options}\n")
+    result = project.invoke("vm.golden-key")
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"vmlab.yaml:2: {key}:" in one_line_error(result)
+
+
+def test_issue24_item06_the_usual_suites_and_mirrors_are_accepted(project: Project) -> None:
+    for options in ('{suite: bookworm, mirror: "http://deb.debian.org/debian/"}',
+                    '{suite: stable, mirror: "https://[::1]:8080/debian"}', '{mirror: "file:///srv/mirror"}',
+                    '{suite: bookworm-updates, packages: [g++, libc6-dev, python3.11]}'):
+        project.write_config(f"profiles:\n  debian: {options}\n")
+        result = project.invoke("vm.golden-key")
+        assert result.returncode == 0, (options, result.stderr)
+
+
+# --- vmlab init in a project folder that holds links, folders, odd names ---
+
+VMLAB = str(Path(INVOKE).parent / "vmlab")
+
+
+def vmlab_init(project_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    """`vmlab init --guest debian` as a user types it in the project (stdin not a terminal: no one answers)."""
+    return subprocess.run([VMLAB, "init", "--guest", "debian", *args], cwd=project_dir, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=120)
+
+
+INIT_FILES = ["vmlab.yaml", "vmlab.mk", "Makefile", ".gitignore"]
+
+
+@pytest.mark.parametrize("target_exists", [False, True], ids=["dangling", "to-a-file"])
+@pytest.mark.parametrize("name", INIT_FILES)
+def test_issue24_item04_init_never_writes_through_a_link(tmp_path: Path, name: str, target_exists: bool) -> None:
+    """A project's vmlab.yaml, vmlab.mk, Makefile or .gitignore that is a link to a file outside
+    it: init made the file a dangling link names, appended to one a link names, and with --yes
+    replaced precious.yaml through vmlab.yaml. Now nothing outside is touched: without an
+    answer the link is kept; --yes replaces a vmlab.yaml or vmlab.mk link by a file of its own
+    and leaves a Makefile or .gitignore link alone, saying which line to add."""
+    outside, project_dir = tmp_path / "outside", tmp_path / "project"
+    outside.mkdir()
+    project_dir.mkdir()
+    if target_exists:
+        (outside / "precious").write_text("the user's own file\n")
+    (project_dir / name).symlink_to(outside / "precious")
+    before = tree(outside)
+    first = vmlab_init(project_dir)
+    assert first.returncode == 0, first.stderr
+    assert tree(outside) == before and (project_dir / name).is_symlink()
+    answered = vmlab_init(project_dir, "--yes")
+    assert answered.returncode == 0, answered.stderr
+    assert tree(outside) == before and sorted(p.name for p in outside.iterdir()) == sorted(before)
+    if name in ("vmlab.yaml", "vmlab.mk"):
+        assert not (project_dir / name).is_symlink() and (project_dir / name).is_file()
+        assert f"wrote {project_dir / name}" in answered.stdout
+    else:
+        assert (project_dir / name).is_symlink() and "is a symbolic link" in answered.stdout
+    config.load(cwd=project_dir)
+
+
+@pytest.mark.parametrize("name, make", [
+    ("Makefile", lambda p: p.mkdir()),
+    (".gitignore", lambda p: os.mkfifo(p)),
+    ("vmlab.mk", lambda p: p.mkdir()),
+], ids=["makefile-folder", "gitignore-fifo", "fragment-folder"])
+def test_issue24_item04_init_checks_every_file_before_it_writes_any(tmp_path: Path, name: str, make) -> None:
+    """A Makefile that is a folder gave IsADirectoryError after vmlab.yaml and vmlab.mk were
+    written (a .gitignore that is a fifo: init waited for ever). Now exit 2 in one line naming
+    it, and nothing written."""
+    make(tmp_path / name)
+    result = vmlab_init(tmp_path)
+    assert result.returncode == 2
+    assert one_line_error(result).startswith(f"vmlab: error: {tmp_path / name} is a ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_init_never_overwrites_a_file_without_asking(tmp_path: Path) -> None:
+    """README and ADOPTING.md promise it: a vmlab.yaml or vmlab.mk of the user's is replaced only
+    when the user says so (--yes, or y at the prompt); with no one to answer, both are kept."""
+    own_config, own_fragment = "vms: {mine: {profile: debian}}\n", "vm-mine:\n\techo mine\n"
+    (tmp_path / "vmlab.yaml").write_text(own_config)
+    (tmp_path / "vmlab.mk").write_text(own_fragment)
+    kept = vmlab_init(tmp_path)
+    assert kept.returncode == 0, kept.stderr
+    assert (tmp_path / "vmlab.yaml").read_text() == own_config and (tmp_path / "vmlab.mk").read_text() == own_fragment
+    assert f"kept {tmp_path / 'vmlab.yaml'} as it is" in kept.stdout and f"kept {tmp_path / 'vmlab.mk'}" in kept.stdout
+    replaced = vmlab_init(tmp_path, "--yes")
+    assert replaced.returncode == 0, replaced.stderr
+    assert (tmp_path / "vmlab.yaml").read_text() != own_config and (tmp_path / "vmlab.mk").read_text() != own_fragment
+
+
+def test_init_leaves_out_the_include_when_the_makefile_already_has_vm_targets(tmp_path: Path) -> None:
+    """A Makefile with a vm-* target of its own: including vmlab.mk would give make two recipes
+    for one target (it warns and keeps one): the Makefile is left as it is, saying why."""
+    makefile = "all:\n\ttrue\n\nvm-quick:\n\t./my-own-vm-script\n"
+    (tmp_path / "Makefile").write_text(makefile)
+    result = vmlab_init(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "Makefile").read_text() == makefile
+    assert f"did not include vmlab.mk in {tmp_path / 'Makefile'}: it has targets of its own with vmlab's names " \
+           "(vm-quick)" in result.stdout
+    assert "next: `vmlab quick`" in result.stdout  # not `make vm-quick`: that is the project's own
+
+
+@pytest.mark.parametrize("project_name, guest_dir", [
+    ("yes", "yes"), ("on", "on"), ("null", "null"), ("1.5", "1.5"), ("-dash", "dash"), ("..dots", "dots"),
+    ("with space", "with-space")])
+def test_issue24_item09_init_writes_a_config_vmlab_loads_whatever_the_folder_names(
+        tmp_path: Path, project_name: str, guest_dir: str) -> None:
+    """A project named `yes` (YAML's true), `null`, `1.5` or `-dash` (an option), or a venv
+    folder named `a,b`, `x]y` or `x #y` (YAML's flow and comment syntax): init wrote a
+    vmlab.yaml vmlab then refused to load. Names are now quoted, the guest folder is never an
+    option, and the excludes leave out exactly the venvs (real rsync says so)."""
+    project_dir = tmp_path / project_name
+    venvs = ["a,b", "x]y", "x #y", "x[1]", "q'uote", ".venv"]
+    for venv in venvs:
+        (project_dir / venv).mkdir(parents=True)
+        (project_dir / venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    (project_dir / "main.c").write_text("int main(void) { return 0; }\n")
+    result = vmlab_init(project_dir)
+    assert result.returncode == 0, result.stderr
+    loaded = config.load(cwd=project_dir)
+    assert loaded.sync.guest_dir == guest_dir
+    copy = tmp_path / "copy"
+    subprocess.run(["rsync", "-a", *sync_module.exclude_options(loaded.sync), f"{project_dir}/", f"{copy}/"],
+                   check=True)
+    assert sorted(p.name for p in copy.iterdir()) == [".gitignore", "Makefile", "main.c", "vmlab.mk", "vmlab.yaml"]
+
+
+# --- "0600 from the first byte": the mode of a secret seen from its creation on ---
+
+_FIRST_BYTES: Dict[str, object] = {"folder": None, "busy": False, "created": [], "seen": []}
+
+
+def _observe_created_files(event: str, args: tuple) -> None:
+    """An audit hook (sys.addaudithook; it cannot be removed, so it does nothing unless a test
+    set a folder). Every file opened with O_CREAT under the folder is remembered, and at every
+    audited operation after it (a write is not one; a chmod, a rename, an open are) the mode of
+    each remembered file is recorded: a file made 0644 and then chmod'ed is seen 0644 at the chmod."""
+    folder = _FIRST_BYTES["folder"]
+    if folder is None or _FIRST_BYTES["busy"]:
+        return
+    _FIRST_BYTES["busy"] = True
+    try:
+        created, seen = _FIRST_BYTES["created"], _FIRST_BYTES["seen"]
+        assert isinstance(created, list) and isinstance(seen, list)
+        for path in created:
+            try:
+                seen.append((path, event, stat.S_IMODE(os.lstat(path).st_mode)))
+            except OSError:
+                pass
+        if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)) and isinstance(args[2], int) \
+                and args[2] & os.O_CREAT:
+            path = os.path.abspath(os.fsdecode(args[0]))
+            if path.startswith(f"{folder}{os.sep}") and path not in created:
+                created.append(path)
+    finally:
+        _FIRST_BYTES["busy"] = False
+
+
+def test_secrets_are_0600_from_their_first_byte(project: Project, tmp_path: Path) -> None:
+    """security.md: every file holding a secret (the lab's keys, known_hosts, a golden export)
+    is mode 0600 from its first byte. A file made 0644 and chmod'ed 0600 before its rename has
+    the same final mode, so the mode is watched from the file's creation (an audit hook, in
+    this process: keys.ensure and golden.export run here, as the CLI runs them), with the usual
+    umask 022, under which a plain create is 0644."""
+    if not _FIRST_BYTES.get("hooked"):
+        sys.addaudithook(_observe_created_files)
+        _FIRST_BYTES["hooked"] = True
+    cache = tmp_path / "cache"
+    gold = make_golden(project, cache)
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    secrets = ("id_ed25519", "ssh_host_ed25519_key", "known_hosts", "export.tar")
+    umask = os.umask(0o022)
+    _FIRST_BYTES.update(folder=str(watched), created=[], seen=[])
+    try:
+        keys.ensure(watched / "keys", "first-byte test")
+        golden.export(gold, watched / "export.tar")
+    finally:
+        _FIRST_BYTES["folder"] = None
+        os.umask(umask)
+    created, seen = _FIRST_BYTES["created"], _FIRST_BYTES["seen"]
+    assert isinstance(created, list) and isinstance(seen, list)
+
+    def secret_of(path: str) -> Optional[str]:
+        name = os.path.basename(path)
+        return next((s for s in secrets if name == s or name.startswith(f".{s}.")), None)
+
+    watched_secrets = {secret_of(path) for path, _, _ in seen} - {None}
+    assert watched_secrets == set(secrets), f"the hook saw only {watched_secrets}: the test tried nothing"
+    loose = [(os.path.basename(path), event, f"{mode:04o}") for path, event, mode in seen
+             if secret_of(path) and mode != 0o600]
+    assert not loose, f"a secret was not 0600 when seen: {loose[:5]}"
+    for name in ("keys/id_ed25519", "keys/ssh_host_ed25519_key", "keys/known_hosts", "export.tar"):
+        assert stat.S_IMODE((watched / name).stat().st_mode) == 0o600

@@ -224,6 +224,41 @@ def test_quick_sends_only_the_changed_files_and_deletions_without_rsync(sample: 
         doomed.unlink(missing_ok=True)
 
 
+
+def test_only_the_changed_files_reach_the_guest(sample: Project, show: Path) -> None:
+    """"Only what changed is sent", counted in the guest, not from vmlab's own log line: the
+    files the turn wrote in the guest's copy are those whose ctime is after a mark the guest
+    made before it (unpacking or printf sets it; an untouched file keeps its own). An edit
+    alone goes as printf lines, an edit and a new file as a tar: either way, only those."""
+    data, new = sample.root / "data" / "input.txt", sample.root / "data" / "new.txt"
+    original = data.read_text()
+
+    def quick() -> str:
+        result = sample.invoke("vm.quick", "--config", str(show))
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stderr
+
+    def written_by(turn: Callable[[], None]) -> list:
+        in_guest(sample, "touch /tmp/vmlab-mark")
+        time.sleep(0.05)  # a few of the guest's clock ticks: what the turn writes is newer than the mark
+        turn()
+        said = quick()
+        assert "no rsync scan" in said or "in sync" in said, said  # the fast path, not rsync
+        return sorted(in_guest(sample, "cd sample && find . -type f -cnewer /tmp/vmlab-mark").split())
+
+    try:
+        quick()  # whatever the earlier tests left: in sync from here
+        assert written_by(lambda: None) == []
+        assert written_by(lambda: data.write_text("edited once\n")) == ["./data/input.txt"]
+        assert written_by(lambda: (data.write_text("edited twice\n"), new.write_text("new\n"))) == \
+            ["./data/input.txt", "./data/new.txt"]
+        assert int(in_guest(sample, "cd sample && find . -type f | wc -l")) > 2  # there were others to send
+    finally:
+        data.write_text(original)
+        new.unlink(missing_ok=True)
+        quick()
+
+
 def test_quick_never_sends_what_the_excludes_leave_out(sample: Project, show: Path) -> None:
     """An anchored exclude (`/venv/`, as `vmlab init` writes `/.venv/`) and a literal path
     (`docs/build`) are left out by the turn that sends only what changed, as rsync leaves

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from vmlab import accel, host
+from vmlab import accel, builder, guests, host
+from vmlab.cache import ArtefactCache
 from vmlab.errors import PrerequisiteMissing
 
 
@@ -34,6 +36,41 @@ def test_forced_kvm_without_a_usable_device_exits_2(project) -> None:
     assert result.returncode == 2, result.stderr
     assert "accel: kvm is configured but /dev/no-such-kvm does not exist" in result.stderr
     assert not list((project.root / "vm").glob("*/qemu.pid"))
+
+
+def cached_debian_image(cache: Path) -> Path:
+    """The Debian test image's cache entry, under the key vmlab computes for it, holding a small
+    real qcow2 and kernel files: a VM can be prepared from it (never booted here)."""
+    profile = guests.load("debian")
+
+    def build(out: Path) -> None:
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(out / "disk.qcow2"), "1G"], check=True)
+        (out / "vmlinuz").write_bytes(b"a kernel")
+        (out / "initrd.img").write_bytes(b"an initrd")
+
+    return ArtefactCache(cache).get_or_build(builder.kind(profile, "image"), builder.key(profile, "image", {}),
+                                             builder.inputs(profile, "image", {}), build, "the test's Debian image")
+
+
+def test_forced_kvm_that_cannot_be_used_is_refused_before_anything_is_prepared(project, tmp_path: Path) -> None:
+    """`accel: kvm` was refused only when QEMU's command line was made: after the image was
+    built and the VM's disk made (a 315 MB copy of a golden image). It is checked first now:
+    with the image cached no disk is made; with an empty cache nothing is built."""
+    project.write_config("defaults: {accel: kvm}\n")
+    cache = tmp_path / "cache"
+    cached_debian_image(cache)
+    env = {"VMLAB_KVM_DEVICE": "/dev/no-such-kvm", "VMLAB_CACHE": str(cache)}
+    before = sorted(str(p.relative_to(cache)) for p in cache.rglob("*"))
+    for verb in ("vm.start", "vm.golden", "vm.provision"):
+        result = project.invoke(verb, env=env)
+        assert result.returncode == 2, (verb, result.stderr)
+        assert "accel: kvm is configured but /dev/no-such-kvm does not exist" in result.stderr
+        assert not list(project.root.glob("vm/*/disk*")), f"{verb} made a disk before refusing"
+        assert sorted(str(p.relative_to(cache)) for p in cache.rglob("*")) == before
+    empty = tmp_path / "empty-cache"
+    result = project.invoke("vm.start", env=dict(env, VMLAB_CACHE=str(empty)))
+    assert result.returncode == 2 and "accel: kvm is configured but" in result.stderr
+    assert not [p for p in empty.rglob("*") if not p.name.endswith(".lock")], "something was built"
 
 
 def test_auto_without_kvm_device_picks_tcg_saying_why(tmp_path: Path, monkeypatch) -> None:

@@ -4,13 +4,14 @@ a real tree into a local folder, and that copy is the oracle."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 from typing import List, Set
 
 import pytest
 
-from vmlab import delta
+from vmlab import delta, sync
 from vmlab.config import SyncConfig
 from vmlab.watch import Ignored
 
@@ -29,9 +30,10 @@ def project(root: Path) -> Path:
 
 
 def rsync_sends(root: Path, excludes: List[str], tmp_path: Path) -> Set[str]:
-    """What real rsync copies, with vmlab's own exclude arguments."""
+    """What real rsync copies, with vmlab's own exclude arguments (sync.exclude_options)."""
     out = tmp_path / "copy"
-    args = [f"--exclude={p}" for p in (*delta.ALWAYS_EXCLUDED, *excludes)]
+    shutil.rmtree(out, ignore_errors=True)
+    args = sync.exclude_options(SyncConfig(excludes=tuple(excludes)))
     subprocess.run(["rsync", "-a", *args, f"{root}/", f"{out}/"], check=True)
     return {str(p.relative_to(out)) for p in out.rglob("*")}
 
@@ -47,6 +49,24 @@ def test_the_scan_lists_exactly_what_rsync_sends(tmp_path: Path, excludes: List[
     tree = delta.scan(root, SyncConfig(guest_dir="p", excludes=excludes), set())
     assert tree.exact
     assert set(tree.entries) == rsync_sends(root, excludes, tmp_path)
+
+
+@pytest.mark.parametrize("pattern", ["!", "!top.txt", "+ *", "- *.tmp", "+ .git", "-top.txt", " top.txt", "*",
+                                     "?.tmp", "a.tmp/", "top.txt/", ".git/", "vm", "/vm", "sub/vm/", "*.tmp*"])
+def test_the_scan_agrees_with_rsync_on_every_pattern_it_applies(tmp_path: Path, pattern: str) -> None:
+    """A pattern the scan applies itself (`exact`) leaves out what rsync leaves out, no more and
+    no less; any other it leaves to rsync. Rules (`!`, which clears rsync's list, `+ `, `- `),
+    which the config refuses, are never taken for names: the scan took `!` for a file name
+    while rsync, told `!`, dropped every exclude before it and sent .git and vm/."""
+    root = project(tmp_path / "project")
+    (root / "!top.txt").write_text("a name with a bang")
+    tree = delta.scan(root, SyncConfig(guest_dir="p", excludes=(pattern, "*.c")), set())
+    sent = rsync_sends(root, [pattern, "*.c"], tmp_path)
+    assert not {p for p in sent if p.split("/")[0] in (".git", "vm")}, "vmlab's own excludes were cleared"
+    if tree.exact:
+        assert set(tree.entries) == sent
+    else:
+        assert set(tree.entries) >= sent
 
 
 def test_a_pattern_the_scan_cannot_apply_leaves_the_turn_to_rsync(tmp_path: Path) -> None:
@@ -72,3 +92,17 @@ def test_watch_leaves_out_what_the_scan_leaves_out(tmp_path: Path) -> None:
     assert saved == {"top.txt": False, "sub/top.txt": True, "notes/build": False, "docs/build/page.html": False,
                      "x/docs/build/page.html": False, "docs/keep.md": True, ".git/HEAD": False,
                      "vm/default/disk": False, "src/main.c": True}
+
+
+def test_issue24_item10_watch_sees_a_top_level_file_whose_name_starts_with_two_dots(tmp_path: Path) -> None:
+    """`..data` is a name like any other (Kubernetes' ConfigMap folders use it): the sync sends
+    it, and a save of it must start a run. watch took every path whose relative form starts
+    with '..' for one outside the project; only '..' itself, or '../...', is."""
+    root = project(tmp_path / "project")
+    for name in ("..data", "..hidden/x", "...", "sub/..data"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(name)
+    assert {"..data", "..hidden/x", "...", "sub/..data"} <= set(delta.scan(root, SyncConfig(), set()).entries)
+    ignored = Ignored(root, root / "vm", [], gitignore=False)
+    assert [ignored(None, str(root / name)) for name in ("..data", "..hidden/x", "...", "sub/..data")] == [True] * 4
+    assert not ignored(None, str(tmp_path / "outside.txt")) and not ignored(None, str(tmp_path))

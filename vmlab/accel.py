@@ -50,17 +50,25 @@ def kvm_usable() -> Optional[str]:
     return None
 
 
+def refuse_unusable(requested: str) -> None:
+    """`accel: kvm` with a /dev/kvm this user cannot use: PrerequisiteMissing. Checked before a
+    VM is prepared (an image built, a disk made), not only when QEMU's command line is."""
+    if requested == "kvm":
+        problem = kvm_usable()
+        if problem:
+            raise PrerequisiteMissing(f"accel: kvm is configured but {problem}; "
+                                      "use accel: auto or tcg, or give this user access to the device")
+
+
 def choose(requested: str, probe_kernel: Callable[[], Optional[Path]], cache_dir: Path) -> AccelChoice:
     """The accelerator to use for `requested` (auto|kvm|tcg). `probe_kernel` gives a Linux kernel
     at hand to prove KVM with, or None: then KVM is unproven and TCG is used, and nothing is kept."""
     if requested == "tcg":
         return AccelChoice("tcg", "accel: tcg is configured")
-    problem = kvm_usable()
+    refuse_unusable(requested)
     if requested == "kvm":
-        if problem:
-            raise PrerequisiteMissing(f"accel: kvm is configured but {problem}; "
-                                      "use accel: auto or tcg, or give this user access to the device")
         return AccelChoice("kvm", "accel: kvm is configured")
+    problem = kvm_usable()
     if problem:
         return AccelChoice("tcg", f"KVM is not available ({problem})")
     verdict_file = cache_dir / "accel-verdict.json"

@@ -28,7 +28,7 @@ from vmlab.schema import (
 )
 
 CONFIG_NAME = "vmlab.yaml"
-VM_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
+VM_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")  # with fullmatch: "$" lets a newline end it
 
 
 @dataclass(frozen=True)
@@ -203,7 +203,8 @@ class _Where:
     def error(self, at: Tuple[str, ...], problem: str, line: Optional[int] = None) -> ConfigError:
         line = line or next((self.lines[at[:i]] for i in range(len(at), 0, -1) if at[:i] in self.lines), None)
         loc = f"{self.source}:{line}" if line else self.source
-        return ConfigError(f"{loc}: {'.'.join(at) or 'top level'}: {problem}")
+        key = ".".join(k if re.fullmatch(r"[\w.-]+", k) else repr(k) for k in at)  # a key with a newline: one line
+        return ConfigError(f"{loc}: {key or 'top level'}: {problem}")
 
 
 def _mapping(value: Any, at: Tuple[str, ...], where: _Where) -> Dict[str, Any]:
@@ -241,7 +242,7 @@ def _build(data: Any, lines: Mapping[Tuple[str, ...], int], source: str, project
     vms: Dict[str, VMConfig] = {}
     for name, settings in vms_raw.items():
         at = ("vms", str(name))
-        if not isinstance(name, str) or not VM_NAME.match(name):
+        if not isinstance(name, str) or not VM_NAME.fullmatch(name):
             raise where.error(at, "a VM name is lowercase letters, digits and '-', at most 31 characters")
         merged = dict(base, **_fields(_mapping(settings, at, where), VM_FIELDS, at, where))
         vms[name] = VMConfig(

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from vmlab.config import SyncConfig
+from vmlab.schema import rsync_rule
 
 Entry = Tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, mode: any change means "send it"
 MAX_FILES = 500  # more than this, or MAX_BYTES, and rsync (compressed, by blocks) is the better tool
@@ -62,7 +63,8 @@ class Delta:
 def is_plain_name(pattern: str) -> bool:
     """An exclude rsync matches against a name at any depth, the way fnmatch does: skipping
     such folders in the scan cannot hide a change rsync would send."""
-    return bool(pattern.rstrip("/")) and not re.search(r"[/\[\\]|^[-+] |\*\*", pattern.rstrip("/"))
+    return bool(pattern.rstrip("/")) and not rsync_rule(pattern) and not re.search(r"[/\[\\]|\*\*",
+                                                                                   pattern.rstrip("/"))
 
 
 def is_literal_path(pattern: str) -> bool:
@@ -70,20 +72,23 @@ def is_literal_path(pattern: str) -> bool:
     wildcard, no rule prefix. rsync matches it against the whole path: from the top when it
     starts with `/`, else against the path's end."""
     body = pattern.rstrip("/")
-    return "/" in body and bool(body.strip("/")) and not re.search(r"[*?\[\\]|//|^[-+] ", body)
+    return "/" in body and bool(body.strip("/")) and not rsync_rule(pattern) and not re.search(r"[*?\[\\]|//", body)
 
 
 class Excludes:
     """What rsync leaves out (ALWAYS_EXCLUDED and the config's excludes), as the scan can
     apply it exactly: names at any depth (`*.o`, `build/`) and literal paths (`/.venv/`).
-    Any other pattern (a wildcard in a path, a `+ ` rule) makes `exact` False: the scan then
-    sees more than rsync sends, so what changed is left to rsync to send, never guessed."""
+    Any other pattern (a wildcard in a path, an rsync rule such as `!`, which the config
+    refuses) makes `exact` False: the scan then sees more than rsync sends, so what changed
+    is left to rsync to send, never guessed."""
 
     def __init__(self, patterns: Iterable[str]):
-        patterns = [*ALWAYS_EXCLUDED, *patterns]
+        given = list(patterns)
+        rules = any(rsync_rule(p) for p in given)  # an include or a clear may undo any exclude but vmlab's own,
+        patterns = [*ALWAYS_EXCLUDED, *([] if rules else given)]  # so then the scan applies only those
         self.names = [(p.rstrip("/"), p.endswith("/")) for p in patterns if is_plain_name(p)]
         self.paths = [(p.rstrip("/"), p.endswith("/")) for p in patterns if is_literal_path(p)]
-        self.exact = len(self.names) + len(self.paths) == len(patterns)
+        self.exact = not rules and len(self.names) + len(self.paths) == len(patterns)
 
     def __call__(self, path: str, is_dir: bool) -> bool:
         """Whether rsync leaves out `path` (relative to the project, '/' between names) itself."""

@@ -15,20 +15,26 @@ which test failed, not just which suite:
 - `junit`, and `pytest` (pytest's own --junitxml, which vmlab asks for): the file.
 
 The parsers are pure: text in, cases out. Output that holds no test, or that ends
-before its tests did, says so in Parsed.problem, never with an exception. go test's
-and TAP's also read line by line (GoTestReader, go_test()'s parser; TapReader, tap()'s),
-saying what each line ended (a test, a package) or that it is not in the format, for
-the display of a suite's output as it comes (readout.py).
+before its tests did, says so in Parsed.problem, never with an exception. They read a
+suite's log line by line (`parse_log`) in time linear in its size, and keep only what
+junit.xml gets: a failing test's output (at most KEPT_CHARS of it, its start and its end),
+never a passing test's; so any size of output is read in bounded memory per test.
+go test's and TAP's readers (GoTestReader, TapReader) also say what each line ended (a
+test, a package) or that it is not in the format, for the display of a suite's output as
+it comes (readout.py).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import textwrap
 import xml.etree.ElementTree as ET
+from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, List, Optional, Tuple, Union
+from pathlib import Path
+from typing import IO, Any, Deque, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 FORMATS = ("junit", "pytest", "go-test", "tap")
 FROM_FILE = ("junit", "pytest")  # read from the JUnit file the suite wrote, not from its output
@@ -58,7 +64,80 @@ class Parsed:
 
 
 def first_line(text: str) -> str:
-    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return next((line.strip() for line in _each_line(text) if line.strip()), "")
+
+
+def _each_line(text: str) -> Iterator[str]:
+    """text.splitlines(), one line at a time: a megabyte of short lines is not a list of objects."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end + 1
+        yield from text[start:end].splitlines()
+        start = end
+
+
+KEPT_CHARS = 1 << 20  # of one test's output, for junit.xml: its first and last half (the log has it all)
+LINE_CHARS = 1 << 20  # a longer line is cut (a line is read whole): a test2json event holds one output line
+NAME_CHARS = 500  # a test's name, its parents' names included
+
+
+class _Text:
+    """A test's output as it comes, a line at a time, holding at most about KEPT_CHARS of it: the
+    start (where Go's and TAP's messages are) and the end (where a panic or a summary is). Lines
+    are joined in pieces of CHUNK_CHARS, so a short line costs its characters, not an object."""
+
+    CHUNK_CHARS = 1 << 14
+
+    def __init__(self) -> None:
+        self.head: List[str] = []
+        self.tail: Deque[str] = deque()
+        self.lines: List[str] = []  # not yet joined into a piece
+        self.head_chars = self.tail_chars = self.lines_chars = self.cut = 0
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+        self.lines_chars += len(line)
+        if self.lines_chars >= self.CHUNK_CHARS:
+            self._piece()
+
+    def _piece(self) -> None:
+        piece = "".join(self.lines)
+        self.lines, self.lines_chars = [], 0
+        if self.head_chars < KEPT_CHARS // 2:
+            self.head.append(piece)
+            self.head_chars += len(piece)
+            return
+        self.tail.append(piece)
+        self.tail_chars += len(piece)
+        while self.tail_chars - len(self.tail[0]) >= KEPT_CHARS // 2:
+            dropped = self.tail.popleft()
+            self.tail_chars -= len(dropped)
+            self.cut += len(dropped)
+
+    def __str__(self) -> str:
+        if self.lines:
+            self._piece()
+        cut = f"[... {self.cut} characters of this output left out; the suite's log has them]\n" if self.cut else ""
+        return "".join(self.head) + cut + "".join(self.tail)
+
+
+def _lines(stream: IO[str]) -> Iterator[str]:
+    """The stream's lines, ended by "\n" only (str.splitlines also splits at \x0b, \x0c, \x1c...,
+    which runners print inside a line); a line longer than LINE_CHARS is cut there."""
+    while True:
+        line = stream.readline(LINE_CHARS)
+        if not line:
+            return
+        if not line.endswith("\n") and len(line) == LINE_CHARS:
+            while (rest := stream.readline(LINE_CHARS)) and not rest.endswith("\n"):
+                pass
+            line += "\n"
+        yield line
+
+
+def _text_lines(output: str) -> Iterator[str]:
+    return _lines(io.StringIO(output, newline="\n"))
 
 
 # --- JUnit (and pytest's --junitxml) ---
@@ -102,9 +181,25 @@ _GO_ENDS = {"pass": PASSED, "PASS": PASSED, "fail": FAILED, "FAIL": FAILED, "ski
 @dataclass
 class _GoTest:
     name: str
-    output: List[str] = field(default_factory=list)
+    output: _Text = field(default_factory=_Text)  # its lines but the RUN/PASS/FAIL marks
     outcome: Optional[str] = None  # None while it runs
     elapsed: float = 0.0
+
+
+@dataclass
+class _GoOutput:
+    """A package's lines outside any test (its TestMain, init, a panic): the text of a TestMain
+    case when it fails outside a test, and whether they say its build failed."""
+
+    text: _Text = field(default_factory=_Text)
+    build_failed: str = ""
+
+    def add(self, line: str) -> None:
+        if not self.build_failed:
+            found = re.search(r"\[(build failed|setup failed)\]", line)
+            self.build_failed = found.group(1) if found else ""
+        if not _GO_PACKAGE_END.match(line) and line.strip() != "FAIL":
+            self.text.add(line)
 
 
 class _GoRun:
@@ -115,31 +210,36 @@ class _GoRun:
 
     def __init__(self) -> None:
         self.tests: Dict[str, Dict[str, _GoTest]] = {}
-        self.package_output: Dict[str, List[str]] = {}
-        self.build_output: Dict[str, List[str]] = {}  # by import path as the compiler names it
+        self.package_output: Dict[str, _GoOutput] = {}
+        self.build_output: Dict[str, _Text] = {}  # by import path as the compiler names it
         self.cases: List[TestCase] = []
         self.current: Optional[str] = None  # text: the test the lines belong to
         self.building: Optional[str] = None  # text: the package whose compiler output is being read
 
     def test(self, package: str, name: str) -> _GoTest:
+        name = name[:NAME_CHARS]
         return self.tests.setdefault(package, {}).setdefault(name, _GoTest(name))
 
     def output(self, package: str, name: Optional[str], text: str) -> None:
         if name:
-            self.test(package, name).output.append(text)
+            test = self.test(package, name)  # a RUN line makes the test
+            if not _GO_MARK.match(text):
+                test.output.add(text)
         else:
-            self.package_output.setdefault(package, []).append(text)
+            self.package_output.setdefault(package, _GoOutput()).add(text)
 
     def end(self, package: str, name: str, action: str, elapsed: float) -> None:
         test = self.test(package, name)
         test.outcome, test.elapsed = _GO_ENDS[action], elapsed
+        if test.outcome == PASSED:
+            test.output = _Text()  # a passed test's output is not kept: it ran as it should
 
     def event(self, event: Dict[str, Any]) -> None:
         """One of test2json's events."""
         action, package = event["Action"], str(event.get("Package", ""))
         name = str(event["Test"]) if event.get("Test") else None
         if action == "build-output":
-            self.build_output.setdefault(str(event.get("ImportPath", "")), []).append(str(event.get("Output", "")))
+            self.build_output.setdefault(str(event.get("ImportPath", "")), _Text()).add(str(event.get("Output", "")))
         elif action == "run" and name:
             self.test(package, name)
         elif action == "output":
@@ -167,54 +267,71 @@ class _GoRun:
             self.current = self.building = None
         elif header and self.current is None:
             self.building = header.group(1)
-            self.build_output.setdefault(self.building, []).append(line)
+            self.build_output.setdefault(self.building, _Text()).add(line)
         elif self.building is not None:
-            self.build_output[self.building].append(line)
+            self.build_output[self.building].add(line)
         elif line.strip() not in ("PASS", "FAIL"):
             self.output("", self.current, line)
 
     def package_end(self, package: str, action: str, build_failed: str = "") -> None:
         tests = {**self.tests.pop("", {}), **self.tests.pop(package, {})}
-        output = self.package_output.pop(package, []) + self.package_output.pop("", [])
-        build_failed = build_failed or next((m for line in output
-                                             for m in re.findall(r"\[(build failed|setup failed)\]", line)), "")
+        own, unnamed = self.package_output.pop(package, _GoOutput()), self.package_output.pop("", _GoOutput())
+        build_failed = build_failed or own.build_failed or unnamed.build_failed
         if build_failed:
             self.cases.append(self._build_case(package, build_failed))
-        made = [_go_case(package, test, tests, (FAILED, "the test binary exited while it ran"))
+        failed_below = _first_failed_subtests(tests)
+        made = [_go_case(package, test, failed_below.get(test.name), (FAILED, "the test binary exited while it ran"))
                 for test in tests.values()]
         self.cases += made
         if _GO_ENDS[action] == FAILED and not build_failed and not any(c.failing for c in made):
-            text = "".join(line for line in output if not _GO_PACKAGE_END.match(line) and line.strip() != "FAIL")
+            text = str(own.text) + str(unnamed.text)
             self.cases.append(TestCase("TestMain", package, FAILED, message=first_line(text) or
                                        "the test binary failed outside any test", text=text))
 
     def _build_case(self, package: str, why: str) -> TestCase:
         mine = [path for path in self.build_output if path.split()[0] == package or f"[{package}.test]" in path]
-        lines = [line for path in (mine or list(self.build_output)) for line in self.build_output.pop(path)]
-        return TestCase(f"[{why}]", package, ERROR, message=first_line("".join(lines[1:])) or why, text="".join(lines))
+        text = "".join(str(self.build_output.pop(path)) for path in (mine or list(self.build_output)))
+        after_header = text.partition("\n")[2]
+        return TestCase(f"[{why}]", package, ERROR, message=first_line(after_header) or why, text=text)
 
     def finish(self) -> Parsed:
         """The cases, and tests whose package never ended: the output stopped while they ran."""
         unfinished = [package or "(its package)" for package in self.tests]
         for package, tests in self.tests.items():
-            self.cases += [_go_case(package, test, tests, (ERROR, "its output ended while it ran"))
-                           for test in tests.values()]
+            failed_below = _first_failed_subtests(tests)
+            self.cases += [_go_case(package, test, failed_below.get(test.name),
+                                    (ERROR, "its output ended while it ran")) for test in tests.values()]
         problem = f"the output ended before {', '.join(unfinished)} finished" if unfinished else ""
         if not self.cases and not problem:
             problem = "its output has no go test result (go test -json or -v names each test)"
         return Parsed(self.cases, problem)
 
 
-def _go_case(package: str, test: _GoTest, siblings: Dict[str, _GoTest], if_running: Tuple[str, str]) -> TestCase:
+def _first_failed_subtests(tests: Dict[str, _GoTest]) -> Dict[str, str]:
+    """For each test with a failed subtest (at any depth), the first such, in the order they
+    ran: one pass over the tests, each parent's name made once (names are NAME_CHARS at most)."""
+    first: Dict[str, str] = {}
+    for name, test in tests.items():
+        if test.outcome != FAILED:
+            continue
+        parent = name
+        while (cut := parent.rfind("/")) > 0:
+            parent = parent[:cut]
+            if parent in first:
+                break  # and so are all of its parents
+            first[parent] = name
+    return first
+
+
+def _go_case(package: str, test: _GoTest, failed_subtest: Optional[str], if_running: Tuple[str, str]) -> TestCase:
     """`if_running`: the outcome, and why, of a test that never ended."""
-    text = textwrap.dedent("".join(line for line in test.output if not _GO_MARK.match(line)))
+    text = textwrap.dedent(str(test.output))
     outcome, unfinished = (test.outcome, "") if test.outcome else if_running
     message = ""
     if outcome == SKIPPED:
         message = first_line(text) or "skipped"
     elif outcome != PASSED:
-        failed = next((n for n, t in siblings.items() if n.startswith(test.name + "/") and t.outcome == FAILED), None)
-        message = first_line(text) or (f"subtest {failed} failed" if failed else "failed")
+        message = first_line(text) or (f"subtest {failed_subtest} failed" if failed_subtest else "failed")
         if test.outcome is None:
             message = f"{unfinished}: {message}" if first_line(text) else unfinished
     return TestCase(test.name, package, outcome, test.elapsed, message, text if outcome != PASSED else "")
@@ -223,8 +340,12 @@ def _go_case(package: str, test: _GoTest, siblings: Dict[str, _GoTest], if_runni
 def go_test(output: str) -> Parsed:
     """`go test -json` (test2json's events; lines that are not JSON, such as a build's
     errors before Go 1.24, are read as text) or `go test -v` and plain `go test`."""
+    return _go_test(_text_lines(output))
+
+
+def _go_test(lines: Iterable[str]) -> Parsed:
     run = _GoRun()
-    for line in output.splitlines(keepends=True):
+    for line in lines:
         event = _json_event(line)
         if event is not None:
             run.event(event)
@@ -254,47 +375,70 @@ _PROVE_FILE = re.compile(r"^(\S+) \.\.+ ?$")  # `prove -v`: the file whose TAP f
 _PROVE_SAYS = re.compile(r"^(Dubious, |Failed \d+/\d+ subtests|\t\(less |Test Summary Report|All tests successful)")
 
 
+_TAP_DURATION = re.compile(r"[ \t]*duration_ms:[ \t]*([\d.]+)")  # node --test's YAML block
+
+
 class _TapFile:
-    """One TAP stream: its plan and its points (a subtest waits at its depth until its parent)."""
+    """One TAP stream: its plan and its points. A subtest's point comes before its parent's:
+    it waits, on a stack whose depths never decrease towards the top, until a point less
+    indented takes it (and what it took) as its children; names are joined at the end, so
+    each line costs the same however deep or long the stream."""
 
     def __init__(self, classname: str) -> None:
         self.classname, self.plan, self.ran = classname, -1, 0
         self.cases: List[TestCase] = []
         self.waiting: List[Tuple[int, TestCase]] = []  # subtests, before the point of their parent
+        self.below: Dict[int, List[TestCase]] = {}  # id(case) -> its subtests at every depth, in order
+        self.parent: Dict[int, TestCase] = {}  # id(case) -> the point it is a subtest of
+        self.output: Dict[int, _Text] = {}  # id(case) -> its lines, for a case that is not passed
         self.last: Optional[TestCase] = None  # the point the lines below belong to
         self.bailed = False
 
     def point(self, indent: int, failed: bool, number: Optional[str], description: str) -> None:
         directive = _TAP_DIRECTIVE.search(description)
         name = (description[:directive.start()] if directive else description).strip() or f"test {number or '?'}"
-        case = TestCase(name, self.classname, FAILED if failed else PASSED)
+        case = TestCase(name[:NAME_CHARS], self.classname, FAILED if failed else PASSED)
         if directive and (directive.group(1).upper() == "SKIP" or failed):
             case.outcome = SKIPPED
             case.message = f"{directive.group(1).upper()}: {directive.group(2)}".rstrip(": ")
-        children = [c for depth, c in self.waiting if depth > indent]
-        self.waiting = [(depth, c) for depth, c in self.waiting if depth <= indent]
-        for child in children:
-            child.name = f"{name}/{child.name}"
+        cut = len(self.waiting)
+        while cut and self.waiting[cut - 1][0] > indent:
+            cut -= 1
+        below: List[TestCase] = []
+        for _, child in self.waiting[cut:]:
+            self.parent[id(child)] = case
+            below += [child, *self.below.pop(id(child), [])]
+        del self.waiting[cut:]
         if indent == 0:
             self.ran += 1
-            self.cases += [case, *children]
+            self.cases += [case, *below]
         else:
-            self.waiting += [(indent, case), *((indent, c) for c in children)]
+            self.waiting.append((indent, case))
+            self.below[id(case)] = below
+        if case.outcome != PASSED:
+            self.output[id(case)] = _Text()
         self.last = case
 
     def line(self, text: str) -> None:
-        if self.last is not None:
-            self.last.text += text
+        if self.last is None:
+            return
+        if not self.last.time:
+            duration = _TAP_DURATION.match(text)
+            self.last.time = float(duration.group(1)) / 1000 if duration else 0.0
+        kept = self.output.get(id(self.last))
+        if kept is not None:
+            kept.add(text)
 
     def finish(self) -> str:
-        """What is wrong with the stream as a whole, if anything; fills in each case's time and message."""
-        for case in self.cases:
-            duration = re.search(r"^\s*duration_ms:\s*([\d.]+)", case.text, re.MULTILINE)
-            case.time = float(duration.group(1)) / 1000 if duration else 0.0
+        """What is wrong with the stream as a whole, if anything; fills in each case's name, text and message."""
+        for case in self.cases:  # a parent comes before its subtests: its name is whole when theirs are made
+            parent = self.parent.get(id(case))
+            if parent is not None:
+                case.name = f"{parent.name}/{case.name}"[:NAME_CHARS]
+            if id(case) in self.output:
+                case.text = str(self.output[id(case)])
             if case.outcome == FAILED:
                 case.message = _tap_message(case.text) or "not ok"
-            elif case.outcome != SKIPPED:
-                case.text = ""
         if not self.bailed and 0 <= self.plan and self.ran < self.plan:
             return f"{self.classname}: planned {self.plan} tests, ran {self.ran}"
         return ""
@@ -302,29 +446,44 @@ class _TapFile:
 
 def _tap_message(text: str) -> str:
     """A YAML block's `error:` (node --test), else the first diagnostic line (Test::More's `# Failed test`)."""
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
+    lines = _each_line(text)
+    for line in lines:
         m = re.match(r"^\s*error:\s*(.*)$", line)
         if m:
             value = m.group(1).strip()
-            return first_line("\n".join(lines[i + 1:])) if value[:1] in ("|", ">") else value.strip("'\"")
-    return first_line(re.sub(r"^\s*#", "", text, flags=re.MULTILINE))
+            return next((rest.strip() for rest in lines if rest.strip()), "") if value[:1] in ("|", ">") \
+                else value.strip("'\"")
+    return next((line for line in (re.sub(r"^\s*#", "", line).strip() for line in _each_line(text)) if line), "")
 
 
 def tap(output: str, classname: str) -> Parsed:
     """TAP versions 12 to 14 (and `prove -v`); `classname` names a stream that has no file name."""
+    return _tap(_text_lines(output), classname)
+
+
+def _tap(lines: Iterable[str], classname: str) -> Parsed:
     reader = TapReader(classname)
-    for line in output.splitlines(keepends=True):
+    for line in lines:
         reader.line(line)
     return reader.close()[1]
 
 
 def parse(format_: str, output: str, classname: str) -> Parsed:
     """The cases in a suite's output (`format_` go-test or tap); `classname` for tests that name none."""
+    return _parse(format_, _text_lines(output), classname)
+
+
+def parse_log(format_: str, log: Path, classname: str) -> Parsed:
+    """parse() of a suite's log, read a line at a time: a log of any size costs what its cases keep."""
+    with open(log, encoding="utf-8", errors="replace", newline="\n") as f:
+        return _parse(format_, _lines(f), classname)
+
+
+def _parse(format_: str, lines: Iterable[str], classname: str) -> Parsed:
     if format_ == "go-test":
-        return go_test(output)
+        return _go_test(lines)
     if format_ == "tap":
-        return tap(output, classname)
+        return _tap(lines, classname)
     raise ValueError(f"format {format_!r} is read from a file, not from the output")
 
 
@@ -378,6 +537,7 @@ class GoTestReader(_GoRun):
         self.events: List[Event] = []
         self.told: Dict[Tuple[str, str], TestCase] = {}  # (package, test): the case an Ended gave
         self.summaries: Dict[str, str] = {}  # by package: the rest of its `ok`/`FAIL` line
+        self.failed_below: Dict[Tuple[str, str], str] = {}  # (package, test): its first failed subtest
 
     def line(self, text: str) -> List[Event]:
         event = _json_event(text)
@@ -396,7 +556,7 @@ class GoTestReader(_GoRun):
 
     def output(self, package: str, name: Optional[str], text: str) -> None:
         super().output(package, name, text)
-        told = self.told.get((package, name)) if name else None
+        told = self.told.get((package, name[:NAME_CHARS])) if name else None
         if told is not None:
             self.events.append(Said(told, text))
         elif not name and not package:  # in no test and no package: not go test's
@@ -404,8 +564,14 @@ class GoTestReader(_GoRun):
 
     def end(self, package: str, name: str, action: str, elapsed: float) -> None:
         super().end(package, name, action, elapsed)
-        tests = self.tests[package]
-        self.told[(package, name)] = case = _go_case(package, tests[name], tests, (ERROR, ""))
+        test = self.test(package, name)
+        if test.outcome == FAILED:  # a subtest ends before its parent: the parent's message names it
+            parent = test.name
+            while (cut := parent.rfind("/")) > 0 and (package, parent[:cut]) not in self.failed_below:
+                parent = parent[:cut]
+                self.failed_below[(package, parent)] = test.name
+        failed_below = self.failed_below.pop((package, test.name), None)
+        self.told[(package, test.name)] = case = _go_case(package, test, failed_below, (ERROR, ""))
         self.events.append(Ended(case))
 
     def package_end(self, package: str, action: str, build_failed: str = "") -> None:
@@ -463,10 +629,7 @@ class TapReader:
         elif current.last is None:
             return [] if _TAP_VERSION.match(line) else [Other(line)]
         else:
-            current.line(line)
-            duration = _TAP_DURATION.match(line)
-            if duration:
-                current.last.time = float(duration.group(1)) / 1000
+            current.line(line)  # a YAML block's duration_ms is its time
             return [Said(current.last, line)]
         return []
 
@@ -480,7 +643,6 @@ class TapReader:
 
 
 _TAP_VERSION = re.compile(r"^TAP version \d+\s*$")
-_TAP_DURATION = re.compile(r"^\s*duration_ms:\s*([\d.]+)")
 
 
 def reader(format_: str, classname: str) -> Union[GoTestReader, TapReader]:

@@ -8,7 +8,7 @@ shape the snapshot needs, vmlab's version), so CI can cache it by key:
     clean.qcow2      a small overlay on base.qcow2 holding the snapshot "clean"; never written again
     vmlinuz, initrd.img   for guests booted by their kernel
     keys/            the SSH keys the guest trusts (a VM made from it logs in with these)
-    manifest.json    the key, its inputs, the machine shape, and the sha256 of every file
+    manifest.json    the key, its inputs, the machine shape, and the sha256 of every file (an export's: and its size)
 
 A VM made from it gets a copy of clean.qcow2 (its writes land there, never in
 base.qcow2) and starts by restoring "clean": a restore, not a boot.
@@ -30,7 +30,7 @@ import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NoReturn, Optional, Set
+from typing import IO, Any, Callable, Dict, List, NoReturn, Optional, Set
 
 from vmlab import __version__, disk
 from vmlab.atomic import made_as, private_file
@@ -172,6 +172,7 @@ def export(golden: Golden, output: Path) -> Path:
              if p.is_file() and not p.is_symlink()]
     names = [n for n in names if MEMBER.fullmatch(n) and n not in (MANIFEST, VERIFIED)]
     manifest["files"] = {n: manifest["files"][n] if n in FROZEN else sha256_file(golden.dir / n) for n in names}
+    manifest["sizes"] = {n: (golden.dir / n).stat().st_size for n in names}  # an import writes no byte more
     data = json.dumps(manifest, indent=2).encode() + b"\n"
     info = tarfile.TarInfo(MANIFEST)
     info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
@@ -185,10 +186,12 @@ def export(golden: Golden, output: Path) -> Path:
 def import_(cache: ArtefactCache, archive: Path) -> Golden:
     """Unpack an exported golden image into the cache, as `<cache>/golden/<key>/` and nowhere else.
 
-    Refused before anything is written: a manifest without a well-formed key, inputs and
-    files; a key that is not the hash of its inputs under this vmlab version; a member that
-    is not a plain file its manifest lists (links, devices, absolute or `..` names). Each
-    file's sha256 is checked as it is unpacked, before the folder is published.
+    Refused before anything is written: a manifest without a well-formed key, inputs, files
+    and sizes; a key that is not the hash of its inputs under this vmlab version; a member
+    that is not a plain file its manifest lists (links, devices, absolute or `..` names), or
+    is sparse (a few KiB in the archive that unpack to any size: tar's own hardening refuses
+    them too), or is not the size its manifest states. No member is written past that size,
+    and each file's sha256 is checked as it is unpacked, before the folder is published.
     """
     def refuse(problem: str) -> NoReturn:
         raise DownloadError(f"{archive}: {problem}; nothing was imported")
@@ -206,14 +209,20 @@ def import_(cache: ArtefactCache, archive: Path) -> Golden:
             refuse(f"not a vmlab golden image export (a plain tar file): {e}")
         manifest = _checked_manifest(tar, members, refuse)
         files: Dict[str, str] = manifest["files"]
+        sizes: Dict[str, int] = manifest["sizes"]
         names: Set[str] = set()
         for m in members:
-            if not m.isreg():
+            if m.issparse():
+                refuse(f"member {m.name[:200]!r} is a sparse file (vm.golden-export writes none): it would unpack "
+                       f"to {m.size} bytes from a few in the archive")
+            if m.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
                 refuse(f"member {m.name[:200]!r} is not a plain file (a link, folder, device or fifo)")
             if m.name != MANIFEST and m.name not in files:
                 refuse(f"member {m.name[:200]!r} is not a file its manifest lists")
             if m.name in names:
                 refuse(f"member {m.name!r} is in it more than once")
+            if m.name != MANIFEST and m.size != sizes[m.name]:
+                refuse(f"member {m.name!r} is {m.size} bytes, its manifest says {sizes[m.name]}: the export is damaged")
             names.add(m.name)
         missing = sorted(set(files) - names)
         if missing:
@@ -235,7 +244,9 @@ def import_(cache: ArtefactCache, archive: Path) -> Golden:
                     if data is None:  # checked above: every member is a regular file
                         refuse(f"{m.name} is not a regular file")
                     with private_file(dest) if m.name.startswith("keys/") else open(dest, "xb") as f:
-                        shutil.copyfileobj(data, f, 1 << 20)
+                        if _copy_at_most(data, f, sizes[m.name]) != sizes[m.name]:
+                            refuse(f"{m.name} ends before the {sizes[m.name]} bytes its manifest states: "
+                                   "the export is damaged")
                 except tarfile.TarError as e:
                     refuse(f"cannot read {m.name} from it ({e}): the export is damaged")
                 actual = sha256_file(dest)
@@ -246,6 +257,18 @@ def import_(cache: ArtefactCache, archive: Path) -> Golden:
             return {"files": files, "vmlab": __version__, "imported_from": str(archive)}
 
         return Golden(cache.get_or_build(KIND, key, manifest["inputs"], build, f"golden image {key}"))
+
+
+def _copy_at_most(source: IO[bytes], target: IO[bytes], size: int) -> int:
+    """Copy up to `size` bytes, in 1 MiB pieces; how many there were."""
+    copied = 0
+    while copied < size:
+        chunk = source.read(min(1 << 20, size - copied))
+        if not chunk:
+            break
+        target.write(chunk)
+        copied += len(chunk)
+    return copied
 
 
 def _checked_manifest(tar: tarfile.TarFile, members: List[tarfile.TarInfo],
@@ -272,6 +295,11 @@ def _checked_manifest(tar: tarfile.TarFile, members: List[tarfile.TarInfo],
     missing = [n for n in (*FROZEN, *KEY_FILES) if n not in files]
     if missing:
         refuse(f"its {MANIFEST} records no sha256 for {missing[0]} (an export by an older vmlab? export it again)")
+    sizes = manifest.get("sizes")
+    if not isinstance(sizes, dict) or set(sizes) != set(files) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in sizes.values()):
+        refuse(f"its {MANIFEST} has no 'sizes' mapping of its files to their sizes in bytes (an export by an "
+               "older vmlab? export it again)")
     if manifest.get("kind", KIND) != KIND:
         refuse(f"it holds a {manifest.get('kind')!r}, not a golden image")
     if manifest.get("vmlab") != __version__:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any, Iterable, List, Optional, Sequence
@@ -77,6 +78,29 @@ def run(argv: Sequence[str], what: str, hint: str = "", **kwargs: Any) -> "subpr
 def require_root(purpose: str) -> None:
     if os.geteuid() != 0:
         raise PrerequisiteMissing(f"{purpose} needs root (debootstrap, chroot); run it as root or with sudo")
+
+
+def private_folder(folder: Path, purpose: str, otherwise: str) -> Path:
+    """`folder`, made 0700 if missing; refused if it is not a folder of this user that no one
+    else can read or write (a link, another user's, or open to group or others).
+
+    Whoever can write to it can plant what vmlab then uses (a control socket it sends commands
+    through, a `bin/bash` a rehearsal step runs as root), so, as OpenSSH refuses unsafe files, it
+    is refused; `otherwise` says what the user can do instead (set XDG_RUNTIME_DIR, --work)."""
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise PrerequisiteMissing(f"cannot make {folder} for {purpose}: {e.strerror}; {otherwise}") from None
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        what = "not a folder" if not stat.S_ISDIR(st.st_mode) else \
+            f"owned by uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}"
+        raise PrerequisiteMissing(
+            f"{folder} is unsafe for {purpose} ({what}; it must be a folder of uid {os.getuid()} with mode "
+            f"0700): remove it (rm -r {shlex.quote(str(folder))}) or {otherwise}")
+    return folder
 
 
 def boot_id() -> str:

@@ -4,17 +4,28 @@ It writes a commented vmlab.yaml (the guest, and the project's own test command 
 the quick suite where it can tell), a vmlab.mk with every `vm-*` target and one
 `include` line in the project's Makefile, and `vm/` in .gitignore. A file that is
 there already is never overwritten without asking; run twice, it changes nothing.
+
+It writes only regular files in the project, as `tar` and `rsync` refuse to write
+through a link they did not make: every file it would touch is looked at (never
+followed) before anything is written; a folder or a device there stops it, a link is
+replaced by a file only when the user says so (vmlab.yaml, vmlab.mk) or left alone with
+the line to add (Makefile, .gitignore). Names it writes into vmlab.yaml are quoted.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
-import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Set, Tuple
 
+from vmlab import atomic
 from vmlab.config import CONFIG_NAME
+from vmlab.errors import ConfigError
+from vmlab.sync import anchored
 
 FRAGMENT = Path(__file__).with_name("vmlab.mk")
 INCLUDE = "include vmlab.mk  # vmlab's vm-* targets (make vm-help)"
@@ -46,27 +57,42 @@ def detect(project: Path, os_name: str) -> TestCommand:
     return TestCommand(PLACEHOLDER, "no test command found: set yours here")
 
 
+Step = Tuple[str, Optional[Callable[[], None]]]  # what is said, and the write that does it (None: nothing)
+
+
 def init(project: Path, guest: str, os_name: str, confirm: Callable[[str], bool]) -> List[str]:
     """Set `project` up for VM `guest` (a guest profile of OS `os_name`); what was done, line by line.
 
-    `confirm(question)` is asked before a file that exists would change (answer False: keep it).
+    `confirm(question)` is asked before a file that exists would change, or a link would be
+    replaced (answer False: keep it). Every file is checked, and every question asked, before
+    anything is written: ConfigError (nothing written) if one of them is not a file or a link.
     """
     project = project.resolve()
-    done = [_write_config(project, guest, os_name, confirm), *_add_make_targets(project, confirm),
-            _ignore_state(project)]
-    return [line for line in done if line]
+    for path in (project / CONFIG_NAME, project / "vmlab.mk", _makefile_to_change(project), project / ".gitignore"):
+        kind = _kind(path)
+        if kind not in ("missing", "file", "link"):
+            raise ConfigError(f"{path} is {kind}, not a file: vmlab init writes only regular files, so nothing "
+                              "was written; move it out of the way and run it again")
+    steps = [_write_config(project, guest, os_name, confirm), *_add_make_targets(project, confirm),
+             _ignore_state(project)]
+    for _, write in steps:
+        if write:
+            write()
+    return [line for line, _ in steps if line]
 
 
 def config_text(project: Path, guest: str, os_name: str) -> str:
     test = detect(project, os_name)
     package = TOOL_PACKAGES.get(test.tool or "", {}).get(os_name)
     packages = f"[{package}]" if package else "[]"
-    name = re.sub(r"[^A-Za-z0-9._-]", "-", project.name) or "project"
+    # the guest folder: a plain name (never an option, never `..`), quoted (`yes`, `null`, `1.5` are YAML's)
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", project.name).lstrip("-.") or "project"
     git = (project / ".git").exists()
     ignoring = ("true  # leave out what git ignores" if git
                 else "false  # true leaves out what git ignores (in a git checkout)")
-    venvs = sorted(f"/{d.parent.name}/" for d in project.glob("*/pyvenv.cfg"))  # a host's Python: useless in a guest
-    excludes = f"\n  excludes: [{', '.join(venvs)}]  # never sent: the host's virtualenv" if venvs else ""
+    venvs = sorted(anchored(d.parent.name) + "/" for d in project.glob("*/pyvenv.cfg"))  # the host's: useless there
+    excludes = (f"\n  excludes: [{', '.join(map(_yaml_name, venvs))}]  # never sent: the host's virtualenv"
+                if venvs else "")
     return f"""\
 # vmlab: the VM this project's privileged tests run in (docs: vmlab's docs/VM-TESTING.md).
 # `make vm-quick` syncs this folder into the guest and runs the quick suite there, as root.
@@ -78,7 +104,7 @@ profiles:
     # image that has them, so new VMs start with them.
     packages: {packages}
 sync:
-  guest_dir: {name}  # where this folder goes in the guest (under the SSH user's home)
+  guest_dir: {_yaml_name(name)}  # where this folder goes in the guest (under the SSH user's home)
   gitignore: {ignoring}; vm/ never goes{excludes}
 suites:
   quick:
@@ -90,41 +116,51 @@ quick: quick
 """
 
 
-def _write_config(project: Path, guest: str, os_name: str, confirm: Callable[[str], bool]) -> str:
+def _write_config(project: Path, guest: str, os_name: str, confirm: Callable[[str], bool]) -> Step:
     path = project / CONFIG_NAME
     text = config_text(project, guest, os_name)
-    if path.exists():
+    kind = _kind(path)
+    if kind == "link":
+        if not confirm(f"{path} is a symbolic link (to {os.readlink(path)}); replace the link with a new vmlab.yaml "
+                       f"for guest {guest!r}? (what it names is not touched)"):
+            return f"kept {path} (a symbolic link) as it is", None
+    elif kind == "file":
         if path.read_text(errors="replace") == text:
-            return ""
+            return "", None
         if not confirm(f"{path} exists; replace it with a new one for guest {guest!r}?"):
-            return f"kept {path} as it is"
-    path.write_text(text)
-    return f"wrote {path}"
+            return f"kept {path} as it is", None
+    return f"wrote {path}", lambda: atomic.write_text(path, text)  # a new file renamed over it: a link is replaced
 
 
-def _add_make_targets(project: Path, confirm: Callable[[str], bool]) -> Tuple[str, str]:
+def _add_make_targets(project: Path, confirm: Callable[[str], bool]) -> Tuple[Step, Step]:
     fragment = project / "vmlab.mk"
-    wrote = ""
-    if not fragment.exists() or fragment.read_bytes() != FRAGMENT.read_bytes():
-        if not fragment.exists() or confirm(f"{fragment} differs from this vmlab's; replace it?"):
-            shutil.copyfile(FRAGMENT, fragment)
-            wrote = f"wrote {fragment} (every vm-* target)"
+    wrote: Step = ("", None)
+    kind = _kind(fragment)
+    if kind == "missing" or (kind == "file" and fragment.read_bytes() != FRAGMENT.read_bytes()) or kind == "link":
+        question = (f"{fragment} is a symbolic link (to {os.readlink(fragment)}); replace the link with vmlab's?"
+                    if kind == "link" else f"{fragment} differs from this vmlab's; replace it?")
+        if kind == "missing" or confirm(question):
+            wrote = (f"wrote {fragment} (every vm-* target)", lambda: atomic.write_text(fragment, FRAGMENT.read_text()))
         else:
-            wrote = f"kept {fragment} as it is"
-    makefile = _makefile(project) or project / "Makefile"
-    text = makefile.read_text(errors="replace") if makefile.exists() else ""
+            wrote = (f"kept {fragment}{' (a symbolic link)' if kind == 'link' else ''} as it is", None)
+    makefile = _makefile_to_change(project)
+    kind = _kind(makefile)
+    text = makefile.read_text(errors="replace") if makefile.is_file() else ""  # a link's file is read, never written
     if re.search(r"^\s*-?include\s+vmlab\.mk\b", text, re.MULTILINE):
-        return wrote, ""
+        return wrote, ("", None)
+    if kind == "link":
+        return wrote, (f"did not include vmlab.mk in {makefile}: it is a symbolic link (to {os.readlink(makefile)}), "
+                       f"which vmlab init does not write through; add the line `{INCLUDE}` to the file it names", None)
     clashing = sorted(set(re.findall(r"^(vm-[a-z0-9-]+)\s*:(?!=)", text, re.MULTILINE)) & fragment_targets())
     if clashing:  # make would warn and keep one recipe of two: the user decides which go
         return wrote, (f"did not include vmlab.mk in {makefile}: it has targets of its own with vmlab's names "
-                       f"({', '.join(clashing)}); remove them, then add the line `{INCLUDE}`")
-    with open(makefile, "a") as f:
-        f.write(("\n" if text and not text.endswith("\n") else "") + ("\n" if text else "") + INCLUDE + "\n")
+                       f"({', '.join(clashing)}); remove them, then add the line `{INCLUDE}`", None)
+    addition = ("\n" if text and not text.endswith("\n") else "") + ("\n" if text else "") + INCLUDE + "\n"
     own = sorted(own_test_targets(text))
     kept = (f"; kept {makefile.name}'s own {', '.join(own)}: make runs your recipes for those names, not vmlab's "
             "(vmlab's run of any suite: `make vm-test VM_SUITE=NAME`)") if own else ""
-    return wrote, f"{'added' if text else 'wrote'} `include vmlab.mk` to {makefile}{kept}"
+    return wrote, (f"{'added' if text else 'wrote'} `include vmlab.mk` to {makefile}{kept}",
+                   lambda: _append(makefile, addition, new=kind == "missing"))
 
 
 def fragment_targets() -> Set[str]:
@@ -148,19 +184,58 @@ def suite_target(suite: str, project: Path) -> str:
     return f"vm-test VM_SUITE={suite}" if target in taken or "vm-test-%" in taken else target
 
 
-def _ignore_state(project: Path) -> str:
+def _ignore_state(project: Path) -> Step:
     gitignore = project / ".gitignore"
-    text = gitignore.read_text(errors="replace") if gitignore.exists() else ""
+    kind = _kind(gitignore)
+    text = gitignore.read_text(errors="replace") if gitignore.is_file() else ""  # a link's file is read, never written
     if re.search(r"^/?vm/?\s*$", text, re.MULTILINE):
-        return ""
-    with open(gitignore, "a") as f:
-        f.write(("\n" if text and not text.endswith("\n") else "") + "# vmlab's VM state: disks, logs, keys\n/vm/\n")
-    return f"added /vm/ to {gitignore}"
+        return "", None
+    if kind == "link":
+        return (f"did not add /vm/ to {gitignore}: it is a symbolic link (to {os.readlink(gitignore)}), which vmlab "
+                "init does not write through; add the line `/vm/` to the file it names", None)
+    addition = ("\n" if text and not text.endswith("\n") else "") + "# vmlab's VM state: disks, logs, keys\n/vm/\n"
+    return f"added /vm/ to {gitignore}", lambda: _append(gitignore, addition, new=kind == "missing")
 
 
 def _makefile(project: Path) -> Optional[Path]:
     return next((project / n for n in MAKEFILES if (project / n).is_file()), None)
 
 
+def _makefile_to_change(project: Path) -> Path:
+    """The makefile make reads (the first of MAKEFILES there, following links, as make does);
+    if none, the first name taken by something else (a dangling link, a folder), else Makefile."""
+    return next((project / n for n in MAKEFILES if (project / n).exists()), None) or \
+        next((project / n for n in MAKEFILES if os.path.lexists(project / n)), project / "Makefile")
+
+
+def _kind(path: Path) -> str:
+    """What is at `path`, never following a link: missing, file, link, or what else it is."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return "missing"
+    if stat.S_ISLNK(mode):
+        return "link"
+    if stat.S_ISREG(mode):
+        return "file"
+    return "a folder" if stat.S_ISDIR(mode) else "a special file (a fifo, socket or device)"
+
+
+def _append(path: Path, text: str, new: bool) -> None:
+    """Add `text` at the end of the regular file `path` (made if `new`), never through a link."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if new else 0)
+    fd = os.open(path, flags, 0o666)
+    with os.fdopen(fd, "w") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{path} is not a regular file: vmlab init did not write to it")
+        f.write(text)
+
+
 def _yaml_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def _yaml_name(text: str) -> str:
+    """A folder's name as a YAML string whatever it holds (`yes`, `1.5`, `a,b`, `x]y`, `x #y`, a
+    control character): JSON's double quotes, which YAML reads as they are."""
+    return json.dumps(text)

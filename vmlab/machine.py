@@ -27,6 +27,7 @@ from typing import Any, Dict, Iterator, List, Optional
 from vmlab import atomic, host
 from vmlab.accel import AccelChoice
 from vmlab.errors import MachineError, PrerequisiteMissing
+from vmlab.logtail import last_lines
 from vmlab.qmp import Monitor
 
 log = logging.getLogger(__name__)
@@ -270,7 +271,7 @@ class Machine:
     def _logged(self, lines: int = 20) -> str:
         """The end of qemu.log, or nothing if QEMU wrote none."""
         try:
-            return "\n".join(self.qemu_log.read_text(errors="replace").strip().splitlines()[-lines:])
+            return last_lines(self.qemu_log, lines).strip()
         except OSError:
             return ""
 
@@ -365,7 +366,7 @@ class Machine:
 
 def tail(path: Path, lines: int) -> str:
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return last_lines(path, lines)
     except OSError:
         return f"({path} is missing)"
 

@@ -15,7 +15,6 @@ import os
 import select
 import shlex
 import signal
-import stat
 import subprocess
 import threading
 import time
@@ -35,25 +34,10 @@ HOST = "127.0.0.1"  # the guest's sshd, forwarded; the user goes with -l, never 
 def runtime_dir() -> Path:
     """A private folder for control sockets: short paths (a unix socket path has 108 bytes at most).
 
-    Whoever can write to it can plant a socket vmlab would send its commands through, so
-    (as OpenSSH refuses unsafe files) a folder not ours, or open to others, is refused."""
+    Whoever can write to it can plant a socket vmlab would send its commands through: a
+    folder not ours, or open to others, is refused (host.private_folder)."""
     base = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / f"vmlab-{os.getuid()}"
-    try:
-        base.mkdir(mode=0o700)
-    except FileExistsError:
-        pass
-    except OSError as e:
-        raise PrerequisiteMissing(f"cannot make {base} for vmlab's SSH control sockets: {e.strerror}; "
-                                  "set XDG_RUNTIME_DIR to a private folder") from None
-    st = os.lstat(base)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-        what = "not a folder" if not stat.S_ISDIR(st.st_mode) else \
-            f"owned by uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}"
-        raise PrerequisiteMissing(
-            f"{base} is unsafe for vmlab's SSH control sockets ({what}; it must be a folder of uid "
-            f"{os.getuid()} with mode 0700): remove it (rm -r {shlex.quote(str(base))}) or set XDG_RUNTIME_DIR "
-            "to a private folder")
-    return base
+    return host.private_folder(base, "vmlab's SSH control sockets", "set XDG_RUNTIME_DIR to a private folder")
 
 
 class Sink(Protocol):

@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional
 
 from vmlab import atomic
 from vmlab.formats import ERROR, FAILED, PASSED, SKIPPED, TestCase
+from vmlab.logtail import last_lines
 
 
 @dataclass
@@ -125,7 +126,8 @@ def _testsuites(suite: str, cases: List[TestCase]) -> List[ET.Element]:
     found = []
     for classname, group in groups.items():
         n = count(group)
-        element = ET.Element("testsuite", name=f"{suite}: {classname}" if classname not in ("", SUITE_CLASS) else suite,
+        element = ET.Element("testsuite", name=_xml(f"{suite}: {classname}" if classname not in ("", SUITE_CLASS)
+                                                    else suite),
                              tests=str(n["tests"]), failures=str(n["failures"]), errors=str(n["errors"]),
                              skipped=str(n["skipped"]), time=f"{sum(c.time for c in group):.3f}")
         element.extend(_testcase(case) for case in group)
@@ -154,7 +156,7 @@ def _xml(text: str) -> str:
 
 def _tail(log: Path, lines: int = 40) -> str:
     try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+        return last_lines(log, lines)
     except OSError:
         return ""
 

@@ -122,18 +122,33 @@ def ssh_port(value: Any) -> int:
     return value
 
 
+# A mirror's URL reaches a command line (debootstrap's, as root): only what a URL needs, and no
+# character a shell or an option parser reads (no space, quote, `$`, `;`, newline; never a leading `-`).
+_URL = re.compile(r"(https?://[A-Za-z0-9.\[\]:-]+|file://)(/[A-Za-z0-9._~%+,=:@/-]*)?")
+
+
 def url(value: Any) -> str:
-    if not isinstance(value, str) or not re.match(r"^(https?|file)://\S+$", value):
-        raise ValueError("an http://, https:// or file:// URL")
+    if not isinstance(value, str) or not _URL.fullmatch(value):
+        raise ValueError("an http://, https:// or file:// URL (letters, digits and ._~%+,=:@/- in its path)")
     return value.rstrip("/")
 
 
 def mirror_list(value: Any) -> List[str]:
     """Mirrors in the order to try: URLs, or local folders laid out like a mirror."""
     allowed = "a list of http://, https:// or file:// URLs or local folder paths"
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+    if not isinstance(value, list) or not value or not all(
+            isinstance(v, str) and (_URL.fullmatch(v) if "://" in v else re.fullmatch(r"[^\x00-\x1f\x7f]+", v))
+            and v.strip() for v in value):
         raise ValueError(allowed)
     return [v.rstrip("/") for v in value]
+
+
+def debian_suite(value: Any) -> str:
+    """A Debian suite (bookworm, stable, sid): it is debootstrap's argument, as root, never an option."""
+    if not isinstance(value, str) or not re.fullmatch(r"[a-z][a-z0-9.-]{0,39}", value):
+        raise ValueError("a Debian suite or codename such as bookworm or stable: lowercase letters, digits, '.' "
+                         "and '-', starting with a letter")
+    return value
 
 
 def release(value: Any) -> str:
@@ -143,7 +158,7 @@ def release(value: Any) -> str:
 
 
 def recipe_file(value: Any) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"[\w.-]+\.yaml", value):
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.yaml", value):
         raise ValueError("the file name of a recipe in the guest's folder, such as install-shell.yaml")
     return value
 
@@ -177,7 +192,7 @@ VM_FIELDS: Dict[str, Field] = {
 
 # Options of a guest profile, under `profiles: {NAME: ...}`.
 def package_list(value: Any) -> List[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9][\w.+-]*", v)
+    if not isinstance(value, list) or not all(isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", v)
                                               for v in value):
         raise ValueError("a list of package names")
     return value
@@ -186,7 +201,7 @@ def package_list(value: Any) -> List[str]:
 _PACKAGES = Field(package_list, [], "packages the provision step installs (apt or pkg)")
 _DEBIAN = {
     "mirror": Field(url, None, "Debian mirror; default: the one in this host's apt configuration"),
-    "suite": Field(text, None, "Debian suite; default: this host's release codename"),
+    "suite": Field(debian_suite, None, "Debian suite; default: this host's release codename"),
     "packages": _PACKAGES,
 }
 PROFILE_FIELDS: Dict[str, Dict[str, Field]] = {  # by name; a project's own guest: by its OS (below)
@@ -243,10 +258,28 @@ def file_patterns(value: Any) -> List[str]:
     return value
 
 
+def rsync_rule(pattern: str) -> bool:
+    """Whether rsync's --exclude reads `pattern` as a rule rather than a pattern: `!` clears
+    every exclude before it (vmlab's own `.git` and `/vm/` among them), `+ ` includes, `- `
+    excludes; a leading `!` elsewhere is only a name's first character (it negates nothing)."""
+    return pattern.startswith(("!", "+ ", "- "))
+
+
+def rsync_excludes(value: Any) -> List[str]:
+    """rsync patterns, never a rule (see rsync_rule): the guest must never get the lab's keys or .git."""
+    patterns = string_list(value)
+    for pattern in patterns:
+        if rsync_rule(pattern):
+            raise ValueError(f"rsync patterns (a list of strings); {pattern!r} is an rsync rule, not a pattern: "
+                             "'!' would clear vmlab's own excludes, '+ ' and '- ' are not allowed, and rsync has no "
+                             "'!' to re-include (for git's rules, set gitignore: true)")
+    return patterns
+
+
 # How the project reaches the guest, under `sync:`.
 SYNC_FIELDS: Dict[str, Field] = {
     "guest_dir": Field(guest_path, "src", "where the project goes in the guest (relative: to the SSH user's home)"),
-    "excludes": Field(string_list, [], "rsync patterns never sent (.git/ and vm/ never are)"),
+    "excludes": Field(rsync_excludes, [], "rsync patterns never sent (.git/ and vm/ never are)"),
     "gitignore": Field(boolean, False, "also leave out what the project's .gitignore files name"),
 }
 

@@ -21,7 +21,7 @@ from vmlab import disk
 from vmlab.errors import ConfigError, MachineError, NoSuchSnapshot, SnapshotError
 from vmlab.qmp import Monitor
 
-NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,39}$")
+NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,39}")  # with fullmatch: "$" lets a newline end it
 NODE = "disk0"  # the VM disk's node name (see machine.py); it also holds the RAM state
 _job_ids = itertools.count(1)
 
@@ -42,7 +42,7 @@ class Snapshot:
 
 
 def check_name(name: str) -> str:
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise ConfigError(f"snapshot name {name!r}: use lowercase letters, digits, '.', '_' and '-'")
     return name
 

@@ -181,7 +181,8 @@ def _read_cases(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_
             result.status = "failed"
             parsed.problem = f"exit 0, but {parsed.problem}"
     elif suite.format:
-        parsed = formats.parse(suite.format, result.log.read_text(errors="replace") if result.log else "", suite.name)
+        parsed = formats.parse_log(suite.format, result.log, suite.name) if result.log else \
+            formats.parse(suite.format, "", suite.name)
     else:
         return
     result.cases, result.problem = parsed.cases, parsed.problem
@@ -208,7 +209,7 @@ def cut_off(suite: SuiteConfig, run_dir: Path, why: str) -> SuiteResult:
     log = run_dir / f"{suite.name}.log"
     result = SuiteResult(suite.name, "error", -1, 0.0, log if log.exists() else None, note=f"cut off: {why}")
     if result.log and suite.format and suite.format not in formats.FROM_FILE:
-        result.cases = formats.parse(suite.format, result.log.read_text(errors="replace"), suite.name).cases
+        result.cases = formats.parse_log(suite.format, result.log, suite.name).cases
     return result
 
 

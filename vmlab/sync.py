@@ -60,18 +60,25 @@ def git_ignored(project_dir: Path) -> List[str]:
     return [os.fsdecode(path) for path in proc.stdout.split(b"\0") if path]
 
 
-def _anchored(path: str) -> str:
+def anchored(path: str) -> str:
     """An rsync exclude matching exactly this path under the project: a backslash escapes a
     wildcard character only in a pattern that has one."""
     return "/" + (re.sub(r"([*?\[\\])", r"\\\1", path) if re.search(r"[*?\[]", path) else path)
 
 
+def exclude_options(settings: SyncConfig) -> List[str]:
+    """rsync's exclude options: vmlab's own, the config's, what git ignores (read on stdin), and
+    vmlab's own again. The config refuses rsync's rules, but none could undo vmlab's: an include
+    (`+ `) after the first ones never wins (rsync takes the first rule that matches), and a
+    clear (`!`, every rule so far) comes before the last ones."""
+    own = [f"--exclude={pattern}" for pattern in delta.ALWAYS_EXCLUDED]
+    return [*own, *(f"--exclude={pattern}" for pattern in settings.excludes),
+            *(["--from0", "--exclude-from=-"] if settings.gitignore else []), *own]
+
+
 def rsync_argv(conn: SharedConnection, project_dir: Path, settings: SyncConfig) -> List[str]:
     """rsync's command line; with settings.gitignore it reads git_ignored's list, anchored, on stdin."""
-    argv = [host.which("rsync") or "rsync", "-a", "--delete", "--stats",
-            *(f"--exclude={pattern}" for pattern in (*delta.ALWAYS_EXCLUDED, *settings.excludes))]
-    if settings.gitignore:
-        argv += ["--from0", "--exclude-from=-"]
+    argv = [host.which("rsync") or "rsync", "-a", "--delete", "--stats", *exclude_options(settings)]
     # --mkpath (rsync 3.2.3+) makes guest_dir; a `mkdir -p && rsync` wrapper costs an exec (~40 ms under TCG)
     return argv + ["--mkpath", "-e", shlex.join(conn.ssh_command()),
                    f"{project_dir}/", f"{conn.destination}:{settings.guest_dir}/"]
@@ -81,7 +88,7 @@ def sync(conn: SharedConnection, project_dir: Path, settings: SyncConfig) -> Syn
     """Make the guest's copy of `project_dir` (at settings.guest_dir) equal to it."""
     host.require(["rsync", "ssh"], "syncing the project into the guest")
     started = time.monotonic()
-    ignored = "".join(_anchored(path) + "\0" for path in git_ignored(project_dir)) if settings.gitignore else ""
+    ignored = "".join(anchored(path) + "\0" for path in git_ignored(project_dir)) if settings.gitignore else ""
     proc = subprocess.run(rsync_argv(conn, project_dir, settings), input=ignored, capture_output=True,
                           text=True, errors="surrogateescape", check=False)
     if proc.returncode in (SSH_FAILED, RSYNC_LOST_CONNECTION):  # which of the two rsync says is a race

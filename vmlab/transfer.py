@@ -341,7 +341,7 @@ def _open(url: str, offset: int, meta: Dict[str, Any], cut: Optional[str]) -> An
 
 def _resumes(resp: Any, offset: int, meta: Dict[str, Any]) -> bool:
     """True if a 206 answer continues our partial file: same start, length and validators."""
-    m = re.match(r"bytes (\d+)-(\d+)/(\d+|\*)", resp.headers.get("Content-Range", ""))
+    m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", resp.headers.get("Content-Range", "").strip())
     if not m or int(m.group(1)) != offset:
         return False
     if meta.get("length") is not None and m.group(3) != "*" and int(m.group(3)) != meta["length"]:

@@ -80,7 +80,7 @@ class Ignored:
         if not self.editor(change, path):  # type: ignore[arg-type]
             return False
         rel = os.path.relpath(path, self.project_dir)
-        if rel.startswith(".."):
+        if rel == os.pardir or rel.startswith(os.pardir + os.sep):  # outside; `..data` is a name inside
             return False
         parts = rel.split(os.sep)
         folders = ("/".join(parts[:i]) for i in range(1, len(parts)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -20,14 +21,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import yaml
 
+from vmlab import host
 from vmlab.ci import expressions
 from vmlab.ci.job import Job
 from vmlab.ci.records import FAILED, INTERRUPTED, PASSED, UNFINISHED, JobRecord, check_results, job_result, report_lines
 from vmlab.ci.standins import kill_qemus, signal_group
-from vmlab.errors import ConfigError
+from vmlab.errors import ConfigError, VmlabError
 
 WORKFLOW = Path(".github") / "workflows" / "vm-tests.yml"
-DEFAULT_WORK = Path(tempfile.gettempdir()) / "vmlab-ci-rehearsal"
+DEFAULT_WORK = Path(tempfile.gettempdir()) / f"vmlab-ci-rehearsal-{os.getuid()}"
 
 
 class Rehearsal:
@@ -35,6 +37,12 @@ class Rehearsal:
 
     def __init__(self, workflow: Path, repo: Path, work: Path, env: Dict[str, str],
                  echo: Callable[[str], None] = print):
+        # Every step runs with WORK/bin first on PATH, as root here: a folder someone else can
+        # write to would let them plant the `bash` a step runs. Checked before it is resolved
+        # (a link there is refused, not followed).
+        work.absolute().parent.mkdir(parents=True, exist_ok=True)
+        host.private_folder(work.absolute(), "the CI rehearsal's work (its steps run programs from WORK/bin)",
+                            "name another folder with --work")
         self.workflow_path, self.repo, self.work = workflow.resolve(), repo.resolve(), work.resolve()
         try:
             self.workflow = yaml.safe_load(workflow.read_text())
@@ -201,7 +209,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--repo", type=Path, default=Path("."), help="the repository to check out (default: .)")
     parser.add_argument("--workflow", type=Path, help=f"the workflow file (default: REPO/{WORKFLOW})")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK,
-                        help=f"folder for the runs and the cache store (default: {DEFAULT_WORK})")
+                        help=f"folder for the runs and the cache store, made 0700; one that another user owns or "
+                             f"can read or write is refused (default: {DEFAULT_WORK})")
     parser.add_argument("--vm", default="default", help="the workflow's VM, switched to one built offline "
                                                         "(default: default, the Debian guest)")
     parser.add_argument("--runs", type=int, default=2, help="runs in a row (default 2: the second must hit the "
@@ -209,7 +218,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return rehearse(args.workflow or args.repo / WORKFLOW, args.repo, args.work, args.vm, args.runs)
-    except ConfigError as e:
+    except VmlabError as e:  # a workflow it cannot run, an unsafe work folder: it did not start
         print(f"rehearse-ci: error: {e}", file=sys.stderr)
         return UNFINISHED
 

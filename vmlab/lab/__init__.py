@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, cast
 
-from vmlab import diagnostics, fetch, golden, guests, keys
+from vmlab import accel, diagnostics, fetch, golden, guests, keys
 from vmlab import sync as rsync
 from vmlab.cache import ArtefactCache
 from vmlab.command import CommandResult
@@ -85,11 +85,11 @@ class Lab:
         """
         if not name or name in self.config.vms:
             return self.config.vm(name)
-        of = VMDir(name, self.config.state_dir / name).clone_of() if VM_NAME.match(name) else None
+        of = VMDir(name, self.config.state_dir / name).clone_of() if VM_NAME.fullmatch(name) else None
         if of:
             return dataclasses.replace(self.config.vm(of), name=name, ssh_port=0)
         first = self.config.vm()
-        if VM_NAME.match(name) and ((self.config.state_dir / name / "disk.json").exists()
+        if VM_NAME.fullmatch(name) and ((self.config.state_dir / name / "disk.json").exists()
                                     or images.golden_of(self, first)):
             return dataclasses.replace(first, name=name, ssh_port=0)
         try:
@@ -109,6 +109,13 @@ class Lab:
         vm = self.vm(name)
         return vm, self.vmdir(vm)
 
+    def _to_run(self, name: Optional[str]) -> Tuple[VMConfig, VMDir]:
+        """_at, for a verb that may start QEMU: an accelerator forced but unusable is refused
+        first, before an image is built or a disk made for a VM that could not run."""
+        vm, vmdir = self._at(name)
+        accel.refuse_unusable(vm.accel)
+        return vm, vmdir
+
     def keys(self) -> keys.LabKeys:
         """The lab's own SSH keys (vm/keys/), made on first use."""
         return keys.ensure(self.config.state_dir / "keys", comment=f"vmlab@{self.config.project_dir.name}")
@@ -116,7 +123,7 @@ class Lab:
     def clone(self, name: str, of: str) -> VMConfig:
         """Record that VM `name` is a clone of configured VM `of` (it starts from `of`'s golden image)."""
         origin = self.config.vm(of)
-        if name in self.config.vms or not VM_NAME.match(name):
+        if name in self.config.vms or not VM_NAME.fullmatch(name):
             raise ConfigError(f"{name!r} cannot be a clone: it is a configured VM or not a valid VM name")
         if images.golden_of(self, origin) is None:
             raise PrerequisiteMissing(f"VM {of} has no golden image to clone: invoke vm.golden --vm {of} "
@@ -128,7 +135,7 @@ class Lab:
 
     @with_diagnostics
     def start(self, name: Optional[str] = None) -> MachineStatus:
-        vm, vmdir = self._at(name)
+        vm, vmdir = self._to_run(name)
         if vmdir.suspended_port() is not None:
             return self.resume(vm.name)
         return lifecycle.start(self, vm, vmdir)
@@ -175,7 +182,7 @@ class Lab:
 
     @with_diagnostics
     def restore(self, name: Optional[str] = None, snapshot: str = "clean") -> Dict[str, float]:
-        return snapshotting.restore(self, *self._at(name), snapshot)
+        return snapshotting.restore(self, *self._to_run(name), snapshot)
 
     @with_diagnostics
     def suspend(self, name: Optional[str] = None) -> Snapshot:
@@ -183,7 +190,7 @@ class Lab:
 
     @with_diagnostics
     def resume(self, name: Optional[str] = None) -> MachineStatus:
-        return snapshotting.resume(self, *self._at(name))
+        return snapshotting.resume(self, *self._to_run(name))
 
     # --- images ---
 
@@ -212,19 +219,19 @@ class Lab:
 
     @with_diagnostics
     def install(self, name: Optional[str] = None) -> Path:
-        return building.install(self, *self._at(name))
+        return building.install(self, *self._to_run(name))
 
     @with_diagnostics
     def provision(self, name: Optional[str] = None) -> str:
-        return building.provision(self, *self._at(name))
+        return building.provision(self, *self._to_run(name))
 
     @with_diagnostics
     def verify(self, name: Optional[str] = None) -> Dict[str, Any]:
-        return building.verify(self, *self._at(name))
+        return building.verify(self, *self._to_run(name))
 
     @with_diagnostics
     def make_golden(self, name: Optional[str] = None, from_scratch: bool = False) -> golden.Golden:
-        return building.make_golden(self, *self._at(name), from_scratch)
+        return building.make_golden(self, *self._to_run(name), from_scratch)
 
     # --- the loop ---
 

@@ -108,7 +108,10 @@ def build(c: Context, vm: Optional[str] = None, config: Optional[str] = None) ->
 @cli
 def quick(c: Context, suite: Optional[str] = None, vm: Optional[str] = None, config: Optional[str] = None,
           restore_on_failure: bool = False, raw: bool = False) -> None:
-    """The edit-test loop: start if needed, sync what changed, run 'quick' (or --suite NAME)."""
+    """The edit-test loop: start if needed, sync, run 'quick'.
+
+    --suite NAME runs another suite so (make vm-test-NAME). Only what changed is sent.
+    """
     lab = lab_of(config)
     name = suite or lab.config.quick
     if not name:
