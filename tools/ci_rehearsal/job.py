@@ -11,14 +11,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
+from ci_rehearsal import expressions
+from ci_rehearsal.records import FAILED, PASSED, UNFINISHED, JobRecord, StepRecord
+from ci_rehearsal.standins import SUDO_PATH, ActionStandIns, built_goldens, kill_qemus, signal_group
 from vmlab import config
-from vmlab.ci import expressions
-from vmlab.ci.records import FAILED, PASSED, UNFINISHED, JobRecord, StepRecord
-from vmlab.ci.standins import SUDO_PATH, ActionStandIns, built_goldens, kill_qemus, signal_group
 from vmlab.errors import ConfigError
 
 if TYPE_CHECKING:
-    from vmlab.ci.rehearsal import Rehearsal
+    from ci_rehearsal.rehearsal import Rehearsal
 
 SHELL = ["bash", "--noprofile", "--norc", "-eo", "pipefail"]  # GitHub's `shell: bash`
 NOT_PASSED_ON = ("VM", "VMLAB_CACHE", "VMLAB_CONFIG", "XDG_CACHE_HOME", "VIRTUAL_ENV", "PYTHONPATH", "CI")
