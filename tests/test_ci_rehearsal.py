@@ -214,6 +214,21 @@ def test_a_path_outside_the_job_folder_and_an_unknown_action_are_refused(tmp_pat
     assert "the rehearsal has no stand-in for docker/login-action@v3" in done.stdout
 
 
+def test_a_job_past_its_timeout_minutes_has_its_step_stopped_and_does_not_finish(tmp_path: Path) -> None:
+    """`timeout-minutes`, as GitHub enforces it: the running step gets SIGTERM (its process group)
+    when the job's time is up, the job fails saying why, and the run does not wait for the step."""
+    repo = synthetic_repo(tmp_path, one_job("""\
+        - run: trap 'echo got SIGTERM; exit 143' TERM; echo started; sleep 318 & wait
+        """).replace("    runs-on: ubuntu-latest\n", "    runs-on: ubuntu-latest\n    timeout-minutes: 0.05\n"))
+    done = rehearse(repo, tmp_path / "work", "--runs", "1", timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr  # the job did not finish its steps
+    assert "[one] got SIGTERM" in done.stdout
+    (job,) = summary(tmp_path / "work")[0]["jobs"]
+    assert job["status"] == "failure" and job["seconds"] < 60
+    assert job["problems"] == ["the job ran past timeout-minutes: 0.05"]
+    assert not subprocess.run(["pgrep", "-f", "sleep 318"], capture_output=True).stdout
+
+
 def test_ctrl_c_stops_the_running_step_runs_the_always_steps_and_exits_130(tmp_path: Path) -> None:
     """The rehearsal's Ctrl-C, as a terminal sends it: the step in progress gets SIGTERM (vmlab
     stops its VMs on it), `if: always()` steps (the workflow's `vmlab destroy`) still run."""

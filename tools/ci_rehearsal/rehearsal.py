@@ -173,11 +173,17 @@ class Rehearsal:
         `always()` steps still run; a second one kills the steps and every QEMU of the rehearsal."""
         self.cancel.set()
         self.interrupts += 1
-        with self.lock:
-            for proc in self.procs.values():
-                signal_group(proc, signal.SIGTERM if self.interrupts == 1 else signal.SIGKILL)
+        self.signal_steps(signal.SIGTERM if self.interrupts == 1 else signal.SIGKILL)
         if self.interrupts > 1:
             kill_qemus(self.work)
+
+    def signal_steps(self, signum: int, within: Optional[Path] = None) -> None:
+        """Send `signum` to every running step (its process group), or only those of the job folder `within`."""
+        with self.lock:
+            for proc in self.procs.values():
+                argv = proc.args if isinstance(proc.args, list) else []  # a step's: its script is in its job's folder
+                if within is None or str(within) in " ".join(map(str, argv)):
+                    signal_group(proc, signum)
 
 
 def _needs(spec: Dict[str, Any]) -> List[str]:
