@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+import zipfile
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -69,6 +71,32 @@ def test_the_installed_package_carries_what_it_needs_and_the_command(vmlab_bin: 
     assert version.stdout.strip().endswith(run([str(vmlab_bin / "python"), "-c",
                                                 "import vmlab; print(vmlab.__version__)"], tmp_path,
                                                vmlab_bin).stdout.strip())
+
+
+def test_the_wheel_holds_vmlab_and_its_data_and_nothing_else(tmp_path: Path) -> None:
+    """What `pip install` gives a user: the wheel, built from this checkout's files as git sees them
+    (tracked and untracked, not what it ignores: no stale build/ of this machine's) and compiled as
+    scripts/setup leaves them, holds every file of vmlab/ and nothing else: not the CI rehearsal
+    (tools/ci_rehearsal, which only rehearses vmlab's own workflow), no tests, no compiled files."""
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "-co", "--exclude-standard"],
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    files = sorted({name for name in listed if name and (REPO / name).is_file()})
+    for name in files:
+        (tmp_path / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, tmp_path / "src" / name)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(tmp_path / "src" / "vmlab")], check=True)  # as setup
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"),
+                            str(tmp_path / "src")], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "dist").glob("vmlab-*.whl")
+    shipped = [n for n in zipfile.ZipFile(wheel).namelist() if not n.startswith("vmlab-")]  # less the .dist-info
+    assert not [n for n in shipped if n.startswith(("vmlab/ci/", "ci_rehearsal/", "tools/")) or n.endswith(".pyc")]
+    assert sorted(shipped) == [n for n in files if n.startswith("vmlab/")]
+    guests = {Path(n).parts[2] for n in shipped if n.startswith("vmlab/guests/") and n.count("/") == 3}
+    assert {"debian", "dragonfly", "rehearsal"} <= guests
+    for needed in ("vmlab/vmlab.mk", "vmlab/scripts/mount-suite.sh", *(f"vmlab/guests/{g}/profile.yaml"
+                                                                       for g in guests)):
+        assert needed in shipped, needed
 
 
 def make_project(root: Path) -> Path:

@@ -10,10 +10,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import List, Tuple
 
 import pytest
 
-from conftest import Project, alive
+from conftest import Project, alive, prerequisite_missing
 from test_accel import kvm_boots_linux
 from vmlab import accel, builder, config, doctor, guests, schema
 from vmlab.cache import ArtefactCache
@@ -24,16 +25,34 @@ ROOT = Path(__file__).parents[1]
 WORKFLOW = ROOT / ".github" / "workflows" / "vm-tests.yml"
 
 
-def test_the_workflow_is_valid_for_github_actions() -> None:
-    """Checked against SchemaStore's schema for GitHub workflows, bundled in check-jsonschema."""
-    checker = Path(sys.executable).parent / "check-jsonschema"
-    result = subprocess.run([str(checker), "--builtin-schema", "vendor.github-workflows", str(WORKFLOW)],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    broken = Path(os.environ.get("TMPDIR", "/tmp")) / "vmlab-broken-workflow.yml"
-    broken.write_text(WORKFLOW.read_text().replace("runs-on:", "runs_on:", 1))
-    assert subprocess.run([str(checker), "--builtin-schema", "vendor.github-workflows", str(broken)],
-                          capture_output=True).returncode != 0  # the checker does catch mistakes
+def actionlint(workflow: Path) -> Tuple[int, List[Tuple[int, str]]]:
+    """actionlint's exit code on `workflow`, and its findings as (line, kind)."""
+    done = subprocess.run([str(Path(sys.executable).parent / "actionlint"), "-oneline", str(workflow)],
+                          capture_output=True, text=True)
+    return done.returncode, [(int(line), kind) for line, kind in
+                             re.findall(r"^.*?:(\d+):\d+: .* \[([a-z-]+)\]$", done.stdout, re.MULTILINE)]
+
+
+@pytest.mark.parametrize("old, new, kind", [
+    ("runs-on:", "runs_on:", "syntax-check"),  # a key GitHub does not know (and runs-on missing)
+    ("steps.suites.outputs.matrix", "steps.suite.outputs.matrix", "expression"),  # a step that does not exist
+    ('--json)" >>', '--json" >>', "shellcheck"),  # a run: script that does not parse
+    ("actions/checkout@v5", "actions/checkout@v4", "action"),  # node20's, which GitHub's runners no longer have
+])
+def test_the_workflow_lints_clean_and_a_mistake_in_a_copy_is_found_at_its_line(tmp_path: Path, old: str, new: str,
+                                                                               kind: str) -> None:
+    """The gate (scripts/test) runs actionlint on the workflow users copy: it must pass there, and
+    the checker must catch each kind of mistake, at its line, in a copy with one planted."""
+    if kind == "shellcheck" and not shutil.which("shellcheck"):
+        prerequisite_missing("shellcheck, which actionlint runs on run: scripts (python3 -m vmlab.host --install "
+                             "--tests installs it)")
+    assert actionlint(WORKFLOW) == (0, [])
+    text = WORKFLOW.read_text()
+    line = text[:text.index(old)].count("\n") + 1
+    broken = tmp_path / "vm-tests.yml"
+    broken.write_text(text.replace(old, new, 1))
+    code, findings = actionlint(broken)
+    assert code == 1 and (line, kind) in findings, findings
 
 
 def test_every_task_the_workflow_runs_exists() -> None:

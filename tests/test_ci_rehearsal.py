@@ -1,7 +1,7 @@
 """The CI example runs as written: its matrix comes from vmlab.yaml, and the whole workflow is
 rehearsed here (scripts/rehearse-ci) on real QEMU guests.
 
-What cannot exist here is stood in for by vmlab/ci/, and only that: GitHub's
+What cannot exist here is stood in for by tools/ci_rehearsal/, and only that: GitHub's
 runners (a folder per job), actions/checkout (a git checkout of the working tree),
 actions/cache and the artifacts (local folders), sudo (this host runs as root). Every
 `run:` step is the workflow file's own, run by bash with the real vmlab CLI.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import signal
@@ -22,12 +23,13 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 
+from ci_rehearsal import standins
 from conftest import Project
-from vmlab.ci import standins
 
 ROOT = Path(__file__).parents[1]
 WORKFLOW = ROOT / ".github" / "workflows" / "vm-tests.yml"
 REHEARSE = ROOT / "scripts" / "rehearse-ci"
+WITH_TOOLS = dict(os.environ, PYTHONPATH=str(ROOT / "tools"))  # where scripts/rehearse-ci finds ci_rehearsal
 
 
 def suites_matrix(project: Project) -> subprocess.CompletedProcess:
@@ -100,15 +102,15 @@ def one_job(steps: str) -> str:
 
 
 def rehearse_argv(repo: Path, work: Path, *args: str, workflow: str = ".github/workflows/w.yml") -> List[str]:
-    """scripts/rehearse-ci's program, as a user runs it."""
-    return [sys.executable, "-m", "vmlab.ci.rehearsal", "--repo", str(repo), "--workflow", str(repo / workflow),
+    """scripts/rehearse-ci's program, as a user runs it (with WITH_TOOLS as its environment)."""
+    return [sys.executable, "-m", "ci_rehearsal.rehearsal", "--repo", str(repo), "--workflow", str(repo / workflow),
             "--work", str(work), *args]
 
 
 def rehearse(repo: Path, work: Path, *args: str, workflow: str = ".github/workflows/w.yml",
              timeout: float = 3600) -> subprocess.CompletedProcess:
     return subprocess.run(rehearse_argv(repo, work, *args, workflow=workflow), capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+                          timeout=timeout, stdin=subprocess.DEVNULL, env=WITH_TOOLS)
 
 
 def summary(work: Path) -> List[Dict[str, Any]]:
@@ -212,6 +214,21 @@ def test_a_path_outside_the_job_folder_and_an_unknown_action_are_refused(tmp_pat
     assert "the rehearsal has no stand-in for docker/login-action@v3" in done.stdout
 
 
+def test_a_job_past_its_timeout_minutes_has_its_step_stopped_and_does_not_finish(tmp_path: Path) -> None:
+    """`timeout-minutes`, as GitHub enforces it: the running step gets SIGTERM (its process group)
+    when the job's time is up, the job fails saying why, and the run does not wait for the step."""
+    repo = synthetic_repo(tmp_path, one_job("""\
+        - run: trap 'echo got SIGTERM; exit 143' TERM; echo started; sleep 318 & wait
+        """).replace("    runs-on: ubuntu-latest\n", "    runs-on: ubuntu-latest\n    timeout-minutes: 0.05\n"))
+    done = rehearse(repo, tmp_path / "work", "--runs", "1", timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr  # the job did not finish its steps
+    assert "[one] got SIGTERM" in done.stdout
+    (job,) = summary(tmp_path / "work")[0]["jobs"]
+    assert job["status"] == "failure" and job["seconds"] < 60
+    assert job["problems"] == ["the job ran past timeout-minutes: 0.05"]
+    assert not subprocess.run(["pgrep", "-f", "sleep 318"], capture_output=True).stdout
+
+
 def test_ctrl_c_stops_the_running_step_runs_the_always_steps_and_exits_130(tmp_path: Path) -> None:
     """The rehearsal's Ctrl-C, as a terminal sends it: the step in progress gets SIGTERM (vmlab
     stops its VMs on it), `if: always()` steps (the workflow's `vmlab destroy`) still run."""
@@ -222,7 +239,7 @@ def test_ctrl_c_stops_the_running_step_runs_the_always_steps_and_exits_130(tmp_p
           run: echo cleaned up > "$RUNNER_TEMP/cleaned"
         """))
     proc = subprocess.Popen(rehearse_argv(repo, tmp_path / "work", "--runs", "1"), stdout=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL, env=WITH_TOOLS)
     assert proc.stdout is not None
     for line in proc.stdout:
         if "[one] started" in line:

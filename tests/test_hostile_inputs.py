@@ -678,10 +678,11 @@ def planted(folder: Path, marker: Path, owner: Optional[int] = None) -> Path:
 
 
 def rehearse_ci(repo: Path, *args: str, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vmlab.ci.rehearsal", "--repo", str(repo), "--workflow",
+    """scripts/rehearse-ci's program (tools/ci_rehearsal, found on PYTHONPATH as that script sets it)."""
+    return subprocess.run([sys.executable, "-m", "ci_rehearsal.rehearsal", "--repo", str(repo), "--workflow",
                            str(repo / ".github" / "workflows" / "w.yml"), "--runs", "1", *args],
                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
-                          env=dict(os.environ, **(env or {})))
+                          env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "tools"), **(env or {})))
 
 
 @pytest.mark.parametrize("how", ["open to others", "owned by another user", "a symlink"])

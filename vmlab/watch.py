@@ -25,16 +25,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Set
+from typing import Any, Callable, Iterable, Iterator, Optional, Set
 
 from vmlab import delta, host
-from vmlab.config import SuiteConfig, VMConfig
+from vmlab.config import SuiteConfig
 from vmlab.errors import Cancelled, Terminated, VmlabError
-from vmlab.lab import lifecycle, loop
-from vmlab.lab.vmdir import VMDir
-
-if TYPE_CHECKING:
-    from vmlab.lab import Lab
+from vmlab.lab import Lab, lifecycle, loop
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +95,14 @@ class Ignored:
 
 
 class Watch:
-    """A watch session of one VM: the runs, one at a time, in a worker thread."""
+    """A watch session of one VM (`name`, or the lab's default): the runs, one at a time, in a
+    worker thread. It drives the lab's verbs (it is above the lab: vmlab.lab never imports it)."""
 
-    def __init__(self, lab: "Lab", vm: VMConfig, vmdir: VMDir, suite: SuiteConfig, finish: bool = False,
+    def __init__(self, lab: Lab, suite: SuiteConfig, name: Optional[str] = None, finish: bool = False,
                  say: Callable[[str], None] = lambda line: print(line, flush=True), raw: bool = False):
-        self.lab, self.vm, self.vmdir, self.suite, self.finish, self.say = lab, vm, vmdir, suite, finish, say
+        self.lab, self.suite, self.finish, self.say = lab, suite, finish, say
+        self.vm = lab.vm(name)
+        self.vmdir = lab.vmdir(self.vm)
         self.raw = raw  # the suite's output as it comes, not read as its format (readout.py)
         self.tally = Tally()
         self._cancel = threading.Event()

@@ -243,12 +243,6 @@ class Lab:
                    restore_on_failure: bool = False, sync_first: bool = False, raw: bool = False) -> Dict[str, Any]:
         return loop.run_suites(self, *self._at(name), suites, restore_on_failure, sync_first, raw=raw)
 
-    def watch(self, suite: SuiteConfig, name: Optional[str] = None, finish: bool = False, raw: bool = False) -> None:
-        """Run `suite` on every change of the project until interrupted (see watch.py)."""
-        from vmlab.watch import Watch  # watchfiles: only this verb needs it
-
-        Watch(self, *self._at(name), suite, finish=finish, raw=raw).run()
-
     def ssh(self, name: Optional[str] = None) -> GuestSSH:
         return loop.ssh(self, *self._at(name))
 

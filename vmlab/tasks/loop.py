@@ -16,6 +16,7 @@ from invoke.tasks import task
 from vmlab import config as config_mod
 from vmlab.config import SuiteConfig
 from vmlab.tasks.common import CONFIG_HELP, RAW_HELP, VM_HELP, cli, finish_run, lab_of, print_table, raw_output, vm_name
+from vmlab.watch import Watch  # watchfiles itself is imported when a watch starts
 
 RESTORE_HELP = "after a privileged suite fails, restore the 'clean' snapshot (default: restore_on_failure)"
 
@@ -139,4 +140,4 @@ def watch(c: Context, suite: Optional[str] = None, finish: bool = False, vm: Opt
         raise Exit(f"vmlab: error: {lab.config.source} names no 'quick:' suite; name one with --suite", code=2)
     lab.up(vm_name(vm))
     logging.getLogger().setLevel(logging.WARNING)  # each run's result line says what it synced
-    lab.watch(lab.config.suite(name), vm_name(vm), finish=finish, raw=raw_output(raw))
+    Watch(lab, lab.config.suite(name), vm_name(vm), finish=finish, raw=raw_output(raw)).run()

@@ -30,4 +30,8 @@ One concept per module:
     standins.py     the stand-ins for what only GitHub has (checkout, sudo, cache, artifacts)
     job.py          one runner: a job, or one shard of a matrix, step by step
     rehearsal.py    the whole workflow, run after run, and its command line (scripts/rehearse-ci)
+
+It rehearses vmlab's own workflow, so it is a tool of this repository, not part of vmlab's
+wheel: it lives in tools/, uses vmlab (never the other way round: .importlinter) and runs
+with tools/ on the path, as scripts/rehearse-ci runs it: PYTHONPATH=tools python -m ci_rehearsal.rehearsal
 """

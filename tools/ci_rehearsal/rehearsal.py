@@ -1,6 +1,6 @@
 """The whole workflow, run after run, on this machine: jobs in the order `needs:` gives, every
 shard of a matrix at once, Ctrl-C passed on to every step; and scripts/rehearse-ci's command line.
-vmlab/ci/__init__.py says what is stood in for."""
+tools/ci_rehearsal/__init__.py says what is stood in for."""
 
 from __future__ import annotations
 
@@ -21,14 +21,24 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import yaml
 
+from ci_rehearsal import expressions
+from ci_rehearsal.job import Job
+from ci_rehearsal.records import (
+    FAILED,
+    INTERRUPTED,
+    PASSED,
+    UNFINISHED,
+    JobRecord,
+    check_results,
+    job_result,
+    report_lines,
+)
+from ci_rehearsal.standins import kill_qemus, signal_group
 from vmlab import host
-from vmlab.ci import expressions
-from vmlab.ci.job import Job
-from vmlab.ci.records import FAILED, INTERRUPTED, PASSED, UNFINISHED, JobRecord, check_results, job_result, report_lines
-from vmlab.ci.standins import kill_qemus, signal_group
 from vmlab.errors import ConfigError, VmlabError
 
 WORKFLOW = Path(".github") / "workflows" / "vm-tests.yml"
+TOOLS = Path(__file__).resolve().parents[1]  # tools/: where ci_rehearsal is found (vmlab's wheel lacks it)
 DEFAULT_WORK = Path(tempfile.gettempdir()) / f"vmlab-ci-rehearsal-{os.getuid()}"
 
 
@@ -63,8 +73,8 @@ class Rehearsal:
         self.bin = self.work / "bin"
         self.bin.mkdir(parents=True, exist_ok=True)
         shim = self.bin / "sudo"
-        shim.write_text(f"#!{sys.executable}\nimport sys\nfrom vmlab.ci.standins import as_sudo\n"
-                        "as_sudo(sys.argv[1:])\n")
+        shim.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(TOOLS)!r})\n"
+                        "from ci_rehearsal.standins import as_sudo\nas_sudo(sys.argv[1:])\n")
         shim.chmod(0o755)
 
     # --- the run ---
@@ -163,11 +173,17 @@ class Rehearsal:
         `always()` steps still run; a second one kills the steps and every QEMU of the rehearsal."""
         self.cancel.set()
         self.interrupts += 1
-        with self.lock:
-            for proc in self.procs.values():
-                signal_group(proc, signal.SIGTERM if self.interrupts == 1 else signal.SIGKILL)
+        self.signal_steps(signal.SIGTERM if self.interrupts == 1 else signal.SIGKILL)
         if self.interrupts > 1:
             kill_qemus(self.work)
+
+    def signal_steps(self, signum: int, within: Optional[Path] = None) -> None:
+        """Send `signum` to every running step (its process group), or only those of the job folder `within`."""
+        with self.lock:
+            for proc in self.procs.values():
+                argv = proc.args if isinstance(proc.args, list) else []  # a step's: its script is in its job's folder
+                if within is None or str(within) in " ".join(map(str, argv)):
+                    signal_group(proc, signum)
 
 
 def _needs(spec: Dict[str, Any]) -> List[str]:

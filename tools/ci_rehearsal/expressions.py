@@ -1,4 +1,4 @@
-"""GitHub Actions' own rules, as the CI rehearsal (vmlab/ci/) must follow them: expressions
+"""GitHub Actions' own rules, as the CI rehearsal (tools/ci_rehearsal/) must follow them: expressions
 (`${{ ... }}`, evaluated over plain dicts), how a matrix expands, $GITHUB_OUTPUT files, hashFiles.
 
 The rehearsal runs what the workflow file says, so it must read it the way GitHub does:

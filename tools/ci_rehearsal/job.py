@@ -9,25 +9,46 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Protocol
 
+from ci_rehearsal import expressions
+from ci_rehearsal.records import FAILED, PASSED, UNFINISHED, JobRecord, StepRecord
+from ci_rehearsal.standins import SUDO_PATH, ActionStandIns, built_goldens, kill_qemus
 from vmlab import config
-from vmlab.ci import expressions
-from vmlab.ci.records import FAILED, PASSED, UNFINISHED, JobRecord, StepRecord
-from vmlab.ci.standins import SUDO_PATH, ActionStandIns, built_goldens, kill_qemus, signal_group
 from vmlab.errors import ConfigError
-
-if TYPE_CHECKING:
-    from vmlab.ci.rehearsal import Rehearsal
 
 SHELL = ["bash", "--noprofile", "--norc", "-eo", "pipefail"]  # GitHub's `shell: bash`
 NOT_PASSED_ON = ("VM", "VMLAB_CACHE", "VMLAB_CONFIG", "XDG_CACHE_HOME", "VIRTUAL_ENV", "PYTHONPATH", "CI")
 
 
+class Conductor(Protocol):
+    """What a runner needs of the rehearsal that runs it (rehearsal.Rehearsal): the repository,
+    the workflow and its env, the cache store, the folder first on every step's PATH, and the
+    steps' processes (Ctrl-C and time-outs reach them through it)."""
+
+    repo: Path
+    workflow_path: Path
+    cache_store: Path
+    bin: Path
+    env_override: Dict[str, str]
+    cancel: threading.Event
+    echo: Callable[[str], None]
+
+    def github_context(self, job_id: str) -> Dict[str, Any]: ...
+
+    def workflow_env(self) -> Dict[str, str]: ...
+
+    def started(self, proc: subprocess.Popen[str]) -> None: ...
+
+    def ended(self, proc: subprocess.Popen[str]) -> None: ...
+
+    def signal_steps(self, signum: int, within: Optional[Path] = None) -> None: ...
+
+
 class Job(ActionStandIns):
     """One runner: a job, or one shard of a matrix, run step by step in its own folder."""
 
-    def __init__(self, rehearsal: Rehearsal, job_id: str, spec: Dict[str, Any], shard: Dict[str, Any], index: int,
+    def __init__(self, rehearsal: Conductor, job_id: str, spec: Dict[str, Any], shard: Dict[str, Any], index: int,
                  total: int, run_dir: Path, needs: Dict[str, Any], fail_fast: Optional[threading.Event]):
         self.r, self.spec, self.fail_fast = rehearsal, spec, fail_fast
         label = f"{job_id}-{index}" if "strategy" in spec and "matrix" in spec["strategy"] else job_id
@@ -107,10 +128,7 @@ class Job(ActionStandIns):
     def _time_out(self) -> None:
         self.record.problems.append(f"the job ran past timeout-minutes: {self.spec.get('timeout-minutes', 360)}")
         self.failed = True
-        with self.r.lock:
-            for proc in self.r.procs.values():
-                if isinstance(proc.args, list) and str(self.folder) in " ".join(map(str, proc.args)):
-                    signal_group(proc, signal.SIGTERM)
+        self.r.signal_steps(signal.SIGTERM, within=self.folder)
 
     def _seed_cache(self) -> None:
         """A runner builds the images it needs from packages in its first minutes; here the host's

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, NoReturn, Optional, Sequence
 
+from ci_rehearsal.records import JobRecord
 from vmlab import host
-from vmlab.ci.records import JobRecord
 from vmlab.errors import ConfigError
 
 SUDO_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # sudo's secure_path
