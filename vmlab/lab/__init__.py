@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, cast
 
-from vmlab import diagnostics, fetch, golden, guests, keys
+from vmlab import diagnostics, fetch, golden, guests, keys, warm
 from vmlab import sync as rsync
 from vmlab.cache import ArtefactCache
 from vmlab.command import CommandResult
@@ -199,6 +199,11 @@ class Lab:
     def golden_of(self, vm: VMConfig) -> Optional[golden.Golden]:
         return images.golden_of(self, vm)
 
+    def warm_state(self, vm: VMConfig) -> Optional[warm.WarmState]:
+        """The project's warm state of `vm` for its `warm:` as it is now (none: no warm-up, or not made yet)."""
+        gold = images.golden_of(self, vm)
+        return images.warm_state(self, vm, gold) if gold else None
+
     def golden_key(self, name: Optional[str] = None) -> str:
         return golden.golden_key(images.golden_inputs(self, self.vm(name)))
 
@@ -223,8 +228,9 @@ class Lab:
         return building.verify(self, *self._at(name))
 
     @with_diagnostics
-    def make_golden(self, name: Optional[str] = None, from_scratch: bool = False) -> golden.Golden:
-        return building.make_golden(self, *self._at(name), from_scratch)
+    def make_golden(self, name: Optional[str] = None, from_scratch: bool = False,
+                    rewarm: bool = False) -> golden.Golden:
+        return building.make_golden(self, *self._at(name), from_scratch, rewarm)
 
     # --- the loop ---
 
