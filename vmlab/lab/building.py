@@ -189,9 +189,9 @@ def make_golden(lab: "Lab", vm: VMConfig, vmdir: VMDir, from_scratch: bool = Fal
                 gold = golden.make(lab.cache, key, inputs, vmdir.disk, kernel_files, lifecycle.keys_for(lab, vmdir),
                                    lambda clean: _snapshot_clean(lab, vm, vmdir, clean))
     lifecycle.discard_disk(lab, vm, vmdir)  # captured in the golden image; vm.start now restores from it
-    warming.make(lab, vm, vmdir, gold, again=rewarm)
     log.info("VM %s: golden image %s is ready; `invoke vm.start --vm %s` starts from it by restoring "
              "'clean'", vm.name, gold.key, vm.name)
+    warming.make(lab, vm, vmdir, gold, again=rewarm)
     return gold
 
 

@@ -70,13 +70,12 @@ def restore(lab: "Lab", vm: VMConfig, vmdir: VMDir, name: str = "clean") -> Dict
             with Monitor(vmdir.machine.qmp_socket, timeout=60) as mon:
                 snapshots.load(mon, vmdir.disk, name)
             timings = {"load_seconds": round(time.monotonic() - started, 2)}
-            with lifecycle.wait_for_ssh(lab, vm, vmdir, vm.boot_timeout) as ssh:
-                lifecycle.after_restore(lab, vm, ssh)
+            lifecycle.after_restore(lab, vm, vmdir, vm.boot_timeout)
             how = "live"
         else:
             if vmdir.machine.status(query_qemu=False).state == State.CRASHED:
                 log.warning("VM %s: QEMU had died; starting it from snapshot %r", vm.name, name)
-            lifecycle.start_from_snapshot(lab, vm, vmdir, name).close()
+            lifecycle.start_from_snapshot(lab, vm, vmdir, name)
             timings, how = {}, "started from the snapshot"
         _sync_record_of(lab, vmdir, name)
         timings["total_seconds"] = round(time.monotonic() - started, 2)
@@ -118,7 +117,7 @@ def resume(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> MachineStatus:
         port = vmdir.suspended_port()
         if port is None:
             raise PrerequisiteMissing(f"VM {vm.name} is not suspended ({vmdir.status().state})")
-        lifecycle.start_from_snapshot(lab, vm, vmdir, SUSPEND, ssh_port=port).close()
+        lifecycle.start_from_snapshot(lab, vm, vmdir, SUSPEND, ssh_port=port)
         lifecycle.forget_suspended(vm, vmdir)  # its RAM state is no longer needed
     return vmdir.status()
 
