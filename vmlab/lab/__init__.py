@@ -8,6 +8,7 @@ the work to the room that holds it:
     lifecycle.py     start, stop, status, destroy, reset
     snapshotting.py  snapshot, restore, suspend, resume
     building.py      install, provision, verify, golden
+    warming.py       the project's warm state on its golden image (`warm:`)
     loop.py          sync, suites and their reports, ssh
 
 When a verb fails after QEMU started, the error names a diagnostic bundle.
