@@ -155,8 +155,8 @@ def mapped(lab: Lab, work: Path, rounds: int) -> Dict[str, List[float]]:
                            **images.boot_files(lab, vm, gold.dir))
         args = machine.argv(spec, port)
         at = args.index("-m")
-        args[at:at + 2] = ["-m", str(vm.memory_mib), "-object", f"memory-backend-file,id=ram0,size={vm.memory_mib}M,"
-                           f"mem-path={ram},share={share}", "-machine", "memory-backend=ram0"]
+        args[at:at + 2] = ["-m", str(vm.memory_mib), "-object", f"memory-backend-file,id=pc.ram,size={vm.memory_mib}M,"
+                           f"mem-path={ram},share={share}", "-machine", "memory-backend=pc.ram"]
         return args + (["-incoming", "defer"] if incoming else [])
 
     ignore_shared = [{"capability": "x-ignore-shared", "state": True}]
