@@ -122,16 +122,14 @@ def ensure_disk(lab: "Lab", vm: VMConfig, vmdir: VMDir, from_warm: bool = True) 
     if not vmdir.disk.exists():
         gold = golden_of(lab, vm)
         state = warm_state(lab, vm, gold) if gold and from_warm else None
-        if gold and state:
-            gold.verify()  # the warm state's disk reads from the golden image's base
-            state.new_disk(vmdir.disk)
-            state.sync_record_into(vmdir.sync_record)  # the guest's copy in it, as it was sent
-            vmdir.set_origin(Origin(OriginKind.GOLDEN, gold.dir, fresh=True, warm=state.key))
-            vmdir.mark_provisioned(provision_key(lab, vm), options(lab, lab.profile(vm)).get("packages", []),
-                                   time.time())
-        elif gold:
-            gold.new_disk(vmdir.disk)
-            vmdir.set_origin(Origin(OriginKind.GOLDEN, gold.dir, fresh=True))
+        if gold:
+            if state:
+                gold.verify()  # the warm state's disk reads from the golden image's base
+                state.new_disk(vmdir.disk)
+                state.sync_record_into(vmdir.sync_record)  # the guest's copy in it, as it was sent
+            else:
+                gold.new_disk(vmdir.disk)
+            vmdir.set_origin(Origin(OriginKind.GOLDEN, gold.dir, fresh=True, warm=state.key if state else ""))
             # its key holds the provisioning: the image has what the config asks for
             vmdir.mark_provisioned(provision_key(lab, vm), options(lab, lab.profile(vm)).get("packages", []),
                                    time.time())
