@@ -120,6 +120,26 @@ def test_each_of_many_snapshots_restores_its_own_state(running: Project) -> None
     assert running.invoke("vm.restore").returncode == 0
 
 
+def test_a_stopped_vm_whose_memory_changed_is_told_which_size_its_snapshot_needs(running: Project) -> None:
+    """Restoring a stopped VM starts a QEMU of the config's RAM size; a snapshot of another size
+    cannot load into it, and the error says both sizes and the key (QEMU's own: "Error -22")."""
+    assert running.invoke("vm.stop").returncode == 0
+    config = running.root / "vmlab.yaml"
+    kept = config.read_text()
+    config.write_text("defaults: {memory: 1024}\n")
+    try:
+        refused = running.invoke("vm.restore")
+        assert refused.returncode == 1, refused.stderr
+        assert "snapshot 'clean' holds 768 MiB of RAM, and the VM has 1024 MiB now (`memory:` in vmlab.yaml)" \
+            in refused.stderr, refused.stderr
+        assert qemus_of(running) == 0
+    finally:
+        config.write_text(kept)
+    restored = running.invoke("vm.restore")
+    assert restored.returncode == 0, restored.stderr
+    assert abs(guest_clock_lag(running)) < 0.5
+
+
 def test_twenty_restores_do_not_grow_processes_files_or_disk(running: Project) -> None:
     lab = running.lab()
     machine = lab.vmdir(lab.vm()).machine

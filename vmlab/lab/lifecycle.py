@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import re
 import secrets
 import shlex
 import shutil
@@ -124,11 +125,31 @@ def start_from_snapshot(lab: "Lab", vm: VMConfig, vmdir: VMDir, snapshot: str,
     vmdir.machine.clean()
     with vmdir.machine.launched(spec(lab, vm, vmdir, paused=True, ssh_port=ssh_port)):
         with Monitor(vmdir.machine.qmp_socket, timeout=60) as mon:
-            snapshots.load(mon, vmdir.disk, snapshot)
+            try:
+                snapshots.load(mon, vmdir.disk, snapshot)
+            except SnapshotError as e:
+                raise SnapshotError(_memory_mismatch(vm, vmdir, snapshot) or str(e)) from None
             mon.command("cont")
         after_restore(lab, vm, vmdir, vm.boot_timeout)
     if snapshot != SUSPEND and vmdir.suspended_port() is not None:
         forget_suspended(vm, vmdir)
+
+
+def _memory_mismatch(vm: VMConfig, vmdir: VMDir, snapshot: str) -> str:
+    """Why a snapshot did not load into a new QEMU, if it is that its RAM is another size than
+    the VM's `memory:` now (QEMU says only "Error -22 while loading VM state"); else ''."""
+    try:
+        said = vmdir.machine.qemu_log.read_text(errors="replace")
+    except OSError:
+        return ""
+    # QEMU 7.2: "Size mismatch: pc.ram: 0x30000000 != 0x40000000" (saved, then this QEMU's); older: "Length ... in"
+    found = re.search(r"(?:Size|Length) mismatch: pc\.ram: (0x[0-9a-f]+)(?: in)? != (0x[0-9a-f]+)", said)
+    if not found:
+        return ""
+    saved = int(found.group(1), 16) >> 20
+    return (f"VM {vm.name}: snapshot {snapshot!r} holds {saved} MiB of RAM, and the VM has {vm.memory_mib} MiB "
+            f"now (`memory:` in vmlab.yaml): set memory back to {saved} to restore it, or start the VM afresh "
+            f"(vmlab reset --vm {vm.name}); it is stopped")
 
 
 def forget_suspended(vm: VMConfig, vmdir: VMDir) -> None:
