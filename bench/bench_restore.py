@@ -13,26 +13,41 @@ The old way is judged ready by an SSH banner and `true` run through paramiko; vm
 commands return after the same kind of check (its after-restore commands run over SSH),
 so the difference is boot against restore.
 
-    python bench/bench_restore.py [--rounds 5]
+With --parts it times instead where a live restore's time goes, part by part, in one
+process (Python's start-up and imports measured as whole processes beside it), and with
+--mapped it tries the other way to load RAM: QEMU's file-backed memory mapped privately
+(copy on write) with the migration capability x-ignore-shared, so only the devices' state
+is loaded and the guest's RAM is faulted in from the file as it is touched (a new QEMU
+process per restore: RAM cannot be remapped under a running one). --memory sets the VM's
+RAM (its golden image is made first if missing).
+
+    python bench/bench_restore.py [--rounds 5] [--parts] [--mapped] [--memory MIB]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vmlab import accel, config, disk, seed  # noqa: E402
-from vmlab.lab import Lab  # noqa: E402
+from vmlab import accel, config, disk, golden, seed, snapshots  # noqa: E402
+from vmlab.lab import Lab, images, lifecycle  # noqa: E402
 from vmlab.machine import Machine, MachineSpec  # noqa: E402
+from vmlab.qmp import Monitor  # noqa: E402
 from vmlab.ssh import GuestSSH  # noqa: E402
+
+VMLAB = Path(sys.executable).parent / "vmlab"
 
 
 def old_way(lab: Lab, gold, work: Path) -> float:
@@ -70,13 +85,168 @@ def command(work: Path, *args: str) -> float:
     return took
 
 
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def whole(argv: List[str], cwd: Path) -> float:
+    started = time.monotonic()
+    subprocess.run(argv, cwd=cwd, check=True, stdin=subprocess.DEVNULL, capture_output=True)
+    return time.monotonic() - started
+
+
+def parts(lab: Lab, work: Path, rounds: int) -> Dict[str, List[float]]:
+    """Each part of a live `vmlab restore`, timed on its own, `rounds` times."""
+    vm = lab.vm()
+    vmdir = lab.vmdir(vm)
+    times: Dict[str, List[float]] = {}
+
+    def timed(name: str, step: Callable[[], object]) -> None:
+        started = time.monotonic()
+        step()
+        times.setdefault(name, []).append(time.monotonic() - started)
+
+    for _ in range(rounds):
+        timed("python start-up (python -c pass)", lambda: whole([sys.executable, "-c", "pass"], work))
+        timed("python + vmlab's imports (vmlab --version)", lambda: whole([str(VMLAB), "--version"], work))
+        timed("vmlab restore, the whole command", lambda: whole([str(VMLAB), "restore"], work))
+        timed("  read the config", lambda: config.load(cwd=work))
+        timed("  find the snapshot (qemu-img info)", lambda: snapshots.find(vmdir.disk, golden.SNAPSHOT))
+        lifecycle.close_connection(lab, vm, vmdir)
+        mon = Monitor(vmdir.machine.qmp_socket, timeout=60)
+        timed("  QMP: connect", mon.__enter__)
+        timed("  QMP: snapshot-load, the state load", lambda: snapshots.load(mon, vmdir.disk, golden.SNAPSHOT))
+        mon.__exit__()
+        timed("  SSH: a new shared connection + the after-restore command",
+              lambda: lifecycle.after_restore(lab, vm, vmdir, 60))
+        conn = lifecycle.connection(lab, vm, vmdir)
+        timed("  (then a command over it, as a loop turn's)", lambda: conn.run("true", output=io.BytesIO()))
+        with Monitor(vmdir.machine.qmp_socket, timeout=60) as mon:
+            snapshots.load(mon, vmdir.disk, golden.SNAPSHOT)
+        lifecycle.close_connection(lab, vm, vmdir)
+
+        def banner() -> None:  # what sshd does before any cryptography: accept, fork, exec, say hello
+            with socket.create_connection(("127.0.0.1", vmdir.machine.state()["ssh_port"]), timeout=30) as sock:
+                while not sock.recv(256).startswith(b"SSH-"):
+                    pass
+        timed("  (of the SSH part: sshd's banner, before any key exchange)", banner)
+        lifecycle.after_restore(lab, vm, vmdir, 60)
+        with Monitor(vmdir.machine.qmp_socket, timeout=60) as mon:
+            snapshots.load(mon, vmdir.disk, golden.SNAPSHOT)
+        lifecycle.close_connection(lab, vm, vmdir)
+
+        def paramiko_way() -> None:
+            with GuestSSH(vmdir.machine.state()["ssh_port"], vm.ssh_user, lifecycle.keys_for(lab, vmdir)) as ssh:
+                ssh.wait_ready(60)
+                ssh.run("date >/dev/null && hostname default")
+        timed("  (before: paramiko connect, `true`, after-restore command)", paramiko_way)
+        lifecycle.after_restore(lab, vm, vmdir, 60)
+    return times
+
+
+def mapped(lab: Lab, work: Path, rounds: int) -> Dict[str, List[float]]:
+    """A restore by a new QEMU whose RAM is the snapshot's RAM file mapped privately, the devices'
+    state loaded with x-ignore-shared: the floor of loading RAM by mapping it instead of copying."""
+    vm = lab.vm()
+    gold = lab.golden_of(vm)
+    assert gold is not None
+    shm = Path(tempfile.mkdtemp(prefix="vmlab-bench-ram-", dir="/dev/shm"))
+    folder = work / "mapped"
+    folder.mkdir()
+    disk_file = folder / "disk.qcow2"
+    gold.new_disk(disk_file)
+    machine = Machine("mapped", folder)
+    port = 0
+    times: Dict[str, List[float]] = {}
+    choice = images.accelerator(lab, vm, gold.dir)
+
+    def argv(ram: Path, share: str, incoming: bool) -> List[str]:
+        spec = MachineSpec(name="mapped", accel=choice, memory_mib=vm.memory_mib, cpus=vm.cpus, disk=disk_file,
+                           paused=True, seed_iso=seed.for_vm(folder / "seed.iso", gold.keys, "mapped"),
+                           **images.boot_files(lab, vm, gold.dir))
+        args = machine.argv(spec, port)
+        at = args.index("-m")
+        args[at:at + 2] = ["-m", str(vm.memory_mib), "-object", f"memory-backend-file,id=pc.ram,size={vm.memory_mib}M,"
+                           f"mem-path={ram},share={share}", "-machine", "memory-backend=pc.ram"]
+        return args + (["-incoming", "defer"] if incoming else [])
+
+    ignore_shared = [{"capability": "x-ignore-shared", "state": True}]
+    try:
+        from vmlab.machine import free_port
+        port = free_port()
+        subprocess.run(argv(shm / "live.ram", "on", False), check=True)  # RAM in a shared file, as it runs
+        with Monitor(machine.qmp_socket) as mon:
+            snapshots.load(mon, disk_file, golden.SNAPSHOT)
+            mon.command("cont")
+        with GuestSSH(port, vm.ssh_user, gold.keys) as ssh:
+            ssh.wait_ready(120)
+        with Monitor(machine.qmp_socket) as mon:  # the snapshot: the devices' state, and a frozen copy of RAM
+            mon.command("stop")
+            mon.command("migrate-set-capabilities", capabilities=ignore_shared)
+            mon.command("migrate", uri=f"exec:cat > {folder / 'devices.state'}")
+            while mon.command("query-migrate").get("status") not in ("completed", "failed"):
+                time.sleep(0.01)
+        subprocess.run(["cp", "--sparse=always", str(shm / "live.ram"), str(shm / "frozen.ram")], check=True)
+        machine.stop(soft_timeout=0)
+        for _ in range(rounds):
+            started = time.monotonic()
+            subprocess.run(argv(shm / "frozen.ram", "off", True), check=True)  # mapped privately: copy on write
+            up = time.monotonic()
+            with Monitor(machine.qmp_socket) as mon:
+                mon.command("migrate-set-capabilities", capabilities=ignore_shared)
+                mon.command("migrate-incoming", uri=f"exec:cat {folder / 'devices.state'}")
+                while mon.command("query-migrate").get("status") != "completed":
+                    time.sleep(0.005)
+                mon.command("cont")
+            loaded = time.monotonic()
+            with GuestSSH(port, vm.ssh_user, gold.keys) as ssh:
+                ssh.wait_ready(60)
+            answered = time.monotonic()
+            for name, value in (("  QEMU start-up (a new process per restore)", up - started),
+                                ("  the devices' state (x-ignore-shared), RAM mapped", loaded - up),
+                                ("  the state part: start-up + devices", loaded - started),
+                                ("  (then paramiko connect + `true`, RAM faulted in)", answered - loaded)):
+                times.setdefault(name, []).append(value)
+            machine.stop(soft_timeout=0)
+    finally:
+        machine.stop(soft_timeout=0)
+        shutil.rmtree(shm, ignore_errors=True)
+    return times
+
+
+def print_parts(title: str, times: Dict[str, List[float]]) -> None:
+    print(f"\n{title}; load average {load_average()} on {os.cpu_count()} cores; medians (min-max):")
+    for name, values in times.items():
+        print(f"  {name:<62} {statistics.median(values) * 1000:6.0f} ms  ({min(values) * 1000:.0f}-"
+              f"{max(values) * 1000:.0f})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--parts", action="store_true", help="time each part of a live restore")
+    parser.add_argument("--mapped", action="store_true", help="try RAM mapped from a file (x-ignore-shared)")
+    parser.add_argument("--memory", type=int, default=0, help="the VM's RAM in MiB (default: vmlab's)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vmlab-bench-") as tmp:
         work = Path(tmp)
-        (work / "vmlab.yaml").write_text("vms:\n  default: {}\n  w1: {}\n  w2: {}\n  w3: {}\n  w4: {}\n")
+        memory = f"defaults: {{memory: {args.memory}}}\n" if args.memory else ""
+        (work / "vmlab.yaml").write_text(memory + "vms:\n  default: {}\n  w1: {}\n  w2: {}\n  w3: {}\n  w4: {}\n")
+        if args.parts or args.mapped:
+            lab = Lab(config.load(cwd=work))
+            if not lab.golden_of(lab.vm()):
+                lab.make_golden()
+            print(f"VM of {lab.vm().memory_mib} MiB; load average {load_average()} at the start", flush=True)
+            try:
+                if args.parts:
+                    command(work, "start")
+                    print_parts("a live restore, part by part", parts(lab, work, args.rounds))
+                    command(work, "stop")
+                if args.mapped:
+                    print_parts("a restore with RAM mapped from a file", mapped(lab, work, args.rounds))
+            finally:
+                lab.destroy()
+            return 0
         lab = Lab(config.load(cwd=work))
         print("preparing: the golden image and a running VM from it ...", flush=True)
         gold = lab.golden_of(lab.vm()) or lab.make_golden()

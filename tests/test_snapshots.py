@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import INVOKE, Project, alive, kill_vms, prerequisite_missing
+from vmlab.lab import lifecycle
 
 
 def guest(project: Project, command: str, vm: str = "default") -> subprocess.CompletedProcess:
@@ -67,6 +69,77 @@ def test_restore_undoes_files_and_processes_and_sets_the_clock(running: Project)
     assert abs(float(clock.stdout) - time.time()) < 2.0
 
 
+def guest_clock_lag(project: Project) -> float:
+    """How far the guest's clock is behind the host's (negative: ahead), read over the shared SSH
+    connection between two readings of the host's clock (a multiplexed command: ~0.1 s)."""
+    lab = project.lab()
+    conn = lifecycle.connection(lab, lab.vm(), lab.vmdir(lab.vm()))
+    out = io.BytesIO()
+    before = time.time()
+    assert conn.run("date +%s.%N", output=out, timeout=60) == 0
+    after = time.time()
+    guest_time = float(out.getvalue())
+    if before <= guest_time <= after:
+        return 0.0
+    return before - guest_time if guest_time < before else after - guest_time
+
+
+def test_a_busy_guest_restored_again_and_again_has_its_clock_entropy_and_port_right(running: Project) -> None:
+    """The after-restore step (clock, randomness, name) over a guest whose two vCPUs are busy in
+    the snapshot: the clock is set when the guest asks for it, so a slow handshake does not put it
+    behind; every restore's randomness differs; the SSH port stays the one it had. (The module's
+    VM has 768 MiB, not the default 1 GiB.)"""
+    port = json.loads(running.invoke("vm.status", "--json").stdout)["ssh_port"]
+    assert guest(running, "for i in 1 2; do nohup sh -c 'while :; do :; done' >/dev/null 2>&1 & done").returncode == 0
+    assert running.invoke("vm.snapshot", "--name", "busy").returncode == 0
+    seen = set()
+    for _ in range(3):
+        time.sleep(2)  # the guest's clock would lag by this much and more if nobody set it
+        restored = running.invoke("vm.restore", "--name", "busy")
+        assert restored.returncode == 0, restored.stderr
+        assert abs(guest_clock_lag(running)) < 0.5
+        seen.add(answer(running, "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'"))
+        assert json.loads(running.invoke("vm.status", "--json").stdout)["ssh_port"] == port
+    assert len(seen) == 3  # the random pool did not repeat
+    assert running.invoke("vm.restore").returncode == 0
+    assert process_in_guest(running, "while [:]") == "gone"
+    assert running.invoke("vm.snapshot-delete", "--name", "busy").returncode == 0
+
+
+def test_each_of_many_snapshots_restores_its_own_state(running: Project) -> None:
+    names = [f"s{i}" for i in range(5)]
+    for name in names:
+        assert guest(running, f"echo {name} > /root/which").returncode == 0
+        assert running.invoke("vm.snapshot", "--name", name).returncode == 0
+    for name in ("s3", "s0", "s4", "s1"):
+        assert running.invoke("vm.restore", "--name", name).returncode == 0
+        assert answer(running, "cat /root/which") == name
+        assert abs(guest_clock_lag(running)) < 0.5
+    for name in names:
+        assert running.invoke("vm.snapshot-delete", "--name", name).returncode == 0
+    assert running.invoke("vm.restore").returncode == 0
+
+
+def test_a_stopped_vm_whose_memory_changed_is_told_which_size_its_snapshot_needs(running: Project) -> None:
+    """Restoring a stopped VM starts a QEMU of the config's RAM size; a snapshot of another size
+    cannot load into it, and the error says both sizes and the key (QEMU's own: "Error -22")."""
+    assert running.invoke("vm.stop").returncode == 0
+    config = running.root / "vmlab.yaml"
+    kept = config.read_text()
+    config.write_text("defaults: {memory: 1024}\n")
+    try:
+        refused = running.invoke("vm.restore")
+        assert refused.returncode == 1, refused.stderr
+        assert "snapshot 'clean' holds 768 MiB of RAM, and the VM has 1024 MiB now (`memory:` in vmlab.yaml)" \
+            in refused.stderr, refused.stderr
+        assert qemus_of(running) == 0
+    finally:
+        config.write_text(kept)
+    restored = running.invoke("vm.restore")
+    assert restored.returncode == 0, restored.stderr
+    assert abs(guest_clock_lag(running)) < 0.5
+
+
 def test_twenty_restores_do_not_grow_processes_files_or_disk(running: Project) -> None:
     lab = running.lab()
     machine = lab.vmdir(lab.vm()).machine
@@ -74,8 +147,14 @@ def test_twenty_restores_do_not_grow_processes_files_or_disk(running: Project) -
     lab.restore()
 
     def measure() -> tuple:
-        qemus = subprocess.run(["pgrep", "-c", "-f", str(running.root)], capture_output=True, text=True).stdout
-        return int(qemus), len(os.listdir(f"/proc/{pid}/fd")), machine.disk.stat().st_blocks * 512
+        qemus = subprocess.run(["pgrep", "-c", "-f", f"qemu-system.*{running.root}"], capture_output=True,
+                               text=True).stdout
+        return int(qemus), len(os.listdir(f"/proc/{pid}/fd")), machine.disk.stat().st_blocks * 512, masters()
+
+    def masters() -> int:
+        """SSH control masters of this VM: a restore opens one (the next command uses it) and closes the last."""
+        conn = lifecycle.connection(lab, lab.vm(), lab.vmdir(lab.vm()))
+        return len([p for p in conn._processes() if b"[mux]" in Path(f"/proc/{p}/cmdline").read_bytes()])
 
     before = measure()
     for _ in range(20):
@@ -83,6 +162,7 @@ def test_twenty_restores_do_not_grow_processes_files_or_disk(running: Project) -
     after = measure()
     assert machine.pid() == pid  # live restores: the same QEMU all along
     assert after[0] == before[0] == 1, f"QEMU processes: {before[0]} before, {after[0]} after"
+    assert after[3] == before[3] == 1, f"SSH control masters: {before[3]} before, {after[3]} after"
     # user networking keeps a socket per recent SSH connection for a moment: a few either
     # way is that; a leak would be one (or more) per restore, 20 here
     assert after[1] <= before[1] + 3, f"QEMU's open files: {before[1]} before, {after[1]} after 20 restores"

@@ -69,6 +69,7 @@ class VMConfig:
     ssh_port: int
     boot_timeout: float
     fallback: Optional[str] = None
+    warm: Optional[SuiteConfig] = None  # its own `warm:`; else its profile's (see vmlab/lab/warming.py)
 
 
 @dataclass(frozen=True)
@@ -256,6 +257,7 @@ def _build(data: Any, lines: Mapping[Tuple[str, ...], int], source: str, project
             ssh_port=merged["ssh_port"],
             boot_timeout=merged["boot_timeout"],
             fallback=merged["fallback"],
+            warm=warm_suite(merged["warm"]),
         )
 
     for vm in vms.values():
@@ -313,6 +315,14 @@ def _build(data: Any, lines: Mapping[Tuple[str, ...], int], source: str, project
     return LabConfig(source=source, project_dir=project_dir, cache_dir=cache_dir, vms=vms, state_dir=state_dir,
                      guest_dirs=guest_dirs, profiles=profiles, sync=sync, suites=suites, build=build, quick=quick,
                      restore_on_failure=restore_on_failure)
+
+
+def warm_suite(spec: Optional[Dict[str, Any]]) -> Optional[SuiteConfig]:
+    """A `warm:` setting (schema.warm_spec's mapping) as the suite it runs as, named 'warm'."""
+    if spec is None:
+        return None
+    return SuiteConfig(name="warm", command=spec["command"], workdir=spec["workdir"], privileged=spec["privileged"],
+                       env=tuple(sorted(spec["env"].items())), timeout=spec["timeout"])
 
 
 def _suite_format(given: Dict[str, Any], at: Tuple[str, ...], where: _Where) -> Optional[str]:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import math
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
-from vmlab import __version__, accel, fetch, host
+from vmlab import __version__, accel, fetch, host, warm
 from vmlab.errors import VmlabError
-from vmlab.lab import Lab, images
+from vmlab.lab import Lab, images, warming
 from vmlab.schema import GUESTS_DIR
 
 MIN_FREE_DISK = 10 * 2**30
@@ -35,7 +36,7 @@ class Finding:
 
 def examine(lab: Lab) -> List[Finding]:
     return [*_host(), _accelerator(lab), *_space(lab), _memory(lab), *_config_and_cache(lab), *installs(lab),
-            *_vms(lab)]
+            *_vms(lab), *warm_states(lab)]
 
 
 def exit_code(findings: List[Finding]) -> int:
@@ -121,6 +122,43 @@ def installs(lab: Lab) -> List[Finding]:
             continue
         found.append(Finding(f"vm {vm.name}", f"ISO {iso.path.name} sha256:{iso.sha256} from "
                                               f"{sources.get(iso.path.name) or 'an unknown mirror'}; {using}"))
+    return found
+
+
+GO_TRIM_DAYS = 5  # Go deletes build cache entries unused for 5 days (cmd/go/internal/cache: trimLimit)
+
+
+def warm_states(lab: Lab) -> List[Finding]:
+    """For each VM with a `warm:` command: how old its warm state is, or why it has none, and
+    whether the VM's disk was made from it."""
+    found = []
+    for vm in lab.config.vms.values():
+        try:
+            spec = images.warm_suite_of(lab, vm)
+        except VmlabError:
+            continue  # a guest profile that cannot be read: _guest says so
+        if spec is None:
+            continue
+        gold = images.golden_of(lab, vm)
+        state = images.warm_state(lab, vm, gold) if gold else None
+        if state is None:
+            made = [s for s in warm.states(lab.config.state_dir) if s.record.get("vm") == vm.name]
+            why = ("its golden image is not made yet" if gold is None else
+                   "`warm:` changed since the last one was made" if made else "none was made yet")
+            found.append(Finding(f"vm {vm.name}", f"warm state: none for `{spec.command}` ({why}); every restore "
+                                                  "starts with empty build caches",
+                                 fix=f"make vm-golden VM={vm.name} (vmlab golden --vm {vm.name})"))
+            continue
+        days = (time.time() - state.made_at) / 86400
+        stale = (f"; older than {GO_TRIM_DAYS} days: Go deletes build cache entries unused that long, so the "
+                 "first Go build after a restore may start cold") if days > GO_TRIM_DAYS else ""
+        origin = lab.vmdir(vm).origin()
+        disk = "" if origin is None or origin.warm == state.key else \
+            f"; VM {vm.name}'s disk was made before it (vmlab reset --vm {vm.name} starts from it)"
+        found.append(Finding(f"vm {vm.name}", f"warm state made {warming.age_text(state.made_at)} by "
+                                              f"`{state.record.get('command')}` "
+                                              f"({state.record.get('seconds', '?')} s), in {state.dir}{stale}{disk}",
+                             fix=f"vmlab golden --rewarm --vm {vm.name}" if stale else ""))
     return found
 
 

@@ -176,6 +176,29 @@ class Field:
     doc: str
 
 
+WARM_KEYS = ("command", "privileged", "workdir", "env", "timeout")
+
+
+def warm_spec(value: Any) -> Dict[str, Any]:
+    """The warm-up: a command (a string), or a mapping of a suite's settings (command, privileged,
+    workdir, env, timeout), run as a suite runs before the golden image's clean state is taken."""
+    allowed = ("a command (a string), or a mapping with 'command' and any of privileged, workdir, env, "
+               "timeout (as a suite has them)")
+    if isinstance(value, str):
+        value = {"command": value}
+    if not isinstance(value, dict) or "command" not in value or not set(value) <= set(WARM_KEYS):
+        raise ValueError(allowed)
+    spec: Dict[str, Any] = {"command": text, "privileged": boolean, "workdir": guest_path, "env": environment,
+                            "timeout": seconds}
+    parsed: Dict[str, Any] = {"privileged": False, "workdir": ".", "env": {}, "timeout": 3600.0}
+    for key, item in value.items():
+        try:
+            parsed[key] = spec[key](item)
+        except ValueError as e:
+            raise ValueError(f"{key}: {e}") from None
+    return parsed
+
+
 # Settings of one VM, under `defaults:` (all VMs) or `vms: {NAME: ...}` (one VM).
 VM_FIELDS: Dict[str, Field] = {
     "profile": Field(profile_name, "debian", "guest profile: a folder under vmlab/guests/"),
@@ -188,6 +211,8 @@ VM_FIELDS: Dict[str, Field] = {
     "boot_timeout": Field(seconds, 300.0, "seconds from start until SSH must answer"),
     "fallback": Field(text, None, "another VM whose golden image vm.golden --from-scratch makes instead "
                                   "when this VM's ISO cannot be had (offline)"),
+    "warm": Field(warm_spec, None, "a command run in the synced project, as a suite runs, before the golden "
+                                   "image's clean snapshot is taken (a warm build cache); see vmlab/lab/warming.py"),
 }
 
 # Options of a guest profile, under `profiles: {NAME: ...}`.
@@ -199,10 +224,12 @@ def package_list(value: Any) -> List[str]:
 
 
 _PACKAGES = Field(package_list, [], "packages the provision step installs (apt or pkg)")
+_WARM = Field(warm_spec, None, "the warm-up of every VM of this profile (a VM's own `warm:` replaces it)")
 _DEBIAN = {
     "mirror": Field(url, None, "Debian mirror; default: the one in this host's apt configuration"),
     "suite": Field(debian_suite, None, "Debian suite; default: this host's release codename"),
     "packages": _PACKAGES,
+    "warm": _WARM,
 }
 PROFILE_FIELDS: Dict[str, Dict[str, Field]] = {  # by name; a project's own guest: by its OS (below)
     "debian": _DEBIAN,
@@ -214,6 +241,7 @@ PROFILE_FIELDS: Dict[str, Dict[str, Field]] = {  # by name; a project's own gues
         "recipe": Field(recipe_file, None, "the install recipe, a file in the profile's folder; default: the profile's "
                                            "(install.yaml, by PFI; install-shell.yaml types at the live shell)"),
         "packages": _PACKAGES,
+        "warm": _WARM,
     },
 }
 PROFILE_FIELDS_BY_OS: Dict[str, Dict[str, Field]] = {"linux": _DEBIAN, "dragonfly": PROFILE_FIELDS["dragonfly"]}

@@ -8,6 +8,7 @@ the work to the room that holds it:
     lifecycle.py     start, stop, status, destroy, reset
     snapshotting.py  snapshot, restore, suspend, resume
     building.py      install, provision, verify, golden
+    warming.py       the project's warm state on its golden image (`warm:`)
     loop.py          sync, suites and their reports, ssh
 
 When a verb fails after QEMU started, the error names a diagnostic bundle.
@@ -21,7 +22,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, cast
 
-from vmlab import accel, diagnostics, fetch, golden, guests, keys
+from vmlab import accel, diagnostics, fetch, golden, guests, keys, warm
 from vmlab import sync as rsync
 from vmlab.cache import ArtefactCache
 from vmlab.command import CommandResult
@@ -206,6 +207,11 @@ class Lab:
     def golden_of(self, vm: VMConfig) -> Optional[golden.Golden]:
         return images.golden_of(self, vm)
 
+    def warm_state(self, vm: VMConfig) -> Optional[warm.WarmState]:
+        """The project's warm state of `vm` for its `warm:` as it is now (none: no warm-up, or not made yet)."""
+        gold = images.golden_of(self, vm)
+        return images.warm_state(self, vm, gold) if gold else None
+
     def golden_key(self, name: Optional[str] = None) -> str:
         return golden.golden_key(images.golden_inputs(self, self.vm(name)))
 
@@ -230,8 +236,9 @@ class Lab:
         return building.verify(self, *self._to_run(name))
 
     @with_diagnostics
-    def make_golden(self, name: Optional[str] = None, from_scratch: bool = False) -> golden.Golden:
-        return building.make_golden(self, *self._to_run(name), from_scratch)
+    def make_golden(self, name: Optional[str] = None, from_scratch: bool = False,
+                    rewarm: bool = False) -> golden.Golden:
+        return building.make_golden(self, *self._to_run(name), from_scratch, rewarm)
 
     # --- the loop ---
 

@@ -18,7 +18,7 @@ from vmlab import disk, golden, host, keys, recipe, seed, snapshots
 from vmlab.config import SuiteConfig, VMConfig
 from vmlab.console import Console
 from vmlab.errors import ConsoleError, PrerequisiteMissing, ProvisionError
-from vmlab.lab import images, lifecycle, loop
+from vmlab.lab import images, lifecycle, loop, warming
 from vmlab.lab.vmdir import Origin, OriginKind, VMDir
 from vmlab.machine import Machine, MachineSpec, console_now
 from vmlab.progress import Heartbeat
@@ -138,12 +138,15 @@ def verify(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> Dict[str, Any]:
     return report
 
 
-def make_golden(lab: "Lab", vm: VMConfig, vmdir: VMDir, from_scratch: bool = False) -> golden.Golden:
+def make_golden(lab: "Lab", vm: VMConfig, vmdir: VMDir, from_scratch: bool = False,
+                rewarm: bool = False) -> golden.Golden:
     """A golden image of the VM, provisioned and verified by the mount suite; the VM is left stopped.
 
     From scratch, the VM is first reset and every phase runs in turn (fetch or build
     the medium, install, provision), each reusing its cached checkpoint when its
     inputs have not changed. A cached golden image with the same key is reused.
+    With a `warm:` command, the project's warm state on it is made too (warming.py),
+    unless one was made for the same command (`rewarm`: made anew all the same).
     """
     if from_scratch:
         profile = lab.profile(vm)
@@ -153,7 +156,7 @@ def make_golden(lab: "Lab", vm: VMConfig, vmdir: VMDir, from_scratch: bool = Fal
             except PrerequisiteMissing as e:
                 log.warning("no ISO for VM %s can be had (%s); making the golden image of VM %s instead, "
                             "as its 'fallback' says", vm.name, str(e).splitlines()[0].rstrip(":"), vm.fallback)
-                return lab.make_golden(vm.fallback, from_scratch=True)
+                return lab.make_golden(vm.fallback, from_scratch=True, rewarm=rewarm)
         lifecycle.discard_disk(lab, vm, vmdir)
         if profile.install:
             install(lab, vm, vmdir)
@@ -188,6 +191,7 @@ def make_golden(lab: "Lab", vm: VMConfig, vmdir: VMDir, from_scratch: bool = Fal
     lifecycle.discard_disk(lab, vm, vmdir)  # captured in the golden image; vm.start now restores from it
     log.info("VM %s: golden image %s is ready; `invoke vm.start --vm %s` starts from it by restoring "
              "'clean'", vm.name, gold.key, vm.name)
+    warming.make(lab, vm, vmdir, gold, again=rewarm)
     return gold
 
 

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
-from vmlab import accel, builder, disk, fetch, golden, guests, recipe
+from vmlab import accel, builder, disk, fetch, golden, guests, recipe, warm
 from vmlab.cache import key_of
-from vmlab.config import VMConfig
+from vmlab.config import SuiteConfig, VMConfig, warm_suite
 from vmlab.errors import ConfigError, PrerequisiteMissing
 from vmlab.lab.vmdir import Origin, OriginKind, VMDir
 from vmlab.schema import known_profiles
@@ -99,14 +99,37 @@ def golden_of(lab: "Lab", vm: VMConfig) -> Optional[golden.Golden]:
         return None
 
 
-def ensure_disk(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> Origin:
-    """The VM's disk, made if missing: from the golden image if there is one, else from its base."""
+def warm_suite_of(lab: "Lab", vm: VMConfig) -> Optional[SuiteConfig]:
+    """The VM's warm-up (vmlab/lab/warming.py): its own `warm:`, else its profile's, else none."""
+    return vm.warm or warm_suite(options(lab, lab.profile(vm)).get("warm"))
+
+
+def warm_key(lab: "Lab", vm: VMConfig, gold: golden.Golden) -> Optional[str]:
+    spec = warm_suite_of(lab, vm)
+    return warm.key(gold.key, spec, lab.config.sync.guest_dir, vm.ssh_user) if spec else None
+
+
+def warm_state(lab: "Lab", vm: VMConfig, gold: golden.Golden) -> Optional[warm.WarmState]:
+    """The project's warm state of `vm` on `gold`, if one was made for its `warm:` as it is now."""
+    wanted = warm_key(lab, vm, gold)
+    return warm.find(lab.config.state_dir, wanted) if wanted else None
+
+
+def ensure_disk(lab: "Lab", vm: VMConfig, vmdir: VMDir, from_warm: bool = True) -> Origin:
+    """The VM's disk, made if missing: from the project's warm state if there is one (and `from_warm`),
+    else the golden image if there is one, else from its base."""
     vmdir.dir.mkdir(parents=True, exist_ok=True)
     if not vmdir.disk.exists():
         gold = golden_of(lab, vm)
+        state = warm_state(lab, vm, gold) if gold and from_warm else None
         if gold:
-            gold.new_disk(vmdir.disk)
-            vmdir.set_origin(Origin(OriginKind.GOLDEN, gold.dir, fresh=True))
+            if state:
+                gold.verify()  # the warm state's disk reads from the golden image's base
+                state.new_disk(vmdir.disk)
+                state.sync_record_into(vmdir.sync_record)  # the guest's copy in it, as it was sent
+            else:
+                gold.new_disk(vmdir.disk)
+            vmdir.set_origin(Origin(OriginKind.GOLDEN, gold.dir, fresh=True, warm=state.key if state else ""))
             # its key holds the provisioning: the image has what the config asks for
             vmdir.mark_provisioned(provision_key(lab, vm), options(lab, lab.profile(vm)).get("packages", []),
                                    time.time())

@@ -9,14 +9,17 @@ golden copy stays fresh until a start of it has succeeded.
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
+import re
 import secrets
 import shlex
 import shutil
 import socket
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, Iterator, List, Optional
 
 from vmlab import golden, host, seed, snapshots
 from vmlab.config import VMConfig
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
     from vmlab.lab import Lab
 
 log = logging.getLogger(__name__)
+CLOCK_ASK = "vmlab-after-restore-clock"  # the line by which the guest asks the host for its clock
 
 
 def keys_for(lab: "Lab", vmdir: VMDir) -> LabKeys:
@@ -97,7 +101,7 @@ def start(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> MachineStatus:
         if origin.fresh:
             log.info("VM %s: a fresh copy of golden image %s: restored to %r, not booted",
                      vm.name, origin.path.name, golden.SNAPSHOT)
-            start_from_snapshot(lab, vm, vmdir, golden.SNAPSHOT).close()
+            start_from_snapshot(lab, vm, vmdir, golden.SNAPSHOT)
             vmdir.set_origin(dataclasses.replace(origin, fresh=False))
         else:
             with vmdir.machine.launched(spec(lab, vm, vmdir)) as status:
@@ -112,8 +116,8 @@ def start(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> MachineStatus:
 
 
 def start_from_snapshot(lab: "Lab", vm: VMConfig, vmdir: VMDir, snapshot: str,
-                        ssh_port: Optional[int] = None) -> GuestSSH:
-    """Start QEMU paused, load `snapshot`, run it; a session once SSH answers and the guest is set right.
+                        ssh_port: Optional[int] = None) -> None:
+    """Start QEMU paused, load `snapshot`, run it; returns once SSH answers and the guest is set right.
 
     (QEMU's own -loadvm refuses snapshots saved by the snapshot-save job: QEMU issue #344.)
     A start from any snapshot but the suspended state ends the suspension: that state is dropped.
@@ -121,13 +125,31 @@ def start_from_snapshot(lab: "Lab", vm: VMConfig, vmdir: VMDir, snapshot: str,
     vmdir.machine.clean()
     with vmdir.machine.launched(spec(lab, vm, vmdir, paused=True, ssh_port=ssh_port)):
         with Monitor(vmdir.machine.qmp_socket, timeout=60) as mon:
-            snapshots.load(mon, vmdir.disk, snapshot)
+            try:
+                snapshots.load(mon, vmdir.disk, snapshot)
+            except SnapshotError as e:
+                raise SnapshotError(_memory_mismatch(vm, vmdir, snapshot) or str(e)) from None
             mon.command("cont")
-        ssh = wait_for_ssh(lab, vm, vmdir, vm.boot_timeout)
-        after_restore(lab, vm, ssh)
+        after_restore(lab, vm, vmdir, vm.boot_timeout)
     if snapshot != SUSPEND and vmdir.suspended_port() is not None:
         forget_suspended(vm, vmdir)
-    return ssh
+
+
+def _memory_mismatch(vm: VMConfig, vmdir: VMDir, snapshot: str) -> str:
+    """Why a snapshot did not load into a new QEMU, if it is that its RAM is another size than
+    the VM's `memory:` now (QEMU says only "Error -22 while loading VM state"); else ''."""
+    try:
+        said = vmdir.machine.qemu_log.read_text(errors="replace")
+    except OSError:
+        return ""
+    # QEMU 7.2: "Size mismatch: pc.ram: 0x30000000 != 0x40000000" (saved, then this QEMU's); older: "Length ... in"
+    found = re.search(r"(?:Size|Length) mismatch: pc\.ram: (0x[0-9a-f]+)(?: in)? != (0x[0-9a-f]+)", said)
+    if not found:
+        return ""
+    saved = int(found.group(1), 16) >> 20
+    return (f"VM {vm.name}: snapshot {snapshot!r} holds {saved} MiB of RAM, and the VM has {vm.memory_mib} MiB "
+            f"now (`memory:` in vmlab.yaml): set memory back to {saved} to restore it, or start the VM afresh "
+            f"(vmlab reset --vm {vm.name}); it is stopped")
 
 
 def forget_suspended(vm: VMConfig, vmdir: VMDir) -> None:
@@ -158,18 +180,64 @@ def wait_for_ssh(lab: "Lab", vm: VMConfig, vmdir: VMDir, timeout: float) -> Gues
     return ssh
 
 
-def after_restore(lab: "Lab", vm: VMConfig, ssh: GuestSSH) -> None:
-    """The guest's clock went back to the snapshot's, its random pool repeats, a clone has
-    its origin's name: the profile's after_restore command fixes all three, as root."""
-    command = lab.profile(vm).after_restore
-    if not command:
-        return
-    now = time.time()
-    result = ssh.run(as_root(lab, vm, command.format(epoch=f"{now:.3f}", epoch_int=int(round(now)),
-                                                entropy=secrets.token_hex(64), hostname=vm.name)), timeout=30)
-    if not result.ok:
+def after_restore(lab: "Lab", vm: VMConfig, vmdir: VMDir, timeout: float) -> None:
+    """Once SSH answers after a restore, set the guest right: its clock went back to the
+    snapshot's, its random pool repeats, a clone has its origin's name; the profile's
+    after_restore command fixes all three, as root, and is the command that shows SSH answers.
+
+    It goes over the VM's shared OpenSSH connection (openssh.py), which it opens: the next
+    loop turn finds it open instead of paying a handshake of its own (~0.7 s under TCG), as
+    it did after paramiko's connection, which only this check used, had closed."""
+    machine = vmdir.machine
+    conn = connection(lab, vm, vmdir)
+    template = lab.profile(vm).after_restore
+    deadline = time.monotonic() + timeout
+    last_error = "no attempt yet"
+    # The clock is read when the guest asks for it, once SSH is up: a time put in the command
+    # line would be behind by the handshake (a second or more on a busy host).
+    line = "true"
+    if template:
+        line = as_root(lab, vm, f"echo {CLOCK_ASK}; read -r vmlab_epoch vmlab_epoch_int && " + template.format(
+            epoch="$vmlab_epoch", epoch_int="$vmlab_epoch_int", entropy=secrets.token_hex(64), hostname=vm.name))
+
+    def clock(said: str) -> Optional[bytes]:
+        if said.strip() != CLOCK_ASK:
+            return None
+        now = time.time()
+        return f"{now:.3f} {int(round(now))}\n".encode()
+
+    with Heartbeat(log, lambda t: f"  SSH not answering after {t:.0f}s ({last_error}); console: "
+                                  f"{console_now(machine.console_log)}"), _closed_if_cut_off(conn):
+        while True:
+            machine.assert_alive()
+            output = io.BytesIO()
+            try:
+                status = conn.run(line, output=output, timeout=30, handshake=clock if template else None)
+                break
+            except GuestUnreachable as e:  # sshd not answering yet (a busy guest, or one still booting)
+                last_error = str(e).splitlines()[-1][-200:]
+                if "Permission denied" in last_error:
+                    last_error = f"authentication failed ({last_error}): the guest does not accept this lab's key"
+            if time.monotonic() > deadline:
+                raise GuestUnreachable(f"VM {vm.name}: SSH on 127.0.0.1:{conn.port} did not answer within "
+                                       f"{timeout:.0f}s after the restore (last error: {last_error}).\n"
+                                       f"Last console lines ({machine.console_log}):\n{tail(machine.console_log, 15)}")
+            time.sleep(0.2)
+    if status != 0:
+        said = output.getvalue().decode(errors="replace").strip()
         raise SnapshotError(f"VM {vm.name}: setting the guest right after the restore (clock, randomness, name) "
-                            f"failed (exit {result.exit_status}): {(result.stderr or result.stdout).strip()}")
+                            f"failed ({'timed out' if status == -1 else f'exit {status}'}): {said}")
+
+
+@contextmanager
+def _closed_if_cut_off(conn: SharedConnection) -> Iterator[None]:
+    """The connection this check opens is closed if the command is cut off (Ctrl-C, SIGTERM):
+    an interrupted restore leaves no SSH control master behind (the one before it died with it)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        conn.close(cut_off=True)
+        raise
 
 
 def stop(lab: "Lab", vm: VMConfig, vmdir: VMDir, soft_timeout: float = 60.0) -> str:

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Dict, List
 
-from vmlab import snapshots
+from vmlab import golden, snapshots, warm
 from vmlab.config import VMConfig
 from vmlab.errors import MachineError, PrerequisiteMissing, SnapshotError
 from vmlab.lab import lifecycle
@@ -70,17 +70,27 @@ def restore(lab: "Lab", vm: VMConfig, vmdir: VMDir, name: str = "clean") -> Dict
             with Monitor(vmdir.machine.qmp_socket, timeout=60) as mon:
                 snapshots.load(mon, vmdir.disk, name)
             timings = {"load_seconds": round(time.monotonic() - started, 2)}
-            with lifecycle.wait_for_ssh(lab, vm, vmdir, vm.boot_timeout) as ssh:
-                lifecycle.after_restore(lab, vm, ssh)
+            lifecycle.after_restore(lab, vm, vmdir, vm.boot_timeout)
             how = "live"
         else:
             if vmdir.machine.status(query_qemu=False).state == State.CRASHED:
                 log.warning("VM %s: QEMU had died; starting it from snapshot %r", vm.name, name)
-            lifecycle.start_from_snapshot(lab, vm, vmdir, name).close()
+            lifecycle.start_from_snapshot(lab, vm, vmdir, name)
             timings, how = {}, "started from the snapshot"
+        _sync_record_of(lab, vmdir, name)
         timings["total_seconds"] = round(time.monotonic() - started, 2)
     log.info("VM %s: restored to %r (%s) in %.1fs", vm.name, name, how, timings["total_seconds"])
     return timings
+
+
+def _sync_record_of(lab: "Lab", vmdir: VMDir, name: str) -> None:
+    """Back to the warm state's "clean", the guest's copy of the project is the one synced before
+    its warm-up: its sync record says so, and the next loop turn sends only what changed since.
+    (Were "clean" taken again since, the guest's stamp would not match the record: a full rsync.)"""
+    origin = vmdir.origin()
+    state = warm.find(lab.config.state_dir, origin.warm) if origin and origin.warm else None
+    if name == golden.SNAPSHOT and state:
+        state.sync_record_into(vmdir.sync_record)
 
 
 def suspend(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> Snapshot:
@@ -107,7 +117,7 @@ def resume(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> MachineStatus:
         port = vmdir.suspended_port()
         if port is None:
             raise PrerequisiteMissing(f"VM {vm.name} is not suspended ({vmdir.status().state})")
-        lifecycle.start_from_snapshot(lab, vm, vmdir, SUSPEND, ssh_port=port).close()
+        lifecycle.start_from_snapshot(lab, vm, vmdir, SUSPEND, ssh_port=port)
         lifecycle.forget_suspended(vm, vmdir)  # its RAM state is no longer needed
     return vmdir.status()
 

@@ -3,8 +3,9 @@
 Every VM disk records its origin in `disk.json`:
   image      an overlay on an image built from packages (vmlab boots its kernel)
   installed  an overlay on a disk a recipe installed (booted by its own loader)
-  golden     a copy of a golden image's clean.qcow2; while `fresh`, it starts by
-             restoring "clean", not by booting
+  golden     a copy of a golden image's clean.qcow2, or of the project's warm state on it
+             (`warm`: its key, vmlab/warm.py); while `fresh`, it starts by restoring "clean",
+             not by booting
   installer  a blank disk waiting for `vm.install`
 The origin's folder holds the kernel files (if vmlab boots the kernel) and, for
 installed and golden images, the SSH keys the guest trusts.
@@ -44,6 +45,7 @@ class Origin:
     kind: OriginKind
     path: Path
     fresh: bool = False  # a golden copy not started yet: its first start restores "clean"
+    warm: str = ""  # the key of the project's warm state the copy was made from (vmlab/warm.py), if any
 
     @property
     def keys(self) -> Optional[LabKeys]:
@@ -51,11 +53,13 @@ class Origin:
         return LabKeys(self.path / "keys") if self.kind in (OriginKind.GOLDEN, OriginKind.INSTALLED) else None
 
     def as_json(self) -> Dict[str, Any]:
-        return {"kind": self.kind.value, "path": str(self.path), "fresh": self.fresh}
+        return {"kind": self.kind.value, "path": str(self.path), "fresh": self.fresh,
+                **({"warm": self.warm} if self.warm else {})}
 
     @classmethod
     def from_json(cls, data: Dict[str, Any]) -> "Origin":
-        return cls(OriginKind(data["kind"]), Path(data["path"]), bool(data.get("fresh", False)))
+        return cls(OriginKind(data["kind"]), Path(data["path"]), bool(data.get("fresh", False)),
+                   str(data.get("warm", "")))
 
 
 class VMDir:

@@ -48,16 +48,24 @@ def verify(c: Context, vm: Optional[str] = None, config: Optional[str] = None) -
 
 
 @task(name="golden", help={"from_scratch": "reset the VM and run every phase: fetch, install, provision, verify",
+                           "rewarm": "run the `warm:` command again even if it has not changed (new dependencies)",
                            "vm": VM_HELP, "config": CONFIG_HELP})
 @cli
-def golden_task(c: Context, from_scratch: bool = False, vm: Optional[str] = None, config: Optional[str] = None) -> None:
+def golden_task(c: Context, from_scratch: bool = False, rewarm: bool = False, vm: Optional[str] = None,
+                config: Optional[str] = None) -> None:
     """Make the VM's golden image: provisioned, verified.
 
-    Verified by the mount suite, with a clean snapshot; cached by its key. The VM is left
-    stopped: vm.start then starts it from the golden image by restoring.
+    Verified by the mount suite, with a clean snapshot; cached by its key. With a `warm:`
+    command in vmlab.yaml, the project's own clean state is then made on it: the project
+    synced and the command run (a build cache filled) before "clean" is taken again. The VM
+    is left stopped: vm.start then starts it from that state by restoring.
     """
-    gold = lab_of(config).make_golden(vm_name(vm), from_scratch=from_scratch)
+    lab = lab_of(config)
+    gold = lab.make_golden(vm_name(vm), from_scratch=from_scratch, rewarm=rewarm)
     print(f"golden image {gold.key}: {gold.dir}")
+    state = lab.warm_state(lab.vm(vm_name(vm)))
+    if state:
+        print(f"warm state {state.key}: {state.dir}")
 
 
 @task(name="golden-key", help={"vm": VM_HELP, "config": CONFIG_HELP})
