@@ -189,6 +189,18 @@ def vmlab_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return work / "venv" / "bin"
 
 
+def cache_without_golden_images(folder: Path) -> Path:
+    """A cache of a test's own that shares the machine's built and fetched images (its other
+    kinds, by symbolic links) but holds no golden image: a VM of this cache boots from its base
+    image whatever golden images other tests, or earlier runs, left in the shared cache."""
+    shared = config_mod.default_cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    for kind in shared.iterdir() if shared.is_dir() else ():
+        if kind.is_dir() and kind.name != "golden":
+            (folder / kind.name).symlink_to(kind)
+    return folder
+
+
 RUN_MARK = "VMLAB_TEST_RUN"  # in the environment of every process this test run starts, QEMU included
 
 

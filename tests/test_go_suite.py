@@ -3,8 +3,10 @@
 The module (tests/go-module) has a passing test, a test whose subtest fails with a
 t.Errorf message, and a skipped test. Its config asks for `packages: [golang-go]`, which
 vmlab installs in the Debian guest (apt, from the mirror the guest reaches) before the
-first suite; the suite is `go test -json` with `format: go-test`, and its coverage
-profile comes back as an artifact. Nothing is mocked.
+first suite (the project's cache shares the machine's base image but no golden image, so
+the VM is one whose image lacks Go whatever golden images other tests made); the suite is
+`go test -json` with `format: go-test`, and its coverage profile comes back as an artifact.
+Nothing is mocked.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from conftest import Project
+from conftest import Project, cache_without_golden_images
 
 MODULE = Path(__file__).parent / "go-module"
 PACKAGE = "example.com/vmlab/gomodule/calc"
 CONFIG = """\
+cache_dir: CACHE
 vms:
   default: {}
 profiles:
@@ -35,7 +38,8 @@ suites:
 
 def test_a_go_modules_tests_are_one_junit_case_each_with_the_failures_text(project: Project, vm_ready) -> None:
     shutil.copytree(MODULE, project.root, dirs_exist_ok=True)
-    project.write_config(CONFIG)
+    cache = cache_without_golden_images(project.root.with_name(project.root.name + "-cache"))
+    project.write_config(CONFIG.replace("CACHE", str(cache)))
     started = project.invoke("vm.start")
     assert started.returncode == 0, started.stdout + started.stderr
     synced = project.invoke("vm.sync", timeout=3600)  # installs golang-go first
