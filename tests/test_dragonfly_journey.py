@@ -23,20 +23,19 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Dict, Iterator, List
 
 import pytest
 
-from conftest import kill_vms, qemu_processes
-from dragonfly_mirror import ISO, fake_qemu_env, mirror_files
+from conftest import Project, kill_vms, qemu_processes
+from dragonfly_mirror import ISO, config_for, fake_qemu_env, mirror_files
 from httpserver import FileServer
 from test_adoption import run, vmlab_bin  # noqa: F401 (vmlab_bin is a fixture: the installed command)
+from test_interrupts import Running, runtime_dir  # noqa: F401 (a fixture: this module's own ssh sockets)
 
 MODULE = "example.com/mounter"
 GO_MOD = "module example.com/mounter\n\ngo 1.19\n"
@@ -162,7 +161,8 @@ def test_from_nothing_to_per_test_results_with_make_vm_quick(vmlab_bin: Path, tm
         assert report["passed"], report
         (quick,) = report["suites"]
         assert (quick["status"], quick["tests"], quick["passed"], quick["failed"]) == ("passed", 2, 2, 0), quick
-        cases = {c.get("name"): c for c in ET.parse(Path(report["results_dir"]) / "junit.xml").getroot().iter("testcase")}
+        junit = ET.parse(Path(report["results_dir"]) / "junit.xml").getroot()
+        cases = {c.get("name"): c for c in junit.iter("testcase")}
         assert set(cases) == {"TestCountOnATmpfs", "TestCountOfAMissingFolder"}
         assert {c.get("classname") for c in cases.values()} == {MODULE}
 
@@ -186,3 +186,67 @@ def test_from_nothing_to_per_test_results_with_make_vm_quick(vmlab_bin: Path, tm
         assert not qemu_processes(project / "vm") and not left_running(project), left_running(project)
     finally:
         kill_vms(project)
+
+
+def test_offline_the_first_start_names_what_is_missing_and_the_command_that_fetches_it(
+        vmlab_bin: Path, tmp_path: Path, user_env: Dict[str, str]) -> None:  # noqa: F811
+    """No mirror answers (here: a port nobody listens on) and the ISO is not cached: one error
+    naming the ISO and the command that fetches it, no flag the user did not pass, exit 2 (a
+    prerequisite is missing), and nothing made: no disk, no cache entry, no QEMU."""
+    project = go_module(tmp_path / "mounter")
+    env = dict(user_env, PATH=f"{vmlab_bin}:{user_env['PATH']}")
+    assert run(["vmlab", "init"], project, vmlab_bin, env=env).returncode == 0
+    as_user_edits(project / "vmlab.yaml", "http://127.0.0.1:9")
+    for argv in (["vmlab", "start"], ["vmlab", "quick"]):
+        started = run(argv, project, vmlab_bin, env=env, timeout=300)
+        assert started.returncode == 2, started.stderr
+        errors = [line for line in started.stderr.splitlines() if line.startswith("vmlab: error:")]
+        assert errors == [f"vmlab: error: VM dragonfly cannot be made yet: its ISO {ISO}.bz2 is not in the cache "
+                          "and no mirror answers; `vmlab fetch` downloads it once one does."], started.stderr
+        assert "--offline" not in started.stderr and "has no image yet" not in started.stderr
+        assert "http://127.0.0.1:9/iso-images/md5.txt" in started.stderr  # which mirror, and why, below it
+    assert not (project / "vm" / "dragonfly" / "disk.qcow2").exists()
+    made = [p for p in Path(user_env["VMLAB_CACHE"]).glob("*/*") if not p.name.endswith(".lock")]
+    assert not made and not left_running(project), made
+    fetched = run(["vmlab", "fetch"], project, vmlab_bin, env=env, timeout=300)  # the command it named
+    assert fetched.returncode == 2 and "no mirror could provide" in fetched.stderr
+    image = run(["vmlab", "image"], project, vmlab_bin, env=env, timeout=300)  # asks for keys: never downloads
+    assert image.returncode == 2 and "--offline" not in image.stderr, image.stderr
+    assert f"ISO {ISO}.bz2 is not in the cache yet: `vmlab fetch` downloads it" in image.stderr, image.stderr
+
+
+def test_ctrl_c_at_each_step_keeps_what_was_finished_and_the_next_start_picks_it_up(
+        project: Project, tmp_path: Path, runtime_dir) -> None:  # noqa: F811, ANN001
+    """The first `vm.start`, cut by Ctrl-C (SIGINT to its process group, as a terminal sends it)
+    while it downloads, then while it installs, then while it provisions; each leaves no QEMU,
+    no half-made cache entry and no VM disk, and the next start goes on from what was kept: the
+    download resumes with a Range request, a finished install is not redone. Mocked as in the
+    test above; the mirror trickles the ISO so that the download can be cut."""
+    with FileServer(mirror_files(1 << 20)) as server:
+        project.write_config(config_for(server.url).replace("mirrors:", "packages: [go], mirrors:"))
+        fake = fake_qemu_env(tmp_path / "fake-bin")
+        cache, folder = project.root / "cache", project.root / "vm" / "dfly"
+        path = f"/iso-images/{ISO}.bz2"
+
+        def cut_at(point: str) -> None:
+            run = Running(project, "vm.start", "--vm", "dfly", env=fake)
+            run.wait_for(point, timeout=300)
+            run.stop(signal.SIGINT, 0.5)
+            assert not qemu_processes(folder) and not left_running(project.root), left_running(project.root)
+            assert not list(cache.glob("*/.*.partial")) and not (folder / "disk.qcow2").exists()
+
+        server.rate = 200_000  # bytes per second: the download takes ~5 s
+        cut_at("fetching")
+        assert list(cache.glob("isos/*.partial")) and server.sent[path] < len(server.files[path])
+        server.rate = None
+        cut_at(r"\[6/7\] install.sh, run by PFI")
+        assert server.requests_for(path)[-1], "the download was not resumed with a Range request"
+        assert not list(cache.glob("installed/*/manifest.json"))
+        cut_at("installing what the config asks for")
+        assert list(cache.glob("installed/*/manifest.json")) and not list(cache.glob("golden/*/manifest.json"))
+        done = project.invoke("vm.start", "--vm", "dfly", env=fake, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "has no image yet" in done.stderr and "is cached" in done.stderr
+        assert "installing from" not in done.stderr and "fetching" not in done.stderr  # both kept
+        assert "restored to 'clean', not booted" in done.stderr
+        assert project.invoke("vm.stop", "--vm", "dfly").returncode == 0
