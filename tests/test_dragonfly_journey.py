@@ -239,7 +239,7 @@ def test_ctrl_c_at_each_step_keeps_what_was_finished_and_the_next_start_picks_it
         cut_at("fetching")
         assert list(cache.glob("isos/*.partial")) and server.sent[path] < len(server.files[path])
         server.rate = None
-        cut_at(r"\[6/7\] install.sh, run by PFI")
+        cut_at(r"\] install.sh, run by PFI")
         assert server.requests_for(path)[-1], "the download was not resumed with a Range request"
         assert not list(cache.glob("installed/*/manifest.json"))
         cut_at("installing what the config asks for")

@@ -44,11 +44,15 @@ STEP = re.compile(r"vmlab-step: ([^\r\n]*)\r?\n")  # a progress line of vmlab's 
 
 @dataclass(frozen=True)
 class FailRule:
-    """Text that means the step cannot succeed: seen `times` times (a boot loop: more than once)."""
+    """Text that means the step cannot succeed: seen `times` times (a boot loop: more than once).
+
+    `until` names the last step the rule holds for: a loader's answer means nothing once the
+    kernel runs, whose log lines could say anything (Recipe.run applies it)."""
 
     pattern: str
     means: str
     times: int = 1
+    until: str = ""
 
 
 DEFAULT_FAILS = (
@@ -305,4 +309,5 @@ def attach(console_socket: Path, name: str) -> None:
 
 def rule_list(raw: Optional[List[Dict[str, Any]]]) -> List[FailRule]:
     """The default failure rules plus a recipe's own (each {pattern, means, times})."""
-    return [*DEFAULT_FAILS, *(FailRule(r["pattern"], r["means"], int(r.get("times", 1))) for r in raw or [])]
+    return [*DEFAULT_FAILS, *(FailRule(r["pattern"], r["means"], int(r.get("times", 1)), str(r.get("until", "")))
+                              for r in raw or [])]
