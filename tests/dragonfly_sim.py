@@ -12,20 +12,35 @@ refuses what DragonFly refuses:
   which serial stays silent. At `OK ` the line editor of libstand's ngets()
   (echo, backspace, Ctrl-U clears the line): keys typed while it redraws stack
   up (`9set console=comconsole`) and an unknown word answers `unknown command`;
-- the live CD's rc with rc.d/pfi as written (`Starting pfi...`, `Looking for
-  pfi.conf on /dev/cd1... /dev/cd1 ok... found!`): it mounts each CD that exists,
-  reads pfi.conf from the seed ISO vmlab really built (extracted with xorriso),
-  and runs `pfi_script` from it only if that file is there and executable, under
-  dash with the DragonFly stand-ins of dragonfly_stubs.py first in PATH;
+- the machine vmlab's QEMU command line describes (dragonfly_hw, --hardware): a
+  virtio disk is vbd0, virtio-net vtnet0, each IDE CD both acdN and cdN, and the
+  kernel's probe lines name them;
+- the live CD's rc with rc.d/pfi as written (nrelease/root/etc/rc.d/pfi): it tries
+  `acd0 cd0 acd1 cd1` in turn, each `echo -n` fragment of `Looking for pfi.conf on
+  /dev/X...`, ` /dev/X ok...`, ` found!` apart, and every cd9660 mount makes the
+  kernel log `cd9660: RockRidge Extension` on the console between them
+  (sys/vfs/isofs/cd9660/cd9660_vfsops.c; the CD runs no syslogd); it reads pfi.conf
+  from the seed ISO vmlab really built (extracted with xorriso) and runs
+  `pfi_script` from it only if that file is there and executable, under dash with
+  a PATH of DragonFly's stand-ins (dragonfly_stubs.py) and listed harmless host
+  tools only (a command neither is ends the run with a panic naming it), and with
+  the console as its stdin (etc/rc: the console is rc's controlling terminal), so
+  that cpdup's `remove X (Yes/No) [No]?` waits for an answer nobody types;
 - getty's banner and `login:` on ttyd0; without a video device (--no-video)
   init and getty report the missing ttyv* right after the prompt; root's csh
   (`root@# `) and a small sh: `mount_cd9660` mounts only devices that exist, `ls`
   shows only what is mounted, `sh FILE` runs only a file that is there;
-- booting an installed disk (--boot disk): boot2 reads /boot.config and stops at
-  its own prompt for a flag it lacks; then the loader honours loader.conf.
+- booting an installed disk (--boot disk) as a PC boots DragonFly (disk_boot): the
+  MBR's code (fdisk -B), boot1/boot2 in the slice (disklabel64 -B), /boot.config
+  (boot2.c's flags), loader.conf's console, the kernel's root mount (`no disk named
+  'X'`) and rc's remount of root as /etc/fstab says (etc/rc.d/root); where DragonFly
+  talks to the video console only, serial stays silent;
+- --replay plays back a console record vmlab kept (console.timed.jsonl), so that
+  the transcript of a failure on a real guest becomes a test (docs/dragonfly.md).
 
     python tests/dragonfly_sim.py --socket PATH [--seed ISO] [--world DIR] [--boot cd|disk]
                                   [--disk DIR] [--no-video] [--fault NAME] [--tick SECONDS]
+                                  [--hardware JSON] [--replay RECORD [--replay-speed F]]
 
 It accepts one connection on PATH and plays; when the guest powers off it closes
 the connection and exits 0, as QEMU does; if the client hangs up first, exit 1.
@@ -798,8 +813,45 @@ def extract(iso: Path, into: Path) -> Path:
     return into
 
 
+def replay(serial: Serial, record: Path, speed: float) -> None:
+    """Play back a console record vmlab kept (vmlab/console.py's `timed`, an install's
+    console.timed.jsonl, a diagnostic bundle's install-console.timed.jsonl): what the guest printed,
+    at the pace it printed it (gaps times `speed`); where vmlab typed, what follows waits until the
+    client types too, as the guest's answer waited for the keys. A record that ends with the console
+    closing ends with the connection closed, as QEMU exiting closes it; else the line stays silent."""
+    last, gate = 0.0, False
+    for entry in (json.loads(line) for line in record.read_text().splitlines() if line.strip()):
+        if "in" in entry:
+            gate = True
+            continue
+        if gate:  # the guest answered keys: wait for the client's, then keep the record's pace from there
+            serial.read_byte()
+            serial.discard_input("typed while the record plays (read, not acted on)")
+            gate, last = False, entry["t"]
+        time.sleep(max(0.0, (entry["t"] - last) * speed))
+        last = entry["t"]
+        if "closed" in entry:
+            return
+        serial.write(entry["out"])
+    serial.log.write("# the record ends: the line stays silent\n")
+    while True:
+        serial.read_line(echo=False)
+
+
 def serve(server: socket.socket, args: argparse.Namespace, transcript: Path) -> int:
-    """Accept one client on `server` and play the machine to its end."""
+    """Accept one client on `server` and play the machine to its end (or play back a record)."""
+    if args.replay:
+        conn, _ = server.accept()
+        server.close()
+        serial = Serial(conn, transcript, args.logfile)
+        try:
+            replay(serial, args.replay, args.replay_speed)
+            serial.hang_up()
+            return 0
+        except Disconnected:
+            return 1
+        finally:
+            serial.close()
     world_dir = args.world or Path(str(transcript) + ".world")
     media = {"seed": str(extract(args.seed, world_dir / "seed"))} if args.seed else {}
     hardware = Hardware.from_json(args.hardware) if args.hardware else None  # default: vmlab's install machine
@@ -831,6 +883,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--logfile", type=Path)
     p.add_argument("--fault", default="none", choices=FAULTS)
     p.add_argument("--tick", default=0.05, type=float)
+    p.add_argument("--replay", type=Path, help="play back this console record instead (console.timed.jsonl)")
+    p.add_argument("--replay-speed", default=1.0, type=float, help="the record's gaps times this (0.1: 10x faster)")
     return p
 
 

@@ -124,6 +124,11 @@ def test_a_failed_install_names_the_step_console_transcript_and_what_to_read(dfl
     assert f"## {section}" in DOCS.read_text()  # the section it names exists
     bundle = Path(re.search(r"^Diagnostics \(.*\): (.+)$", message, re.M).group(1))
     assert "newfs_hammer2 vbd0s1d failed" in (bundle / "install-console-tail.txt").read_text()
+    # the whole console with its times, what was read and what was typed: tests/dragonfly_sim.py --replay plays it
+    timed = [json.loads(line) for line in (bundle / "install-console.timed.jsonl").read_text().splitlines()]
+    assert [e["t"] for e in timed] == sorted(e["t"] for e in timed) and {"in", "out"} <= {k for e in timed for k in e}
+    assert "newfs_hammer2 vbd0s1d failed" in "".join(e.get("out", "") for e in timed)
+    assert "console.timed.jsonl" in message
     assert not (dfly.root / "vm" / "dfly" / "install" / "qemu.pid").exists()
 
 

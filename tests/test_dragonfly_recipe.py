@@ -71,7 +71,7 @@ def play(tmp_path: Path, rec: recipe.Recipe, *options: str, scale: float = SCALE
         for name, value in (env or {}).items():
             mp.setenv(name, value)
         with simulator(sock, "--seed", str(iso), "--world", str(tmp_path / "world"), "--tick", str(TICK), *options):
-            with Console(sock, fails=rec.fails, time_scale=scale) as con:
+            with Console(sock, fails=rec.fails, time_scale=scale, timed=tmp_path / "console.timed.jsonl") as con:
                 rec.run(con, {})
     return Played(tmp_path)
 
