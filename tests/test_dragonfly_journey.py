@@ -31,7 +31,7 @@ from typing import Dict, Iterator, List
 
 import pytest
 
-from conftest import Project, kill_vms, qemu_processes
+from conftest import Project, kill_vms, prerequisite_missing, qemu_processes
 from dragonfly_mirror import ISO, config_for, fake_qemu_env, mirror_files
 from httpserver import FileServer
 from test_adoption import run, vmlab_bin  # noqa: F401 (vmlab_bin is a fixture: the installed command)
@@ -136,6 +136,8 @@ def left_running(project: Path) -> List[str]:
 
 def test_from_nothing_to_per_test_results_with_make_vm_quick(vmlab_bin: Path, tmp_path: Path,  # noqa: F811
                                                              mirror: FileServer, user_env: Dict[str, str]) -> None:
+    if not os.path.exists("/usr/bin/go"):
+        prerequisite_missing("go for the guest's Go module (Debian package golang-go: vmlab host-setup --tests)")
     project = go_module(tmp_path / "mounter")
     user_env = dict(user_env, PATH=f"{vmlab_bin}:{user_env['PATH']}")  # the installed vmlab, then QEMU
     try:

@@ -22,7 +22,8 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from dragonfly_sim import boot2_accepts, save_layout, simulator
+from dragonfly_hw import Hardware, from_argv, vmlab_install_machine
+from dragonfly_sim import boot2_accepts, disk_boot, save_layout, simulator
 from dragonfly_stubs import World, install, on_dragonfly, unresolved
 from vmlab import guests, keys, recipe, seed
 from vmlab.accel import AccelChoice
@@ -226,8 +227,8 @@ def test_a_dropped_key_at_the_menu_is_typed_again(tmp_path: Path) -> None:
 class Harness:
     """A booted live CD (the stubs' world) and a target folder: install.sh's disk."""
 
-    def __init__(self, tmp_path: Path):
-        self.world = World.create(tmp_path / "world")
+    def __init__(self, tmp_path: Path, hardware: Optional[Hardware] = None):
+        self.world = World.create(tmp_path / "world", hardware=hardware)
         self.bin = install(tmp_path / "bin", self.world)
         self.seed = tmp_path / "seed"
         self.seed.mkdir()
@@ -449,3 +450,38 @@ def test_failure_8_cpdup_prints_a_heartbeat_while_it_copies(harness: Harness) ->
     gaps = [b[0] - a[0] for a, b in zip(stamps, stamps[1:])]
     assert max(gaps) < 2.5, "".join(lines)  # never silent for long while cpdup copies for 4 s
     assert sum("copying /" in line for line in lines) >= 2
+
+
+# --- the simulator's machine is the one vmlab's QEMU command line describes ---
+
+
+def test_device_names_come_from_the_qemu_command_line_vmlab_builds(harness: Harness, tmp_path: Path) -> None:
+    """vmlab gives QEMU a virtio disk, virtio-net and two IDE CDs: DragonFly names them vbd0, vtnet0,
+    and acd0/cd0, acd1/cd1 (both drivers of GENERIC take an IDE CD). A machine with an IDE disk and an
+    e1000 instead gets ad0 and em0, and install.sh follows; a disk installed for one boots on it only."""
+    hw = vmlab_install_machine()
+    assert (hw.disks, hw.nics, sorted(hw.cds)) == (["vbd0"], ["vtnet0"], ["acd0", "acd1", "cd0", "cd1"])
+    assert hw.cds["acd1"] == hw.cds["cd1"] == "seed"  # the seed CD, under both names
+    asked = [subprocess.run([str(harness.bin / tool), *argv], capture_output=True, text=True).stdout.split()
+             for tool, argv in (("sysctl", ["-n", "kern.disks"]), ("ifconfig", ["-l"]))]
+    assert set(asked[0]) == {"vbd0", "acd0", "cd0", "acd1", "cd1"} and asked[1] == ["vtnet0", "lo0"]
+
+    ide = from_argv(["-device", "ide-hd,drive=disk0,bus=ide.0,unit=0", "-device", "e1000,netdev=net0",
+                     "-device", "ide-cd,drive=seed,bus=ide.1,unit=0"])
+    other = Harness(tmp_path / "ide", ide)
+    assert "vmlab-step: done" in other.install().stdout
+    assert "fdisk -IB ad0" in other.calls()
+    assert 'ifconfig_em0="DHCP"' in (other.target / "etc" / "rc.conf").read_text()
+    assert 'vfs.root.mountfrom="hammer2:ad0s1d"' in (other.target / "boot" / "loader.conf").read_text()
+    assert disk_boot(other.target, ide).stops_at == ""
+    assert "no boot code in vbd0's MBR" in disk_boot(other.target, vmlab_install_machine()).stops_at
+
+
+def test_a_command_neither_stood_in_for_nor_allowed_fails_naming_it(tmp_path: Path) -> None:
+    """install.sh's PATH holds DragonFly's stand-ins and links to a few harmless host tools, nothing
+    else: a `reboot` (no stand-in) is not found, never the host's, and the simulator names it."""
+    rec = altered(tmp_path, profile_recipe().path, "    poweroff   ", "    reboot     ", "install.sh")
+    with pytest.raises(ConsoleError) as failure:
+        play(tmp_path, rec)
+    assert "install.sh ran `reboot`, which is neither a stand-in for a DragonFly command nor an allowed host tool" \
+        in str(failure.value)

@@ -93,9 +93,10 @@ def qemu_version() -> str:
     return out.splitlines()[0].replace("QEMU emulator version ", "") if out else "unknown"
 
 
-# What only vmlab's own tests need: a real sshd on 127.0.0.1 stands in for a guest's.
+# What only vmlab's own tests need: a real sshd on 127.0.0.1 stands in for a guest's, and Go for
+# the Go module of the DragonFly journey test (the installed guest runs the host's toolchain).
 # Installed with its service neither started nor enabled (see install_packages).
-TEST_PACKAGES = {"sshd": "openssh-server"}
+TEST_PACKAGES = {"sshd": "openssh-server", "go": "golang-go"}
 
 
 def missing_packages(for_tests: bool = False) -> List[str]:
