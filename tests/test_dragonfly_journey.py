@@ -137,7 +137,7 @@ def left_running(project: Path) -> List[str]:
 def test_from_nothing_to_per_test_results_with_make_vm_quick(vmlab_bin: Path, tmp_path: Path,  # noqa: F811
                                                              mirror: FileServer, user_env: Dict[str, str]) -> None:
     if not os.path.exists("/usr/bin/go"):
-        prerequisite_missing("go for the guest's Go module (Debian package golang-go: vmlab host-setup --tests)")
+        prerequisite_missing("go for the guest's Go module (Debian package golang-go; scripts/test installs it)")
     project = go_module(tmp_path / "mounter")
     user_env = dict(user_env, PATH=f"{vmlab_bin}:{user_env['PATH']}")  # the installed vmlab, then QEMU
     try:
