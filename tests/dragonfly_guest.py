@@ -29,8 +29,10 @@ At power-off the folder is packed into the disk again.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import io
+import json
 import os
 import re
 import shutil
@@ -44,19 +46,27 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
-from dragonfly_stubs import GUEST_TOOLS, World
+from dragonfly_hw import Hardware
+from dragonfly_sim import disk_boot
+from dragonfly_stubs import GUEST_TOOLS, HOST_TOOLS, World, install
 
 MAGIC = b"DFLYSIM-FILES-1\n"  # 16 bytes, then the tar's length (8, big-endian), then the tar
 HEADER = len(MAGIC) + 8
 TESTS = Path(__file__).resolve().parent
+MARK = "DFLY_GUEST"  # in the environment of every process a guest's session runs: its folder
+# sshd runs ForceCommand with root's shell: bash, which reads ~/.bashrc when sshd starts it unless SHLVL
+# says it is nested (bash's shell.c, run_by_ssh): the host user's shell setup stays out of the guest.
 SIM = "/.sim"  # where the session's root shows the stubs (SIM/tests) and their state (SIM/world)
 GUEST_PATH = f"{SIM}/world/bin:/sbin:/bin:/usr/sbin:/usr/bin:/usr/local/sbin:/usr/local/bin"
 HOST_TREES = (("bin", "/usr/bin"), ("sbin", "/usr/sbin"), ("lib", "/usr/lib"), ("lib64", "/usr/lib64"),
               ("libexec", "/usr/libexec"), ("usr", "/usr"))
 INSTALLED_TREES = ("etc", "var", "tmp", "root", "home", "boot", "usr/local")
 DEV_NODES = {"null": (1, 3), "zero": (1, 5), "tty": (5, 0)}  # Linux's numbers; random and urandom are the stubs'
+# What `pkg install` brings (dports puts them in /usr/local/bin): the host's programs stand in for them, and
+# the guest has them only once pkg installed the package (the stub pkg lists it in var/db/vmlab-stub-pkgs).
+FROM_PACKAGES = {"go": ("/usr/bin/go", "/usr/bin/gofmt"), "rsync": ("/usr/bin/rsync",)}
 
 
 
@@ -124,25 +134,31 @@ def prerequisite_problem() -> Optional[str]:
 class Guest:
     """The installed system booted from `disk`: its files in folder/files, sshd on `port` if rc starts it."""
 
-    def __init__(self, disk: Path, folder: Path, port: int):
-        self.disk, self.folder, self.port = disk, folder, port
+    def __init__(self, disk: Path, folder: Path, port: int, hardware: Hardware):
+        self.disk, self.folder, self.port, self.hardware = disk, folder, port, hardware
         self.files, self.world_dir = folder / "files", folder / "world"
         self.sshd: Optional[subprocess.Popen] = None
 
     def boot(self) -> bool:
-        """Unpack the disk and start sshd as rc would; False if the disk has no system on it."""
+        """Unpack the disk and boot it as DragonFly's boot chain would (dragonfly_sim.disk_boot): sshd
+        starts only if the boot reaches rc and rc.conf enables it; a root rc could not remount
+        read-write stays read-only in every session. False if the disk has no system on it."""
         shutil.rmtree(self.folder, ignore_errors=True)
         if not unpack(self.disk, self.files):
             return False
+        booted = disk_boot(self.files, self.hardware)
+        (self.folder / "boot.txt").write_text(booted.stops_at or "reached rc\n")
+        if booted.stops_at:
+            return True  # stuck where the console shows it: nothing answers
         world = World.installed(self.world_dir)
+        if not booted.root_rw:
+            state = world.load()
+            state["root_ro"] = True
+            world.save(state)
         if os.environ.get("DFLY_FAIL"):  # a fault a test asks for: sshd gives its sessions no environment
             (world.folder / "fault").write_text(os.environ["DFLY_FAIL"])
-        bin_dir = world.folder / "bin"
-        bin_dir.mkdir()
-        for tool in GUEST_TOOLS:  # paths as the session's chrooted root shows them
-            (bin_dir / tool).write_text(f'#!/bin/sh\nexec /usr/bin/python3 {SIM}/tests/dragonfly_stubs.py '
-                                        f'{SIM}/world {tool} "$@"\n')
-            (bin_dir / tool).chmod(0o755)
+        bin_dir = install(world.folder / "bin", world, GUEST_TOOLS, HOST_TOOLS, python="/usr/bin/python3",
+                          stubs=f"{SIM}/tests/dragonfly_stubs.py", world_dir=f"{SIM}/world")  # paths in the chroot
         for folder in (Path("/usr/bin"), Path("/usr/sbin")):  # the installed /etc has no Debian alternatives
             for program in folder.iterdir():
                 if program.is_symlink() and os.readlink(program).startswith("/etc/alternatives/") \
@@ -160,7 +176,7 @@ class Guest:
             f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
             f"AuthorizedKeysFile {self.files}/root/.ssh/authorized_keys\nAllowUsers root\n"
             f"PermitRootLogin {permit_root_login(self.files)}\nPidFile none\nStrictModes no\nUsePAM no\n"
-            "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+            f"PasswordAuthentication no\nKbdInteractiveAuthentication no\nSetEnv {MARK}={self.folder} SHLVL=9\n"
             f"ForceCommand {command}\n")
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # its privilege separation folder
         with open(self.folder / "sshd.log", "ab") as log:
@@ -178,12 +194,22 @@ class Guest:
                 time.sleep(0.05)
 
     def halt(self) -> None:
-        """Stop sshd: its sessions die with the machine."""
+        """Stop sshd and everything its sessions run, at once, as a machine that stops takes them all."""
         if self.sshd is not None:
-            try:
-                os.killpg(self.sshd.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            frozen: List[int] = []
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.sshd.pid, signal.SIGSTOP)  # it accepts no more connections
+            while True:  # stop them all first (a stopped process forks no more), then kill them
+                new = [pid for pid in {*_descendants(self.sshd.pid), *_marked(self.folder)} if pid not in frozen]
+                if not new:
+                    break
+                for pid in new:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGSTOP)
+                frozen += new
+            for pid in [*frozen, self.sshd.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             self.sshd.wait(timeout=10)
             self.sshd = None
 
@@ -192,6 +218,40 @@ class Guest:
         self.halt()
         if self.files.is_dir():
             pack(self.files, self.disk)
+
+
+def _marked(folder: Path) -> List[int]:
+    """The guest's processes, whoever their parent now is (a session whose client went away lives on
+    in the host, where its machine would have taken it down): sshd gives them MARK in their
+    environment, and each session keeps it."""
+    mark = f"{MARK}={folder}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if mark in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def _descendants(pid: int) -> List[int]:
+    """Every process below `pid` (read from /proc), deepest first."""
+    children: Dict[int, List[int]] = {}
+    for proc_stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = proc_stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(proc_stat.parent.name))
+    return _descendants_of(pid, children)
+
+
+def _descendants_of(pid: int, children: Dict[int, List[int]]) -> List[int]:
+    found: List[int] = []
+    for child in children.get(pid, []):
+        found += [*_descendants_of(child, children), child]
+    return found
 
 
 def _die_with_parent() -> None:
@@ -214,10 +274,22 @@ def session(folder: Path) -> int:
         (root / name).mkdir(parents=True, exist_ok=True)
         _mount("--bind", host_dir, str(root / name))
         _mount("-o", "remount,bind,ro", str(root / name))
+    read_only = json.loads((world / "state.json").read_text()).get("root_ro", False)
     for name in INSTALLED_TREES:
         if (files / name).is_dir():
             (root / name).mkdir(parents=True, exist_ok=True)  # usr/local: the host's /usr has one
             _mount("--bind", str(files / name), str(root / name))
+            if read_only:  # rc could not remount root read-write (fstab): DragonFly runs on, read-only
+                _mount("-o", "remount,bind,ro", str(root / name))
+    have = (files / "var/db/vmlab-stub-pkgs").read_text().split() if (files / "var/db/vmlab-stub-pkgs").is_file() \
+        else []
+    missing = folder / "not-installed"
+    missing.write_text('#!/bin/sh\necho "${0##*/}: not found (pkg has not installed it)" >&2\nexit 127\n')
+    missing.chmod(0o755)
+    for package, programs in FROM_PACKAGES.items():
+        for program in programs:
+            if package not in have and os.path.exists(program):
+                _mount("--bind", str(missing), str(root / program.lstrip("/")))
     for name in ("dev", "proc", SIM.lstrip("/") + "/tests", SIM.lstrip("/") + "/world"):
         (root / name).mkdir(parents=True, exist_ok=True)
     _mount("-t", "tmpfs", "-o", "size=1m,mode=755", "devfs", str(root / "dev"))
@@ -235,7 +307,7 @@ def session(folder: Path) -> int:
     world_here = World(Path(SIM) / "world")  # the links of /dev/random as this root shows them
     world_here.set_seedenable(world_here.load()["sysctl"]["kern.seedenable"])
     env = {"PATH": GUEST_PATH, "VMLAB_TEST_PATH": f"{SIM}/world/bin", "HOME": "/root", "USER": "root",
-           "LOGNAME": "root", "SHELL": "/bin/sh"}
+           "LOGNAME": "root", "SHELL": "/bin/sh", MARK: str(folder)}
     if (Path(SIM) / "world" / "fault").is_file():
         env["DFLY_FAIL"] = (Path(SIM) / "world" / "fault").read_text()
     command = os.environ.get("SSH_ORIGINAL_COMMAND")

@@ -12,20 +12,35 @@ refuses what DragonFly refuses:
   which serial stays silent. At `OK ` the line editor of libstand's ngets()
   (echo, backspace, Ctrl-U clears the line): keys typed while it redraws stack
   up (`9set console=comconsole`) and an unknown word answers `unknown command`;
-- the live CD's rc with rc.d/pfi as written (`Starting pfi...`, `Looking for
-  pfi.conf on /dev/cd1... /dev/cd1 ok... found!`): it mounts each CD that exists,
-  reads pfi.conf from the seed ISO vmlab really built (extracted with xorriso),
-  and runs `pfi_script` from it only if that file is there and executable, under
-  dash with the DragonFly stand-ins of dragonfly_stubs.py first in PATH;
+- the machine vmlab's QEMU command line describes (dragonfly_hw, --hardware): a
+  virtio disk is vbd0, virtio-net vtnet0, each IDE CD both acdN and cdN, and the
+  kernel's probe lines name them;
+- the live CD's rc with rc.d/pfi as written (nrelease/root/etc/rc.d/pfi): it tries
+  `acd0 cd0 acd1 cd1` in turn, each `echo -n` fragment of `Looking for pfi.conf on
+  /dev/X...`, ` /dev/X ok...`, ` found!` apart, and every cd9660 mount makes the
+  kernel log `cd9660: RockRidge Extension` on the console between them
+  (sys/vfs/isofs/cd9660/cd9660_vfsops.c; the CD runs no syslogd); it reads pfi.conf
+  from the seed ISO vmlab really built (extracted with xorriso) and runs
+  `pfi_script` from it only if that file is there and executable, under dash with
+  a PATH of DragonFly's stand-ins (dragonfly_stubs.py) and listed harmless host
+  tools only (a command neither is ends the run with a panic naming it), and with
+  the console as its stdin (etc/rc: the console is rc's controlling terminal), so
+  that cpdup's `remove X (Yes/No) [No]?` waits for an answer nobody types;
 - getty's banner and `login:` on ttyd0; without a video device (--no-video)
   init and getty report the missing ttyv* right after the prompt; root's csh
   (`root@# `) and a small sh: `mount_cd9660` mounts only devices that exist, `ls`
   shows only what is mounted, `sh FILE` runs only a file that is there;
-- booting an installed disk (--boot disk): boot2 reads /boot.config and stops at
-  its own prompt for a flag it lacks; then the loader honours loader.conf.
+- booting an installed disk (--boot disk) as a PC boots DragonFly (disk_boot): the
+  MBR's code (fdisk -B), boot1/boot2 in the slice (disklabel64 -B), /boot.config
+  (boot2.c's flags), loader.conf's console, the kernel's root mount (`no disk named
+  'X'`) and rc's remount of root as /etc/fstab says (etc/rc.d/root); where DragonFly
+  talks to the video console only, serial stays silent;
+- --replay plays back a console record vmlab kept (console.timed.jsonl), so that
+  the transcript of a failure on a real guest becomes a test (docs/dragonfly.md).
 
     python tests/dragonfly_sim.py --socket PATH [--seed ISO] [--world DIR] [--boot cd|disk]
                                   [--disk DIR] [--no-video] [--fault NAME] [--tick SECONDS]
+                                  [--hardware JSON] [--replay RECORD [--replay-speed F]]
 
 It accepts one connection on PATH and plays; when the guest powers off it closes
 the connection and exits 0, as QEMU does; if the client hangs up first, exit 1.
@@ -37,19 +52,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import select
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from dragonfly_stubs import BOOT2_FLAGS, Refused, World, install, mount_cd9660, umount
+from dragonfly_hw import Hardware
+from dragonfly_stubs import BOOT2_FLAGS, Refused, World, install, mount_cd9660, umount, unresolved
 
 FAULTS = ("none", "panic", "hang-after-kernel", "boot-loop", "drop-first-key", "drop-all-keys", "slow-prompt",
           "login-incorrect", "login-refused")
@@ -72,13 +91,26 @@ KERNEL = ("Copyright (c) 2003-2023 The DragonFly Project.",
           "\tThe Regents of the University of California. All rights reserved.",
           "DragonFly v6.4.2-RELEASE #1: Mon Nov 20 2023",
           "    root@bsd64.dragonflybsd.org:/usr/obj/usr/src/sys/X86_64_GENERIC",
-          "real memory  = 2147483648 (2048 MB)", "avail memory = 2012741632 (1919 MB)",
-          "virtio_blk0: <VirtIO Block Adapter> port 0xc000-0xc07f mem 0xfebd1000-0xfebd1fff irq 11 at device 2.0 on pci0",  # noqa: E501 (DragonFly's own text)
-          "vbd0: 20480MB (41943040 512 byte sectors)",
-          "vtnet0: <VirtIO Networking Adapter> port 0xc080-0xc09f irq 10 at device 3.0 on pci0",
-          "cd0 at ata0 bus 0 target 0 lun 0", "cd0: <QEMU QEMU DVD-ROM 2.5+> Removable CD-ROM SCSI-5 device",
-          "cd1 at ata1 bus 0 target 0 lun 0", "cd1: <QEMU QEMU DVD-ROM 2.5+> Removable CD-ROM SCSI-5 device",
-          "Mounting devfs")
+          "real memory  = 2147483648 (2048 MB)", "avail memory = 2012741632 (1919 MB)")
+ROCKRIDGE = "cd9660: RockRidge Extension"  # sys/vfs/isofs/cd9660/cd9660_vfsops.c, log(LOG_INFO): no syslogd on the CD
+
+
+def kernel_lines(hw: Hardware) -> List[str]:
+    """The kernel's probe lines for the devices the QEMU command line gave (dragonfly_hw)."""
+    lines = list(KERNEL)
+    for n, disk in enumerate(hw.disks):
+        if disk.startswith("vbd"):
+            lines.append(f"virtio_blk{n}: <VirtIO Block Adapter> port 0xc000-0xc07f irq 11 at device {2 + n}.0 on pci0")
+        lines.append(f"{disk}: 20480MB (41943040 512 byte sectors)")
+    for nic in hw.nics:
+        lines.append(f"{nic}: <VirtIO Networking Adapter> port 0xc080-0xc09f irq 10 at device 3.0 on pci0"
+                     if nic.startswith("vtnet") else f"{nic}: <Intel(R) PRO/1000 Network Connection>")
+    for cd in hw.cds:
+        lines.append(f"{cd}: <QEMU DVD-ROM/2.5+> CDROM drive at ata{cd[-1]} as master" if cd.startswith("acd")
+                     else f"{cd} at ata{cd[-1]} bus 0 target 0 lun 0")
+    return lines + ["Mounting devfs"]
+
+
 BANNER = ("\r\nWelcome to DragonFly!\r\n\r\n"
           "To start the installer, login as 'installer'.  To just get a shell prompt,\r\n"
           "login as 'root'.\r\n\r\n")
@@ -87,7 +119,7 @@ PANIC = ("panic: vm_fault: page not present", "cpuid = 0", "Trace beginning at f
          "CPU0 stopped at Debugger+0x7c:  movb $0,0xbcb9a9(%rip)")
 POWEROFF = ("Stopping cron.", "Waiting (max 60 seconds) for system process `bufdaemon' to stop...stopped",
             "Syncing disks... 0 0 0 done", "Uptime: 4m12s", "The operating system has halted.", "ACPI power-off")
-RC_PATH = "/sbin:/bin:/usr/sbin:/usr/bin"  # rc's and login's PATH on DragonFly (etc/rc)
+DASH = shutil.which("dash") or "/bin/sh"  # DragonFly's /bin/sh stands in as Debian's dash
 
 State = Optional[Callable[[], "State"]]
 
@@ -250,7 +282,9 @@ class Machine:
 
     def __init__(self, serial: Serial, world: World, disk: Path, fault: str, tick: float, video: bool):
         self.io, self.world, self.disk, self.fault, self.tick, self.video = serial, world, disk, fault, tick, video
-        self.bin = install(world.folder / "bin", world)
+        self.hw = world.hardware
+        self.bin = install(world.folder / "bin", world)  # the scripts' whole PATH: stand-ins and HOST_TOOLS
+        self.booted: Optional[DiskBoot] = None  # what the boot chain made of the installed disk (--boot disk)
         self.keys_in_countdown = 0
         self.env = {"console": ""}  # the loader's environment
         self.ps1 = "# "
@@ -368,13 +402,13 @@ class Machine:
             self.io.write("Rebooting...\r\n")
             self.pause(2)
             return self.st_firmware
-        self.io.lines(KERNEL, self.tick / 8)
-        root = self.env.get("vfs.root.mountfrom", "cd9660:cd0")
-        self.io.write(f"Mounting root from {root}\r\n")
-        fstype, _, dev = root.partition(":")
-        if fstype == "hammer2" and not (self.disk / "etc" / "fstab").is_file():
-            self.io.write(f"no disk named '{dev}'\r\n\r\nManual root filesystem specification:\r\n")
-            return self.st_silent
+        self.io.lines(kernel_lines(self.hw), self.tick / 8)
+        if self.booted is not None:  # the installed disk: its root, as loader.conf names it
+            self.io.lines(self.booted.root_mount)
+            if self.booted.stops_at:
+                return self.st_silent
+        else:
+            self.io.write(f"Mounting root from {self.env.get('vfs.root.mountfrom', 'cd9660:cd0')}\r\n")
         if self.fault == "hang-after-kernel":
             return self.st_silent
         return self.st_rc
@@ -386,37 +420,37 @@ class Machine:
     # --- the installed disk: boot2 first ---
 
     def st_boot2(self) -> State:
-        """boot2 reads /boot.config from the UFS partition a (the installed /boot)."""
+        """BIOS, MBR, boot1/boot2 and the loader on the installed disk (disk_boot); silent where DragonFly
+        talks only to the video console."""
         self.io.lines(BIOS, self.tick / 4)
         self.io.write("Booting from Hard Disk...\r\n")
-        config = self.disk / "boot" / "boot.config"
-        if config.is_file():
-            line = config.read_text().rstrip("\n")
-            self.io.write(f"/boot.config: {line}\r\n")
-            if not boot2_accepts(line):  # parse() failed: autoboot is off, boot2 waits at its prompt
-                self.io.write("\r\nDragonFly boot\r\n0:ad(0,a)/boot/loader: ")
-                return self.st_silent
-        loader_conf = self.disk / "boot" / "loader.conf"
-        for line in (loader_conf.read_text().splitlines() if loader_conf.is_file() else []):
-            if m := re.fullmatch(r'\s*([\w.]+)\s*=\s*"?([^"]*)"?\s*', line):
-                self.env[m.group(1)] = m.group(2)
-        if self.env.get("console") != "comconsole":
-            return self.st_silent  # the loader and the kernel use the video console
+        self.booted = disk_boot(self.disk, self.hw)
+        self.io.lines(self.booted.boot2)
+        if self.booted.stops_at and not self.booted.root_mount:
+            self.io.log.write(f"# the boot stops: {self.booted.stops_at}\n")
+            return self.st_silent
+        self.env.update(self.booted.loader_env)
         return self.st_loader
 
     # --- rc, pfi, getty ---
 
     def st_rc(self) -> State:
         root = self.env.get("vfs.root.mountfrom", "cd9660:cd0")
-        self.io.lines(("Starting file system checks:", "Mounting local file systems:.", "Setting hostname: .",
-                       "Starting devd.", "Starting dhcpcd."), self.tick / 4)
+        self.io.lines(("Starting file system checks:", "Mounting local file systems:.", "Setting hostname: ."),
+                      self.tick / 4)
+        if self.booted is not None:
+            self.io.lines(self.booted.rc)  # etc/rc.d/root and mountcritlocal on the installed fstab
+        self.io.lines(("Starting devd.", "Starting dhcpcd."), self.tick / 4)
         if root.startswith("cd9660"):
             self.pfi()
-        self.io.lines(("Starting sshd.", "", DATE + " UTC 2024"), self.tick / 4)
+        self.io.lines(("Starting sshd.", "", DATE + " UTC 2024"), self.tick / 4)  # etc/rc ends: echo '', date
         return self.st_login
 
     def pfi(self) -> None:
-        """nrelease/root/etc/rc.d/pfi: find pfi.conf on a CD, run its pfi_script from there."""
+        """nrelease/root/etc/rc.d/pfi, pfi_start(): look_for_pfi_config_cd9660 tries `acd0 cd0 acd1 cd1`
+        (each that `[ -c /dev/X ]`), mounts it on /mnt and, in get_pfi_config, runs `$1/$pfi_script` if
+        it is executable, with the CD still mounted. Each of its progress words is an `echo -n`: the
+        kernel's `cd9660: RockRidge Extension`, logged by the mount, lands between them."""
         self.io.write("Starting pfi...\r\n")
         for dev in ("acd0", "cd0", "acd1", "cd1"):
             try:
@@ -429,7 +463,7 @@ class Machine:
                 continue
             self.io.write(f" /dev/{dev} ok...")
             conf = self.world.resolve("/mnt/pfi.conf")
-            if conf is None or not conf.is_file():
+            if conf is None or not conf.is_file():  # [ -r $1/pfi.conf ]
                 self.sh("umount /mnt")
                 self.io.write(" not found\r\n")
                 continue
@@ -437,7 +471,7 @@ class Machine:
             settings = pfi_settings(conf)
             script = settings.get("pfi_script", "")
             path = self.world.resolve(f"/mnt/{script}") if script else None
-            if path is not None and path.is_file() and os.access(path, os.X_OK):
+            if path is not None and path.is_file() and os.access(path, os.X_OK):  # -x "$1/$pfi_script"
                 self.run_script(path, [], f"/mnt/{script}")
             if (self.world.resolve("/mnt/authorized_keys") or Path("/nonexistent")).is_file():
                 self.io.write("authorized_keys found!\r\n")
@@ -447,6 +481,8 @@ class Machine:
                 self.io.write(f"Stopping {action}...\r\n")
             for action in actions:
                 self.io.write(f"Starting {action}...\r\n")
+                if action == "netif":
+                    self.io.lines(f"{nic}: link state changed to UP" for nic in self.hw.nics)  # the kernel's [INF]
             return
 
     def st_login(self) -> State:
@@ -499,6 +535,8 @@ class Machine:
         state = self.world.load()
         state["poweroff"] = True
         self.world.save(state)
+        if self.hw.disks and self.booted is None:  # what the install wrote besides files goes with the disk
+            save_layout(self.world, self.disk, self.hw.disks[0])
         self.io.lines(POWEROFF, self.tick / 2)
         return None
 
@@ -535,10 +573,13 @@ class Machine:
         if cmd in ("mount_cd9660", "umount") or (cmd == "mount" and args[:2] == ["-t", "cd9660"]):
             call = {"mount_cd9660": mount_cd9660, "umount": umount, "mount": mount_cd9660}[cmd]
             try:
-                return call(self.world, args[2:] if cmd == "mount" else args)
+                status = call(self.world, args[2:] if cmd == "mount" else args)
             except Refused as e:
                 self.io.write(f"{e}\r\n")
                 return e.status
+            if call is mount_cd9660:  # both DragonFly's ISO and vmlab's seed are Rock Ridge (mkisofs -R)
+                self.io.write(ROCKRIDGE + "\r\n")
+            return status
         if cmd == "ls":
             return self.ls(args[-1] if args else "/")
         if cmd in ("sh", "/bin/sh") and args:
@@ -573,29 +614,166 @@ class Machine:
         return 0
 
     def run_script(self, path: Path, args: List[str], shown: str) -> int:
-        """Run a script of the seed CD under dash, with DragonFly's commands stubbed; its output on the console."""
-        env = {"PATH": RC_PATH, "HOME": "/root", "VMLAB_TEST_PATH": str(self.bin), "VMLAB_TARGET": str(self.disk),
-               "TMPDIR": str(self.world.folder / "tmp"), **{k: v for k, v in os.environ.items()
-                                                             if k.startswith(("DFLY_", "VMLAB_HEARTBEAT"))}}
+        """Run a script of the seed CD under dash, DragonFly's commands stood in for and nothing else of the
+        host's on its PATH. Its stdin is the console, as for anything rc runs (etc/rc: "the console is
+        the controlling terminal"): what is typed reaches it, and a question nobody answers waits.
+        A command that is neither a stand-in nor an allowed host tool ends it with a panic naming it."""
+        env = {"PATH": str(self.bin), "HOME": "/root", "VMLAB_TEST_PATH": str(self.bin),
+               "VMLAB_TARGET": str(self.disk), "TMPDIR": str(self.world.folder / "tmp"),
+               **{k: v for k, v in os.environ.items() if k.startswith(("DFLY_", "VMLAB_HEARTBEAT"))}}
         (self.world.folder / "tmp").mkdir(exist_ok=True)
         self.disk.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.Popen(["dash", str(path), *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        console_in, to_script = os.pipe()
+        proc = subprocess.Popen([DASH, str(path), *args], stdin=console_in, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        os.close(console_in)
         assert proc.stdout is not None
-        steps = 0
+        out_fd, said, steps = proc.stdout.fileno(), "", 0
         try:
-            for raw in iter(lambda: os.read(proc.stdout.fileno(), 4096), b""):
+            while True:
+                ready, _, _ = select.select([out_fd, self.io.conn], [], [], 0.1)
+                if self.io.conn in ready and self.io._fill(0):  # typed at the console: to the script, echoed
+                    typed = bytes(self.io.pending).replace(b"\r", b"\n")
+                    self.io.pending.clear()
+                    self.io.received(printable(typed.decode("latin-1")), f"read by {shown}")
+                    self.io.write(typed.decode("latin-1").replace("\n", "\r\n"))
+                    with contextlib.suppress(OSError):
+                        os.write(to_script, typed)
+                if out_fd not in ready:
+                    continue
+                raw = os.read(out_fd, 4096)
+                if not raw:
+                    break
                 text = raw.decode("utf-8", "replace")
                 self.io.write(text.replace("\n", "\r\n"))
+                said += text
                 steps += text.count("vmlab-step:")
                 if self.fault == "panic" and steps >= 2:
                     os.killpg(proc.pid, signal.SIGKILL)
                     raise Goto(self.st_panic)
+                missing = unresolved(said)
+                if missing:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    self.io.write(f"panic: {shown} ran `{missing[0]}`, which is neither a stand-in for a DragonFly "
+                                  "command nor an allowed host tool (tests/dragonfly_stubs.py: HOST_TOOLS)\r\n")
+                    raise Goto(self.st_panic)
         finally:
+            os.close(to_script)
+            with contextlib.suppress(ProcessLookupError):
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
             status = proc.wait()
         if self.world.load()["poweroff"]:
             raise Goto(self.st_poweroff)
         return status if status >= 0 else 128 - status
+
+
+LAYOUT = ".dfly-sim-disk.json"  # beside the installed files: what the install wrote on the disk besides them
+
+
+def save_layout(world: World, files: Path, disk: str) -> None:
+    """Keep, with the installed files, the boot code, labels and file systems the install wrote on `disk`."""
+    (files / LAYOUT).write_text(json.dumps(world.layout(disk), indent=1))
+
+
+@dataclass
+class DiskBoot:
+    """What DragonFly's boot chain makes of an installed disk (disk_boot)."""
+
+    boot2: List[str] = field(default_factory=list)  # boot2's lines on serial (it talks there only when unhappy)
+    loader_env: Dict[str, str] = field(default_factory=dict)  # /boot/loader.conf, as the loader reads it
+    root_mount: List[str] = field(default_factory=list)  # the kernel's root mount, and its failure
+    rc: List[str] = field(default_factory=list)  # rc's complaints about /etc/fstab
+    stops_at: str = ""  # where the boot stops for good, and why ("": it reaches rc)
+    root_rw: bool = True  # False: rc could not mount root read-write (etc/rc.d/root), the system runs read-only
+
+
+def disk_boot(files: Path, hw: Hardware) -> DiskBoot:
+    """Boot the first disk of `hw` holding `files` (and the LAYOUT the install left beside them) the way a
+    PC boots DragonFly: the BIOS runs the MBR's code (fdisk -B wrote it); the MBR loads boot1/boot2 from
+    the slice (disklabel64 -B wrote them; without them it says `Missing operating system` on the video
+    console); boot2 reads /boot.config and loads /boot/loader from the UFS partition a
+    (stand/boot/pc32/boot2/boot2.c); the loader reads loader.conf and keeps the serial console only
+    with console="comconsole"; the kernel mounts vfs.root.mountfrom (`no disk named 'X'` and the
+    manual root prompt when it cannot: sys/kern/vfs_conf.c, DragonFly bug #3336's transcript); rc
+    remounts root read-write and mounts the rest as /etc/fstab says (etc/rc.d/root, mountcritlocal).
+    Device names are the machine's (dragonfly_hw), so a disk named otherwise cannot be found."""
+    boot = DiskBoot()
+    disk = hw.disks[0] if hw.disks else "?"
+    layout = json.loads((files / LAYOUT).read_text()) if (files / LAYOUT).is_file() else {}
+    slice_ = f"{disk}s1"
+    if layout.get("disk") != disk or not layout.get("mbr"):
+        boot.stops_at = f"the BIOS finds no boot code in {disk}'s MBR (fdisk -B writes it)"
+        return boot
+    if not layout["slices"].get(slice_, {}).get("bootblocks"):
+        boot.stops_at = (f"the MBR finds no boot1/boot2 in {slice_} (disklabel64 -B writes them): "
+                         "'Missing operating system' on the video console")
+        return boot
+    partitions, fs = layout["slices"][slice_]["partitions"], layout["fs"]
+    if partitions.get("a", "").lower() != "4.2bsd" or fs.get(f"{slice_}a") != "ufs":
+        boot.stops_at = f"boot2 finds no UFS file system in {slice_}a to load /boot/loader from"
+        return boot
+    config = files / "boot" / "boot.config"  # boot2's /boot.config: the root of partition a, the installed /boot
+    if config.is_file():
+        line = config.read_text().rstrip("\n")
+        boot.boot2.append(f"/boot.config: {line}")
+        if not boot2_accepts(line):  # parse() failed: autoboot is off, boot2 waits at its prompt
+            boot.boot2 += ["", "DragonFly boot", "0:ad(0,a)/boot/loader: "]
+            boot.stops_at = f"boot2 does not know a flag of /boot.config ({line}) and waits at its prompt"
+            return boot
+    loader_conf = files / "boot" / "loader.conf"
+    for line in (loader_conf.read_text().splitlines() if loader_conf.is_file() else []):
+        if m := re.fullmatch(r'\s*([\w.]+)\s*=\s*"?([^"]*)"?\s*', line):
+            boot.loader_env[m.group(1)] = m.group(2)
+    if boot.loader_env.get("console") != "comconsole":
+        boot.stops_at = "the loader and the kernel use the video console (no console=\"comconsole\")"
+        return boot
+    mountfrom = boot.loader_env.get("vfs.root.mountfrom", "")
+    fstype, _, spec = mountfrom.partition(":")
+    dev, _, label = spec.removeprefix("/dev/").partition("@")
+    boot.root_mount = [f"Mounting root from {mountfrom}"]
+    problem = _mount_problem(layout, fstype, dev, label)
+    if problem:
+        boot.root_mount += [problem, "", "Manual root filesystem specification:",
+                            "  <fstype>:<device>  Mount <device> using filesystem <fstype>", "", "mountroot> "]
+        boot.stops_at = f"the kernel cannot mount its root {mountfrom!r}: {problem}"
+        return boot
+    fstab = files / "etc" / "fstab"
+    table = {f[1]: f for f in (line.split() for line in (fstab.read_text().splitlines() if fstab.is_file() else [])
+                               if line.strip() and not line.startswith("#")) if len(f) >= 3}
+    root = table.get("/")
+    if root is None or not _same_partition(root[0], dev) or _mount_problem(layout, root[2], *_spec(root[0])):
+        boot.rc += [f"mount: {root[0] if root else '/'}: No such file or directory",
+                    "Mounting root filesystem rw failed, startup aborted"]
+        boot.root_rw = False
+    for point, entry in table.items():
+        if point != "/" and entry[2] in ("ufs", "hammer2") and _mount_problem(layout, entry[2], *_spec(entry[0])):
+            boot.rc += [f"mount: {entry[0]}: No such file or directory",
+                        "Mounting /etc/fstab filesystems failed, startup aborted"]
+    return boot
+
+
+def _spec(special: str) -> Tuple[str, str]:
+    dev, _, label = special.removeprefix("/dev/").partition("@")
+    return dev, label
+
+
+def _same_partition(special: str, dev: str) -> bool:
+    return _spec(special)[0] == dev
+
+
+def _mount_problem(layout: Dict[str, Any], fstype: str, dev: str, label: str) -> str:
+    """Why `fstype` cannot be mounted from partition `dev` (@`label`) of the disk `layout` describes, or ""."""
+    made = layout.get("fs", {}).get(dev)
+    if made is None:
+        return f"no disk named '{dev}'"
+    if fstype == "hammer2":
+        wanted = label or {"a": "BOOT", "d": "ROOT"}.get(dev[-1:], "DATA")  # newfs_hammer2.8's default labels
+        if not made.startswith("hammer2:") or wanted not in made.split(":", 1)[1].split(","):
+            return "Root mount failed: 22"
+    elif made != fstype:
+        return "Root mount failed: 22"
+    return ""
 
 
 def boot2_accepts(line: str) -> bool:
@@ -635,11 +813,49 @@ def extract(iso: Path, into: Path) -> Path:
     return into
 
 
+def replay(serial: Serial, record: Path, speed: float) -> None:
+    """Play back a console record vmlab kept (vmlab/console.py's `timed`, an install's
+    console.timed.jsonl, a diagnostic bundle's install-console.timed.jsonl): what the guest printed,
+    at the pace it printed it (gaps times `speed`); where vmlab typed, what follows waits until the
+    client types too, as the guest's answer waited for the keys. A record that ends with the console
+    closing ends with the connection closed, as QEMU exiting closes it; else the line stays silent."""
+    last, gate = 0.0, False
+    for entry in (json.loads(line) for line in record.read_text().splitlines() if line.strip()):
+        if "in" in entry:
+            gate = True
+            continue
+        if gate:  # the guest answered keys: wait for the client's, then keep the record's pace from there
+            serial.read_byte()
+            serial.discard_input("typed while the record plays (read, not acted on)")
+            gate, last = False, entry["t"]
+        time.sleep(max(0.0, (entry["t"] - last) * speed))
+        last = entry["t"]
+        if "closed" in entry:
+            return
+        serial.write(entry["out"])
+    serial.log.write("# the record ends: the line stays silent\n")
+    while True:
+        serial.read_line(echo=False)
+
+
 def serve(server: socket.socket, args: argparse.Namespace, transcript: Path) -> int:
-    """Accept one client on `server` and play the machine to its end."""
+    """Accept one client on `server` and play the machine to its end (or play back a record)."""
+    if args.replay:
+        conn, _ = server.accept()
+        server.close()
+        serial = Serial(conn, transcript, args.logfile)
+        try:
+            replay(serial, args.replay, args.replay_speed)
+            serial.hang_up()
+            return 0
+        except Disconnected:
+            return 1
+        finally:
+            serial.close()
     world_dir = args.world or Path(str(transcript) + ".world")
-    media = {"cd1": str(extract(args.seed, world_dir / "cd1"))} if args.seed else {}
-    world = World.create(world_dir, media)
+    media = {"seed": str(extract(args.seed, world_dir / "seed"))} if args.seed else {}
+    hardware = Hardware.from_json(args.hardware) if args.hardware else None  # default: vmlab's install machine
+    world = World.create(world_dir, media, hardware)
     disk = args.disk or world_dir / "disk"
     conn, _ = server.accept()  # the guest starts when a client connects
     server.close()
@@ -658,7 +874,8 @@ def serve(server: socket.socket, args: argparse.Namespace, transcript: Path) -> 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--socket", required=True, type=Path)
-    p.add_argument("--seed", type=Path, help="the seed ISO, the second CD (cd1)")
+    p.add_argument("--seed", type=Path, help="the seed ISO (QEMU's drive `seed`: acd1 and cd1 in vmlab's machine)")
+    p.add_argument("--hardware", help="the machine's devices as JSON (dragonfly_hw.Hardware; default: vmlab's)")
     p.add_argument("--world", type=Path, help="folder for the live system's state (default: beside the socket)")
     p.add_argument("--disk", type=Path, help="folder holding the installed disk's files")
     p.add_argument("--boot", default="cd", choices=("cd", "disk"))
@@ -666,6 +883,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--logfile", type=Path)
     p.add_argument("--fault", default="none", choices=FAULTS)
     p.add_argument("--tick", default=0.05, type=float)
+    p.add_argument("--replay", type=Path, help="play back this console record instead (console.timed.jsonl)")
+    p.add_argument("--replay-speed", default=1.0, type=float, help="the record's gaps times this (0.1: 10x faster)")
     return p
 
 

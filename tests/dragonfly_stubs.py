@@ -22,6 +22,7 @@ kernel makes them fail. Every mount ends with the session's namespace.
 
 from __future__ import annotations
 
+import contextlib
 import getopt
 import json
 import os
@@ -34,9 +35,9 @@ import time
 from pathlib import Path
 from typing import Dict, List, NoReturn, Optional, Tuple
 
+from dragonfly_hw import Hardware, vmlab_install_machine
+
 PYTHON = sys.executable
-DISKS = "vbd0 cd1 cd0"  # `sysctl -n kern.disks` with a virtio disk and two CDs [INF: the order]
-NICS = "vtnet0 lo0"  # `ifconfig -l` with virtio-net
 BOOT2_FLAGS = "VhaCgmnPprsv"  # the only flags boot2's parse() accepts (stand/boot/pc32/boot2/boot2.c)
 LIVE_MOUNTS = ("dev", "etc", "var", "root", "tmp", "usr/local/etc")  # devfs, and tmpfs over the CD (its fstab)
 CA_BUNDLE = "/usr/local/share/certs/ca-root-nss.crt"  # ca_root_nss, built into the ISO (nrelease/Makefile)
@@ -45,18 +46,30 @@ TOOLS = ("sysctl", "ifconfig", "dd", "fdisk", "disklabel64", "newfs", "newfs_ham
          "umount", "cpdup", "chroot", "pw", "pkg", "date", "hostname", "poweroff")
 # In the installed guest the rest (dd, touch, id, timeout, ...) are Debian's, which vmlab's scripts use portably.
 GUEST_TOOLS = ("uname", "mount", "mount_null", "mount_tmpfs", "umount", "pkg", "sysctl", "date", "hostname")
+# Host programs a guest script may run besides the stand-ins: ones that behave alike on DragonFly and only
+# touch the files they are given. The scripts run with a PATH of one folder holding the stand-ins and links
+# to these (`install`), so anything else (reboot, shutdown, a typo) is not found, never the host's.
+HOST_TOOLS = ("sh", "awk", "cat", "cp", "df", "dirname", "env", "grep", "head", "install", "kill", "ln", "mkdir",
+              "rm", "sleep", "sort", "sync", "timeout", "tr")
+NOT_FOUND = re.compile(r"^\S+: \d+: (\S+): not found$", re.M)  # dash's words for a command not on PATH
 LINUX_MOUNT, LINUX_UMOUNT = "/usr/bin/mount", "/usr/bin/umount"
 UNAME = {"s": "DragonFly", "n": "vmlab", "r": "6.4-RELEASE", "m": "x86_64", "p": "x86_64",
          "v": "DragonFly v6.4.2-RELEASE #1: Mon Nov 20 2023"}
 
-# /etc.hdd is `make distribution`'s /etc, copied before the CD's overlay: root has an empty
-# password and there is no installer account (nrelease/Makefile; etc/master.passwd).
-ETC_HDD_PASSWD = ("root::0:0::0:0:Charlie &:/root:/bin/csh\n"
-                  "toor:*:0:0::0:0:Bourne-again Superuser:/root:\n"
-                  "daemon:*:1:1::0:0:Owner of many system processes:/root:/sbin/nologin\n"
-                  "nobody:*:65534:65534::0:0:Unprivileged user:/nonexistent:/sbin/nologin\n")
-# The live CD's own /etc adds the password-less installer (nrelease/root/etc/master.passwd).
-LIVE_PASSWD = ETC_HDD_PASSWD + "installer::0:0::0:0:DragonFly Installer:/home/installer:/usr/sbin/installer\n"
+# The live CD's /etc: `make distribution`'s accounts, root's password emptied, and the password-less
+# installer (nrelease/root/etc/master.passwd, nrelease/Makefile's customizeiso).
+LIVE_PASSWD = ("root::0:0::0:0:Charlie &:/root:/bin/csh\n"
+               "toor:*:0:0::0:0:Bourne-again Superuser:/root:\n"
+               "daemon:*:1:1::0:0:Owner of many system processes:/root:/sbin/nologin\n"
+               "nobody:*:65534:65534::0:0:Unprivileged user:/nonexistent:/sbin/nologin\n"
+               "installer::0:0::0:0:DragonFly Installer:/home/installer:/usr/sbin/installer\n")
+# /etc.hdd is made by buildiso's `cpdup ${ISOROOT}/etc ${ISOROOT}/etc.hdd`, and release ISOs' package
+# step ends by copying the CD's account files over it (`cpdup ${ISOROOT}/etc/master.passwd
+# ${ISOROOT}/etc.hdd/master.passwd`, and passwd, group, shells: nrelease/Makefile): so the /etc meant for
+# an installed system carries the installer account too (../shared/dragonfly.md, corrected), which is why
+# dragonfly-packer (http/dfly_hammer2.sh) and cross-platform-actions (resources/install.sh) run
+# `pw -V <target>/etc userdel installer`.
+ETC_HDD_PASSWD = LIVE_PASSWD
 GROUP = "wheel:*:0:root\ndaemon:*:1:\nnogroup:*:65533:\nnobody:*:65534:\n"
 
 
@@ -78,8 +91,12 @@ class World:
         self.calls = folder / "calls"  # one line per stub call: the command line it got
 
     @classmethod
-    def create(cls, folder: Path, media: Optional[Dict[str, str]] = None) -> "World":
-        """A freshly booted live CD; `media` maps CD devices to folders with their files (cd1: the seed)."""
+    def create(cls, folder: Path, media: Optional[Dict[str, str]] = None,
+               hardware: Optional[Hardware] = None) -> "World":
+        """A freshly booted live CD in the machine `hardware` describes (default: the one vmlab gives an
+        install, from its own QEMU argv); `media` maps QEMU drives to folders with the files they show
+        (`seed`: vmlab's seed CD; the installer is the live CD itself)."""
+        hardware = hardware or vmlab_install_machine()
         world = cls(folder)
         folder.mkdir(parents=True, exist_ok=True)
         files = {
@@ -101,10 +118,11 @@ class World:
         for empty in ("dev", "proc", "tmp", "mnt"):
             (world.live / empty).mkdir(exist_ok=True)
         (folder / "dev").mkdir(exist_ok=True)
-        for node in ("vbd0", "cd0", "cd1"):
+        for node in (*hardware.disks, *hardware.cds):
             (folder / "dev" / node).touch()
-        world.save({"mounts": {}, "fs": {}, "labels": {}, "sysctl": {"kern.seedenable": 0},
-                    "media": {"cd0": str(world.live), **(media or {})}, "poweroff": False})
+        world.save({"mounts": {}, "fs": {}, "labels": {}, "boot": {}, "sysctl": {"kern.seedenable": 0},
+                    "hardware": json.loads(hardware.to_json()), "poweroff": False,
+                    "media": {"installer": str(world.live), **(media or {})}})
         world.set_seedenable(0)
         return world
 
@@ -113,8 +131,8 @@ class World:
         """The installed system, booted: its mounts are real ones in each SSH session's namespace."""
         world = cls(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        world.save({"mounts": {}, "fs": {}, "labels": {}, "sysctl": {"kern.seedenable": 0}, "media": {},
-                    "poweroff": False, "real_mounts": True})
+        world.save({"mounts": {}, "fs": {}, "labels": {}, "boot": {}, "sysctl": {"kern.seedenable": 0}, "media": {},
+                    "hardware": json.loads(Hardware().to_json()), "poweroff": False, "real_mounts": True})
         world.set_seedenable(0)
         return world
 
@@ -137,6 +155,25 @@ class World:
 
     def make_node(self, dev: str) -> None:
         (self.folder / "dev" / dev).touch()
+
+    @property
+    def hardware(self) -> Hardware:
+        return Hardware(**self.load()["hardware"])
+
+    def medium(self, dev: str) -> Optional[str]:
+        """The folder of files the CD device `dev` shows (acd1 and cd1 show the same drive), if any."""
+        state = self.load()
+        return state["media"].get(Hardware(**state["hardware"]).cds.get(dev, ""))
+
+    def layout(self, disk: str) -> Dict[str, object]:
+        """What the install wrote on `disk` apart from files: boot code, labels, file systems. The
+        simulator stores it beside the installed files (LAYOUT) when the machine powers off, so that
+        it goes wherever the disk goes (tests/dragonfly_guest.py packs that folder into the qcow2)."""
+        state = self.load()
+        ours = {k: v for k, v in state["labels"].items() if k.startswith(disk + "s")}
+        return {"disk": disk, "mbr": state["boot"].get(disk, False),
+                "slices": {s: {"bootblocks": state["boot"].get(s, False), "partitions": p} for s, p in ours.items()},
+                "fs": {d: f for d, f in state["fs"].items() if d.startswith(disk + "s")}}
 
     # --- mounts ---
 
@@ -166,7 +203,7 @@ class World:
         path = os.path.normpath(path)
         for node, m in sorted(self.load()["mounts"].items(), key=lambda kv: -len(kv[0])):
             if m["type"] == "cd9660" and (path == node or path.startswith(node + "/")):
-                medium = self.load()["media"].get(m["dev"])
+                medium = self.medium(m["dev"])
                 return Path(medium) / os.path.relpath(path, node) if medium else None
         return self.live / path.lstrip("/")
 
@@ -197,14 +234,29 @@ class World:
         return path.read_bytes() if path.exists() else b""
 
 
-def install(bin_dir: Path, world: World, tools: Tuple[str, ...] = TOOLS) -> Path:
-    """One executable per DragonFly command in `bin_dir`, each running this module's stub of it."""
+def install(bin_dir: Path, world: World, tools: Tuple[str, ...] = TOOLS, host_tools: Tuple[str, ...] = HOST_TOOLS,
+            python: str = PYTHON, stubs: str = __file__, world_dir: str = "") -> Path:
+    """The only folder of a guest script's PATH: one executable per DragonFly command, running this
+    module's stand-in for it, and links to the harmless `host_tools`. A script that runs anything
+    else gets dash's `not found` (see unresolved), never the host's program. `python`, `stubs` and
+    `world_dir` are the paths the script's root shows (the installed guest's chroot has its own)."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     for tool in tools:
         path = bin_dir / tool
-        path.write_text(f'#!/bin/sh\nexec "{PYTHON}" "{__file__}" "{world.folder}" {tool} "$@"\n')
+        path.write_text(f'#!/bin/sh\nexec "{python}" "{stubs}" "{world_dir or world.folder}" {tool} "$@"\n')
         path.chmod(0o755)
+    for tool in host_tools:
+        found = shutil.which(tool, path="/usr/bin:/bin")
+        if found is None:
+            raise RuntimeError(f"the host has no {tool} (dragonfly_stubs.HOST_TOOLS)")
+        (bin_dir / tool).unlink(missing_ok=True)
+        (bin_dir / tool).symlink_to(os.path.realpath(found))
     return bin_dir
+
+
+def unresolved(output: str) -> List[str]:
+    """Commands a script ran that were not on its PATH (dash says `script: LINE: NAME: not found`)."""
+    return NOT_FOUND.findall(output)
 
 
 def on_dragonfly(command: str, world: World) -> str:
@@ -229,7 +281,7 @@ def _opts(argv: List[str], spec: str, tool: str, usage: str = "", count: int = -
 def sysctl(world: World, argv: List[str]) -> int:
     """Only what the scripts ask (sbin/sysctl): `-n kern.disks`, `-n kern.seedenable`, `kern.seedenable=0|1`."""
     if argv == ["-n", "kern.disks"]:
-        print(DISKS)
+        print(world.hardware.kern_disks())
     elif argv == ["-n", "kern.seedenable"]:
         print(world.load()["sysctl"]["kern.seedenable"])
     elif len(argv) == 1 and argv[0] in ("kern.seedenable=0", "kern.seedenable=1"):
@@ -244,7 +296,7 @@ def sysctl(world: World, argv: List[str]) -> int:
 def ifconfig(world: World, argv: List[str]) -> int:
     if argv != ["-l"]:
         raise Refused(f"ifconfig: {' '.join(argv)}: this stub answers only `ifconfig -l`")
-    print(NICS)
+    print(" ".join([*world.hardware.nics, "lo0"]))
     return 0
 
 
@@ -255,7 +307,12 @@ def dd(world: World, argv: List[str]) -> int:
         if key not in ("if", "of", "bs", "count", "seek", "skip", "conv") or not value:
             raise Refused(f"dd: unknown operand {key}")
         if key == "of":
-            world.node(value, "dd: ")
+            disk = world.node(value, "dd: ")
+            if disk in world.hardware.disks:  # zeroing its start wipes the MBR and the slice's label
+                state = world.load()
+                state["boot"] = {k: v for k, v in state["boot"].items() if not k.startswith(disk)}
+                state["labels"] = {k: v for k, v in state["labels"].items() if not k.startswith(disk)}
+                world.save(state)
     return 0
 
 
@@ -268,6 +325,9 @@ def fdisk(world: World, argv: List[str]) -> int:
         raise Refused("fdisk: without -I or -f it asks questions (this stub has nobody to answer them)")
     print(f"******* Working on device /dev/{disk} *******")
     world.make_node(f"{disk}s1")
+    state = world.load()
+    state["boot"][disk] = "B" in opts or state["boot"].get(disk, False)  # -B: the MBR's boot code (/boot/mbr)
+    world.save(state)
     return 0
 
 
@@ -279,6 +339,10 @@ def disklabel64(world: World, argv: List[str]) -> int:
         raise usage
     slice_ = world.node(operands[0], "disklabel64: ", 4)
     labels = world.load()["labels"]
+    if "B" in opts:  # the slice's boot1/boot2 (/boot/boot1_64, /boot/boot2_64), which the MBR loads
+        state = world.load()
+        state["boot"][slice_] = True
+        world.save(state)
     if "w" in opts:
         if len(operands) > 3:
             raise usage
@@ -424,7 +488,7 @@ def mount_cd9660(world: World, argv: List[str]) -> int:
     _, operands = _opts(argv, "begjo:rs:v", "mount_cd9660",
                         "mount_cd9660 [-begjrv] [-o options] [-s startsector] special node", 2)
     dev = world.node(operands[0], "mount_cd9660: ")
-    if dev not in world.load()["media"]:
+    if world.medium(dev) is None:
         raise Refused(f"mount_cd9660: {operands[0]}: Invalid argument")
     world.mount(dev, operands[1], "cd9660")
     return 0
@@ -568,8 +632,14 @@ def uname(world: World, argv: List[str]) -> int:
 
 
 def cpdup(world: World, argv: List[str]) -> int:
-    """cpdup [options] src dst (bin/cpdup/cpdup.c): copies the live system, never across a mount.
+    """cpdup [options] src dst (bin/cpdup/cpdup.c): copies a tree of the live system, then removes from
+    the target what the source lacks, asking first about each unless -i0.
 
+    As DoCopy() does, it never crosses a mount point, neither in the source (the live CD's tmpfs
+    /etc, /var, /root, /tmp, /usr/local/etc, devfs, a CD on /mnt) nor in the target (the /boot
+    file system mounted in it): it makes the folder and does not go in. Its removal pass
+    (RemoveRecur) asks `remove PATH (Yes/No) [No]? ` on stderr and reads the answer from stdin
+    (YesNo), which under rc, and so under PFI, is the console: nobody answers, and cpdup waits.
     With DFLY_CPDUP_SECONDS set, copying `/` takes that long, growing the target as it goes."""
     try:
         found, operands = getopt.getopt(argv, "CdF:fH:hIi:j:K:klM:mnoqRSs:uVvX:x")
@@ -578,6 +648,8 @@ def cpdup(world: World, argv: List[str]) -> int:
     for flag, value in found:
         if flag in ("-i", "-j", "-s") and value not in ("0", "1"):
             raise Refused(f"cpdup: option requires boolean argument (0 or 1): {flag}")
+    opts = dict(found)
+    ask, keep = opts.get("-i", "1") == "1", "-o" in opts  # AskConfirmation = 1 unless -i0; -o: NoRemoveOpt
     if len(operands) > 2:
         raise Refused("cpdup: too many arguments")
     if len(operands) < 2:
@@ -586,24 +658,57 @@ def cpdup(world: World, argv: List[str]) -> int:
     source = world.resolve(src)
     if source is None or not source.exists():
         raise Refused(f"cpdup: {src}: No such file or directory")
-    prefix = src.rstrip("/") + "/"
-    mount_points = [*world.load()["mounts"], *("/" + d for d in LIVE_MOUNTS if src == "/")]
-    below = {os.path.relpath(n, src) for n in mount_points if n.startswith(prefix)}
+    mounts = list(world.load()["mounts"])
+    prefix, target = src.rstrip("/") + "/", os.path.normpath(dst)
+    source_mounts = {os.path.relpath(n, src) for n in [*mounts, *("/" + d for d in LIVE_MOUNTS if src == "/")]
+                     if n.startswith(prefix)}
+    target_mounts = {os.path.relpath(n, target) for n in mounts if n.startswith(target + "/")}
 
-    def other_file_systems(folder: str, names: List[str]) -> List[str]:
-        """The mount points below `src`: cpdup makes the folder and does not go in."""
-        rel = os.path.relpath(folder, source)
-        skipped = [n for n in names if os.path.normpath(os.path.join(rel, n)) in below]
-        for name in skipped:
-            os.makedirs(os.path.join(dst, rel, name), exist_ok=True)
-        return skipped
+    def remove(path: str, rel: str) -> None:
+        """RemoveRecur(): what is in it first, then itself; never into another file system."""
+        if rel in target_mounts:
+            return
+        if os.path.isdir(path) and not os.path.islink(path):
+            for name in sorted(os.listdir(path)):
+                remove(os.path.join(path, name), os.path.join(rel, name))
+        if keep:
+            return
+        if ask:
+            print(f"remove {path} (Yes/No) [No]? ", end="", file=sys.stderr, flush=True)
+            if not sys.stdin.readline().lower().startswith("y"):  # EOF or anything else: No
+                return
+        if os.path.isdir(path) and not os.path.islink(path):
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+        else:
+            os.unlink(path)
 
-    shutil.copytree(source, dst, ignore=other_file_systems, dirs_exist_ok=True, symlinks=True)
+    def copy(here: Path, there: str, rel: str) -> None:
+        if rel != "." and rel in target_mounts:
+            return  # the target crosses a mount point
+        os.makedirs(there, exist_ok=True)
+        if rel != "." and rel in source_mounts:
+            return  # the source crosses a mount point
+        names = sorted(os.listdir(here))
+        for name in names:
+            s, d, r = here / name, os.path.join(there, name), os.path.normpath(os.path.join(rel, name))
+            if s.is_symlink():
+                if os.path.lexists(d):
+                    os.unlink(d)
+                os.symlink(os.readlink(s), d)
+            elif s.is_dir():
+                copy(s, d, r)
+            else:
+                shutil.copy2(s, d)
+        for name in sorted(set(os.listdir(there)) - set(names)):  # in the target only
+            remove(os.path.join(there, name), os.path.normpath(os.path.join(rel, name)))
+
+    copy(source, target, ".")
     seconds = float(os.environ.get("DFLY_CPDUP_SECONDS", "0")) if src == "/" else 0
     filler = Path(dst) / "usr" / "share" / "filler"
-    filler.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
+        filler.parent.mkdir(parents=True, exist_ok=True)
         with open(filler, "ab") as f:
             f.write(os.urandom(1 << 20))
             os.fsync(f.fileno())
@@ -622,11 +727,13 @@ def chroot(world: World, argv: List[str]) -> int:
 
 
 PW_OPTS = {"useradd": "C:qn:u:c:d:e:p:g:G:mM:k:s:oL:i:w:h:H:Db:NPy:Y",
-           "usermod": "C:qn:u:c:d:e:p:g:G:ml:M:k:s:oL:w:h:H:FNPY"}
+           "usermod": "C:qn:u:c:d:e:p:g:G:ml:M:k:s:oL:w:h:H:FNPY",
+           "userdel": "C:qn:u:rYy:"}
 
 
 def pw(world: World, argv: List[str], root: str = "/") -> int:
-    """pw [-V etcdir] useradd|usermod name [options] (usr.sbin/pw, pw(8)); -w no writes `*`."""
+    """pw [-V etcdir] useradd|usermod|userdel name [options] (usr.sbin/pw, pw(8)); -w no writes `*`;
+    userdel drops the account from master.passwd and passwd (its home only with -r)."""
     etc = Path(root) / "etc"
     if argv[:1] == ["-V"]:
         etc, argv = Path(argv[1]), argv[2:]
@@ -637,7 +744,7 @@ def pw(world: World, argv: List[str], root: str = "/") -> int:
     opts, operands = _opts(rest, PW_OPTS[command], "pw")
     name = opts.get("n", name)
     if operands or not name:
-        raise Refused("pw: usage: pw useradd|usermod name [switches]", 64)
+        raise Refused("pw: usage: pw useradd|usermod|userdel name [switches]", 64)
     if "w" in opts and opts["w"] not in ("no", "none", "yes", "random"):
         raise Refused(f"pw: invalid method `{opts['w']}'", 64)
     passwd = etc / "master.passwd"
@@ -645,9 +752,11 @@ def pw(world: World, argv: List[str], root: str = "/") -> int:
         raise Refused(f"pw: {passwd}: No such file or directory", 72)
     users = [line.split(":") for line in passwd.read_text().splitlines() if line and not line.startswith("#")]
     found = next((u for u in users if u[0] == name), None)
-    if command == "usermod":
+    if command in ("usermod", "userdel"):
         if found is None:
             raise Refused(f"pw: user `{name}' does not exist", 67)
+        if command == "userdel":
+            users.remove(found)
     else:
         if found is not None:
             raise Refused(f"pw: login name `{name}' already exists", 65)

@@ -10,7 +10,8 @@ It reads the argv vmlab gives QEMU and does what vmlab relies on QEMU for:
   fork keeps the command line);
 - the serial chardev's unix socket is played by tests/dragonfly_sim.py, every byte
   also appended to the chardev's logfile=; the installer is cd0, and vmlab's real
-  seed ISO (its -blockdev node `seed`) is cd1 in the simulation;
+  seed ISO (its -blockdev node `seed`) the second; the devices the simulation has, and their
+  names (vbd0, vtnet0, acd0/cd0, acd1/cd1), come from the -device options (dragonfly_hw);
 - booted from its disk (no installer CD), the installed system of
   tests/dragonfly_guest.py runs: its files come out of the qcow2, and a real sshd
   listens on the port of `-netdev user,hostfwd=tcp:127.0.0.1:PORT-:22`;
@@ -46,6 +47,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
+import dragonfly_hw
 import dragonfly_sim
 from dragonfly_guest import Guest, pack
 
@@ -225,7 +227,8 @@ def main(argv: List[str]) -> int:
 
     disk = Path(drives["disk0-file"])
     from_cd = bool(drives.get("installer"))
-    guest = None if from_cd else Guest(disk, pidfile.parent / "dragonfly-guest", ssh_port)
+    hardware = dragonfly_hw.from_argv(argv)  # the devices DragonFly names, from the argv vmlab gave
+    guest = None if from_cd else Guest(disk, pidfile.parent / "dragonfly-guest", ssh_port, hardware)
     machine = Machine(disk, "-S" in opts, guest, Path(f"{disk}.files") if from_cd else None)
     stopping = threading.Lock()
 
@@ -249,6 +252,7 @@ def main(argv: List[str]) -> int:
     guest_disk = guest.files if guest is not None else Path(f"{disk}.files")
     sim = [f"--socket={console['path']}", f"--world={pidfile.parent / 'dragonfly-sim'}", f"--disk={guest_disk}",
            f"--boot={'cd' if from_cd else 'disk'}", f"--tick={os.environ.get('DFLY_SIM_TICK', '0.02')}",
+           f"--hardware={hardware.to_json()}",
            *([f"--seed={drives['seed']}"] if drives.get("seed") else []), *([] if video else ["--no-video"]),
            *([f"--logfile={console['logfile']}"] if console.get("logfile") else [])]
     args = dragonfly_sim.parser().parse_args(sim)

@@ -93,7 +93,8 @@ def test_install_through_the_cli_runs_install_sh_by_pfi(dfly: Project, fake_qemu
     assert f"installing from {ISO}" in done.stderr and "installed in" in done.stderr
     assert "install.sh, run by PFI" in done.stderr  # the step, and its progress lines, logged
     log = (dfly.root / "vm" / "dfly" / "install" / "console.log").read_text()
-    assert "Looking for pfi.conf on /dev/cd1... /dev/cd1 ok... found!" in log and "vmlab-install: exit 0" in log
+    assert "Looking for pfi.conf on /dev/acd1...cd9660: RockRidge Extension\n /dev/acd1 ok... found!" in log
+    assert "vmlab-install: exit 0" in log
     installed_key = next((dfly.root / "cache").glob("*/*/keys/id_ed25519.pub")).read_text()
     files = dfly.root / "vm" / "dfly" / "disk.qcow2.files"  # what install.sh wrote, in the simulation
     assert (files / "root" / ".ssh" / "authorized_keys").read_text() == installed_key  # from vmlab's seed CD
@@ -132,6 +133,11 @@ def test_a_failed_install_names_the_step_console_transcript_and_what_to_read(dfl
     assert f"## {section}" in DOCS.read_text()  # the section it names exists
     bundle = Path(re.search(r"^Diagnostics \(.*\): (.+)$", message, re.M).group(1))
     assert "newfs_hammer2 vbd0s1d failed" in (bundle / "install-console-tail.txt").read_text()
+    # the whole console with its times, what was read and what was typed: tests/dragonfly_sim.py --replay plays it
+    timed = [json.loads(line) for line in (bundle / "install-console.timed.jsonl").read_text().splitlines()]
+    assert [e["t"] for e in timed] == sorted(e["t"] for e in timed) and {"in", "out"} <= {k for e in timed for k in e}
+    assert "newfs_hammer2 vbd0s1d failed" in "".join(e.get("out", "") for e in timed)
+    assert "console.timed.jsonl" in message
     assert not (dfly.root / "vm" / "dfly" / "install" / "qemu.pid").exists()
 
 

@@ -22,8 +22,9 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from dragonfly_sim import boot2_accepts, simulator
-from dragonfly_stubs import World, install, on_dragonfly
+from dragonfly_hw import Hardware, from_argv, vmlab_install_machine
+from dragonfly_sim import boot2_accepts, disk_boot, save_layout, simulator
+from dragonfly_stubs import World, install, on_dragonfly, unresolved
 from vmlab import guests, keys, recipe, seed
 from vmlab.accel import AccelChoice
 from vmlab.console import Console
@@ -71,7 +72,7 @@ def play(tmp_path: Path, rec: recipe.Recipe, *options: str, scale: float = SCALE
         for name, value in (env or {}).items():
             mp.setenv(name, value)
         with simulator(sock, "--seed", str(iso), "--world", str(tmp_path / "world"), "--tick", str(TICK), *options):
-            with Console(sock, fails=rec.fails, time_scale=scale) as con:
+            with Console(sock, fails=rec.fails, time_scale=scale, timed=tmp_path / "console.timed.jsonl") as con:
                 rec.run(con, {})
     return Played(tmp_path)
 
@@ -96,7 +97,8 @@ def test_pfi_installs_with_no_key_typed_after_the_loader(tmp_path: Path) -> None
     typed = [line for line in played.typed() if "[dropped" not in line]
     assert typed[-1] == "boot" and "set console=comconsole" in typed  # then only watched
     out = played.printed()
-    assert "Looking for pfi.conf on /dev/cd1... /dev/cd1 ok... found!" in out
+    # rc.d/pfi's words, the kernel's Rock Ridge line between them; the seed is found on acd1 first
+    assert "Looking for pfi.conf on /dev/acd1...cd9660: RockRidge Extension\n /dev/acd1 ok... found!" in out
     assert re.search(r"vmlab-install: exit 0", out) and played.world.load()["poweroff"]
     assert "login:" not in out  # the live CD never got that far: install.sh powered it off
     loader = (played.disk / "boot" / "loader.conf").read_text()
@@ -225,8 +227,8 @@ def test_a_dropped_key_at_the_menu_is_typed_again(tmp_path: Path) -> None:
 class Harness:
     """A booted live CD (the stubs' world) and a target folder: install.sh's disk."""
 
-    def __init__(self, tmp_path: Path):
-        self.world = World.create(tmp_path / "world")
+    def __init__(self, tmp_path: Path, hardware: Optional[Hardware] = None):
+        self.world = World.create(tmp_path / "world", hardware=hardware)
         self.bin = install(tmp_path / "bin", self.world)
         self.seed = tmp_path / "seed"
         self.seed.mkdir()
@@ -241,16 +243,24 @@ class Harness:
                 "TMPDIR": str(self.tmp), **extra}
 
     def install(self, **extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["dash", str(self.seed / "install.sh")], capture_output=True, text=True,
-                              env=self.env(**extra), timeout=120)
+        """install.sh run as PFI runs it, with nothing on stdin; what it wrote on the disk besides files is
+        kept with them (dragonfly_sim.LAYOUT), as the simulator does at power-off."""
+        done = subprocess.run(["dash", str(self.seed / "install.sh")], capture_output=True, text=True,
+                              env=self.env(**extra), timeout=120, stdin=subprocess.DEVNULL)
+        assert not unresolved(done.stdout + done.stderr), unresolved(done.stdout + done.stderr)
+        if self.target.is_dir():
+            save_layout(self.world, self.target, self.world.hardware.disks[0])
+        return done
 
     def calls(self) -> List[str]:
         return self.world.calls.read_text().splitlines()
 
     def provision(self, *packages: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["dash", str(DRAGONFLY / "provision.sh"), *packages], capture_output=True, text=True,
+        done = subprocess.run(["dash", str(DRAGONFLY / "provision.sh"), *packages], capture_output=True, text=True,
                               env={"PATH": "/usr/bin:/bin", "VMLAB_TEST_PATH": str(self.bin),
-                                   "VMLAB_ROOT": str(self.target)}, timeout=60)
+                                   "VMLAB_ROOT": str(self.target)}, timeout=60, stdin=subprocess.DEVNULL)
+        assert not unresolved(done.stdout + done.stderr), unresolved(done.stdout + done.stderr)
+        return done
 
 
 @pytest.fixture
@@ -346,9 +356,11 @@ def test_provision_fails_with_pkg_output_when_the_mirror_is_unusable(installed: 
 def run_after_restore(world: World, tmp: Path) -> subprocess.CompletedProcess:
     command = guests.load("dragonfly").after_restore.format(epoch="1700000000.250", epoch_int=1700000000,
                                                              entropy="ab" * 64, hostname="dfly")
-    bin_dir = install(tmp / "bin", world)
-    return subprocess.run(["dash", "-c", on_dragonfly(command, world)], capture_output=True, text=True,
-                          env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    bin_dir = install(tmp / "bin", world)  # its whole PATH: the stand-ins and the harmless host tools
+    done = subprocess.run([shutil.which("dash") or "dash", "-c", on_dragonfly(command, world)], capture_output=True,
+                          text=True, env={"PATH": str(bin_dir)})
+    assert not unresolved(done.stderr), done.stderr
+    return done
 
 
 # --- issue 17's failures, each named ---
@@ -438,3 +450,38 @@ def test_failure_8_cpdup_prints_a_heartbeat_while_it_copies(harness: Harness) ->
     gaps = [b[0] - a[0] for a, b in zip(stamps, stamps[1:])]
     assert max(gaps) < 2.5, "".join(lines)  # never silent for long while cpdup copies for 4 s
     assert sum("copying /" in line for line in lines) >= 2
+
+
+# --- the simulator's machine is the one vmlab's QEMU command line describes ---
+
+
+def test_device_names_come_from_the_qemu_command_line_vmlab_builds(harness: Harness, tmp_path: Path) -> None:
+    """vmlab gives QEMU a virtio disk, virtio-net and two IDE CDs: DragonFly names them vbd0, vtnet0,
+    and acd0/cd0, acd1/cd1 (both drivers of GENERIC take an IDE CD). A machine with an IDE disk and an
+    e1000 instead gets ad0 and em0, and install.sh follows; a disk installed for one boots on it only."""
+    hw = vmlab_install_machine()
+    assert (hw.disks, hw.nics, sorted(hw.cds)) == (["vbd0"], ["vtnet0"], ["acd0", "acd1", "cd0", "cd1"])
+    assert hw.cds["acd1"] == hw.cds["cd1"] == "seed"  # the seed CD, under both names
+    asked = [subprocess.run([str(harness.bin / tool), *argv], capture_output=True, text=True).stdout.split()
+             for tool, argv in (("sysctl", ["-n", "kern.disks"]), ("ifconfig", ["-l"]))]
+    assert set(asked[0]) == {"vbd0", "acd0", "cd0", "acd1", "cd1"} and asked[1] == ["vtnet0", "lo0"]
+
+    ide = from_argv(["-device", "ide-hd,drive=disk0,bus=ide.0,unit=0", "-device", "e1000,netdev=net0",
+                     "-device", "ide-cd,drive=seed,bus=ide.1,unit=0"])
+    other = Harness(tmp_path / "ide", ide)
+    assert "vmlab-step: done" in other.install().stdout
+    assert "fdisk -IB ad0" in other.calls()
+    assert 'ifconfig_em0="DHCP"' in (other.target / "etc" / "rc.conf").read_text()
+    assert 'vfs.root.mountfrom="hammer2:ad0s1d"' in (other.target / "boot" / "loader.conf").read_text()
+    assert disk_boot(other.target, ide).stops_at == ""
+    assert "no boot code in vbd0's MBR" in disk_boot(other.target, vmlab_install_machine()).stops_at
+
+
+def test_a_command_neither_stood_in_for_nor_allowed_fails_naming_it(tmp_path: Path) -> None:
+    """install.sh's PATH holds DragonFly's stand-ins and links to a few harmless host tools, nothing
+    else: a `reboot` (no stand-in) is not found, never the host's, and the simulator names it."""
+    rec = altered(tmp_path, profile_recipe().path, "    poweroff   ", "    reboot     ", "install.sh")
+    with pytest.raises(ConsoleError) as failure:
+        play(tmp_path, rec)
+    assert "install.sh ran `reboot`, which is neither a stand-in for a DragonFly command nor an allowed host tool" \
+        in str(failure.value)

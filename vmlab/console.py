@@ -8,11 +8,15 @@ own whose echo cannot be mistaken for it. When something goes wrong, the error
 names the step, what was expected, how long it waited, and shows the console.
 
 QEMU serves the console on a unix socket and logs every byte to console.log, so
-attaching (and detaching) never disturbs the guest or loses output.
+attaching (and detaching) never disturbs the guest or loses output. A conversation may
+also keep a timed record of itself (`timed`): one JSON object a line, {"t": seconds since
+it began, "out": text read} or {"t": ..., "in": keys typed}, which tests/dragonfly_sim.py
+can play back (--replay) so that a failure seen on a real guest becomes a test.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -44,11 +48,15 @@ STEP = re.compile(r"vmlab-step: ([^\r\n]*)\r?\n")  # a progress line of vmlab's 
 
 @dataclass(frozen=True)
 class FailRule:
-    """Text that means the step cannot succeed: seen `times` times (a boot loop: more than once)."""
+    """Text that means the step cannot succeed: seen `times` times (a boot loop: more than once).
+
+    `until` names the last step the rule holds for: a loader's answer means nothing once the
+    kernel runs, whose log lines could say anything (Recipe.run applies it)."""
 
     pattern: str
     means: str
     times: int = 1
+    until: str = ""
 
 
 DEFAULT_FAILS = (
@@ -61,24 +69,47 @@ DEFAULT_FAILS = (
     # was not seen, and the step waited out its idle deadline.
     FailRule(r"\((?:y|Y)/(?:n|N)\) *\S*$|\[(?:y|Y)/(?:n|N)\] *:? *$|\((?:y|Y),(?:n|N)\) *\S*$",
              "a command is asking a question nobody will answer"),
+    # cpdup's YesNo() before it removes what the source lacks, unless -i0 (bin/cpdup/cpdup.c)
+    FailRule(r"\(Yes/No\) \[No\]\? *$", "a command is asking a question nobody will answer"),
 )
 
 
 class _Transcript:
-    """pexpect's logfile_read: keeps every character read (for tails and counts) and an optional copy."""
+    """pexpect's logfile_read: keeps every character read (for tails and counts), an optional copy,
+    and an optional timed record (TIMED_FORMAT) of what was read and what was typed."""
 
-    def __init__(self, copy: Optional[Path]):
+    def __init__(self, copy: Optional[Path], timed: Optional[Path] = None):
         self.text = ""
         self.copy = open(copy, "a", encoding="utf-8") if copy else None
+        self.timed = open(timed, "w", encoding="utf-8") if timed else None
+        self.started = time.monotonic()
 
     def write(self, data: str) -> None:
         self.text += data
         if self.copy:
             self.copy.write(data)
+        self._record("out", data)
+
+    def typed(self, keys: str) -> None:
+        self._record("in", keys)
+
+    def ended(self) -> None:
+        """The other end closed the console (QEMU exited: the machine stopped)."""
+        self._record("closed", "yes")
+
+    def _record(self, way: str, data: str) -> None:
+        if self.timed and data:
+            self.timed.write(json.dumps({"t": round(time.monotonic() - self.started, 3), way: data}) + "\n")
+            self.timed.flush()  # a hang, a Ctrl-C or a crash keeps all of it
 
     def flush(self) -> None:
         if self.copy:
             self.copy.flush()
+
+    def close(self) -> None:
+        for f in (self.copy, self.timed):
+            if f:
+                f.close()
 
     def tail(self, lines: int = TAIL_LINES) -> str:
         """The last lines as a person would read them: no terminal escapes, no blank lines."""
@@ -90,13 +121,14 @@ class Console:
     """One conversation over a console socket (QEMU's, or a simulator's in tests)."""
 
     def __init__(self, socket_path: Path, fails: Sequence[FailRule] = DEFAULT_FAILS,
-                 transcript: Optional[Path] = None, key_delay: float = 0.02, time_scale: float = 1.0):
+                 transcript: Optional[Path] = None, key_delay: float = 0.02, time_scale: float = 1.0,
+                 timed: Optional[Path] = None):
         self.socket_path = socket_path
         self.fails = list(fails)
         self.key_delay = key_delay
         self.time_scale = time_scale  # tests shrink every deadline with it
         self.prompt: Optional[str] = None  # our unique shell prompt, once set
-        self._transcript = _Transcript(transcript)
+        self._transcript = _Transcript(transcript, timed)
         self._sock: Optional[socket.socket] = None
         self._child: Optional["pexpect.fdpexpect.fdspawn[str]"] = None
         self.closed = False
@@ -124,8 +156,7 @@ class Console:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-        if self._transcript.copy:
-            self._transcript.copy.close()
+        self._transcript.close()
 
     def tail(self, lines: int = TAIL_LINES) -> str:
         return self._transcript.tail(lines)
@@ -157,6 +188,7 @@ class Console:
                 index = None
             except pexpect.EOF:
                 self.closed = True
+                self._transcript.ended()
                 raise self._failure(step, patterns, started, "the console closed (the machine stopped)") from None
             now = time.monotonic()
             if len(self._transcript.text) != seen:
@@ -195,6 +227,7 @@ class Console:
     def send_keys(self, keys: str) -> None:
         """Type `keys` one at a time: loaders reading the serial port drop keys typed too fast."""
         assert self._child is not None
+        self._transcript.typed(keys)
         for key in keys:
             self._child.send(key)
             time.sleep(self.key_delay)
@@ -262,6 +295,7 @@ class Console:
                 self._check_repeats(step, wanted, started)
             if index == 0:
                 self.closed = True
+                self._transcript.ended()
                 return
             if index is not None:
                 rule = next(f for f in self.fails if f.pattern == fails[index - 1])
@@ -305,4 +339,5 @@ def attach(console_socket: Path, name: str) -> None:
 
 def rule_list(raw: Optional[List[Dict[str, Any]]]) -> List[FailRule]:
     """The default failure rules plus a recipe's own (each {pattern, means, times})."""
-    return [*DEFAULT_FAILS, *(FailRule(r["pattern"], r["means"], int(r.get("times", 1))) for r in raw or [])]
+    return [*DEFAULT_FAILS, *(FailRule(r["pattern"], r["means"], int(r.get("times", 1)), str(r.get("until", "")))
+                              for r in raw or [])]

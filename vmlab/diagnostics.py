@@ -1,7 +1,8 @@
 """A diagnostic bundle: what to look at when something failed after QEMU started.
 
 `vm/<name>/diagnostics/<time>/` gets the end of the console (of the VM, and of its
-install if there was one), QEMU's log and its run state over QMP, and, when SSH
+install if there was one, whose whole console is kept with times: install-console.timed.jsonl),
+QEMU's log and its run state over QMP, and, when SSH
 still answers, the guest's dmesg and mount table. Errors then name the folder, so
 a failure in CI leaves what is needed to understand it.
 """
@@ -35,7 +36,8 @@ def collect(machine: Machine, connect: Optional[Callable[[], GuestSSH]]) -> Path
         prefix = "" if run == machine.dir else "install-"
         if (run / "console.log").exists():
             (folder / f"{prefix}console-tail.txt").write_text(tail(run / "console.log", CONSOLE_LINES) + "\n")
-        for name in ("qemu.log", "state.json", "last-state.json"):  # last-state.json: a QEMU already stopped
+        for name in ("qemu.log", "state.json", "last-state.json",  # last-state.json: a QEMU already stopped
+                     "console.timed.jsonl"):  # an install's whole console with times: a test can replay it
             if (run / name).exists():
                 shutil.copyfile(run / name, folder / f"{prefix}{name}")
     status: Dict[str, Any] = {"qemu": "not running"}

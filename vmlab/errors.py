@@ -21,6 +21,10 @@ class PrerequisiteMissing(VmlabError):
     exit_code = 2
 
 
+class NotCached(PrerequisiteMissing):
+    """A file that may not be downloaded by this call is not in the cache; the caller says how to get it."""
+
+
 class ConfigError(VmlabError):
     """vmlab.yaml (or a command-line value) is invalid; nothing was started."""
 

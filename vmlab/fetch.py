@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 from vmlab import locks, pins, transfer
 from vmlab.cache import file_stamp
-from vmlab.errors import Busy, ChecksumMismatch, ConfigError, DownloadError, PrerequisiteMissing
+from vmlab.errors import Busy, ChecksumMismatch, ConfigError, DownloadError, NotCached, PrerequisiteMissing
 from vmlab.progress import mb
 from vmlab.progress import mode as progress_mode
 
@@ -70,9 +70,8 @@ def fetch(*, mirrors: List[str], path: str, cache_dir: Path, checksums: Optional
         sha256 = pins.cached_sha256(isos, out_name, want)  # fetched by whoever held the lock before us
         if sha256 is not None:
             return FetchResult(isos / out_name, sha256, "cache", 0)
-        if offline:
-            raise PrerequisiteMissing(f"{out_name} is not in the cache ({isos}) and offline mode forbids "
-                                      f"downloading it; run once without --offline to fetch it")
+        if offline:  # the caller, who knows why it may not download, says what to do (NotCached)
+            raise NotCached(f"{out_name} is not in the cache ({isos}); nothing was downloaded (offline)")
         if not mirrors:
             raise PrerequisiteMissing(f"{out_name} is not in the cache ({isos}) and no mirror is configured")
         mode = progress_mode(progress)
@@ -89,6 +88,27 @@ def fetch(*, mirrors: List[str], path: str, cache_dir: Path, checksums: Optional
         kept = (f"\nThe {mb(partial.stat().st_size)} already downloaded are kept in {partial}; "
                 f"a later run resumes from there." if partial.is_file() and partial.stat().st_size else "")
         raise PrerequisiteMissing(f"no mirror could provide {name}:\n  " + "\n  ".join(failures) + kept)
+
+
+def unreachable(mirrors: List[str], path: str, checksums: Optional[str] = "iso-images/md5.txt") -> List[str]:
+    """Why no mirror can serve `path` now, one line per mirror; [] as soon as one answers.
+
+    A mirror answers when its checksum file lists the file (or, without a checksum file,
+    when it is a folder holding it); a quick question asked before a long download is
+    promised, so that offline the user hears one thing: what is missing."""
+    name = PurePosixPath(path).name
+    why = []
+    for mirror in mirrors:
+        src = _Source.of(str(mirror), path, checksums)
+        try:
+            if src.checksums:
+                _checksum_lines(src, name, name[: -len(".bz2")] if name.endswith(".bz2") else name)
+            elif src.local is not None and not src.local.is_file():
+                raise transfer.Unavailable(f"{src.local} is not there")
+            return []
+        except transfer.Unavailable as e:
+            why.append(f"{src.url}: {e}")
+    return why
 
 
 def cached(cache_dir: Path) -> List[Dict[str, Any]]:

@@ -119,8 +119,9 @@ def qemu_version() -> str:
 
 # What only vmlab's own tests need: a real sshd on 127.0.0.1 stands in for a guest's
 # (installed with its service neither started nor enabled: see install_packages), real
-# test runners whose output vmlab reads (tests/test_readout.py), and shellcheck, through
-# which the test gate's actionlint checks the CI workflow's run: scripts.
+# test runners whose output vmlab reads (tests/test_readout.py; Go also for the DragonFly
+# journey's Go module, which the played guest builds with the host's toolchain), and
+# shellcheck, through which the test gate's actionlint checks the CI workflow's run: scripts.
 TEST_PACKAGES = {"sshd": "openssh-server", "go": "golang-go", "prove": "perl", "shellcheck": "shellcheck"}
 
 

@@ -253,8 +253,8 @@ class Machine:
             # without it still loads; `-vga std` would take slot 2 and break them).
             "-device", "VGA",
         ]
-        # The installer is the first CD (cd0, sr0) and the seed the second (cd1, sr1): DragonFly's
-        # pfi looks for its seed on cd0/cd1, and the recipes mount the seed by that name.
+        # The installer is the first CD (acd0/cd0, sr0) and the seed the second (acd1/cd1, sr1):
+        # DragonFly's pfi looks for its seed on acd0 cd0 acd1 cd1, the shell recipe mounts cd1.
         if spec.install_iso:
             args += ["-blockdev", f"driver=file,filename={_qopt(spec.install_iso)},node-name=installer,"
                                   "read-only=on",

@@ -13,7 +13,8 @@ or release is a new folder, not new Python. Each step does one thing:
     power_off: COMMAND     type it, then wait for the machine to stop
     powered_off: true      wait for the machine to stop by itself
 and may set idle (seconds without output before failing, restarted by output)
-and limit (hard cap). `fail:` adds failure patterns checked at every step, and
+and limit (hard cap). `fail:` adds failure patterns checked at every step (up to the
+step a rule's `until:` names: a loader's answer means nothing in a kernel's log), and
 `help:` is added to every failure (where to read about it).
 The long work is done by scripts on the seed CD (`seed:` lists them), started by
 the console's few typed words or by the guest itself (DragonFly's PFI); lines
@@ -86,10 +87,13 @@ class Recipe:
     def run(self, console: Console, values: Dict[str, str]) -> None:
         """Play every step on `console`; ConsoleError at the first that fails."""
         console.key_delay = self.key_delay
+        over: set[str] = set()  # steps done: a rule `until` one of them no longer holds
         try:
             for number, step in enumerate(self.steps, 1):
                 log.info("  [%d/%d] %s", number, len(self.steps), step.name)
+                console.fails = [rule for rule in self.fails if rule.until not in over]
                 _play(console, step, values)
+                over.add(step.name)
         except ConsoleError as e:
             if not self.help:
                 raise
@@ -167,6 +171,10 @@ def load(path: Path) -> Recipe:
     for name in data.get("seed") or []:
         if not (path.parent / name).is_file():
             raise RecipeError(f"{path}: seed file {name!r} is not in {path.parent}")
+    for rule in data.get("fail") or []:
+        if isinstance(rule, dict) and rule.get("until") and rule["until"] not in {s.name for s in steps}:
+            raise RecipeError(f"{path}: fail rule {rule.get('pattern')!r}: until: {rule['until']!r} is not the "
+                              "name of a step")
     boot = data.get("boot", "cdrom")
     if boot not in ("cdrom", "disk"):
         raise RecipeError(f"{path}: boot: {boot!r}; allowed: cdrom, disk")

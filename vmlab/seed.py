@@ -3,7 +3,7 @@
 The guest reads it at boot (label VMLAB_SEED), so one cached image serves every
 lab: the lab's authorized key and pinned host key arrive on the seed, never in
 the image. The same medium carries install scripts for guests installed from an
-ISO (a DragonFly `pfi.conf` must sit on cd0 or cd1).
+ISO (a DragonFly `pfi.conf` must sit on one of acd0 cd0 acd1 cd1).
 """
 
 from __future__ import annotations

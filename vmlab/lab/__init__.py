@@ -9,6 +9,7 @@ the work to the room that holds it:
     snapshotting.py  snapshot, restore, suspend, resume
     building.py      install, provision, verify, golden
     warming.py       the project's warm state on its golden image (`warm:`)
+    firstrun.py      a VM's first start: its image made from nothing
     loop.py          sync, suites and their reports, ssh
 
 When a verb fails after QEMU started, the error names a diagnostic bundle.
@@ -28,7 +29,7 @@ from vmlab.cache import ArtefactCache
 from vmlab.command import CommandResult
 from vmlab.config import VM_NAME, LabConfig, SuiteConfig, VMConfig
 from vmlab.errors import Busy, ConfigError, NoSuchSnapshot, PrerequisiteMissing, VmlabError
-from vmlab.lab import building, images, lifecycle, loop, snapshotting
+from vmlab.lab import building, firstrun, images, lifecycle, loop, snapshotting
 from vmlab.lab.vmdir import VMDir
 from vmlab.machine import MachineStatus, State
 from vmlab.snapshots import Snapshot
@@ -139,6 +140,8 @@ class Lab:
         vm, vmdir = self._to_run(name)
         if vmdir.suspended_port() is not None:
             return self.resume(vm.name)
+        if firstrun.needed(self, vm, vmdir):
+            firstrun.make(self, vm, vmdir)
         return lifecycle.start(self, vm, vmdir)
 
     def up(self, name: Optional[str] = None) -> MachineStatus:

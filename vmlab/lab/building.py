@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 MOUNT_SUITE = Path(__file__).resolve().parents[1] / "scripts" / "mount-suite.sh"  # in the package: installed too
 GUEST_MOUNT_SUITE = "/tmp/vmlab-mount-suite.sh"
+TIMED = "console.timed.jsonl"  # the install's console, what it read and typed, with times (console.py)
 
 
 def install(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> Path:
@@ -80,12 +81,13 @@ def _run_install(lab: "Lab", vm: VMConfig, vmdir: VMDir, rec: recipe.Recipe, med
                      medium.name, rec.description, runner.console_log)
             with Heartbeat(log, lambda t: f"  ... installing: {t:.0f} s so far; console: "
                                           f"{console_now(runner.console_log)}"):
-                with Console(runner.console_socket, fails=rec.fails) as con:
+                with Console(runner.console_socket, fails=rec.fails, timed=runner.dir / TIMED) as con:
                     rec.run(con, {"vm": vm.name})
                 if not runner.wait_stopped(120):
                     raise ConsoleError(f"VM {vm.name}: the install powered off, but QEMU still runs after 120s")
     except ConsoleError as e:
-        raise ConsoleError(f"VM {vm.name}: the install failed: {e}\nFull transcript: {runner.console_log}") from None
+        raise ConsoleError(f"VM {vm.name}: the install failed: {e}\nFull transcript: {runner.console_log} (timed: "
+                           f"{runner.dir / TIMED})") from None
     finally:
         runner.stop(soft_timeout=0)
     shutil.move(str(vmdir.disk), out / "disk.qcow2")  # a rename when the cache shares the file system

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from vmlab import accel, builder, disk, fetch, golden, guests, recipe, warm
 from vmlab.cache import key_of
 from vmlab.config import SuiteConfig, VMConfig, warm_suite
-from vmlab.errors import ConfigError, PrerequisiteMissing
+from vmlab.errors import ConfigError, NotCached, PrerequisiteMissing
 from vmlab.lab.vmdir import Origin, OriginKind, VMDir
 from vmlab.schema import known_profiles
 
@@ -43,7 +43,7 @@ def base(lab: "Lab", vm: VMConfig) -> Origin:
     key, _ = installed_key(lab, vm)
     if not lab.cache.has(INSTALLED, key):
         raise PrerequisiteMissing(f"VM {vm.name}'s guest ({profile.name}) is not installed yet: "
-                                  "invoke vm.install (or vm.golden --from-scratch)")
+                                  f"invoke vm.install{vm_option(lab, vm)} (vm.start does it all)")
     return Origin(OriginKind.INSTALLED, lab.cache.path(INSTALLED, key))
 
 
@@ -63,9 +63,18 @@ def installed_key(lab: "Lab", vm: VMConfig) -> Tuple[str, Dict[str, Any]]:
     if profile.medium:
         medium = "built:" + builder.key(profile, "medium", options(lab, profile))
     else:  # the verified ISO's sha256, from the cache: asking never downloads
-        medium = "sha256:" + fetch_iso(lab, vm, offline=True).sha256
+        try:
+            medium = "sha256:" + fetch_iso(lab, vm, offline=True).sha256
+        except NotCached:
+            raise NotCached(f"VM {vm.name}'s ISO {iso_name(lab, vm)} is not in the cache yet: `invoke vm.fetch"
+                            f"{vm_option(lab, vm)}` downloads it (vm.start does that and all the rest)") from None
     inputs = {"profile": profile.name, "medium": medium, "disk_bytes": vm.disk_bytes}
     return key_of(inputs, rec.files), inputs
+
+
+def vm_option(lab: "Lab", vm: VMConfig) -> str:
+    """` --vm NAME` for a command suggested about `vm`, unless it is the VM commands pick by default."""
+    return "" if vm.name == lab.config.vm().name else f" --vm {vm.name}"
 
 
 def install_recipe(lab: "Lab", vm: VMConfig) -> recipe.Recipe:
@@ -190,17 +199,28 @@ def medium(lab: "Lab", vm: VMConfig) -> Path:
     return fetch_iso(lab, vm).path
 
 
+def iso_name(lab: "Lab", vm: VMConfig) -> str:
+    """The file name of the VM's ISO as its mirrors publish it (the profile's release, or the config's)."""
+    return PurePosixPath(iso_source(lab, vm)["path"]).name
+
+
 def fetch_iso(lab: "Lab", vm: VMConfig, offline: bool = False) -> fetch.FetchResult:
     """The VM profile's installer ISO, verified, from the cache or its mirrors."""
     profile = lab.profile(vm)
     if not profile.iso:
         raise PrerequisiteMissing(f"guest profile {profile.name!r} is not installed from an ISO "
                                   "(its image is built from packages: invoke vm.image)")
+    return fetch.fetch(**iso_source(lab, vm), pin=options(lab, profile).get("checksum"),
+                       cache_dir=lab.config.cache_dir, offline=offline)
+
+
+def iso_source(lab: "Lab", vm: VMConfig) -> Dict[str, Any]:
+    """Where the VM's ISO comes from: its mirrors (the config's, else the profile's), path and checksum file."""
+    profile = lab.profile(vm)
     opts = options(lab, profile)
     release = opts.get("release") or profile.iso["release"]
-    return fetch.fetch(mirrors=opts.get("mirrors") or profile.iso["mirrors"],
-                       path=profile.iso["path"].format(release=release), checksums=profile.iso["checksums"],
-                       pin=opts.get("checksum"), cache_dir=lab.config.cache_dir, offline=offline)
+    return {"mirrors": opts.get("mirrors") or profile.iso["mirrors"],
+            "path": profile.iso["path"].format(release=release), "checksums": profile.iso["checksums"]}
 
 
 def setup(lab: "Lab", vm: VMConfig, vmdir: VMDir, offline: bool = False) -> Dict[str, Any]:

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
 from vmlab import golden as golden_images
+from vmlab.errors import NotCached
 from vmlab.tasks.common import CONFIG_HELP, VM_HELP, cli, finish_run, lab_of, print_table, vm_name
 
 
@@ -109,7 +111,8 @@ def golden_import(c: Context, input: str, config: Optional[str] = None) -> None:
 @cli
 def fetch(c: Context, offline: bool = False, vm: Optional[str] = None, config: Optional[str] = None) -> None:
     """Download the guest's ISO: verified, resumable."""
-    got = lab_of(config).fetch_iso(vm_name(vm), offline=offline)
+    with _offline_said(offline):
+        got = lab_of(config).fetch_iso(vm_name(vm), offline=offline)
     print(f"{got.path} (sha256 {got.sha256}, from {got.source})")
 
 
@@ -117,8 +120,22 @@ def fetch(c: Context, offline: bool = False, vm: Optional[str] = None, config: O
 @cli
 def setup(c: Context, offline: bool = False, vm: Optional[str] = None, config: Optional[str] = None) -> None:
     """Fetch (or build) the installer and make the disk."""
-    for key, value in lab_of(config).setup(vm_name(vm), offline=offline).items():
+    with _offline_said(offline):
+        facts = lab_of(config).setup(vm_name(vm), offline=offline)
+    for key, value in facts.items():
         print(f"{key}: {value}")
+
+
+@contextmanager
+def _offline_said(offline: bool) -> Iterator[None]:
+    """A file missing from the cache names --offline as the reason only to whoever passed it."""
+    try:
+        yield
+    except NotCached as e:
+        if not offline:
+            raise
+        raise NotCached(f"{str(e).split('; ')[0]} and offline mode forbids downloading it; run once without "
+                        "--offline to fetch it") from None
 
 
 @task(help={"prune": "delete cached ISOs and partial downloads the config no longer uses",

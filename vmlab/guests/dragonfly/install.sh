@@ -8,9 +8,9 @@
 # (3 and a reason on stderr when a step fails) and, when it succeeded, powers the
 # machine off itself. Sources for every step: docs/dragonfly.md.
 set -eu
-# pfi and a fresh login give a minimal environment: set PATH explicitly. Tests put
-# stand-ins for DragonFly's commands first with VMLAB_TEST_PATH.
-PATH=${VMLAB_TEST_PATH:+$VMLAB_TEST_PATH:}/sbin:/bin:/usr/sbin:/usr/bin:/usr/local/sbin:/usr/local/bin
+# pfi and a fresh login give a minimal environment: set PATH explicitly. Tests replace it
+# with VMLAB_TEST_PATH: DragonFly's commands stood in for, and nothing else of their host's.
+PATH=${VMLAB_TEST_PATH:-/sbin:/bin:/usr/sbin:/usr/bin:/usr/local/sbin:/usr/local/bin}
 export PATH
 seed=$(cd "$(dirname "$0")" && pwd)
 target=${VMLAB_TARGET:-/tmp/target}
@@ -74,8 +74,7 @@ mount /dev/${disk}s1a $target/boot || fail "cannot mount /boot"
 
 step "copy the live system"
 # cpdup does not cross mounts, and the CD's /etc, /var, /root and /usr/local/etc are tmpfs
-# copies: copy each on its own. /etc.hdd is the /etc meant for installed systems (it has no
-# installer account, which the CD's own /etc has).
+# copies: copy each on its own. /etc.hdd is the /etc meant for installed systems.
 for tree in / /boot /var /root /usr/local/etc; do
     mkdir -p $target$tree
     copy $tree $target$tree
@@ -105,10 +104,16 @@ ifconfig_${nic}="DHCP"
 dhcp_client="dhcpcd"
 sshd_enable="YES"
 CONF
-# /etc.hdd's root has an empty password (DragonFly's installer is what sets one): lock it.
-# `*` still lets sshd take the lab's key. root's shell is /bin/sh, which vmlab writes for.
-pw -V $target/etc usermod root -s /bin/sh -w no || fail "cannot lock root's password"
+# Release ISOs copy the live CD's accounts over /etc.hdd (nrelease/Makefile), the password-less
+# installer among them: drop it, as DragonFly's own builders do (dragonfly-packer
+# http/dfly_hammer2.sh, cross-platform-actions resources/install.sh), and check it is gone.
+if grep -q '^installer:' $target/etc/master.passwd; then
+    pw -V $target/etc userdel installer || fail "cannot remove the live CD's installer account"
+fi
 ! grep -q '^installer:' $target/etc/master.passwd || fail "the live CD's installer account reached the target"
+# root's password is empty too (DragonFly's installer is what sets one): lock it. `*` still
+# lets sshd take the lab's key. root's shell is /bin/sh, which vmlab writes for.
+pw -V $target/etc usermod root -s /bin/sh -w no || fail "cannot lock root's password"
 install -d -m 700 $target/root/.ssh
 install -m 600 $seed/authorized_keys $target/root/.ssh/authorized_keys
 install -m 600 $seed/ssh_host_ed25519_key $target/etc/ssh/ssh_host_ed25519_key

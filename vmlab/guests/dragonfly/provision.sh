@@ -6,8 +6,9 @@
 # dragonfly-packer). Every pkg step has a deadline: a dead mirror ends with pkg's own
 # output, not a hang. Sources: docs/dragonfly.md ("Packages").
 set -eu
-# Tests run it on an installed tree ($VMLAB_ROOT) with stand-ins for DragonFly's commands first.
-PATH=${VMLAB_TEST_PATH:+$VMLAB_TEST_PATH:}/sbin:/bin:/usr/sbin:/usr/bin:/usr/local/sbin:/usr/local/bin
+# Tests run it on an installed tree ($VMLAB_ROOT) with VMLAB_TEST_PATH as its whole PATH:
+# DragonFly's commands stood in for, and nothing else of their host's.
+PATH=${VMLAB_TEST_PATH:-/sbin:/bin:/usr/sbin:/usr/bin:/usr/local/sbin:/usr/local/bin}
 export PATH
 root=${VMLAB_ROOT:-}
 repos=$root/usr/local/etc/pkg/repos

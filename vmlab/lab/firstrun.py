@@ -1,0 +1,112 @@
+"""A VM's first start from nothing: its image is made first, after one line saying what that takes.
+
+`vm.start` (and `vm.quick` and `vm.watch`, which start a stopped VM) come here for a guest
+installed from an ISO when the VM has no disk (or only the blank one `vm.setup` makes)
+and there is no golden image for it: the ISO is fetched (verified, resumable, with
+progress), the guest installed over the serial console, provisioned with the config's
+packages, checked with the mount suite and frozen as the golden image, which the start
+then restores. Each of those is a cached checkpoint (building.py), so Ctrl-C at any
+point keeps what was finished: the next start resumes a cut download and does not redo
+a finished install. Until the image exists, `making.json` in the VM's folder says it is
+being made, so a start after an interrupted provisioning makes it again rather than
+booting the half-provisioned disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, List
+
+from vmlab import atomic
+from vmlab import fetch as downloads
+from vmlab.config import VMConfig
+from vmlab.errors import Busy, NotCached, PrerequisiteMissing
+from vmlab.lab import building, images
+from vmlab.lab.vmdir import OriginKind, VMDir
+
+if TYPE_CHECKING:
+    from vmlab.lab import Lab
+
+log = logging.getLogger(__name__)
+
+MAKING = "making.json"  # in the VM's folder while its first image is being made
+
+
+def needed(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> bool:
+    """Whether starting `vm` must first make its image (see the module's docstring)."""
+    if not lab.profile(vm).install or images.golden_of(lab, vm) is not None:
+        return False
+    origin = vmdir.origin() if vmdir.disk.exists() else None
+    return origin is None or origin.kind == OriginKind.INSTALLER or (vmdir.dir / MAKING).exists()
+
+
+def make(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> None:
+    """Fetch, install, provision, check and freeze `vm`'s golden image, saying first what it takes.
+
+    Cut off or failed, the VM is left with no disk (the phases that finished are in the
+    cache): the next start makes it again from there."""
+    if lab.profile(vm).iso:
+        reachable(lab, vm)
+    log.info("%s", plan(lab, vm))
+    vmdir.dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(vmdir.dir / MAKING, f'{{"since": {time.time():.0f}}}\n')
+    try:
+        if lab.profile(vm).iso:
+            fetch(lab, vm)  # first, and for this VM: no 'fallback' to another guest (that is vm.golden's)
+        building.make_golden(lab, vm, vmdir, from_scratch=True)
+    except BaseException:
+        with contextlib.suppress(Busy), vmdir.lock():  # the phases stopped what they started; their disk goes
+            vmdir.machine.stop(soft_timeout=0)
+            vmdir.forget_disk()
+        raise
+    (vmdir.dir / MAKING).unlink(missing_ok=True)
+
+
+def reachable(lab: "Lab", vm: VMConfig) -> None:
+    """Nothing, if the ISO is cached or a mirror answers; else the one error of an offline first start."""
+    try:
+        images.fetch_iso(lab, vm, offline=True)
+        return
+    except NotCached:
+        pass
+    source = images.iso_source(lab, vm)
+    why = downloads.unreachable(source["mirrors"], source["path"], source["checksums"])
+    if why:
+        raise PrerequisiteMissing(f"VM {vm.name} cannot be made yet: its ISO {images.iso_name(lab, vm)} is not in "
+                                  f"the cache and no mirror answers; `invoke vm.fetch{images.vm_option(lab, vm)}` "
+                                  "downloads it once one does.\n  " + "\n  ".join(why))
+
+
+def plan(lab: "Lab", vm: VMConfig) -> str:
+    """The one line said before the first long step: each step still to do, and how long it
+    takes as far as anyone has measured (the profile's `install.takes`), else what it depends on."""
+    profile = lab.profile(vm)
+    steps: List[str] = []
+    if profile.iso:
+        try:
+            images.fetch_iso(lab, vm, offline=True)
+        except NotCached:
+            size = profile.iso.get("size")
+            steps.append(f"download {images.iso_name(lab, vm)}" + (f" ({size})" if size else "") + ", verified")
+    elif profile.medium:
+        steps.append(f"build the {profile.name} live CD from Debian packages")
+    steps.append(f"install {profile.description.split(' installed')[0]} over the serial console")
+    packages = [str(p) for p in images.options(lab, profile).get("packages", [])]
+    steps.append(f"install {', '.join(packages)}" if packages else "provision it")
+    steps.append("check it with the mount suite and save it as the golden image (later starts restore it in "
+                 "seconds)")
+    takes = profile.install.get("takes") or "how long depends on the network and on the accelerator"
+    return (f"VM {vm.name} has no image yet; making it now, once: {'; '.join(steps)}. {takes}. Ctrl-C keeps "
+            "every finished step for the next start")
+
+
+def fetch(lab: "Lab", vm: VMConfig) -> None:
+    """The VM's ISO, downloaded if need be; when every mirror fails, the command that fetches it later."""
+    try:
+        images.fetch_iso(lab, vm)
+    except PrerequisiteMissing as e:
+        raise PrerequisiteMissing(f"VM {vm.name} cannot be made yet: its ISO {images.iso_name(lab, vm)} could not be "
+                                  f"downloaded; `invoke vm.fetch{images.vm_option(lab, vm)}` tries again (a cut "
+                                  f"download resumes).\n{e}") from None
