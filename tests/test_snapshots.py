@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import INVOKE, Project, alive, kill_vms, prerequisite_missing
+from conftest import INVOKE, Project, alive, cache_without_golden_images, kill_vms, prerequisite_missing
 from vmlab.lab import lifecycle
 
 
@@ -241,8 +241,12 @@ def small_disk(tmp_path: Path, vm_ready):
             pytest.fail(f"could not unmount the test's tmpfs {root}")
 
 
-def test_snapshot_on_a_full_disk_fails_and_keeps_the_old_one(small_disk: Project) -> None:
-    small_disk.write_config("defaults: {memory: 512}\n")
+def test_snapshot_on_a_full_disk_fails_and_keeps_the_old_one(small_disk: Project, tmp_path: Path) -> None:
+    """The VM boots from its base image (a cache with no golden image): a copy of a golden image
+    holds the golden 'clean', whose space in the qcow2 the first snapshot frees when it replaces
+    it, and the second would reuse that space and never meet the full disk."""
+    cache = cache_without_golden_images(tmp_path / "cache")
+    small_disk.write_config(f"cache_dir: {cache}\ndefaults: {{memory: 512}}\n")
     assert small_disk.invoke("vm.start").returncode == 0
     assert small_disk.invoke("vm.snapshot").returncode == 0
     first = json.loads(small_disk.invoke("vm.snapshots", "--json").stdout)["snapshots"]
