@@ -16,7 +16,7 @@ import pytest
 
 from conftest import INVOKE, Project
 from vmlab import config as config_mod
-from vmlab.lab import Lab, images
+from vmlab.lab import Lab, images, lifecycle
 
 SUITES = """\
 vms:
@@ -103,10 +103,13 @@ def test_item05_a_failed_restore_on_failure_still_writes_the_report(vm: Project)
 
 
 def test_item06_suites_exit_2_when_ssh_never_answers(vm: Project) -> None:
-    """sshd stopped in the guest while QEMU runs: test and sync did not finish (2), they did not fail (1).
-    (The restore of 'clean' before the next test brings sshd back.)"""
-    with vm.lab().ssh() as session:
+    """sshd stopped in the guest while QEMU runs, and the shared connection vmlab keeps open (a
+    restore opens it) closed: test and sync did not finish (2), they did not fail (1). (The
+    restore of 'clean' before the next test brings sshd back.)"""
+    lab = vm.lab()
+    with lab.ssh() as session:
         assert session.run("systemctl stop ssh").ok
+    lifecycle.close_connection(lab, lab.vm(), lab.vmdir(lab.vm()))
     (vm.root / "vm" / "default" / "guest.json").unlink(missing_ok=True)  # so the run asks the guest first
     for args in (("vm.test", "--suite", "first"), ("vm.sync",)):
         result = vm.invoke(*args)
