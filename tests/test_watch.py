@@ -97,6 +97,13 @@ class Watching:
             self.proc.wait()
 
 
+def close_control_master(project: Project) -> None:
+    from vmlab.lab import lifecycle
+
+    lab = project.lab()
+    lifecycle.close_connection(lab, lab.vm(), lab.vmdir(lab.vm()))
+
+
 def control_master_running(project: Project) -> bool:
     lab = project.lab()
     vm = lab.vm()
@@ -108,6 +115,7 @@ def control_master_running(project: Project) -> bool:
 
 def test_watch_runs_on_each_save_a_burst_once_and_ctrl_c_leaves_nothing(sample: Project) -> None:
     state = sample.root / "data" / "state.txt"
+    close_control_master(sample)  # `vm.start` leaves one open for the next command: watch opens its own
     watching = Watching(sample)
     try:
         watching.wait_for(r"run 1: PASSED state: 1 passed, 0 failed")  # a first run at start
