@@ -108,3 +108,39 @@ def test_issue24_item10_watch_sees_a_top_level_file_whose_name_starts_with_two_d
     assert [ignored(None, str(root / name)) for name in ("..data", "..hidden/x", "...", "sub/..data")] == [True] * 4
     assert not ignored(None, str(tmp_path / "outside.txt")) and not ignored(None, str(tmp_path))
 
+
+def git_project(root: Path) -> Path:
+    """A git checkout: a .gitignore that re-includes (!), an ignored folder, a tracked file git
+    would ignore, names with wildcard characters, a folder holding only ignored files."""
+    root.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    (root / ".gitignore").write_text("*.log\n!keep.log\nbuild/\n")
+    for name in ("a.log", "keep.log", "main.c", "build/out.o", "sub/deep.log", "sub/keep.log", "st*r.log",
+                 "tracked/t.log", "bra[c]ket.c", "bra[c]ket.log", "bracket.c", "logs/only.log", "logs/deep/x.log"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(name)
+    subprocess.run(["git", "add", "-f", "tracked/t.log"], cwd=root, check=True)
+    return root
+
+
+def test_with_gitignore_watch_starts_a_run_exactly_for_what_rsync_sends(tmp_path: Path) -> None:
+    """One reading of git's rules for the sync and for watch (`git ls-files`, as rules.Rules
+    reads it): a save starts a run exactly when real rsync, given the sync's options and git's
+    list, would send the file. A file deleted is judged by the list from before it went; a new
+    file in a folder that held only ignored ones is the sync's again."""
+    root = git_project(tmp_path / "project")
+    settings = SyncConfig(gitignore=True)
+    watched = Ignored(root, root / "vm", settings)
+    files = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".git" not in p.parts}
+    rules = Rules.read(root, settings)
+    copy = tmp_path / "copy"
+    subprocess.run(["rsync", "-a", *rules.rsync_options(), f"{root}/", f"{copy}/"], input=rules.rsync_input(),
+                   text=True, check=True)
+    sent = {str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file()}
+    assert sent == {".gitignore", "keep.log", "main.c", "sub/keep.log", "tracked/t.log", "bra[c]ket.c", "bracket.c"}
+    assert {str(Path(p).relative_to(root)) for p in watched.kept({str(root / f) for f in files})} == sent
+    (root / "a.log").unlink()
+    (root / "main.c").unlink()
+    (root / "logs" / "new.c").write_text("new")
+    assert watched.kept({str(root / f) for f in ("a.log", "main.c", "logs/new.c", "logs/deep/x.log")}) == \
+        {str(root / "main.c"), str(root / "logs" / "new.c")}

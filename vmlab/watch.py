@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -27,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Set
 
-from vmlab import host
 from vmlab.config import SuiteConfig, SyncConfig
 from vmlab.errors import Cancelled, Terminated, VmlabError
 from vmlab.lab import Lab, lifecycle, loop
@@ -71,7 +69,7 @@ class Ignored:
 
         self.project_dir = project_dir
         self.excluded = Rules(settings)  # git's list is not read per change: see kept()
-        self.git = Rules(settings) if settings.gitignore else None
+        self.git = Rules.read(project_dir, settings) if settings.gitignore else None
         self.editor = DefaultFilter(ignore_paths=[str(state_dir), str(project_dir / "vm")])
 
     def __call__(self, change: object, path: str) -> bool:
@@ -85,14 +83,15 @@ class Ignored:
                                                      os.path.isdir(path) and not os.path.islink(path))
 
     def kept(self, paths: Set[str]) -> Set[str]:
-        """Of `paths`, those git does not ignore (with sync.gitignore); git is asked once per burst."""
+        """Of `paths`, those git does not ignore (with sync.gitignore), by the list the sync
+        reads (git's own; a folder holding only ignored files is listed whole), read again for
+        each burst; a path gone by then is judged by the list before it too."""
         if self.git is None or not paths:
             return paths
-        proc = subprocess.run([host.which("git") or "git", "check-ignore", "--stdin", "-z"],  # tracked: never ignored
-                              cwd=self.project_dir, input="\0".join(paths).encode(errors="surrogateescape"),
-                              capture_output=True, check=False)
-        ignored = {os.fsdecode(p) for p in proc.stdout.split(b"\0") if p}
-        return {p for p in paths if p not in ignored}
+        before, self.git = self.git, Rules.read(self.project_dir, self.git.settings)
+        either = Rules(self.git.settings, before.git | self.git.git)
+        return {path for path in paths if not (self.git if os.path.lexists(path) else either)
+                .git_ignores(os.path.relpath(path, self.project_dir).replace(os.sep, "/"))}
 
 
 class Watch:
