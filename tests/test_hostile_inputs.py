@@ -34,14 +34,15 @@ import pytest
 from conftest import INVOKE, Project, prerequisite_missing
 from sshd_fixtures import ME  # conftest loads its fixtures: sshd, connect, runtime
 from vmlab import __version__, atomic, config, golden, host, keys, recipe, suites
-from vmlab import sync as sync_module
 from vmlab.cache import ArtefactCache, key_of
 from vmlab.config import SuiteConfig, SyncConfig
 from vmlab.errors import GuestUnreachable, PrerequisiteMissing, RecipeError, VmlabError
 from vmlab.lab import images
 from vmlab.openssh import SharedConnection
 from vmlab.ssh import GuestSSH
-from vmlab.sync import host_digest, sync
+from vmlab.sync import rsync
+from vmlab.sync.rules import Rules
+from vmlab.sync.tree import scan
 
 HOSTILE_NAMES = ["with space", "quote's \"double\"", "ünïcødé ☃", "50%d %h", "back\\slash"]
 
@@ -448,7 +449,7 @@ def test_item11_ssh_and_rsync_work_from_a_project_path_with_spaces_quotes_and_no
     conn = connect(project_dir)
     assert run(conn, "echo ok") == (0, b"ok\n")
     guest = tmp_path / "guest" / name
-    done = sync(conn, project_dir, SyncConfig(guest_dir=str(guest)))
+    done = rsync.run(conn, project_dir, Rules(SyncConfig(guest_dir=str(guest))))
     assert done.files_transferred == 1
     assert (guest / "src" / "main.c").read_text() == "int main(void) { return 0; }\n"
     # the interactive `vm.ssh` argv: the lab's options, -l, then the host
@@ -533,9 +534,15 @@ def git_project(root: Path) -> Path:
 def test_small_gitignore_follows_gits_own_rules(connect, tmp_path: Path) -> None:
     project_dir = git_project(tmp_path / "project")
     guest = tmp_path / "guest"
-    sync(connect(project_dir), project_dir, SyncConfig(guest_dir=str(guest), gitignore=True))
+    settings = SyncConfig(guest_dir=str(guest), gitignore=True)
+    rsync.run(connect(project_dir), project_dir, Rules.read(project_dir, settings))
     sent = sorted(str(p.relative_to(guest)) for p in guest.rglob("*") if p.is_file())
     assert sent == [".gitignore", "bra[c]ket.c", "bracket.c", "keep.log", "main.c", "sub/keep.log", "tracked/t.log"]
+
+
+def host_digest(project_dir: Path, settings: SyncConfig) -> str:
+    """The digest of the host's side of the project as the loop's turn reads it: equal, nothing to send."""
+    return scan(project_dir, Rules.read(project_dir, settings)).digest
 
 
 def test_small_the_sync_digest_sees_what_git_ignores_as_rsync_does(tmp_path: Path) -> None:
@@ -809,7 +816,7 @@ def test_issue24_item03_the_labs_keys_and_git_never_reach_the_guest_whatever_the
         (project_dir / name).write_text(name)
     conn = connect(project_dir)  # its keys are the lab's: project/vm/keys/
     guest = tmp_path / "guest"
-    sync(conn, project_dir, SyncConfig(guest_dir=str(guest), excludes=("*.o", "!")))
+    rsync.run(conn, project_dir, Rules(SyncConfig(guest_dir=str(guest), excludes=("*.o", "!"))))
     assert sorted(str(p.relative_to(guest)) for p in guest.rglob("*") if not p.is_dir()) == ["src/main.c"]
 
 
@@ -978,7 +985,7 @@ def test_issue24_item09_init_writes_a_config_vmlab_loads_whatever_the_folder_nam
     loaded = config.load(cwd=project_dir)
     assert loaded.sync.guest_dir == guest_dir
     copy = tmp_path / "copy"
-    subprocess.run(["rsync", "-a", *sync_module.exclude_options(loaded.sync), f"{project_dir}/", f"{copy}/"],
+    subprocess.run(["rsync", "-a", *Rules(loaded.sync).rsync_options(), f"{project_dir}/", f"{copy}/"],
                    check=True)
     assert sorted(p.name for p in copy.iterdir()) == [".gitignore", "Makefile", "main.c", "vmlab.mk", "vmlab.yaml"]
 

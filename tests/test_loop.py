@@ -153,7 +153,7 @@ def test_sync_mirrors_the_project_deletes_keeps_links_and_leaves_out_excluded(sa
 
 
 def test_quick_skips_rsync_only_while_neither_copy_changed(sample: Project, show: Path) -> None:
-    """The loop's fast path (sync.SyncGate) skips rsync when nothing changed; a suite
+    """The loop's fast path (vmlab.sync.gate.SyncGate) skips rsync when nothing changed; a suite
     must still never see a copy that differs from the host's: not after a host edit, an
     edit or a stray file in the guest, nor a restore to a snapshot from before a sync."""
     config = show
@@ -165,7 +165,7 @@ def test_quick_skips_rsync_only_while_neither_copy_changed(sample: Project, show
         assert result.returncode == 0, result.stdout + result.stderr
         assert ("vmlab: synced" in result.stderr) == expect_sync, result.stderr
         assert ("vmlab: in sync" in result.stderr) != expect_sync, result.stderr
-        assert "vmlab-sync-check" not in result.stdout  # the handshake is not the suite's output
+        assert "vmlab-sync:" not in result.stdout  # the handshake is not the suite's output
         return result.stdout
 
     quick(expect_sync=True)
@@ -223,6 +223,30 @@ def test_quick_sends_only_the_changed_files_and_deletions_without_rsync(sample: 
         data.write_text(original)
         doomed.unlink(missing_ok=True)
 
+
+
+def test_a_suite_exiting_96_after_an_edit_was_sent_failed_with_its_own_code(sample: Project, show: Path) -> None:
+    """The sync reports on its own status lines, never through the suite's exit code: 96 and
+    97 were the codes the session used to say its sync failed, and `vmlab quick` after a
+    one-file edit with a suite exiting 96 said "did not run: the changed files could not be
+    written" (exit 2). Now it is the suite failing (exit 1) with exit code 96."""
+    settings = yaml.safe_load(show.read_text())
+    settings["suites"]["show"]["command"] = "cat data/input.txt; exit 96"
+    config = sample.root / "exits-96.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    data = sample.root / "data" / "input.txt"
+    original = data.read_text()
+    try:
+        sample.invoke("vm.quick", "--config", str(config))  # whatever the earlier tests left: in sync from here
+        data.write_text("edited before a suite that exits 96\n")
+        result = sample.invoke("vm.quick", "--config", str(config))
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "1 changed file sent" in result.stderr and "edited before a suite" in result.stdout, result.stderr
+        (suite,) = report_of(result.stdout)["suites"]
+        assert (suite["status"], suite["exit_code"]) == ("failed", 96), suite
+    finally:
+        data.write_text(original)
+        config.unlink()
 
 
 def test_only_the_changed_files_reach_the_guest(sample: Project, show: Path) -> None:

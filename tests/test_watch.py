@@ -97,6 +97,13 @@ class Watching:
             self.proc.wait()
 
 
+def close_control_master(project: Project) -> None:
+    from vmlab.lab import lifecycle
+
+    lab = project.lab()
+    lifecycle.close_connection(lab, lab.vm(), lab.vmdir(lab.vm()))
+
+
 def control_master_running(project: Project) -> bool:
     lab = project.lab()
     vm = lab.vm()
@@ -108,6 +115,7 @@ def control_master_running(project: Project) -> bool:
 
 def test_watch_runs_on_each_save_a_burst_once_and_ctrl_c_leaves_nothing(sample: Project) -> None:
     state = sample.root / "data" / "state.txt"
+    close_control_master(sample)  # `vm.start` leaves one open for the next command: watch opens its own
     watching = Watching(sample)
     try:
         watching.wait_for(r"run 1: PASSED state: 1 passed, 0 failed")  # a first run at start
@@ -175,6 +183,7 @@ def test_a_newer_save_cancels_the_run_under_way_unless_finish(sample: Project) -
 def test_watch_ignores_what_the_sync_leaves_out(tmp_path: Path) -> None:
     """No VM needed: the sync's rules (vm/, the config's excludes, what git ignores but not
     what it tracks) and editors' temporary files start no run."""
+    from vmlab.config import SyncConfig
     from vmlab.watch import Ignored
 
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
@@ -183,7 +192,7 @@ def test_watch_ignores_what_the_sync_leaves_out(tmp_path: Path) -> None:
     for name in ("a.c", "a.o", "tracked.o", "build/x"):
         (tmp_path / name).write_text("x")
     subprocess.run(["git", "-C", str(tmp_path), "add", "-f", "tracked.o"], check=True)
-    ignored = Ignored(tmp_path, tmp_path / "vm", ["*.tmp"], gitignore=True)
+    ignored = Ignored(tmp_path, tmp_path / "vm", SyncConfig(excludes=("*.tmp",), gitignore=True))
     kept = ignored.kept({str(tmp_path / n) for n in ("a.c", "a.o", "tracked.o", "build/x")})
     assert kept == {str(tmp_path / "a.c"), str(tmp_path / "tracked.o")}
     assert [ignored(None, str(tmp_path / n)) for n in ("x.tmp", "vm/results", "a.c.swp", "src/a.c")] == \

@@ -25,7 +25,7 @@ from typing import Callable, List, Optional, Set, Tuple
 from vmlab import atomic
 from vmlab.config import CONFIG_NAME
 from vmlab.errors import ConfigError
-from vmlab.sync import anchored
+from vmlab.sync.rules import anchored
 
 FRAGMENT = Path(__file__).with_name("vmlab.mk")
 INCLUDE = "include vmlab.mk  # vmlab's vm-* targets (make vm-help)"

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Protocol, Tuple
+from typing import IO, Callable, List, Optional, Protocol, Tuple
 
 from vmlab import host
 from vmlab.errors import Cancelled, GuestUnreachable, PrerequisiteMissing
@@ -46,6 +46,22 @@ class Sink(Protocol):
     def write(self, data: bytes, /) -> int: ...
 
     def flush(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A line of a command's output its handshake took (not shown, not kept): see SharedConnection.run."""
+
+    send: Optional[bytes] = None  # the command's whole input (the first claim that carries one)
+    done: bool = True  # the handshake's last line: what follows is the command's own output
+
+
+def _close_input(stdin: IO[bytes], data: bytes) -> None:
+    try:
+        stdin.write(data)
+        stdin.close()
+    except BrokenPipeError:
+        pass
 
 
 @dataclass(frozen=True)
@@ -79,7 +95,7 @@ class SharedConnection:
         return [host.which("ssh") or "ssh", *self.ssh_options()]
 
     def run(self, command: str, output: Optional[Sink] = None, echo: Optional[Sink] = None,
-            timeout: Optional[float] = None, handshake: Optional[Callable[[str], Optional[bytes]]] = None,
+            timeout: Optional[float] = None, handshake: Optional[Callable[[str], Optional[Claim]]] = None,
             cancel: Optional[threading.Event] = None) -> int:
         """Run `command` in the guest; stdout and stderr go, merged, to `output` and `echo`.
 
@@ -87,9 +103,10 @@ class SharedConnection:
         past `timeout` the local ssh is killed and -1 returned (wrap the command in the
         guest's own `timeout` to kill it there: see suites.py).
 
-        With `handshake`, each line of output goes to it, not to the sinks, until it returns
-        a string: that is the command's whole input, and `timeout` counts from then.
-        (sync.SyncGate uses this to sync, if needed, while the session waits.)
+        With `handshake`, each line of output goes to it until it claims one that is its last
+        (Claim.done); the lines it does not claim go to the sinks. The first input a claim
+        carries is the command's whole input. `timeout` counts from the handshake's end.
+        (vmlab.sync.gate.SyncGate uses this to sync, if needed, while the session waits.)
 
         When `cancel` is set, the local ssh is killed and Cancelled raised (vm.watch). Such a
         run's ssh has a process group of its own: Ctrl-C reaches vmlab, which stops it, not ssh.
@@ -135,33 +152,36 @@ class SharedConnection:
         return status
 
     @staticmethod
-    def _handshake(proc: "subprocess.Popen[bytes]", handshake: Callable[[str], Optional[bytes]],
+    def _handshake(proc: "subprocess.Popen[bytes]", handshake: Callable[[str], Optional[Claim]],
                    sinks: Tuple[Optional[Sink], ...]) -> bytes:
-        """Give `handshake` each line of output until it answers; its answer is the command's
-        whole input. Lines it does not claim, and what follows, go to `sinks`. Returns them."""
+        """Give `handshake` each line of output until it claims its last; the first input a
+        claim carries is written and the command's input closed (closed with nothing if none
+        came). Lines it does not claim, and what follows its last, go to `sinks`. Returns them."""
         assert proc.stdout is not None and proc.stdin is not None
         fd, pending, shown = proc.stdout.fileno(), b"", b""
-        answer = None
-        while answer is None:
+        answered, done = False, False
+        while not done:
             chunk = os.read(fd, 65536)
             if not chunk:
-                break  # it ended (or ssh failed) before the line: its status says how
+                break  # it ended (or ssh failed) before the last line: its status says how
             pending += chunk
-            while answer is None and b"\n" in pending:
+            while not done and b"\n" in pending:
                 line, _, pending = pending.partition(b"\n")
-                answer = handshake(line.decode(errors="replace"))
-                if answer is None:
+                claim = handshake(line.decode(errors="replace"))
+                if claim is None:
                     shown += line + b"\n"
+                    continue
+                if claim.send is not None and not answered:
+                    answered = True
+                    _close_input(proc.stdin, claim.send)
+                done = claim.done
+        if not answered:
+            _close_input(proc.stdin, b"")
         shown += pending
         for sink in sinks:
             if sink is not None and shown:
                 sink.write(shown)
                 sink.flush()
-        try:
-            proc.stdin.write(answer or b"")
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
         return shown[-2000:]
 
     def read(self, remote_path: str) -> Optional[bytes]:

@@ -24,12 +24,11 @@ from typing import IO, Iterator, List, Optional
 
 from vmlab import formats, host
 from vmlab.config import SuiteConfig
-from vmlab.delta import DELTA_FAILED
-from vmlab.errors import Cancelled, GuestUnreachable, SyncError
-from vmlab.openssh import SharedConnection
+from vmlab.errors import Cancelled, GuestUnreachable
+from vmlab.openssh import Claim, SharedConnection
 from vmlab.readout import Readout
 from vmlab.results import SuiteResult
-from vmlab.sync import NOT_SYNCED, SyncGate
+from vmlab.sync.gate import SyncGate
 
 TIMED_OUT = (124, 137)  # `timeout`'s status when it stopped the command (137: it had to SIGKILL)
 KILL_GRACE = 10  # seconds between the guest's TERM and KILL at a timeout
@@ -102,17 +101,17 @@ def run(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Pat
     started = [time.monotonic()]
     session: List[Optional[int]] = [None]  # the guest's session (its shell's pid: sshd makes each a session)
 
-    def handshake(line: str) -> Optional[bytes]:
+    def handshake(line: str) -> Optional[Claim]:
         if gate is None:  # only the session's own line: it has no input
             claimed = line.startswith(SESSION_MARK)
             if claimed:
                 session[0] = _pid(line[len(SESSION_MARK):])
-            return b"" if claimed else None
-        answer = gate.answer(line)
-        if answer is not None:
-            session[0] = gate.guest_pid
+            return Claim(b"") if claimed else None
+        claim = gate.claim(line)
+        session[0] = gate.guest_pid
+        if claim is not None and claim.done:
             started[0] = time.monotonic()  # the suite's own time starts once synced
-        return answer
+        return claim
 
     command = remote_command(suite, guest_dir, run_as_root)
     as_root = run_as_root if suite.privileged else ""
@@ -120,12 +119,8 @@ def run(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Pat
     with open(log_path, "wb") as log, _stopped_in_guest_if_cut_off(conn, session, as_root):
         status = conn.run(gate.prelude() + command if gate else f"echo {SESSION_MARK}$$\n{command}", output=log,
                           echo=shown, timeout=suite.timeout + KILL_GRACE + 30, handshake=handshake, cancel=cancel)
-    if gate and status == NOT_SYNCED and not gate.answered:
-        raise SyncError(f"the guest never ran vmlab's sync check before suite {suite.name} "
-                        f"(see {log_path}: does the SSH user's shell print or exit first?)")
-    if gate and (gate.sent or gate.inline) and status == DELTA_FAILED:
-        raise SyncError(f"the changed files could not be written in the guest's copy before suite {suite.name} "
-                        f"(see {log_path}); the next run syncs with rsync")
+    if gate:
+        gate.check(suite.name, log_path)  # SyncError if the suite never ran: its exit code is its own
     duration = time.monotonic() - started[0]
     timed_out = status == -1 or (status in TIMED_OUT and duration >= suite.timeout - 1)
     result = SuiteResult(suite.name, "timed out" if timed_out else ("passed" if status == 0 else "failed"),

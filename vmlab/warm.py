@@ -10,7 +10,7 @@ project's state folder, never in the cache:
                                  mode 0444, never written again (a VM gets a copy)
                    warm.json     what made it: the golden key, the warm-up, when, how long, its output
                    synced.json   the sync record of the guest's copy it holds: a first loop turn after
-                                 a restore sends only what changed since (sync.SyncGate)
+                                 a restore sends only what changed since (vmlab/sync/)
 
 The key hashes the golden image's key and what the warm-up runs (command, user, folder,
 environment), not the project's files: a changed project only makes the cache less

@@ -5,7 +5,7 @@ its imports, and the SSH control master (kept open while it watches). The
 project is watched with watchfiles (inotify; a burst of saves is one set of
 changes), under the same rules as the sync (`.git`, the lab's `vm/`, the config's
 excludes, what git ignores) plus editors' temporary files. Each run sends only
-what changed (sync.SyncGate) and runs the suite; a run still going when the next
+what changed (vmlab/sync/) and runs the suite; a run still going when the next
 change comes is cancelled and started again, or with `finish` left to end first
 and followed by one run for everything that came meanwhile.
 
@@ -19,18 +19,17 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Set
+from typing import Any, Callable, Iterator, Optional, Set
 
-from vmlab import delta, host
-from vmlab.config import SuiteConfig
+from vmlab.config import SuiteConfig, SyncConfig
 from vmlab.errors import Cancelled, Terminated, VmlabError
 from vmlab.lab import Lab, lifecycle, loop
+from vmlab.sync.rules import Rules
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +61,15 @@ def _clock(seconds: float) -> str:
 
 
 class Ignored:
-    """The sync's rules, for paths watchfiles reports (absolute)."""
+    """The sync's rules (vmlab.sync.rules), for paths watchfiles reports (absolute): vmlab's
+    and the config's excludes for each change as it comes, what git ignores once per burst."""
 
-    def __init__(self, project_dir: Path, state_dir: Path, excludes: Iterable[str], gitignore: bool):
+    def __init__(self, project_dir: Path, state_dir: Path, settings: SyncConfig):
         from watchfiles import DefaultFilter
 
-        self.project_dir, self.gitignore = project_dir, gitignore
-        self.excluded = delta.Excludes(excludes)
+        self.project_dir = project_dir
+        self.excluded = Rules(settings)  # git's list is not read per change: see kept()
+        self.git = Rules.read(project_dir, settings) if settings.gitignore else None
         self.editor = DefaultFilter(ignore_paths=[str(state_dir), str(project_dir / "vm")])
 
     def __call__(self, change: object, path: str) -> bool:
@@ -78,20 +79,19 @@ class Ignored:
         rel = os.path.relpath(path, self.project_dir)
         if rel == os.pardir or rel.startswith(os.pardir + os.sep):  # outside; `..data` is a name inside
             return False
-        parts = rel.split(os.sep)
-        folders = ("/".join(parts[:i]) for i in range(1, len(parts)))
-        return not (any(self.excluded(folder, True) for folder in folders)
-                    or self.excluded("/".join(parts), os.path.isdir(path) and not os.path.islink(path)))
+        return not self.excluded.leaves_out_anywhere(rel.replace(os.sep, "/"),
+                                                     os.path.isdir(path) and not os.path.islink(path))
 
     def kept(self, paths: Set[str]) -> Set[str]:
-        """Of `paths`, those git does not ignore (with sync.gitignore); git is asked once per burst."""
-        if not self.gitignore or not paths:
+        """Of `paths`, those git does not ignore (with sync.gitignore), by the list the sync
+        reads (git's own; a folder holding only ignored files is listed whole), read again for
+        each burst; a path gone by then is judged by the list before it too."""
+        if self.git is None or not paths:
             return paths
-        proc = subprocess.run([host.which("git") or "git", "check-ignore", "--stdin", "-z"],  # tracked: never ignored
-                              cwd=self.project_dir, input="\0".join(paths).encode(errors="surrogateescape"),
-                              capture_output=True, check=False)
-        ignored = {os.fsdecode(p) for p in proc.stdout.split(b"\0") if p}
-        return {p for p in paths if p not in ignored}
+        before, self.git = self.git, Rules.read(self.project_dir, self.git.settings)
+        either = Rules(self.git.settings, before.git | self.git.git)
+        return {path for path in paths if not (self.git if os.path.lexists(path) else either)
+                .git_ignores(os.path.relpath(path, self.project_dir).replace(os.sep, "/"))}
 
 
 class Watch:
@@ -116,7 +116,7 @@ class Watch:
 
         settings = self.lab.config.sync
         project = self.lab.config.project_dir
-        ignored = Ignored(project, self.lab.config.state_dir, settings.excludes, settings.gitignore)
+        ignored = Ignored(project, self.lab.config.state_dir, settings)
         conn = lifecycle.connection(self.lab, self.vm, self.vmdir)
         owned = not conn.control_path.exists()  # a master watch opens, watch closes
         try:

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, cast
 
 from vmlab import accel, diagnostics, fetch, golden, guests, keys, warm
-from vmlab import sync as rsync
 from vmlab.cache import ArtefactCache
 from vmlab.command import CommandResult
 from vmlab.config import VM_NAME, LabConfig, SuiteConfig, VMConfig
@@ -34,6 +33,7 @@ from vmlab.lab.vmdir import VMDir
 from vmlab.machine import MachineStatus, State
 from vmlab.snapshots import Snapshot
 from vmlab.ssh import GuestSSH
+from vmlab.sync.rsync import SyncResult
 
 log = logging.getLogger(__name__)
 Verb = TypeVar("Verb", bound=Callable[..., Any])
@@ -246,7 +246,7 @@ class Lab:
     # --- the loop ---
 
     @with_diagnostics
-    def sync(self, name: Optional[str] = None) -> rsync.SyncResult:
+    def sync(self, name: Optional[str] = None) -> SyncResult:
         return loop.sync(self, *self._at(name))
 
     def run_suites(self, suites: List[SuiteConfig], name: Optional[str] = None,

@@ -28,7 +28,7 @@ from vmlab.keys import LabKeys
 from vmlab.lab import images
 from vmlab.lab.vmdir import SUSPEND, VMDir
 from vmlab.machine import MachineSpec, MachineStatus, State, console_now, tail
-from vmlab.openssh import SharedConnection
+from vmlab.openssh import Claim, SharedConnection
 from vmlab.progress import Heartbeat
 from vmlab.qmp import Monitor
 from vmlab.ssh import GuestSSH
@@ -200,11 +200,11 @@ def after_restore(lab: "Lab", vm: VMConfig, vmdir: VMDir, timeout: float) -> Non
         line = as_root(lab, vm, f"echo {CLOCK_ASK}; read -r vmlab_epoch vmlab_epoch_int && " + template.format(
             epoch="$vmlab_epoch", epoch_int="$vmlab_epoch_int", entropy=secrets.token_hex(64), hostname=vm.name))
 
-    def clock(said: str) -> Optional[bytes]:
+    def clock(said: str) -> Optional[Claim]:
         if said.strip() != CLOCK_ASK:
             return None
         now = time.time()
-        return f"{now:.3f} {int(round(now))}\n".encode()
+        return Claim(f"{now:.3f} {int(round(now))}\n".encode())
 
     with Heartbeat(log, lambda t: f"  SSH not answering after {t:.0f}s ({last_error}); console: "
                                   f"{console_now(machine.console_log)}"), _closed_if_cut_off(conn):

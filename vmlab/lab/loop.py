@@ -21,7 +21,6 @@ from typing import IO, TYPE_CHECKING, Any, Dict, Iterator, List, Optional
 
 from vmlab import __version__, golden, host, results
 from vmlab import suites as suite_runner
-from vmlab import sync as rsync
 from vmlab.command import CommandResult
 from vmlab.config import SuiteConfig, VMConfig
 from vmlab.errors import Cancelled, GuestUnreachable, ProvisionError, RunIncomplete, SyncError, Terminated, VmlabError
@@ -29,6 +28,9 @@ from vmlab.lab import images, lifecycle, snapshotting
 from vmlab.lab.vmdir import VMDir
 from vmlab.openssh import SharedConnection
 from vmlab.ssh import GuestSSH
+from vmlab.sync import rsync
+from vmlab.sync.gate import SyncGate
+from vmlab.sync.rules import Rules
 
 if TYPE_CHECKING:
     from vmlab.lab import Lab
@@ -84,7 +86,7 @@ def sync(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> rsync.SyncResult:
     try:
         with closed_if_cut_off(conn):
             ensure_provisioned(lab, vm, vmdir, conn)  # rsync itself may be among what it installs (DragonFly)
-            done = rsync.sync(conn, lab.config.project_dir, lab.config.sync)
+            done = rsync.run(conn, lab.config.project_dir, Rules.read(lab.config.project_dir, lab.config.sync))
     except GuestUnreachable as e:
         raise RunIncomplete(f"VM {vm.name}: SSH never answered: {e}") from None
     log.info("synced %s to %s:%s: %s", lab.config.project_dir, vm.name, lab.config.sync.guest_dir, done)
@@ -99,7 +101,7 @@ def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig]
     After a privileged suite fails or times out, `restore_on_failure` puts the VM back
     to its "clean" snapshot so the next one starts clean. `sync_first` syncs the project
     first, within the first suite's session and only if the guest's copy may differ
-    (see sync.SyncGate): the edit-test loop's fast path. A run that cannot finish (VM
+    (see vmlab/sync/): the edit-test loop's fast path. A run that cannot finish (VM
     down, SSH gone, sync failed) is RunIncomplete: exit code 2, not a failed suite.
     `echo` gets the suites' output live (default: stdout), a line per test or package where
     a suite's format says what its output is, or with `raw` as it comes (see readout.py);
@@ -118,15 +120,14 @@ def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig]
         meta.update(guest_facts(conn, vmdir))
         ensure_provisioned(lab, vm, vmdir, conn)
         run_as_root = "" if vm.ssh_user == "root" else lab.profile(vm).privileged
-        gate = rsync.SyncGate(conn, lab.config.project_dir, lab.config.sync, vmdir.sync_record) \
-            if sync_first else None
+        gate = SyncGate(conn, lab.config.project_dir, lab.config.sync, vmdir.sync_record) if sync_first else None
         for suite in suites:
             current = suite.name
             log.info("suite %s: %s%s", suite.name, suite.command, " (as root)" if suite.privileged else "")
             result = suite_runner.run(conn, suite, lab.config.sync.guest_dir, run_dir, run_as_root, echo=echo,
                                       gate=gate, cancel=cancel, raw=raw)
             if gate:
-                meta["sync"] = str(gate.sent or gate.result or "in sync")
+                meta["sync"] = gate.summary()
             done.append(result)
             current, gate = None, None
             if not result.passed and suite.privileged and restore_on_failure:

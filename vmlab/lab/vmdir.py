@@ -11,7 +11,7 @@ The origin's folder holds the kernel files (if vmlab boots the kernel) and, for
 installed and golden images, the SSH keys the guest trusts.
 
 Beside the disk: `suspend.json` (the VM's running state is saved in its disk),
-`provisioned.json`, `synced.json` (sync.SyncGate), `clone.json` (which VM it clones)
+`provisioned.json`, `synced.json` (vmlab/sync/plan.py), `clone.json` (which VM it clones)
 and `guest.json` (the guest's OS, asked once per QEMU process).
 """
 
