@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Iterator, List, Optional
 
 from vmlab import golden, host, seed, snapshots
 from vmlab.config import VMConfig
-from vmlab.errors import GuestUnreachable, PrerequisiteMissing, RunIncomplete, SnapshotError
+from vmlab.errors import GuestUnreachable, NotRunning, SnapshotError
 from vmlab.keys import LabKeys
 from vmlab.lab import images
 from vmlab.lab.vmdir import SUSPEND, VMDir
@@ -57,7 +57,7 @@ def connection(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> SharedConnection:
     """The multiplexed OpenSSH connection to a running VM (see openssh.py for why)."""
     state = vmdir.machine.status(query_qemu=False)
     if state.state != State.RUNNING or state.ssh_port is None:
-        raise RunIncomplete(f"VM {vm.name} is not up ({state.state}): start it with `invoke vm.start`")
+        raise NotRunning(vm.name, state.state)
     return SharedConnection(vmdir.dir, state.ssh_port, vm.ssh_user, keys_for(lab, vmdir))
 
 
@@ -71,7 +71,7 @@ def close_connection(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> None:
 def require_running(vm: VMConfig, vmdir: VMDir) -> None:
     state = vmdir.machine.status(query_qemu=False).state
     if state != State.RUNNING:
-        raise PrerequisiteMissing(f"VM {vm.name} is not running ({state}); start it: invoke vm.start")
+        raise NotRunning(vm.name, state)
 
 
 def spec(lab: "Lab", vm: VMConfig, vmdir: VMDir, paused: bool = False, ssh_port: Optional[int] = None) -> MachineSpec:
