@@ -34,7 +34,7 @@ import pytest
 from conftest import Project, kill_vms, prerequisite_missing, qemu_processes
 from dragonfly_mirror import ISO, config_for, fake_qemu_env, mirror_files
 from httpserver import FileServer
-from test_adoption import run, vmlab_bin  # noqa: F401 (vmlab_bin is a fixture: the installed command)
+from test_adoption import run
 from test_interrupts import Running, runtime_dir  # noqa: F401 (a fixture: this module's own ssh sockets)
 
 MODULE = "example.com/mounter"
