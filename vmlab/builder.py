@@ -101,8 +101,8 @@ def _build(cache: ArtefactCache, profile: Profile, section: str, facts: Dict[str
                 _stop_group(proc)
                 raise
         if rc != 0:
-            raise ImageBuildError(f"building the {profile.name} {section} failed (exit {rc}); log: {log_path}\n"
-                                  + "\n".join(tail))
+            raise ImageBuildError(f"building the {profile.name} {section} failed (exit {rc})", log=log_path,
+                                  detail="\n".join(tail))
     finally:
         _unmount_below(work)
         shutil.rmtree(work, ignore_errors=True)

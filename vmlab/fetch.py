@@ -71,7 +71,7 @@ def fetch(*, mirrors: List[str], path: str, cache_dir: Path, checksums: Optional
         if sha256 is not None:
             return FetchResult(isos / out_name, sha256, "cache", 0)
         if offline:  # the caller, who knows why it may not download, says what to do (NotCached)
-            raise NotCached(f"{out_name} is not in the cache ({isos}); nothing was downloaded (offline)")
+            raise NotCached(f"{out_name} is not in the cache ({isos})", hint="nothing was downloaded (offline)")
         if not mirrors:
             raise PrerequisiteMissing(f"{out_name} is not in the cache ({isos}) and no mirror is configured")
         mode = progress_mode(progress)
@@ -87,7 +87,7 @@ def fetch(*, mirrors: List[str], path: str, cache_dir: Path, checksums: Optional
         partial = isos / f"{name}.partial"
         kept = (f"\nThe {mb(partial.stat().st_size)} already downloaded are kept in {partial}; "
                 f"a later run resumes from there." if partial.is_file() and partial.stat().st_size else "")
-        raise PrerequisiteMissing(f"no mirror could provide {name}:\n  " + "\n  ".join(failures) + kept)
+        raise PrerequisiteMissing(f"no mirror could provide {name}:", detail="  " + "\n  ".join(failures) + kept)
 
 
 def unreachable(mirrors: List[str], path: str, checksums: Optional[str] = "iso-images/md5.txt") -> List[str]:

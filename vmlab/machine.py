@@ -202,11 +202,11 @@ class Machine:
                 if "host forwarding rule" in words and not spec.ssh_port and attempt < START_ATTEMPTS:
                     log.debug("port %d was taken before QEMU bound it; trying another", port)
                     continue
-                raise MachineError(f"QEMU failed to start VM {self.name} (exit {proc.returncode}):\n"
-                                   f"{words}\ncommand: {' '.join(argv)}")
+                raise MachineError(f"QEMU failed to start VM {self.name} (exit {proc.returncode}):",
+                                   detail=f"{words}\ncommand: {' '.join(argv)}")
             pid = self.pid()
             if pid is None:
-                raise MachineError(f"QEMU reported success but VM {self.name} is not running; see {self.qemu_log}")
+                raise MachineError(f"QEMU reported success but VM {self.name} is not running", log=self.qemu_log)
             self._write_state({"pid": pid, "ssh_port": port, "accel": spec.accel.accel,
                                "accel_reason": spec.accel.reason, "started_at": time.time(), "argv": argv,
                                "qemu_warnings": proc.stderr.strip()})
@@ -281,8 +281,9 @@ class Machine:
     def assert_alive(self) -> None:
         """MachineError with the end of QEMU's log and the console if QEMU has died."""
         if self.pid() is None:
-            raise MachineError(f"QEMU of VM {self.name} exited while the guest was booting.\n"
-                               f"qemu.log:\n{tail(self.qemu_log, 10)}\nconsole.log:\n{tail(self.console_log, 20)}")
+            raise MachineError(f"QEMU of VM {self.name} exited while the guest was booting.",
+                               detail=f"qemu.log:\n{tail(self.qemu_log, 10)}\n"
+                                      f"console.log:\n{tail(self.console_log, 20)}")
 
     def wait_console(self, pattern: str, timeout: float) -> str:
         """The first console.log line matching `pattern` (a regex), waiting up to `timeout` s."""
@@ -296,7 +297,8 @@ class Machine:
                 pass
             if time.monotonic() > deadline:
                 raise MachineError(f"VM {self.name}: nothing matching {pattern!r} on the console within "
-                                   f"{timeout:.0f}s; last lines of {self.console_log}:\n{tail(self.console_log, 15)}")
+                                   f"{timeout:.0f}s", detail=f"Last lines of {self.console_log}:\n"
+                                                             f"{tail(self.console_log, 15)}")
             time.sleep(0.2)
 
     # --- stop ---

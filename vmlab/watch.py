@@ -195,7 +195,7 @@ class Watch:
             return
         except (VmlabError, OSError) as e:
             self.tally.errors += 1
-            self.say(f"[{stamp}] run {number}: DID NOT FINISH: {str(e).splitlines()[0]}")
+            self.say(f"[{stamp}] run {number}: DID NOT FINISH: {e.message if isinstance(e, VmlabError) else e}")
             return
         (suite,) = report["suites"]
         if report["passed"]:

@@ -86,8 +86,9 @@ def _run_install(lab: "Lab", vm: VMConfig, vmdir: VMDir, rec: recipe.Recipe, med
                 if not runner.wait_stopped(120):
                     raise ConsoleError(f"VM {vm.name}: the install powered off, but QEMU still runs after 120s")
     except ConsoleError as e:
-        raise ConsoleError(f"VM {vm.name}: the install failed: {e}\nFull transcript: {runner.console_log} (timed: "
-                           f"{runner.dir / TIMED})") from None
+        transcript = f"Full transcript: {runner.console_log} (timed: {runner.dir / TIMED})"
+        raise ConsoleError(f"VM {vm.name}: the install failed: {e.message}", hint=e.hint,
+                           detail="\n".join(part for part in (e.detail, transcript) if part)) from None
     finally:
         runner.stop(soft_timeout=0)
     shutil.move(str(vmdir.disk), out / "disk.qcow2")  # a rename when the cache shares the file system
@@ -157,7 +158,7 @@ def make_golden(lab: "Lab", vm: VMConfig, vmdir: VMDir, from_scratch: bool = Fal
                 images.fetch_iso(lab, vm)
             except PrerequisiteMissing as e:
                 log.warning("no ISO for VM %s can be had (%s); making the golden image of VM %s instead, "
-                            "as its 'fallback' says", vm.name, str(e).splitlines()[0].rstrip(":"), vm.fallback)
+                            "as its 'fallback' says", vm.name, e.message, vm.fallback)
                 return lab.make_golden(vm.fallback, from_scratch=True, rewarm=rewarm)
         lifecycle.discard_disk(lab, vm, vmdir)
         if profile.install:

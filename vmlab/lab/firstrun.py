@@ -75,8 +75,9 @@ def reachable(lab: "Lab", vm: VMConfig) -> None:
     why = downloads.unreachable(source["mirrors"], source["path"], source["checksums"])
     if why:
         raise PrerequisiteMissing(f"VM {vm.name} cannot be made yet: its ISO {images.iso_name(lab, vm)} is not in "
-                                  f"the cache and no mirror answers; `invoke vm.fetch{images.vm_option(lab, vm)}` "
-                                  "downloads it once one does.\n  " + "\n  ".join(why))
+                                  "the cache and no mirror answers",
+                                  hint=f"`invoke vm.fetch{images.vm_option(lab, vm)}` downloads it once one does.",
+                                  detail="  " + "\n  ".join(why))
 
 
 def plan(lab: "Lab", vm: VMConfig) -> str:
@@ -108,5 +109,6 @@ def fetch(lab: "Lab", vm: VMConfig) -> None:
         images.fetch_iso(lab, vm)
     except PrerequisiteMissing as e:
         raise PrerequisiteMissing(f"VM {vm.name} cannot be made yet: its ISO {images.iso_name(lab, vm)} could not be "
-                                  f"downloaded; `invoke vm.fetch{images.vm_option(lab, vm)}` tries again (a cut "
-                                  f"download resumes).\n{e}") from None
+                                  "downloaded",
+                                  hint=f"`invoke vm.fetch{images.vm_option(lab, vm)}` tries again (a cut download "
+                                       "resumes).", detail=str(e)) from None

@@ -66,8 +66,9 @@ def installed_key(lab: "Lab", vm: VMConfig) -> Tuple[str, Dict[str, Any]]:
         try:
             medium = "sha256:" + fetch_iso(lab, vm, offline=True).sha256
         except NotCached:
-            raise NotCached(f"VM {vm.name}'s ISO {iso_name(lab, vm)} is not in the cache yet: `invoke vm.fetch"
-                            f"{vm_option(lab, vm)}` downloads it (vm.start does that and all the rest)") from None
+            raise NotCached(f"VM {vm.name}'s ISO {iso_name(lab, vm)} is not in the cache yet",
+                            hint=f"`invoke vm.fetch{vm_option(lab, vm)}` downloads it (vm.start does that and all the "
+                                 "rest)") from None
     inputs = {"profile": profile.name, "medium": medium, "disk_bytes": vm.disk_bytes}
     return key_of(inputs, rec.files), inputs
 

@@ -58,8 +58,8 @@ def ensure_provisioned(lab: "Lab", vm: VMConfig, vmdir: VMDir, conn: SharedConne
         if status != 0:
             lines = output.getvalue().decode(errors="replace").splitlines()[-30:]
             raise ProvisionError(f"VM {vm.name}: provisioning failed ({' '.join([Path(script).name, *packages])}, "
-                                 f"exit {status}); `invoke vm.provision --vm {vm.name}` tries again from the "
-                                 "base image.\n" + "\n".join(lines))
+                                 f"exit {status})", hint=f"`invoke vm.provision --vm {vm.name}` tries again from the "
+                                 "base image.", detail="\n".join(lines))
     vmdir.mark_provisioned(key, packages, time.time())
 
 
@@ -86,7 +86,7 @@ def sync(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> rsync.SyncResult:
             ensure_provisioned(lab, vm, vmdir, conn)  # rsync itself may be among what it installs (DragonFly)
             done = rsync.sync(conn, lab.config.project_dir, lab.config.sync)
     except GuestUnreachable as e:
-        raise RunIncomplete(f"VM {vm.name}: SSH never answered: {e}") from None
+        raise RunIncomplete(f"VM {vm.name}: SSH never answered: {e.message}", hint=e.hint, detail=e.detail) from None
     log.info("synced %s to %s:%s: %s", lab.config.project_dir, vm.name, lab.config.sync.guest_dir, done)
     return done
 
@@ -136,11 +136,12 @@ def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig]
         why = ""
     except GuestUnreachable as e:
         why = f"SSH stopped answering: {e}"
-        raise RunIncomplete(f"VM {vm.name}: {why}\nResults so far: {run_dir}") from None
+        raise RunIncomplete(f"VM {vm.name}: SSH stopped answering: {e.message}", hint=e.hint, detail=e.detail,
+                            results=run_dir) from None
     except SyncError as e:
         why = f"the project could not be synced first: {e}"
-        raise RunIncomplete(f"suite {current} did not run: the project could not be synced first.\n{e}\n"
-                            f"Results: {run_dir}") from None
+        raise RunIncomplete(f"suite {current} did not run: the project could not be synced first", detail=str(e),
+                            results=run_dir) from None
     except Cancelled:
         why = "cancelled: a newer change came"
         raise
@@ -150,7 +151,7 @@ def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig]
             opened.close(cut_off=True)
         raise
     except VmlabError as e:
-        why = str(e).splitlines()[0]
+        why = e.message
         raise
     finally:
         if why and current:  # the tests it finished before it was cut off still count
