@@ -21,6 +21,7 @@ import secrets
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -29,10 +30,20 @@ from vmlab.formats import ERROR, FAILED, PASSED, SKIPPED, TestCase
 from vmlab.logtail import last_lines
 
 
+class Status(StrEnum):
+    """How a suite ended, as report.json and the summary say it."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    TIMED_OUT = "timed out"
+    ERROR = "error"  # cut off while it ran (SSH gone, the sync failed, Ctrl-C)
+    NOT_RUN = "not run"
+
+
 @dataclass
 class SuiteResult:
     name: str
-    status: str  # "passed", "failed", "timed out"; "error" (cut off while running) or "not run"
+    status: Status
     exit_code: int  # -1 when it has none (cut off, not run)
     duration: float
     log: Optional[Path]
@@ -42,9 +53,12 @@ class SuiteResult:
     artifacts: List[str] = field(default_factory=list)  # files copied back, relative to the run's folder
     note: str = ""
 
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)  # a word that is not a status fails here, not in a reader of the report
+
     @property
     def passed(self) -> bool:
-        return self.status == "passed"
+        return self.status == Status.PASSED
 
 
 SUITE_CLASS = "vmlab.suite"  # the classname of the case that stands for a whole suite
@@ -69,13 +83,13 @@ def new_run(results_dir: Path) -> Path:
 def cases_of(s: SuiteResult) -> List[TestCase]:
     """The suite's cases as junit.xml has them: its runner's, and one for the suite itself
     when they do not explain its status (or there are none, or they may not be all)."""
-    explained = s.status in ("passed", "failed") and not s.problem and (
-        s.status == "passed" or any(c.failing for c in s.cases))
+    explained = s.status in (Status.PASSED, Status.FAILED) and not s.problem and (
+        s.status == Status.PASSED or any(c.failing for c in s.cases))
     return list(s.cases) if s.cases and explained else [*s.cases, _suite_case(s)]
 
 
 def _suite_case(s: SuiteResult) -> TestCase:
-    outcome = {"passed": PASSED, "failed": FAILED, "not run": SKIPPED}.get(s.status, ERROR)
+    outcome = {Status.PASSED: PASSED, Status.FAILED: FAILED, Status.NOT_RUN: SKIPPED}.get(s.status, ERROR)
     why = s.note or ("" if outcome == PASSED else f"exit code {s.exit_code}")
     return TestCase(s.name, SUITE_CLASS, outcome, s.duration, why,
                     _tail(s.log) if s.log and outcome in (FAILED, ERROR) else "")
@@ -94,7 +108,7 @@ def write(run_dir: Path, meta: Dict[str, Any], suites: List[SuiteResult], planne
     for name in planned or []:
         if name not in ran:
             why = f"the run was cut off before it: {cut_off.why}" if cut_off else "not run"
-            suites.append(SuiteResult(name, "not run", -1, 0.0, None, note=why))
+            suites.append(SuiteResult(name, Status.NOT_RUN, -1, 0.0, None, note=why))
     cases = {s.name: cases_of(s) for s in suites}
     report = dict(meta, run_id=run_dir.name, passed=bool(suites) and not cut_off and all(s.passed for s in suites),
                   complete=cut_off is None, cut_off=cut_off.why if cut_off else None,
