@@ -32,6 +32,7 @@ from vmlab.errors import Busy, ConfigError, NoSuchSnapshot, NotRunning, Prerequi
 from vmlab.lab import building, firstrun, images, lifecycle, loop, snapshotting
 from vmlab.lab.vmdir import VMDir
 from vmlab.machine import MachineStatus, State
+from vmlab.results import RunReport
 from vmlab.snapshots import Snapshot
 from vmlab.ssh import GuestSSH
 
@@ -232,7 +233,7 @@ class Lab:
         return building.provision(self, *self._to_run(name))
 
     @with_diagnostics
-    def verify(self, name: Optional[str] = None) -> Dict[str, Any]:
+    def verify(self, name: Optional[str] = None) -> RunReport:
         return building.verify(self, *self._to_run(name))
 
     @with_diagnostics
@@ -247,7 +248,7 @@ class Lab:
         return loop.sync(self, *self._at(name))
 
     def run_suites(self, suites: List[SuiteConfig], name: Optional[str] = None,
-                   restore_on_failure: bool = False, sync_first: bool = False, raw: bool = False) -> Dict[str, Any]:
+                   restore_on_failure: bool = False, sync_first: bool = False, raw: bool = False) -> RunReport:
         return loop.run_suites(self, *self._at(name), suites, restore_on_failure, sync_first, raw=raw)
 
     def ssh(self, name: Optional[str] = None) -> GuestSSH:

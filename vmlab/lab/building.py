@@ -23,6 +23,7 @@ from vmlab.lab.vmdir import Origin, OriginKind, VMDir
 from vmlab.machine import Machine, MachineSpec, console_now
 from vmlab.progress import Heartbeat
 from vmlab.qmp import Monitor
+from vmlab.results import RunReport
 from vmlab.ssh import GuestSSH
 
 if TYPE_CHECKING:
@@ -126,18 +127,18 @@ def provision(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> str:
     return key
 
 
-def verify(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> Dict[str, Any]:
+def verify(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> RunReport:
     """Run vmlab's privileged mount suite in the running VM, as any suite runs; a golden image must pass it."""
     lifecycle.connection(lab, vm, vmdir).put(MOUNT_SUITE, GUEST_MOUNT_SUITE)
     junit = "/tmp/vmlab-mount-suite.xml"
     suite = SuiteConfig(name="mounts", command=f"sh {GUEST_MOUNT_SUITE}", workdir="/tmp", privileged=True,
                         env=(("JUNIT", junit),), timeout=900, junit=junit)
     report = loop.run_suites(lab, vm, vmdir, [suite])
-    if not report["passed"]:
-        raise ProvisionError(f"VM {vm.name}: the mount suite failed; see {report['results_dir']}")
-    result = report["suites"][0]
+    if not report.passed:
+        raise ProvisionError(f"VM {vm.name}: the mount suite failed; see {report.results_dir}")
+    (result,) = report.suites
     log.info("VM %s: the mount suite passed (%d checks, %.0fs); results in %s", vm.name,
-             result["passed"], result["duration_seconds"], report["results_dir"])
+             result.passed, result.duration_seconds, report.results_dir)
     return report
 
 

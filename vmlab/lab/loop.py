@@ -93,7 +93,7 @@ def sync(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> rsync.SyncResult:
 
 def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig],
                restore_on_failure: bool = False, sync_first: bool = False, echo: Optional[IO[bytes]] = None,
-               cancel: Optional[threading.Event] = None, raw: bool = False) -> Dict[str, Any]:
+               cancel: Optional[threading.Event] = None, raw: bool = False) -> results.RunReport:
     """Run suites in order into a new results folder; returns the report (see results.py).
 
     After a privileged suite fails or times out, `restore_on_failure` puts the VM back
@@ -106,8 +106,8 @@ def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig]
     setting `cancel` stops the run (Cancelled, its report says so: vm.watch after a newer save).
     """
     run_dir = results.new_run(vmdir.dir / "results")
-    meta: Dict[str, Any] = {"vm": dataclasses.asdict(vm), "vmlab": __version__,
-                            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "results_dir": str(run_dir)}
+    run = results.RunReport(vm=dataclasses.asdict(vm), vmlab=__version__,
+                            started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), results_dir=str(run_dir))
     done: List[results.SuiteResult] = []
     current: Optional[str] = None  # the suite under way when the run was cut off, if any
     why = "vmlab stopped unexpectedly"  # what cut the run off; empty once it finished
@@ -115,7 +115,8 @@ def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig]
     try:
         conn = lifecycle.connection(lab, vm, vmdir)
         opened = None if conn.control_path.exists() else conn
-        meta.update(guest_facts(conn, vmdir))
+        facts = guest_facts(conn, vmdir)
+        run = dataclasses.replace(run, guest=facts["guest"], qemu=facts["qemu"])
         ensure_provisioned(lab, vm, vmdir, conn)
         run_as_root = "" if vm.ssh_user == "root" else lab.profile(vm).privileged
         gate = rsync.SyncGate(conn, lab.config.project_dir, lab.config.sync, vmdir.sync_record) \
@@ -126,7 +127,7 @@ def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig]
             result = suite_runner.run(conn, suite, lab.config.sync.guest_dir, run_dir, run_as_root, echo=echo,
                                       gate=gate, cancel=cancel, raw=raw)
             if gate:
-                meta["sync"] = str(gate.sent or gate.result or "in sync")
+                run = dataclasses.replace(run, sync=str(gate.sent or gate.result or "in sync"))
             done.append(result)
             current, gate = None, None
             if not result.passed and suite.privileged and restore_on_failure:
@@ -156,7 +157,7 @@ def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig]
     finally:
         if why and current:  # the tests it finished before it was cut off still count
             done.append(suite_runner.cut_off(next(s for s in suites if s.name == current), run_dir, why))
-        report = results.write(run_dir, meta, done, planned=[s.name for s in suites],
+        report = results.write(run_dir, run, done, planned=[s.name for s in suites],
                                cut_off=results.CutOff(current, why) if why else None)
     return report
 

@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, Callable, Dict, NoReturn, Optional, Sequence
+from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from vmlab import config as config_mod
 from vmlab import results
@@ -89,11 +89,11 @@ def _end(code: int, message: str = "") -> NoReturn:
     sys.exit(code)
 
 
-def finish_run(report: Dict[str, Any]) -> int:
+def finish_run(report: results.RunReport) -> int:
     """Print the run's summary; the task's exit status: 1 unless every suite passed."""
     for line in results.summary(report):
         print(line)
-    return 0 if report["passed"] else 1
+    return 0 if report.passed else 1
 
 
 def print_table(rows: Sequence[Sequence[str]]) -> None:
