@@ -89,7 +89,7 @@ def plan(lab: "Lab", vm: VMConfig) -> str:
         try:
             images.fetch_iso(lab, vm, offline=True)
         except NotCached:
-            size = profile.iso.get("size")
+            size = profile.iso.size
             steps.append(f"download {images.iso_name(lab, vm)}" + (f" ({size})" if size else "") + ", verified")
     elif profile.medium:
         steps.append(f"build the {profile.name} live CD from Debian packages")
@@ -98,7 +98,8 @@ def plan(lab: "Lab", vm: VMConfig) -> str:
     steps.append(f"install {', '.join(packages)}" if packages else "provision it")
     steps.append("check it with the mount suite and save it as the golden image (later starts restore it in "
                  "seconds)")
-    takes = profile.install.get("takes") or "how long depends on the network and on the accelerator"
+    takes = (profile.install.takes if profile.install else "") or \
+        "how long depends on the network and on the accelerator"
     return (f"VM {vm.name} has no image yet; making it now, once: {'; '.join(steps)}. {takes}. Ctrl-C keeps "
             "every finished step for the next start")
 

@@ -46,7 +46,7 @@ def ensure_provisioned(lab: "Lab", vm: VMConfig, vmdir: VMDir, conn: SharedConne
     if vmdir.provisioned_key() == key:
         return
     profile = lab.profile(vm)
-    script = profile.provision.get("script")
+    script = profile.provision.script
     packages = [str(p) for p in images.options(lab, profile).get("packages", [])]
     if script:
         log.info("VM %s: installing what the config asks for (%s) with %s; `invoke vm.golden --vm %s` makes an "
