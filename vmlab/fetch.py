@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from vmlab import locks, pins, transfer
+from vmlab import locks, pins, records, transfer
 from vmlab.cache import file_stamp
 from vmlab.errors import Busy, ChecksumMismatch, ConfigError, DownloadError, NotCached, PrerequisiteMissing
 from vmlab.progress import mb
@@ -122,7 +122,7 @@ def cached(cache_dir: Path) -> List[Dict[str, Any]]:
                           "source": entry.get("source"), "fetched_at": entry.get("fetched_at"),
                           "partial": False})
     for f in sorted(isos.glob("*.partial")):
-        meta = pins.load_json(isos / f"{f.name}.json")
+        meta = records.read(isos / f"{f.name}.json", warn=True)
         found.append({"name": f.name, "size": f.stat().st_size, "sha256": None,
                       "source": meta.get("url"), "fetched_at": None, "partial": True})
     return found

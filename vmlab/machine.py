@@ -10,7 +10,6 @@ is a unix socket whose every byte QEMU also appends to `console.log`.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import re
@@ -24,7 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
-from vmlab import atomic, host
+from vmlab import host, records
 from vmlab.accel import AccelChoice
 from vmlab.errors import MachineError, PrerequisiteMissing
 from vmlab.logtail import last_lines
@@ -140,11 +139,7 @@ class Machine:
         return state not in ("Z", "X") and str(self.pid_file).encode() in cmdline
 
     def state(self) -> Dict[str, Any]:
-        try:
-            state = json.loads(self.state_file.read_text())
-        except (OSError, ValueError):
-            return {}
-        return state if isinstance(state, dict) else {}
+        return records.read(self.state_file)
 
     def status(self, query_qemu: bool = True) -> MachineStatus:
         recorded = self.state()
@@ -276,7 +271,7 @@ class Machine:
             return ""
 
     def _write_state(self, data: Dict[str, Any]) -> None:
-        atomic.write_text(self.state_file, json.dumps(data, indent=2) + "\n")
+        records.write(self.state_file, data, indent=2)
 
     def assert_alive(self) -> None:
         """MachineError with the end of QEMU's log and the console if QEMU has died."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import logging
 import shlex
 import sys
@@ -19,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Dict, Iterator, List, Optional
 
-from vmlab import __version__, golden, host, results
+from vmlab import __version__, golden, host, records, results
 from vmlab import suites as suite_runner
 from vmlab import sync as rsync
 from vmlab.command import CommandResult
@@ -165,17 +164,14 @@ def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig]
 def guest_facts(conn: SharedConnection, vmdir: VMDir) -> Dict[str, Any]:
     """The guest's OS and kernel, and QEMU's version: asked once per QEMU process."""
     pid = vmdir.machine.pid()
-    try:
-        facts = json.loads(vmdir.guest_facts.read_text())
-        if facts.get("pid") == pid and "qemu" in facts:
-            return {"guest": facts["guest"], "qemu": facts["qemu"]}
-    except (OSError, ValueError, KeyError):
-        pass
+    facts = records.read(vmdir.guest_facts)
+    if facts.get("pid") == pid and "guest" in facts and "qemu" in facts:
+        return {"guest": facts["guest"], "qemu": facts["qemu"]}
     out = io.BytesIO()
     conn.run("uname -s; uname -r", output=out, timeout=60)
     os_name, _, kernel = out.getvalue().decode(errors="replace").strip().partition("\n")
     facts = {"guest": {"os": os_name, "kernel": kernel}, "qemu": host.qemu_version()}
-    vmdir.guest_facts.write_text(json.dumps(dict(facts, pid=pid)))
+    records.write(vmdir.guest_facts, dict(facts, pid=pid))
     return facts
 
 
