@@ -30,6 +30,7 @@ pytest_plugins = ["sshd_fixtures"]  # a real sshd on 127.0.0.1 as a stand-in gue
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 INVOKE = str(Path(sys.executable).parent / "invoke")
+VMLAB = str(Path(sys.executable).parent / "vmlab")  # the same tasks as a program of their own (vmlab/cli.py)
 _missing_prerequisites: List[str] = []
 
 
@@ -115,13 +116,13 @@ class Project:
         return Lab(config_mod.load(cwd=self.root))
 
     def invoke(self, *args: str, env: Optional[Dict[str, str]] = None, timeout: float = 900,
-               input: Optional[str] = None) -> subprocess.CompletedProcess:
-        """Run the real CLI in the project, as a user would."""
+               input: Optional[str] = None, program: str = INVOKE) -> subprocess.CompletedProcess:
+        """Run the real CLI in the project, as a user would (`program`: invoke, or VMLAB)."""
         full_env = dict(os.environ, **(env or {}))
         full_env.pop("VM", None)
         full_env.pop("VMLAB_CONFIG", None)
         full_env.update(env or {})
-        return subprocess.run([INVOKE, *args], cwd=self.root, env=full_env, capture_output=True, text=True,
+        return subprocess.run([program, *args], cwd=self.root, env=full_env, capture_output=True, text=True,
                               timeout=timeout, input=input, stdin=None if input is not None else subprocess.DEVNULL)
 
 

@@ -214,7 +214,7 @@ def test_offline_the_first_start_names_what_is_missing_and_the_command_that_fetc
     assert fetched.returncode == 2 and "no mirror could provide" in fetched.stderr
     image = run(["vmlab", "image"], project, vmlab_bin, env=env, timeout=300)  # asks for keys: never downloads
     assert image.returncode == 2 and "--offline" not in image.stderr, image.stderr
-    assert f"ISO {ISO}.bz2 is not in the cache yet: `vmlab fetch` downloads it" in image.stderr, image.stderr
+    assert f"ISO {ISO}.bz2 is not in the cache yet; `vmlab fetch` downloads it" in image.stderr, image.stderr
 
 
 def test_ctrl_c_at_each_step_keeps_what_was_finished_and_the_next_start_picks_it_up(

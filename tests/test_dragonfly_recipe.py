@@ -40,7 +40,8 @@ TICK = 0.05  # the simulator's pace: a 10-step countdown takes 0.5 s
 def profile_recipe() -> recipe.Recipe:
     """The recipe the product installs DragonFly with: the one its profile names."""
     profile = guests.load("dragonfly")
-    return recipe.load(profile.dir / profile.install["recipe"])
+    assert profile.install is not None
+    return recipe.load(profile.dir / profile.install.recipe)
 
 
 def seed_iso(tmp_path: Path, rec: recipe.Recipe) -> Path:
@@ -368,8 +369,9 @@ def run_after_restore(world: World, tmp: Path) -> subprocess.CompletedProcess:
 
 def test_failure_0_the_profile_names_its_install_recipe_and_provision_script() -> None:
     profile = guests.load("dragonfly")
-    rec = recipe.load(profile.dir / profile.install["recipe"])
-    assert rec.boot == "cdrom" and (profile.dir / profile.provision["script"]).is_file()
+    assert profile.install is not None and profile.provision.script is not None
+    rec = recipe.load(profile.dir / profile.install.recipe)
+    assert rec.boot == "cdrom" and (profile.dir / profile.provision.script).is_file()
 
 
 def test_failure_1_the_installed_disk_boots_past_boot2(installed: Harness, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import sys
 import tracemalloc
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List
 
 import pytest
 
@@ -184,8 +184,14 @@ def test_a_junit_file_that_is_not_xml_is_a_problem_not_a_crash() -> None:
 # --- junit.xml and report.json ---
 
 
+def a_run(results_dir: Path, **known: Any) -> results.RunReport:
+    """What the loop knows of a run before its suites (lab/loop.py): here made up."""
+    return results.RunReport(vm={"name": "default"}, vmlab="0.0", started_at="2024-05-01T10:00:00+0000",
+                             results_dir=str(results_dir), **known)
+
+
 def written(tmp_path: Path, *suite_results: results.SuiteResult) -> tuple:
-    report = results.write(tmp_path, {"vm": {"name": "default"}, "results_dir": str(tmp_path)}, list(suite_results))
+    report = results.write(tmp_path, a_run(tmp_path), list(suite_results))
     root = ET.parse(tmp_path / "junit.xml").getroot()
     return report, {(c.get("classname"), c.get("name")): c for c in root.iter("testcase")}
 
@@ -205,10 +211,9 @@ def test_junit_xml_has_one_case_per_test_and_the_report_names_the_failing_ones(t
     assert failure is not None and failure.get("message") == 'ok_test.go:8: fatal: want "a", got "b"'
     assert cases[(GOCAP + "broken", "[build failed]")].find("error") is not None
     assert cases[(GOCAP + "ok", "TestSkipSub/skipped")].find("skipped") is not None
-    (entry,) = report["suites"]
-    assert (entry["tests"], entry["failed"], entry["skipped"]) == (len(parsed.cases), 9, 1)
-    assert {"classname": GOCAP + "ok", "name": "TestFatal", "message": 'ok_test.go:8: fatal: want "a", got "b"'} \
-        in entry["failing"]
+    (entry,) = report.suites
+    assert (entry.tests, entry.failed, entry.skipped) == (len(parsed.cases), 9, 1)
+    assert results.Failing(GOCAP + "ok", "TestFatal", 'ok_test.go:8: fatal: want "a", got "b"') in entry.failing
     suites_in_xml = {s.get("name") for s in ET.parse(tmp_path / "junit.xml").getroot().iter("testsuite")}
     assert f"go: {GOCAP}ok" in suites_in_xml  # one <testsuite> per package
     assert any("FAIL TestFatal (example.com/gocap/ok): ok_test.go:8" in line for line in results.summary(report))
@@ -222,7 +227,7 @@ def test_a_failed_suite_whose_tests_all_passed_gets_a_failing_case_saying_so(tmp
     report, cases = written(tmp_path, suites._settle(result))
     failure = cases[(results.SUITE_CLASS, "go")].find("failure")
     assert failure is not None and failure.get("message") == "exit code 1, though every test it reported passed"
-    assert (report["suites"][0]["status"], report["suites"][0]["failed"]) == ("failed", 1)
+    assert (report.suites[0].status, report.suites[0].failed) == ("failed", 1)
 
 
 def test_exit_0_with_a_failing_test_is_failed(tmp_path: Path) -> None:
@@ -239,7 +244,7 @@ def test_a_timed_out_suite_keeps_its_finished_tests_and_a_case_says_it_was_kille
     assert cases[(GOCAP + "hangs", "TestQuick")].find("failure") is None
     assert cases[(GOCAP + "hangs", "TestSlow")].find("error").get("message") == "its output ended while it ran"
     assert cases[(results.SUITE_CLASS, "go")].find("error").get("message") == "killed after 5s (its timeout)"
-    assert report["suites"][0]["status"] == "timed out"
+    assert report.suites[0].status == "timed out"
 
 
 def test_a_suite_cut_off_by_the_run_keeps_the_tests_its_log_finished(tmp_path: Path) -> None:
@@ -249,7 +254,7 @@ def test_a_suite_cut_off_by_the_run_keeps_the_tests_its_log_finished(tmp_path: P
     report, cases = written(tmp_path, suites.cut_off(suite, tmp_path, "interrupted (Ctrl-C)"))
     assert cases[(results.SUITE_CLASS, "go")].find("error").get("message") == "cut off: interrupted (Ctrl-C)"
     assert cases[(GOCAP + "hangs", "TestQuick")].find("failure") is None
-    assert report["suites"][0]["status"] == "error"
+    assert report.suites[0].status == "error"
 
 
 def test_output_with_terminal_escapes_and_nul_still_makes_valid_junit_xml(tmp_path: Path) -> None:
@@ -364,7 +369,7 @@ def test_issue24_item08_a_huge_log_is_read_and_shown_in_bounded_memory(tmp_path:
     assert len(found[0].cases) == (11 if format_ == "tap" else 4)
     assert all(not c.text for c in found[0].cases if not c.failing)
     failed = results.SuiteResult("unit", "failed", 1, 1.0, run_dir / "unit.log")
-    peak = peak_memory(lambda: results.write(run_dir, {"vm": {"name": "default"}}, [failed]))
+    peak = peak_memory(lambda: results.write(run_dir, a_run(run_dir), [failed]))
     assert peak < 2 << 20, f"{peak >> 20} MiB"
     tail = ET.parse(run_dir / "junit.xml").getroot().find("testsuite/testcase/failure").text
     assert tail.splitlines()[-1] == log.splitlines()[-1] and len(tail.splitlines()) == 40
@@ -415,7 +420,7 @@ def test_artifacts_are_copied_back_with_their_paths_and_a_missing_one_is_a_note(
     assert not (copied / "latest.log").is_symlink() and (copied / "latest.log").read_text() == "the target of a link\n"
     assert result.note == f"no artifact matched missing-*.txt, core in {guest}"
     report, _ = written(tmp_path / "results" / "run", result)
-    assert report["suites"][0]["artifacts"] == result.artifacts and "no artifact matched" in report["suites"][0]["note"]
+    assert report.suites[0].artifacts == result.artifacts and "no artifact matched" in report.suites[0].note
 
 
 def test_no_artifact_at_all_leaves_no_empty_folder(connect: Callable[..., SharedConnection], tmp_path: Path,
@@ -475,7 +480,38 @@ def test_junit_alone_still_means_format_junit(tmp_path: Path) -> None:
 def test_report_json_is_valid_json_with_the_new_fields(tmp_path: Path) -> None:
     report, _ = written(tmp_path, results.SuiteResult("plain", "passed", 0, 0.2, None))
     on_disk = json.loads((tmp_path / "report.json").read_text())
-    assert on_disk == report
+    assert on_disk == report.as_json()
     (entry,) = on_disk["suites"]
     assert (entry["tests"], entry["passed"], entry["failing"], entry["artifacts"]) == (1, 1, [], [])
+
+
+REPORT_KEYS = ["vm", "vmlab", "started_at", "results_dir", "guest", "qemu", "sync", "run_id", "passed", "complete",
+               "cut_off", "suites"]
+SUITE_KEYS = ["name", "status", "tests", "passed", "failed", "skipped", "failing", "duration_seconds", "exit_code",
+              "log", "junit", "artifacts", "note"]
+
+
+@pytest.mark.parametrize("known", [{}, {"guest": {"os": "Linux", "kernel": "6.1.0-18-amd64"}, "qemu": "7.2.9",
+                                        "sync": "in sync"}], ids=["cut off before the guest answered", "a whole run"])
+def test_report_json_keeps_its_keys_in_their_order_and_reads_back_as_the_same_report(tmp_path: Path,
+                                                                                      known: dict) -> None:
+    """Users and CI read report.json: RunReport writes the keys (and their order) the dict it
+    replaced wrote, the guest's facts and the sync only once known, each status as its word;
+    the file read back is the same report, and written again the same bytes."""
+    log = tmp_path / "tap.log"
+    log.write_text("1..2\nok 1 - mounts\nnot ok 2 - unmounts\n# busy\n")
+    tap = results.SuiteResult("tap", "failed", 1, 0.7, log, cases=formats.tap(log.read_text(), "tap").cases)
+    report = results.write(tmp_path, a_run(tmp_path, **known), [tap], planned=["tap", "later"],
+                           cut_off=None if known else results.CutOff(None, "SSH stopped answering"))
+    text = (tmp_path / "report.json").read_text()
+    on_disk = json.loads(text)
+    assert list(on_disk) == [k for k in REPORT_KEYS if k in known or k not in ("guest", "qemu", "sync")]
+    assert [list(s) for s in on_disk["suites"]] == [SUITE_KEYS, SUITE_KEYS]
+    assert [s["status"] for s in on_disk["suites"]] == ["failed", "not run"]
+    assert on_disk["suites"][0]["failing"] == [
+        {"classname": "tap", "name": "unmounts", "message": "busy"}]
+    assert (on_disk["passed"], on_disk["complete"]) == (False, bool(known))
+    again = results.RunReport.read(tmp_path / "report.json")
+    assert again == report and again.suites[1].status is results.Status.NOT_RUN
+    assert json.dumps(again.as_json(), indent=2) + "\n" == text
 

@@ -283,6 +283,20 @@ def test_verify_passes_an_untouched_golden_image_and_records_it(small_golden: go
     assert (tmp_path / "g.tar").is_file()
 
 
+def test_verify_replaces_a_link_planted_as_its_record_and_never_writes_through_it(small_golden: golden.Golden,
+                                                                                   tmp_path: Path) -> None:
+    """verify()'s record of what it checked is written whole under a new name and renamed over
+    (vmlab/records.py): a symbolic link put in its place is replaced, the file it points to is
+    untouched. (It was written with write_text, which followed the link and overwrote the file.)"""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not vmlab's\n")
+    (small_golden.dir / golden.VERIFIED).symlink_to(victim)
+    small_golden.verify()
+    assert victim.read_text() == "not vmlab's\n"
+    record = small_golden.dir / golden.VERIFIED
+    assert not record.is_symlink() and set(json.loads(record.read_text())) == set(golden.FROZEN)
+
+
 def test_a_clone_cut_off_while_it_is_made_leaves_no_disk(small_golden: golden.Golden, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C after the copy of clean.qcow2, before its rebase. Not real: the interruption,

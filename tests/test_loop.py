@@ -592,7 +592,7 @@ def test_suites_on_a_stopped_vm_exit_2_saying_so(project: Project, vm_ready) -> 
     shutil.copytree(SAMPLE, project.root, dirs_exist_ok=True, symlinks=True)
     result = project.invoke("vm.test", "--suite", "unit")
     assert result.returncode == 2
-    assert "VM default is not up (stopped): start it" in result.stderr
+    assert "VM default is not running (stopped); start it: invoke vm.start" in result.stderr
     (report,) = [json.loads(p.read_text()) for p in (project.root / "vm" / "default").glob("results/*/report.json")]
     assert not report["passed"] and not report["complete"]
     assert [(s["name"], s["status"]) for s in report["suites"]] == [("unit", "not run")]

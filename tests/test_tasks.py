@@ -19,7 +19,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from conftest import INVOKE, Project, alive
+from conftest import INVOKE, VMLAB, Project, alive
 from vmlab import builder, config, guests
 from vmlab.cache import ArtefactCache
 from vmlab.qmp import Monitor
@@ -40,11 +40,7 @@ NO_SUITES = "vms:\n  default: {}\n"
     (["vm.build"], 2, "has no 'build:' command"),
     (["vm.quick"], 2, "names no 'quick:' suite"),
     (["vm.resume"], 2, "VM default is not suspended (stopped)"),
-    (["vm.suspend"], 2, "VM default is not running (stopped); start it: invoke vm.start"),
-    (["vm.snapshot"], 2, "VM default is not running (stopped); start it: invoke vm.start"),
     (["vm.snapshot", "--name", "Bad/Name"], 2, "snapshot name 'Bad/Name': use lowercase letters"),
-    (["vm.restore"], 2, "VM default has no disk yet: start it and take a snapshot first"),
-    (["vm.console"], 2, "VM default is not running; start it: invoke vm.start"),
     (["vm.start", "--clone-of", "default"], 2, "--clone-of needs the clone's name: --vm NAME"),
     (["vm.start", "--vm", "default", "--clone-of", "default"], 2, "'default' cannot be a clone: it is a configured VM"),
     (["vm.start", "--vm", "c1", "--clone-of", "nosuch"], 2, "there is no VM named 'nosuch'; configured VMs: default"),
@@ -61,6 +57,31 @@ def test_a_task_that_cannot_run_says_why_with_its_exit_code(project: Project, ar
     assert (result.returncode, result.stdout) == (code, ""), result.stdout + result.stderr
     assert result.stderr.startswith("vmlab: error: ") and says in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+    assert qemus_of(project.root) == 0 and not list(project.root.glob("vm/*/disk.qcow2"))
+
+
+@pytest.mark.parametrize("program", ["invoke", "vmlab"])
+@pytest.mark.parametrize("argv", [["console"], ["ssh"], ["ssh", "-c", "true"], ["snapshot"], ["suspend"], ["sync"],
+                                  ["test", "--suite", "unit"], ["test-all"], ["build"], ["restore"]],
+                         ids=" ".join)
+def test_every_command_that_needs_the_vm_running_names_the_start_command_as_the_user_types_it(
+        project: Project, program: str, argv: list) -> None:
+    """A VM never started (stopped, no disk). The one wording, from the one place that prints
+    errors, names the start command as the program the user ran spells it: under `vmlab`,
+    vm.console used to say "start it: invoke vm.start" where `vmlab ssh -c true` said "vmlab start"."""
+    project.write_config(NO_SUITES + "suites:\n  unit: {command: 'true'}\nbuild: make\n")
+    if program == "vmlab":
+        result, start, snapshot = project.invoke(*argv, program=VMLAB), "vmlab start", "vmlab snapshot"
+    else:
+        result, start, snapshot = project.invoke(f"vm.{argv[0]}", *argv[1:]), "invoke vm.start", "invoke vm.snapshot"
+    assert (result.returncode, result.stdout) == (2, ""), result.stdout + result.stderr
+    if argv == ["restore"]:  # nothing to restore: start it, then save a snapshot
+        says = f"VM default has no disk yet, so no snapshot to restore; start it: {start}, then save one: {snapshot}"
+    else:
+        says = f"VM default is not running (stopped); start it: {start}"
+    assert result.stderr.startswith(f"vmlab: error: {says}\n"), result.stderr
+    assert program == "invoke" or "invoke" not in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "Diagnostics" not in result.stderr
     assert qemus_of(project.root) == 0 and not list(project.root.glob("vm/*/disk.qcow2"))
 
 

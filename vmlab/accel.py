@@ -10,7 +10,6 @@ verdict is kept until the host reboots.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -18,9 +17,9 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Callable, Optional
 
-from vmlab import host
+from vmlab import host, records
 from vmlab.errors import PrerequisiteMissing
 
 log = logging.getLogger(__name__)
@@ -83,17 +82,14 @@ def choose(requested: str, probe_kernel: Callable[[], Optional[Path]], cache_dir
     log.info("proving KVM works: booting a kernel under KVM and TCG side by side (once per host boot)")
     choice = probe(kernel)
     verdict_file.parent.mkdir(parents=True, exist_ok=True)
-    verdict_file.write_text(json.dumps(dict(asdict(choice), boot_id=host.boot_id(),
-                                            qemu=host.qemu_version(), probed_at=time.time())))
+    records.write(verdict_file, dict(asdict(choice), boot_id=host.boot_id(), qemu=host.qemu_version(),
+                                     probed_at=time.time()))
     return choice
 
 
 def _remembered(path: Path) -> Optional[AccelChoice]:
-    try:
-        data: Dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if data.get("boot_id") != host.boot_id() or data.get("qemu") != host.qemu_version():
+    data = records.read(path)
+    if not data or data.get("boot_id") != host.boot_id() or data.get("qemu") != host.qemu_version():
         return None
     when = time.strftime("%H:%M", time.localtime(data.get("probed_at", 0)))
     return AccelChoice(data["accel"], f"{data['reason']} (probed at {when}, kept until the host reboots)")

@@ -43,7 +43,7 @@ def inputs(profile: Profile, section: str, options: Dict[str, Any]) -> Dict[str,
         host_mirror, host_suite = apt.host_debian_mirror()
         mirror, suite = mirror or host_mirror, suite or host_suite
     return {"profile": profile.name, "section": section, "mirror": mirror, "suite": suite,
-            "packages": sorted(profile.section(section)["packages"]), "format": 2}
+            "packages": sorted(profile.section(section).packages), "format": 2}
 
 
 def key(profile: Profile, section: str, options: Dict[str, Any]) -> str:
@@ -57,7 +57,7 @@ def ensure(cache: ArtefactCache, profile: Profile, section: str, options: Dict[s
     if cache.has(kind(profile, section), k):
         return cache.path(kind(profile, section), k)
     what = f"the {profile.name} {section}"
-    host.require(BUILD_TOOLS + tuple(profile.section(section).get("host_tools", ())), f"building {what}")
+    host.require(BUILD_TOOLS + tuple(profile.section(section).host_tools), f"building {what}")
     host.require_root(f"building {what}")
     return cache.get_or_build(kind(profile, section), k, facts,
                               lambda out: _build(cache, profile, section, facts, k, out), f"{what} {k}")
@@ -77,7 +77,7 @@ def _build(cache: ArtefactCache, profile: Profile, section: str, facts: Dict[str
         with open(log_path, "w") as logfile:
             # A process group of its own: on Ctrl-C or SIGTERM vmlab stops the whole build (debootstrap
             # and all) before it unmounts and deletes its folder, whichever process got the signal.
-            proc = subprocess.Popen(["sh", str(profile.dir / profile.section(section)["builder"])], env=env,
+            proc = subprocess.Popen(["sh", str(profile.dir / profile.section(section).builder)], env=env,
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True, process_group=0)
             assert proc.stdout is not None
@@ -101,8 +101,8 @@ def _build(cache: ArtefactCache, profile: Profile, section: str, facts: Dict[str
                 _stop_group(proc)
                 raise
         if rc != 0:
-            raise ImageBuildError(f"building the {profile.name} {section} failed (exit {rc}); log: {log_path}\n"
-                                  + "\n".join(tail))
+            raise ImageBuildError(f"building the {profile.name} {section} failed (exit {rc})", log=log_path,
+                                  detail="\n".join(tail))
     finally:
         _unmount_below(work)
         shutil.rmtree(work, ignore_errors=True)

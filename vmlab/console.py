@@ -219,8 +219,8 @@ class Console:
     def _failure(self, step: str, patterns: Sequence[str], started: float, why: str) -> ConsoleError:
         waited = time.monotonic() - started
         wanted = " or ".join(repr(p) for p in patterns)
-        return ConsoleError(f"step {step!r}: {why}; it waited {waited:.0f}s for {wanted}.\n"
-                            f"Last {TAIL_LINES} console lines:\n{self.tail()}")
+        return ConsoleError(f"step {step!r}: {why}; it waited {waited:.0f}s for {wanted}.",
+                            detail=f"Last {TAIL_LINES} console lines:\n{self.tail()}")
 
     # --- typing ---
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from vmlab import locks, pins, transfer
+from vmlab import locks, pins, records, transfer
 from vmlab.cache import file_stamp
 from vmlab.errors import Busy, ChecksumMismatch, ConfigError, DownloadError, NotCached, PrerequisiteMissing
 from vmlab.progress import mb
@@ -71,7 +71,7 @@ def fetch(*, mirrors: List[str], path: str, cache_dir: Path, checksums: Optional
         if sha256 is not None:
             return FetchResult(isos / out_name, sha256, "cache", 0)
         if offline:  # the caller, who knows why it may not download, says what to do (NotCached)
-            raise NotCached(f"{out_name} is not in the cache ({isos}); nothing was downloaded (offline)")
+            raise NotCached(f"{out_name} is not in the cache ({isos})", hint="nothing was downloaded (offline)")
         if not mirrors:
             raise PrerequisiteMissing(f"{out_name} is not in the cache ({isos}) and no mirror is configured")
         mode = progress_mode(progress)
@@ -87,7 +87,7 @@ def fetch(*, mirrors: List[str], path: str, cache_dir: Path, checksums: Optional
         partial = isos / f"{name}.partial"
         kept = (f"\nThe {mb(partial.stat().st_size)} already downloaded are kept in {partial}; "
                 f"a later run resumes from there." if partial.is_file() and partial.stat().st_size else "")
-        raise PrerequisiteMissing(f"no mirror could provide {name}:\n  " + "\n  ".join(failures) + kept)
+        raise PrerequisiteMissing(f"no mirror could provide {name}:", detail="  " + "\n  ".join(failures) + kept)
 
 
 def unreachable(mirrors: List[str], path: str, checksums: Optional[str] = "iso-images/md5.txt") -> List[str]:
@@ -122,7 +122,7 @@ def cached(cache_dir: Path) -> List[Dict[str, Any]]:
                           "source": entry.get("source"), "fetched_at": entry.get("fetched_at"),
                           "partial": False})
     for f in sorted(isos.glob("*.partial")):
-        meta = pins.load_json(isos / f"{f.name}.json")
+        meta = records.read(isos / f"{f.name}.json", warn=True)
         found.append({"name": f.name, "size": f.stat().st_size, "sha256": None,
                       "source": meta.get("url"), "fetched_at": None, "partial": True})
     return found

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, List, NoReturn, Optional, Set
 
-from vmlab import __version__, disk
+from vmlab import __version__, disk, records
 from vmlab.atomic import made_as, private_file
 from vmlab.cache import MANIFEST, ArtefactCache, key_of, sha256_file
 from vmlab.errors import ConfigError, DownloadError, ImageBuildError
@@ -100,12 +100,7 @@ class Golden:
             raise ImageBuildError(f"golden image {self.dir}: {path} was modified: it records no sha256 for "
                                   f"{' and '.join(FROZEN)}. Delete {self.dir} and make it again")
         stamp_file = self.dir / VERIFIED
-        try:
-            stamps = json.loads(stamp_file.read_text())
-        except (OSError, ValueError):
-            stamps = {}
-        if not isinstance(stamps, dict):
-            stamps = {}
+        stamps = records.read(stamp_file)
         for name in FROZEN:
             st = (self.dir / name).stat()
             stamp = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, files[name]]
@@ -116,7 +111,7 @@ class Golden:
                 raise ImageBuildError(f"golden image {self.dir / name} was modified: its sha256 is {actual}, "
                                       f"{path} records {files[name]}. Delete {self.dir} and make it again")
             stamps[name] = stamp
-        stamp_file.write_text(json.dumps(stamps))
+        records.write(stamp_file, stamps)
 
     def new_disk(self, path: Path) -> None:
         """A VM disk that starts as clean.qcow2 and writes only to itself."""

@@ -49,10 +49,9 @@ def require(tools: Iterable[str], purpose: str) -> None:
     if missing:
         packages = sorted({PACKAGES.get(t, t) for t in missing})
         lines = "\n".join(f"  - {t} (Debian package {PACKAGES.get(t, '?')})" for t in missing)
-        raise PrerequisiteMissing(
-            f"{purpose} needs tools that are not installed:\n{lines}\n"
-            f"Install them with: apt-get install {' '.join(packages)}  (or, as root: vmlab host-setup --install)"
-        )
+        raise PrerequisiteMissing(f"{purpose} needs tools that are not installed", detail=lines,
+                                  hint=f"install them: apt-get install {' '.join(packages)}  (or, as root: "
+                                       "invoke vm.host-setup --install)")
 
 
 def run(argv: Sequence[str], what: str, hint: str = "", **kwargs: Any) -> "subprocess.CompletedProcess[str]":
@@ -70,8 +69,8 @@ def run(argv: Sequence[str], what: str, hint: str = "", **kwargs: Any) -> "subpr
     proc = subprocess.run([which(argv[0]) or argv[0], *argv[1:]], text=True, check=False, **kwargs)
     if proc.returncode != 0:
         output = "\n".join(((proc.stdout or "") + (proc.stderr or "")).strip().splitlines()[-15:])
-        raise CommandFailed(f"{what} failed: `{shlex.join(argv)}` exited with status {proc.returncode}"
-                            + (f":\n{output}" if output else "") + (f"\n{hint}" if hint else ""))
+        raise CommandFailed(f"{what} failed: `{shlex.join(argv)}` exited with status {proc.returncode}", hint=hint,
+                            detail=output)
     return proc
 
 

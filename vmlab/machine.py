@@ -10,7 +10,6 @@ is a unix socket whose every byte QEMU also appends to `console.log`.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import re
@@ -24,7 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
-from vmlab import atomic, host
+from vmlab import host, records
 from vmlab.accel import AccelChoice
 from vmlab.errors import MachineError, PrerequisiteMissing
 from vmlab.logtail import last_lines
@@ -140,11 +139,7 @@ class Machine:
         return state not in ("Z", "X") and str(self.pid_file).encode() in cmdline
 
     def state(self) -> Dict[str, Any]:
-        try:
-            state = json.loads(self.state_file.read_text())
-        except (OSError, ValueError):
-            return {}
-        return state if isinstance(state, dict) else {}
+        return records.read(self.state_file)
 
     def status(self, query_qemu: bool = True) -> MachineStatus:
         recorded = self.state()
@@ -202,11 +197,11 @@ class Machine:
                 if "host forwarding rule" in words and not spec.ssh_port and attempt < START_ATTEMPTS:
                     log.debug("port %d was taken before QEMU bound it; trying another", port)
                     continue
-                raise MachineError(f"QEMU failed to start VM {self.name} (exit {proc.returncode}):\n"
-                                   f"{words}\ncommand: {' '.join(argv)}")
+                raise MachineError(f"QEMU failed to start VM {self.name} (exit {proc.returncode}):",
+                                   detail=f"{words}\ncommand: {' '.join(argv)}")
             pid = self.pid()
             if pid is None:
-                raise MachineError(f"QEMU reported success but VM {self.name} is not running; see {self.qemu_log}")
+                raise MachineError(f"QEMU reported success but VM {self.name} is not running", log=self.qemu_log)
             self._write_state({"pid": pid, "ssh_port": port, "accel": spec.accel.accel,
                                "accel_reason": spec.accel.reason, "started_at": time.time(), "argv": argv,
                                "qemu_warnings": proc.stderr.strip()})
@@ -276,13 +271,14 @@ class Machine:
             return ""
 
     def _write_state(self, data: Dict[str, Any]) -> None:
-        atomic.write_text(self.state_file, json.dumps(data, indent=2) + "\n")
+        records.write(self.state_file, data, indent=2)
 
     def assert_alive(self) -> None:
         """MachineError with the end of QEMU's log and the console if QEMU has died."""
         if self.pid() is None:
-            raise MachineError(f"QEMU of VM {self.name} exited while the guest was booting.\n"
-                               f"qemu.log:\n{tail(self.qemu_log, 10)}\nconsole.log:\n{tail(self.console_log, 20)}")
+            raise MachineError(f"QEMU of VM {self.name} exited while the guest was booting.",
+                               detail=f"qemu.log:\n{tail(self.qemu_log, 10)}\n"
+                                      f"console.log:\n{tail(self.console_log, 20)}")
 
     def wait_console(self, pattern: str, timeout: float) -> str:
         """The first console.log line matching `pattern` (a regex), waiting up to `timeout` s."""
@@ -296,7 +292,8 @@ class Machine:
                 pass
             if time.monotonic() > deadline:
                 raise MachineError(f"VM {self.name}: nothing matching {pattern!r} on the console within "
-                                   f"{timeout:.0f}s; last lines of {self.console_log}:\n{tail(self.console_log, 15)}")
+                                   f"{timeout:.0f}s", detail=f"Last lines of {self.console_log}:\n"
+                                                             f"{tail(self.console_log, 15)}")
             time.sleep(0.2)
 
     # --- stop ---

@@ -147,8 +147,8 @@ class SharedConnection:
             proc.wait()
             raise
         if status == SSH_FAILED:
-            raise GuestUnreachable(f"ssh to {HOST}:{self.port} failed: "
-                                   f"{tail.decode(errors='replace').strip()[-500:]}")
+            raise GuestUnreachable(f"ssh to {HOST}:{self.port} failed:",
+                                   detail=tail.decode(errors="replace").strip()[-500:])
         return status
 
     @staticmethod

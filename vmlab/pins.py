@@ -7,13 +7,12 @@ so a verified file is hashed again only when those change.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from vmlab import atomic, locks
+from vmlab import locks, records
 from vmlab.cache import file_stamp, sha256_file
 from vmlab.errors import ChecksumMismatch, ConfigError
 
@@ -60,26 +59,11 @@ def record(isos: Path, out_name: str, entry: Dict[str, Any]) -> None:
         if old is not None:
             entry["first_fetched_at"] = old.get("first_fetched_at", old.get("fetched_at"))
         pins[out_name] = entry
-        write_json(isos / PINS, pins)
+        records.write(isos / PINS, pins, indent=2, sort_keys=True)
 
 
 def load(isos: Path) -> Dict[str, Dict[str, Any]]:
-    return load_json(isos / PINS)
-
-
-def load_json(path: Path) -> Dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as e:
-        log.warning("ignoring unreadable %s: %s", path, e)
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def write_json(path: Path, data: Dict[str, Any]) -> None:
-    atomic.write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return records.read(isos / PINS, warn=True)
 
 
 def parse(pin: Optional[str]) -> Optional[Tuple[str, str]]:

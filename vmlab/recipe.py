@@ -97,7 +97,8 @@ class Recipe:
         except ConsoleError as e:
             if not self.help:
                 raise
-            raise ConsoleError(f"{e}\n{self.help}") from None
+            e.detail = "\n".join(part for part in (e.detail, self.help) if part)
+            raise
 
 
 def _play(console: Console, step: Step, values: Dict[str, str]) -> None:
@@ -130,8 +131,8 @@ def _play(console: Console, step: Step, values: Dict[str, str]) -> None:
 
 def _check(console: Console, step: Step, what: str, status: int) -> None:
     if status != 0:
-        raise ConsoleError(f"step {step.name!r}: {what} with status {status}.\n"
-                           f"Last console lines:\n{console.tail()}")
+        raise ConsoleError(f"step {step.name!r}: {what} with status {status}.",
+                           detail=f"Last console lines:\n{console.tail()}")
 
 
 def load(path: Path) -> Recipe:

@@ -27,7 +27,7 @@ from vmlab.config import SuiteConfig
 from vmlab.errors import Cancelled, GuestUnreachable
 from vmlab.openssh import Claim, SharedConnection
 from vmlab.readout import Readout
-from vmlab.results import SuiteResult
+from vmlab.results import Status, SuiteResult
 from vmlab.sync.gate import SyncGate
 
 TIMED_OUT = (124, 137)  # `timeout`'s status when it stopped the command (137: it had to SIGKILL)
@@ -123,8 +123,8 @@ def run(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Pat
         gate.check(suite.name, log_path)  # SyncError if the suite never ran: its exit code is its own
     duration = time.monotonic() - started[0]
     timed_out = status == -1 or (status in TIMED_OUT and duration >= suite.timeout - 1)
-    result = SuiteResult(suite.name, "timed out" if timed_out else ("passed" if status == 0 else "failed"),
-                         status, duration, log_path)
+    ended = Status.TIMED_OUT if timed_out else (Status.PASSED if status == 0 else Status.FAILED)
+    result = SuiteResult(suite.name, ended, status, duration, log_path)
     if timed_out:
         result.note = f"killed after {suite.timeout:.0f}s (its timeout)"
     _read_cases(conn, suite, guest_dir, run_dir, result)
@@ -172,8 +172,8 @@ def _read_cases(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_
             result.junit = run_dir / f"{suite.name}.junit.xml"
             result.junit.write_bytes(data)
             parsed = formats.junit(data)
-        if not parsed.cases and result.status == "passed":
-            result.status = "failed"
+        if not parsed.cases and result.status == Status.PASSED:
+            result.status = Status.FAILED
             parsed.problem = f"exit 0, but {parsed.problem}"
     elif suite.format:
         parsed = formats.parse_log(suite.format, result.log, suite.name) if result.log else \
@@ -189,12 +189,12 @@ def _settle(result: SuiteResult) -> SuiteResult:
     """The status its tests give it: exit 0 with a test failing (or its results ending early) is a
     failure; a failure with every test passing stays one, saying so."""
     failing = sum(c.failing for c in result.cases)
-    if result.status == "passed" and failing:
-        result.status = "failed"
+    if result.status == Status.PASSED and failing:
+        result.status = Status.FAILED
         _add_note(result, f"exit 0, but {failing} of its {len(result.cases)} tests failed")
-    elif result.status == "passed" and result.cases and result.problem:
-        result.status = "failed"  # exit 0, but its own results say it did not finish (the note says why)
-    elif result.status == "failed" and result.cases and not failing and not result.problem:
+    elif result.status == Status.PASSED and result.cases and result.problem:
+        result.status = Status.FAILED  # exit 0, but its own results say it did not finish (the note says why)
+    elif result.status == Status.FAILED and result.cases and not failing and not result.problem:
         _add_note(result, f"exit code {result.exit_code}, though every test it reported passed")
     return result
 
@@ -202,7 +202,7 @@ def _settle(result: SuiteResult) -> SuiteResult:
 def cut_off(suite: SuiteConfig, run_dir: Path, why: str) -> SuiteResult:
     """The suite under way when the run was cut off: an error, with the tests its output got to."""
     log = run_dir / f"{suite.name}.log"
-    result = SuiteResult(suite.name, "error", -1, 0.0, log if log.exists() else None, note=f"cut off: {why}")
+    result = SuiteResult(suite.name, Status.ERROR, -1, 0.0, log if log.exists() else None, note=f"cut off: {why}")
     if result.log and suite.format and suite.format not in formats.FROM_FILE:
         result.cases = formats.parse_log(suite.format, result.log, suite.name).cases
     return result

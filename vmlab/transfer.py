@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Set
 
-from vmlab import __version__
+from vmlab import __version__, records
 from vmlab.errors import DownloadError
-from vmlab.pins import load_json, write_json
 from vmlab.progress import Progress, mb
 
 log = logging.getLogger("vmlab.fetch")
@@ -60,7 +59,7 @@ class Got:
 def download(url: str, partial: Path, sidecar: Path, out: Optional[Path], name: str, mode: str,
               pub_algos: Set[str], out_algos: Set[str]) -> Got:
     """Fetch `url` into `partial`, resuming what a previous run left; decompress into `out` if given."""
-    meta = load_json(sidecar)
+    meta = records.read(sidecar, warn=True)
     offset = partial.stat().st_size if partial.is_file() else 0
     length = meta.get("length")
     if meta.get("url") != url or not offset or (length is not None and offset > length):
@@ -106,7 +105,7 @@ def download(url: str, partial: Path, sidecar: Path, out: Optional[Path], name: 
                     length = _int(resp.headers.get("Content-Length"))
                     meta = {"url": url, "length": length, "etag": resp.headers.get("ETag"),
                             "last_modified": resp.headers.get("Last-Modified")}
-                    write_json(sidecar, meta)
+                    records.write(sidecar, meta, indent=2, sort_keys=True)
                     show.total(length)
                 got = 0
                 try:

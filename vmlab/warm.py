@@ -20,7 +20,6 @@ full, while a changed `warm:` makes `vmlab golden` warm up again.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from vmlab import records
 from vmlab.atomic import made_as
 from vmlab.cache import key_of
 from vmlab.config import SuiteConfig
@@ -59,11 +59,7 @@ class WarmState:
 
     @property
     def record(self) -> Dict[str, Any]:
-        try:
-            data = json.loads((self.dir / RECORD).read_text())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        return records.read(self.dir / RECORD)
 
     @property
     def made_at(self) -> float:
@@ -111,7 +107,7 @@ def publish(state_dir: Path, warm_key: str, disk: Path, sync_record: Path, facts
         if sync_record.is_file():
             shutil.copyfile(sync_record, partial / SYNC_RECORD)
         record = dict(facts, key=warm_key, made_at=time.time())
-        (partial / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        records.write(partial / RECORD, record, indent=2)
         final = parent / warm_key
         shutil.rmtree(final, ignore_errors=True)
         os.rename(partial, final)

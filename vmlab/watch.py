@@ -195,15 +195,15 @@ class Watch:
             return
         except (VmlabError, OSError) as e:
             self.tally.errors += 1
-            self.say(f"[{stamp}] run {number}: DID NOT FINISH: {str(e).splitlines()[0]}")
+            self.say(f"[{stamp}] run {number}: DID NOT FINISH: {e.message if isinstance(e, VmlabError) else e}")
             return
-        (suite,) = report["suites"]
-        if report["passed"]:
+        (suite,) = report.suites
+        if report.passed:
             self.tally.passed += 1
         else:
             self.tally.failed += 1
-        verdict = "PASSED" if report["passed"] else "FAILED"
-        self.say(f"[{stamp}] run {number}: {verdict} {suite['name']}: {suite['passed']} passed, "
-                 f"{suite['failed']} failed in {time.monotonic() - started:.2f}s ({report.get('sync', 'synced')}) "
-                 f"results: {report['results_dir']}")
+        verdict = "PASSED" if report.passed else "FAILED"
+        self.say(f"[{stamp}] run {number}: {verdict} {suite.name}: {suite.passed} passed, "
+                 f"{suite.failed} failed in {time.monotonic() - started:.2f}s ({report.sync or 'synced'}) "
+                 f"results: {report.results_dir}")
 

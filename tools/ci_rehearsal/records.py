@@ -3,11 +3,12 @@ results that agree with its exit code, and the summary lines printed at the end.
 
 from __future__ import annotations
 
-import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
+
+from vmlab.results import RunReport
 
 PASSED, FAILED, UNFINISHED, INTERRUPTED = 0, 1, 2, 130
 
@@ -60,9 +61,14 @@ def check_results(record: JobRecord, artifacts: Path) -> None:
         return
     for report_file in reports:
         junit = report_file.parent / "junit.xml"
-        report = json.loads(report_file.read_text())
+        try:
+            report = RunReport.read(report_file)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            record.problems.append(f"{report_file} is not a report vmlab wrote ({type(e).__name__}: {e})")
+            record.code = max(record.code, FAILED)
+            continue
         entry: Dict[str, Any] = {"report": str(report_file), "junit": str(junit) if junit.exists() else None,
-                 "passed": bool(report.get("passed")), "suites": [s.get("name") for s in report.get("suites", [])]}
+                                 "passed": report.passed, "suites": [s.name for s in report.suites]}
         record.results.append(entry)
         if not junit.exists():
             record.problems.append(f"{report_file.parent} has report.json but no junit.xml")

@@ -1,19 +1,72 @@
 """Guest profiles: one folder per guest OS under vmlab/guests/, described by its profile.yaml.
 
 A profile is data (how the guest boots, what its image is built from, who logs
-in) beside the scripts it names, so adding a guest OS is adding a folder.
+in) beside the scripts it names, so adding a guest OS is adding a folder. It is
+read once, into the typed sections below, and every key is checked then: a
+mistake is an error naming the file and the key, not a KeyError later.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Type, TypeVar, get_type_hints
 
 import yaml
 
 from vmlab.errors import ConfigError
 from vmlab.schema import GUESTS_DIR, known_profiles
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+Section = TypeVar("Section", bound="DataclassInstance")
+
+
+@dataclass(frozen=True)
+class Build:
+    """`image:` (a disk image) or `medium:` (an install ISO), built on the host from packages."""
+
+    builder: str  # the script, run as root; it finds the rest in its environment (builder.py)
+    packages: List[str] = field(default_factory=list)
+    files: List[str] = field(default_factory=list)  # what the builder copies: with it, they key the result
+    host_tools: List[str] = field(default_factory=list)  # host tools it needs beyond builder.BUILD_TOOLS
+
+
+@dataclass(frozen=True)
+class Iso:
+    """`iso:`, an installer downloaded from the guest's mirrors and verified."""
+
+    path: str  # on a mirror; {release} is filled in
+    checksums: str  # the checksum file beside it on the mirror
+    release: str = ""  # vmlab.yaml may set it (profiles: {NAME: {release: ...}})
+    mirrors: List[str] = field(default_factory=list)  # vmlab.yaml's, if it names any, come first
+    size: str = ""  # as the mirrors list it, said before a first download
+
+
+@dataclass(frozen=True)
+class Install:
+    """`install:`, the serial-console recipe that installs the guest from its installer."""
+
+    recipe: str = ""  # vmlab.yaml may name another of the folder's recipes
+    takes: str = ""  # how long, with its source: said before a first start makes the image
+
+
+@dataclass(frozen=True)
+class Provision:
+    """`provision:`: what runs over SSH, as root, with the config's packages as its arguments."""
+
+    script: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Boot:
+    """`boot:`: the kernel vmlab boots itself (beside disk.qcow2); empty: the disk's own boot loader."""
+
+    kernel: Optional[str] = None
+    initrd: Optional[str] = None
+    cmdline: str = ""
 
 
 @dataclass(frozen=True)
@@ -22,27 +75,35 @@ class Profile:
     dir: Path
     description: str
     os: str
-    ssh_user: str
-    image: Dict[str, Any]  # a disk image built from packages: builder, packages, files
-    medium: Dict[str, Any]  # an install ISO built from packages: builder, packages, files
-    iso: Dict[str, Any]  # an install ISO downloaded: release, path, checksums, mirrors
-    install: Dict[str, Any]  # recipe: the serial-console recipe that installs from the ISO
-    provision: Dict[str, Any]  # script, run over SSH as root with the config's packages
-    boot: Dict[str, Any]  # kernel, initrd, cmdline when vmlab boots the kernel itself
-    after_restore: str  # shell run after a restore; see profile.yaml
-    privileged: str  # prefix that runs a command as root for a non-root ssh_user (sudo -n, doas -n)
+    ssh_user: str = "root"
+    image: Optional[Build] = None
+    medium: Optional[Build] = None
+    iso: Optional[Iso] = None
+    install: Optional[Install] = None
+    provision: Provision = Provision()
+    boot: Boot = Boot()
+    after_restore: str = ""  # shell run after a restore; see profile.yaml
+    privileged: str = "sudo -n"  # prefix that runs a command as root for a non-root ssh_user (sudo -n, doas -n)
 
-    def section(self, name: str) -> Dict[str, Any]:
+    @property
+    def file(self) -> Path:
+        return self.dir / "profile.yaml"
+
+    def section(self, name: str) -> Build:
         """A build section (`image` or `medium`) of profile.yaml."""
         found = {"image": self.image, "medium": self.medium}[name]
-        if not found:
-            raise ConfigError(f"{self.dir / 'profile.yaml'}: guest profile {self.name!r} has no {name!r} section")
+        if found is None:
+            raise ConfigError(f"{self.file}: guest profile {self.name!r} has no {name!r} section")
         return found
 
     def build_files(self, section: str) -> List[Path]:
         """The builder and every file it copies (paths relative to this folder): they key the result."""
         spec = self.section(section)
-        return [(self.dir / n).resolve() for n in [spec["builder"], *spec.get("files", [])]]
+        return [(self.dir / n).resolve() for n in [spec.builder, *spec.files]]
+
+
+SECTIONS: Dict[str, type] = {"image": Build, "medium": Build, "iso": Iso, "install": Install,
+                             "provision": Provision, "boot": Boot}
 
 
 def load(name: str, guest_dirs: Sequence[Path] = ()) -> Profile:
@@ -51,15 +112,50 @@ def load(name: str, guest_dirs: Sequence[Path] = ()) -> Profile:
                 GUESTS_DIR / name / "profile.yaml")
     if not path.is_file():
         raise ConfigError(f"no guest profile {name!r} (no {path}); known: {', '.join(known_profiles(guest_dirs))}")
-    data = yaml.safe_load(path.read_text())
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {getattr(e, 'problem', e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a guest profile is a mapping (description, os, ...)")
-    try:
-        return Profile(name=name, dir=path.parent, description=data["description"], os=data["os"],
-                       ssh_user=data.get("ssh_user", "root"), image=data.get("image", {}),
-                       medium=data.get("medium", {}), iso=data.get("iso", {}), install=data.get("install", {}),
-                       provision=data.get("provision", {}), boot=data.get("boot", {}),
-                       after_restore=data.get("after_restore", ""),
-                       privileged=data.get("privileged", "sudo -n"))
-    except (KeyError, TypeError) as e:
-        raise ConfigError(f"{path}: missing or malformed key {e}") from None
+    sections: Dict[str, Any] = {key: _read(kind, data[key], key, path) for key, kind in SECTIONS.items()
+                                if data.get(key) is not None}
+    top = {key: value for key, value in data.items() if key not in SECTIONS}
+    return _read(Profile, top, "", path, name=name, dir=path.parent, **sections)
+
+
+def _read(kind: Type[Section], value: Any, at: str, path: Path, **given: Any) -> Section:
+    """A section (or the profile, `at` ''), each key checked against the field it fills."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: {at}: a mapping of {', '.join(f.name for f in dataclasses.fields(kind))}"
+                          f", not {value!r}")
+    names = [f.name for f in dataclasses.fields(kind) if f.name not in given]
+    for key in value:
+        if key not in names:
+            raise ConfigError(f"{path}: {_key(at, key)}: unknown key; known: {', '.join(names)}")
+    types = get_type_hints(kind)
+    found = dict(given)
+    for f in dataclasses.fields(kind):
+        if f.name in given:
+            continue
+        if f.name in value:
+            found[f.name] = _value(types[f.name], value[f.name], _key(at, f.name), path)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{path}: {_key(at, f.name)}: missing")
+    return kind(**found)
+
+
+def _key(at: str, key: Any) -> str:
+    return f"{at}.{key}" if at else str(key)
+
+
+def _value(kind: Any, value: Any, key: str, path: Path) -> Any:
+    if kind in (str, Optional[str]):
+        if isinstance(value, str) or (value is None and kind is not str):
+            return value
+        raise ConfigError(f"{path}: {key}: {value!r} is not a string (put it in quotes)")
+    if kind == List[str]:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ConfigError(f"{path}: {key}: a list of strings, not {value!r}")
+    raise TypeError(f"no reader for {kind}")  # a field of a type this module does not read yet

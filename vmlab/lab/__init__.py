@@ -27,10 +27,11 @@ from vmlab import accel, diagnostics, fetch, golden, guests, keys, warm
 from vmlab.cache import ArtefactCache
 from vmlab.command import CommandResult
 from vmlab.config import VM_NAME, LabConfig, SuiteConfig, VMConfig
-from vmlab.errors import Busy, ConfigError, NoSuchSnapshot, PrerequisiteMissing, VmlabError
+from vmlab.errors import Busy, ConfigError, NoSuchSnapshot, NotRunning, PrerequisiteMissing, VmlabError
 from vmlab.lab import building, firstrun, images, lifecycle, loop, snapshotting
 from vmlab.lab.vmdir import VMDir
 from vmlab.machine import MachineStatus, State
+from vmlab.results import RunReport
 from vmlab.snapshots import Snapshot
 from vmlab.ssh import GuestSSH
 from vmlab.sync.rsync import SyncResult
@@ -40,14 +41,15 @@ Verb = TypeVar("Verb", bound=Callable[..., Any])
 
 
 def with_diagnostics(verb: Verb) -> Verb:
-    """If the verb fails after QEMU started, collect a diagnostic bundle and name it in the error."""
+    """If the verb fails after QEMU started, collect a diagnostic bundle and set it on the error
+    (its `diagnostics`: the error then names it)."""
 
     @functools.wraps(verb)
     def wrapper(self: "Lab", name: Optional[str] = None, *args: Any, **kwargs: Any) -> Any:
         try:
             return verb(self, name, *args, **kwargs)
         except VmlabError as e:
-            if getattr(e, "diagnostics", None) or isinstance(e, (ConfigError, Busy, NoSuchSnapshot)):
+            if e.diagnostics or e.no_diagnostics or isinstance(e, (ConfigError, Busy, NoSuchSnapshot, NotRunning)):
                 raise  # a mistake in what was asked, or a bundle made already: nothing to diagnose
             try:
                 vm = self.vm(name)
@@ -57,14 +59,10 @@ def with_diagnostics(verb: Verb) -> Verb:
             if not diagnostics.started(vmdir.machine):
                 raise
             try:
-                folder = diagnostics.collect(vmdir.machine, lambda: self._diagnostic_ssh(vm, vmdir))
+                e.diagnostics = diagnostics.collect(vmdir.machine, lambda: self._diagnostic_ssh(vm, vmdir))
             except OSError as why:  # a full disk, say: the failure itself must still be told
-                failure = type(e)(f"{e}\n(no diagnostic bundle: {why.strerror or why})")
-                failure.diagnostics = "none"  # type: ignore[attr-defined]
-                raise failure from None
-            failure = type(e)(f"{e}\nDiagnostics (console, QEMU log and state, dmesg, mounts): {folder}")
-            failure.diagnostics = folder  # type: ignore[attr-defined]
-            raise failure from None
+                e.no_diagnostics = why.strerror or str(why)
+            raise
 
     return cast(Verb, wrapper)
 
@@ -235,7 +233,7 @@ class Lab:
         return building.provision(self, *self._to_run(name))
 
     @with_diagnostics
-    def verify(self, name: Optional[str] = None) -> Dict[str, Any]:
+    def verify(self, name: Optional[str] = None) -> RunReport:
         return building.verify(self, *self._to_run(name))
 
     @with_diagnostics
@@ -250,7 +248,7 @@ class Lab:
         return loop.sync(self, *self._at(name))
 
     def run_suites(self, suites: List[SuiteConfig], name: Optional[str] = None,
-                   restore_on_failure: bool = False, sync_first: bool = False, raw: bool = False) -> Dict[str, Any]:
+                   restore_on_failure: bool = False, sync_first: bool = False, raw: bool = False) -> RunReport:
         return loop.run_suites(self, *self._at(name), suites, restore_on_failure, sync_first, raw=raw)
 
     def ssh(self, name: Optional[str] = None) -> GuestSSH:
@@ -261,6 +259,12 @@ class Lab:
 
     def ssh_argv(self, name: Optional[str] = None) -> List[str]:
         return loop.ssh_argv(self, *self._at(name))
+
+    def console_socket(self, name: Optional[str] = None) -> Path:
+        """The serial console's socket of a running VM (`vm.console` attaches to it)."""
+        vm, vmdir = self._at(name)
+        lifecycle.require_running(vm, vmdir)
+        return vmdir.machine.console_socket
 
     def _diagnostic_ssh(self, vm: VMConfig, vmdir: VMDir) -> GuestSSH:
         session = GuestSSH(vmdir.machine.state()["ssh_port"], vm.ssh_user, lifecycle.keys_for(self, vmdir))

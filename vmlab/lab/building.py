@@ -23,6 +23,7 @@ from vmlab.lab.vmdir import Origin, OriginKind, VMDir
 from vmlab.machine import Machine, MachineSpec, console_now
 from vmlab.progress import Heartbeat
 from vmlab.qmp import Monitor
+from vmlab.results import RunReport
 from vmlab.ssh import GuestSSH
 
 if TYPE_CHECKING:
@@ -86,8 +87,9 @@ def _run_install(lab: "Lab", vm: VMConfig, vmdir: VMDir, rec: recipe.Recipe, med
                 if not runner.wait_stopped(120):
                     raise ConsoleError(f"VM {vm.name}: the install powered off, but QEMU still runs after 120s")
     except ConsoleError as e:
-        raise ConsoleError(f"VM {vm.name}: the install failed: {e}\nFull transcript: {runner.console_log} (timed: "
-                           f"{runner.dir / TIMED})") from None
+        transcript = f"Full transcript: {runner.console_log} (timed: {runner.dir / TIMED})"
+        raise ConsoleError(f"VM {vm.name}: the install failed: {e.message}", hint=e.hint,
+                           detail="\n".join(part for part in (e.detail, transcript) if part)) from None
     finally:
         runner.stop(soft_timeout=0)
     shutil.move(str(vmdir.disk), out / "disk.qcow2")  # a rename when the cache shares the file system
@@ -125,18 +127,18 @@ def provision(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> str:
     return key
 
 
-def verify(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> Dict[str, Any]:
+def verify(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> RunReport:
     """Run vmlab's privileged mount suite in the running VM, as any suite runs; a golden image must pass it."""
     lifecycle.connection(lab, vm, vmdir).put(MOUNT_SUITE, GUEST_MOUNT_SUITE)
     junit = "/tmp/vmlab-mount-suite.xml"
     suite = SuiteConfig(name="mounts", command=f"sh {GUEST_MOUNT_SUITE}", workdir="/tmp", privileged=True,
                         env=(("JUNIT", junit),), timeout=900, junit=junit)
     report = loop.run_suites(lab, vm, vmdir, [suite])
-    if not report["passed"]:
-        raise ProvisionError(f"VM {vm.name}: the mount suite failed; see {report['results_dir']}")
-    result = report["suites"][0]
+    if not report.passed:
+        raise ProvisionError(f"VM {vm.name}: the mount suite failed; see {report.results_dir}")
+    (result,) = report.suites
     log.info("VM %s: the mount suite passed (%d checks, %.0fs); results in %s", vm.name,
-             result["passed"], result["duration_seconds"], report["results_dir"])
+             result.passed, result.duration_seconds, report.results_dir)
     return report
 
 
@@ -157,7 +159,7 @@ def make_golden(lab: "Lab", vm: VMConfig, vmdir: VMDir, from_scratch: bool = Fal
                 images.fetch_iso(lab, vm)
             except PrerequisiteMissing as e:
                 log.warning("no ISO for VM %s can be had (%s); making the golden image of VM %s instead, "
-                            "as its 'fallback' says", vm.name, str(e).splitlines()[0].rstrip(":"), vm.fallback)
+                            "as its 'fallback' says", vm.name, e.message, vm.fallback)
                 return lab.make_golden(vm.fallback, from_scratch=True, rewarm=rewarm)
         lifecycle.discard_disk(lab, vm, vmdir)
         if profile.install:

@@ -75,8 +75,9 @@ def reachable(lab: "Lab", vm: VMConfig) -> None:
     why = downloads.unreachable(source["mirrors"], source["path"], source["checksums"])
     if why:
         raise PrerequisiteMissing(f"VM {vm.name} cannot be made yet: its ISO {images.iso_name(lab, vm)} is not in "
-                                  f"the cache and no mirror answers; `invoke vm.fetch{images.vm_option(lab, vm)}` "
-                                  "downloads it once one does.\n  " + "\n  ".join(why))
+                                  "the cache and no mirror answers",
+                                  hint=f"`invoke vm.fetch{images.vm_option(lab, vm)}` downloads it once one does.",
+                                  detail="  " + "\n  ".join(why))
 
 
 def plan(lab: "Lab", vm: VMConfig) -> str:
@@ -88,7 +89,7 @@ def plan(lab: "Lab", vm: VMConfig) -> str:
         try:
             images.fetch_iso(lab, vm, offline=True)
         except NotCached:
-            size = profile.iso.get("size")
+            size = profile.iso.size
             steps.append(f"download {images.iso_name(lab, vm)}" + (f" ({size})" if size else "") + ", verified")
     elif profile.medium:
         steps.append(f"build the {profile.name} live CD from Debian packages")
@@ -97,7 +98,8 @@ def plan(lab: "Lab", vm: VMConfig) -> str:
     steps.append(f"install {', '.join(packages)}" if packages else "provision it")
     steps.append("check it with the mount suite and save it as the golden image (later starts restore it in "
                  "seconds)")
-    takes = profile.install.get("takes") or "how long depends on the network and on the accelerator"
+    takes = (profile.install.takes if profile.install else "") or \
+        "how long depends on the network and on the accelerator"
     return (f"VM {vm.name} has no image yet; making it now, once: {'; '.join(steps)}. {takes}. Ctrl-C keeps "
             "every finished step for the next start")
 
@@ -108,5 +110,6 @@ def fetch(lab: "Lab", vm: VMConfig) -> None:
         images.fetch_iso(lab, vm)
     except PrerequisiteMissing as e:
         raise PrerequisiteMissing(f"VM {vm.name} cannot be made yet: its ISO {images.iso_name(lab, vm)} could not be "
-                                  f"downloaded; `invoke vm.fetch{images.vm_option(lab, vm)}` tries again (a cut "
-                                  f"download resumes).\n{e}") from None
+                                  "downloaded",
+                                  hint=f"`invoke vm.fetch{images.vm_option(lab, vm)}` tries again (a cut download "
+                                       "resumes).", detail=str(e)) from None

@@ -66,8 +66,9 @@ def installed_key(lab: "Lab", vm: VMConfig) -> Tuple[str, Dict[str, Any]]:
         try:
             medium = "sha256:" + fetch_iso(lab, vm, offline=True).sha256
         except NotCached:
-            raise NotCached(f"VM {vm.name}'s ISO {iso_name(lab, vm)} is not in the cache yet: `invoke vm.fetch"
-                            f"{vm_option(lab, vm)}` downloads it (vm.start does that and all the rest)") from None
+            raise NotCached(f"VM {vm.name}'s ISO {iso_name(lab, vm)} is not in the cache yet",
+                            hint=f"`invoke vm.fetch{vm_option(lab, vm)}` downloads it (vm.start does that and all the "
+                                 "rest)") from None
     inputs = {"profile": profile.name, "medium": medium, "disk_bytes": vm.disk_bytes}
     return key_of(inputs, rec.files), inputs
 
@@ -81,12 +82,16 @@ def install_recipe(lab: "Lab", vm: VMConfig) -> recipe.Recipe:
     """The recipe that installs `vm`: the profile's, or another of its folder the config names
     (`recipe:`; DragonFly's root-shell fallback, install-shell.yaml, for one)."""
     profile = lab.profile(vm)
-    return recipe.load(profile.dir / (options(lab, profile).get("recipe") or profile.install["recipe"]))
+    name = options(lab, profile).get("recipe") or (profile.install.recipe if profile.install else "")
+    if not name:
+        raise ConfigError(f"{profile.file}: install.recipe: missing (or name one of its folder's recipes in "
+                          f"vmlab.yaml: profiles: {{{profile.name}: {{recipe: FILE}}}})")
+    return recipe.load(profile.dir / name)
 
 
 def provision_key(lab: "Lab", vm: VMConfig) -> str:
     profile = lab.profile(vm)
-    script = profile.provision.get("script")
+    script = profile.provision.script
     packages = sorted(options(lab, profile).get("packages", []))
     return key_of({"packages": packages}, [profile.dir / script] if script else [])
 
@@ -160,9 +165,8 @@ def ensure_disk(lab: "Lab", vm: VMConfig, vmdir: VMDir, from_warm: bool = True) 
 def boot_files(lab: "Lab", vm: VMConfig, folder: Path) -> Dict[str, Any]:
     """Kernel, initrd and command line for a guest its profile boots directly, from `folder`."""
     boot = lab.profile(vm).boot
-    return {"kernel": folder / boot["kernel"] if "kernel" in boot else None,
-            "initrd": folder / boot["initrd"] if "initrd" in boot else None,
-            "cmdline": boot.get("cmdline", "")}
+    return {"kernel": folder / boot.kernel if boot.kernel else None,
+            "initrd": folder / boot.initrd if boot.initrd else None, "cmdline": boot.cmdline}
 
 
 def accelerator(lab: "Lab", vm: VMConfig, folder: Path) -> accel.AccelChoice:
@@ -207,9 +211,6 @@ def iso_name(lab: "Lab", vm: VMConfig) -> str:
 def fetch_iso(lab: "Lab", vm: VMConfig, offline: bool = False) -> fetch.FetchResult:
     """The VM profile's installer ISO, verified, from the cache or its mirrors."""
     profile = lab.profile(vm)
-    if not profile.iso:
-        raise PrerequisiteMissing(f"guest profile {profile.name!r} is not installed from an ISO "
-                                  "(its image is built from packages: invoke vm.image)")
     return fetch.fetch(**iso_source(lab, vm), pin=options(lab, profile).get("checksum"),
                        cache_dir=lab.config.cache_dir, offline=offline)
 
@@ -217,10 +218,17 @@ def fetch_iso(lab: "Lab", vm: VMConfig, offline: bool = False) -> fetch.FetchRes
 def iso_source(lab: "Lab", vm: VMConfig) -> Dict[str, Any]:
     """Where the VM's ISO comes from: its mirrors (the config's, else the profile's), path and checksum file."""
     profile = lab.profile(vm)
+    if not profile.iso:
+        raise PrerequisiteMissing(f"guest profile {profile.name!r} is not installed from an ISO "
+                                  "(its image is built from packages: invoke vm.image)")
     opts = options(lab, profile)
-    release = opts.get("release") or profile.iso["release"]
-    return {"mirrors": opts.get("mirrors") or profile.iso["mirrors"],
-            "path": profile.iso["path"].format(release=release), "checksums": profile.iso["checksums"]}
+    return {"mirrors": opts.get("mirrors") or profile.iso.mirrors, "path": iso_path(profile.iso, opts),
+            "checksums": profile.iso.checksums}
+
+
+def iso_path(iso: guests.Iso, opts: Dict[str, Any]) -> str:
+    """The ISO's path on a mirror, for the release vmlab.yaml names, else the profile's."""
+    return iso.path.format(release=opts.get("release") or iso.release)
 
 
 def setup(lab: "Lab", vm: VMConfig, vmdir: VMDir, offline: bool = False) -> Dict[str, Any]:
@@ -259,6 +267,5 @@ def prune_isos(lab: "Lab") -> List[Path]:
     keep = set()
     for profile in (guests.load(name, lab.config.guest_dirs) for name in known_profiles(lab.config.guest_dirs)):
         if profile.iso:
-            release = options(lab, profile).get("release") or profile.iso["release"]
-            keep.add(Path(profile.iso["path"].format(release=release)).name)
+            keep.add(Path(iso_path(profile.iso, options(lab, profile))).name)
     return fetch.prune(lab.cache.root, keep)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Iterator, List, Optional
 
 from vmlab import golden, host, seed, snapshots
 from vmlab.config import VMConfig
-from vmlab.errors import GuestUnreachable, PrerequisiteMissing, RunIncomplete, SnapshotError
+from vmlab.errors import GuestUnreachable, NotRunning, SnapshotError
 from vmlab.keys import LabKeys
 from vmlab.lab import images
 from vmlab.lab.vmdir import SUSPEND, VMDir
@@ -57,7 +57,7 @@ def connection(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> SharedConnection:
     """The multiplexed OpenSSH connection to a running VM (see openssh.py for why)."""
     state = vmdir.machine.status(query_qemu=False)
     if state.state != State.RUNNING or state.ssh_port is None:
-        raise RunIncomplete(f"VM {vm.name} is not up ({state.state}): start it with `invoke vm.start`")
+        raise NotRunning(vm.name, state.state)
     return SharedConnection(vmdir.dir, state.ssh_port, vm.ssh_user, keys_for(lab, vmdir))
 
 
@@ -71,7 +71,7 @@ def close_connection(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> None:
 def require_running(vm: VMConfig, vmdir: VMDir) -> None:
     state = vmdir.machine.status(query_qemu=False).state
     if state != State.RUNNING:
-        raise PrerequisiteMissing(f"VM {vm.name} is not running ({state}); start it: invoke vm.start")
+        raise NotRunning(vm.name, state)
 
 
 def spec(lab: "Lab", vm: VMConfig, vmdir: VMDir, paused: bool = False, ssh_port: Optional[int] = None) -> MachineSpec:
@@ -127,8 +127,11 @@ def start_from_snapshot(lab: "Lab", vm: VMConfig, vmdir: VMDir, snapshot: str,
         with Monitor(vmdir.machine.qmp_socket, timeout=60) as mon:
             try:
                 snapshots.load(mon, vmdir.disk, snapshot)
-            except SnapshotError as e:
-                raise SnapshotError(_memory_mismatch(vm, vmdir, snapshot) or str(e)) from None
+            except SnapshotError:
+                mismatch = _memory_mismatch(vm, vmdir, snapshot)
+                if mismatch:  # what QEMU said ("Error -22 while loading VM state") does not tell this
+                    raise SnapshotError(mismatch) from None
+                raise
             mon.command("cont")
         after_restore(lab, vm, vmdir, vm.boot_timeout)
     if snapshot != SUSPEND and vmdir.suspended_port() is not None:
@@ -175,8 +178,9 @@ def wait_for_ssh(lab: "Lab", vm: VMConfig, vmdir: VMDir, timeout: float) -> Gues
         with booting(ssh, machine.console_log):
             ssh.wait_ready(timeout, check=machine.assert_alive)
     except GuestUnreachable as e:
-        raise GuestUnreachable(f"VM {vm.name}: {e}.\nLast console lines ({machine.console_log}):\n"
-                               f"{tail(machine.console_log, 15)}") from None
+        raise GuestUnreachable(f"VM {vm.name}: {e.message}.", hint=e.hint,
+                               detail=f"Last console lines ({machine.console_log}):\n{tail(machine.console_log, 15)}"
+                               ) from None
     return ssh
 
 
@@ -215,18 +219,19 @@ def after_restore(lab: "Lab", vm: VMConfig, vmdir: VMDir, timeout: float) -> Non
                 status = conn.run(line, output=output, timeout=30, handshake=clock if template else None)
                 break
             except GuestUnreachable as e:  # sshd not answering yet (a busy guest, or one still booting)
-                last_error = str(e).splitlines()[-1][-200:]
+                last_error = (e.detail or e.message).strip().splitlines()[-1][-200:]  # ssh's own last word
                 if "Permission denied" in last_error:
                     last_error = f"authentication failed ({last_error}): the guest does not accept this lab's key"
             if time.monotonic() > deadline:
                 raise GuestUnreachable(f"VM {vm.name}: SSH on 127.0.0.1:{conn.port} did not answer within "
-                                       f"{timeout:.0f}s after the restore (last error: {last_error}).\n"
-                                       f"Last console lines ({machine.console_log}):\n{tail(machine.console_log, 15)}")
+                                       f"{timeout:.0f}s after the restore (last error: {last_error}).",
+                                       detail=f"Last console lines ({machine.console_log}):\n"
+                                              f"{tail(machine.console_log, 15)}")
             time.sleep(0.2)
     if status != 0:
         said = output.getvalue().decode(errors="replace").strip()
         raise SnapshotError(f"VM {vm.name}: setting the guest right after the restore (clock, randomness, name) "
-                            f"failed ({'timed out' if status == -1 else f'exit {status}'}): {said}")
+                            f"failed ({'timed out' if status == -1 else f'exit {status}'}):", detail=said)
 
 
 @contextmanager

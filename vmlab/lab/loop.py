@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import logging
 import shlex
 import sys
@@ -19,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Dict, Iterator, List, Optional
 
-from vmlab import __version__, golden, host, results
+from vmlab import __version__, golden, host, records, results
 from vmlab import suites as suite_runner
 from vmlab.command import CommandResult
 from vmlab.config import SuiteConfig, VMConfig
@@ -48,7 +47,7 @@ def ensure_provisioned(lab: "Lab", vm: VMConfig, vmdir: VMDir, conn: SharedConne
     if vmdir.provisioned_key() == key:
         return
     profile = lab.profile(vm)
-    script = profile.provision.get("script")
+    script = profile.provision.script
     packages = [str(p) for p in images.options(lab, profile).get("packages", [])]
     if script:
         log.info("VM %s: installing what the config asks for (%s) with %s; `invoke vm.golden --vm %s` makes an "
@@ -60,8 +59,8 @@ def ensure_provisioned(lab: "Lab", vm: VMConfig, vmdir: VMDir, conn: SharedConne
         if status != 0:
             lines = output.getvalue().decode(errors="replace").splitlines()[-30:]
             raise ProvisionError(f"VM {vm.name}: provisioning failed ({' '.join([Path(script).name, *packages])}, "
-                                 f"exit {status}); `invoke vm.provision --vm {vm.name}` tries again from the "
-                                 "base image.\n" + "\n".join(lines))
+                                 f"exit {status})", hint=f"`invoke vm.provision --vm {vm.name}` tries again from the "
+                                 "base image.", detail="\n".join(lines))
     vmdir.mark_provisioned(key, packages, time.time())
 
 
@@ -88,14 +87,14 @@ def sync(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> rsync.SyncResult:
             ensure_provisioned(lab, vm, vmdir, conn)  # rsync itself may be among what it installs (DragonFly)
             done = rsync.run(conn, lab.config.project_dir, Rules.read(lab.config.project_dir, lab.config.sync))
     except GuestUnreachable as e:
-        raise RunIncomplete(f"VM {vm.name}: SSH never answered: {e}") from None
+        raise RunIncomplete(f"VM {vm.name}: SSH never answered: {e.message}", hint=e.hint, detail=e.detail) from None
     log.info("synced %s to %s:%s: %s", lab.config.project_dir, vm.name, lab.config.sync.guest_dir, done)
     return done
 
 
 def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig],
                restore_on_failure: bool = False, sync_first: bool = False, echo: Optional[IO[bytes]] = None,
-               cancel: Optional[threading.Event] = None, raw: bool = False) -> Dict[str, Any]:
+               cancel: Optional[threading.Event] = None, raw: bool = False) -> results.RunReport:
     """Run suites in order into a new results folder; returns the report (see results.py).
 
     After a privileged suite fails or times out, `restore_on_failure` puts the VM back
@@ -108,8 +107,8 @@ def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig]
     setting `cancel` stops the run (Cancelled, its report says so: vm.watch after a newer save).
     """
     run_dir = results.new_run(vmdir.dir / "results")
-    meta: Dict[str, Any] = {"vm": dataclasses.asdict(vm), "vmlab": __version__,
-                            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "results_dir": str(run_dir)}
+    run = results.RunReport(vm=dataclasses.asdict(vm), vmlab=__version__,
+                            started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), results_dir=str(run_dir))
     done: List[results.SuiteResult] = []
     current: Optional[str] = None  # the suite under way when the run was cut off, if any
     why = "vmlab stopped unexpectedly"  # what cut the run off; empty once it finished
@@ -117,7 +116,8 @@ def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig]
     try:
         conn = lifecycle.connection(lab, vm, vmdir)
         opened = None if conn.control_path.exists() else conn
-        meta.update(guest_facts(conn, vmdir))
+        facts = guest_facts(conn, vmdir)
+        run = dataclasses.replace(run, guest=facts["guest"], qemu=facts["qemu"])
         ensure_provisioned(lab, vm, vmdir, conn)
         run_as_root = "" if vm.ssh_user == "root" else lab.profile(vm).privileged
         gate = SyncGate(conn, lab.config.project_dir, lab.config.sync, vmdir.sync_record) if sync_first else None
@@ -127,7 +127,7 @@ def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig]
             result = suite_runner.run(conn, suite, lab.config.sync.guest_dir, run_dir, run_as_root, echo=echo,
                                       gate=gate, cancel=cancel, raw=raw)
             if gate:
-                meta["sync"] = gate.summary()
+                run = dataclasses.replace(run, sync=gate.summary())
             done.append(result)
             current, gate = None, None
             if not result.passed and suite.privileged and restore_on_failure:
@@ -137,11 +137,12 @@ def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig]
         why = ""
     except GuestUnreachable as e:
         why = f"SSH stopped answering: {e}"
-        raise RunIncomplete(f"VM {vm.name}: {why}\nResults so far: {run_dir}") from None
+        raise RunIncomplete(f"VM {vm.name}: SSH stopped answering: {e.message}", hint=e.hint, detail=e.detail,
+                            results=run_dir) from None
     except SyncError as e:
         why = f"the project could not be synced first: {e}"
-        raise RunIncomplete(f"suite {current} did not run: the project could not be synced first.\n{e}\n"
-                            f"Results: {run_dir}") from None
+        raise RunIncomplete(f"suite {current} did not run: the project could not be synced first", detail=str(e),
+                            results=run_dir) from None
     except Cancelled:
         why = "cancelled: a newer change came"
         raise
@@ -151,12 +152,12 @@ def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig]
             opened.close(cut_off=True)
         raise
     except VmlabError as e:
-        why = str(e).splitlines()[0]
+        why = e.message
         raise
     finally:
         if why and current:  # the tests it finished before it was cut off still count
             done.append(suite_runner.cut_off(next(s for s in suites if s.name == current), run_dir, why))
-        report = results.write(run_dir, meta, done, planned=[s.name for s in suites],
+        report = results.write(run_dir, run, done, planned=[s.name for s in suites],
                                cut_off=results.CutOff(current, why) if why else None)
     return report
 
@@ -164,17 +165,14 @@ def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig]
 def guest_facts(conn: SharedConnection, vmdir: VMDir) -> Dict[str, Any]:
     """The guest's OS and kernel, and QEMU's version: asked once per QEMU process."""
     pid = vmdir.machine.pid()
-    try:
-        facts = json.loads(vmdir.guest_facts.read_text())
-        if facts.get("pid") == pid and "qemu" in facts:
-            return {"guest": facts["guest"], "qemu": facts["qemu"]}
-    except (OSError, ValueError, KeyError):
-        pass
+    facts = records.read(vmdir.guest_facts)
+    if facts.get("pid") == pid and "guest" in facts and "qemu" in facts:
+        return {"guest": facts["guest"], "qemu": facts["qemu"]}
     out = io.BytesIO()
     conn.run("uname -s; uname -r", output=out, timeout=60)
     os_name, _, kernel = out.getvalue().decode(errors="replace").strip().partition("\n")
     facts = {"guest": {"os": os_name, "kernel": kernel}, "qemu": host.qemu_version()}
-    vmdir.guest_facts.write_text(json.dumps(dict(facts, pid=pid)))
+    records.write(vmdir.guest_facts, dict(facts, pid=pid))
     return facts
 
 

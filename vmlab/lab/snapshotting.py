@@ -61,7 +61,8 @@ def restore(lab: "Lab", vm: VMConfig, vmdir: VMDir, name: str = "clean") -> Dict
     """
     with vmdir.lock():
         if not vmdir.disk.exists():
-            raise PrerequisiteMissing(f"VM {vm.name} has no disk yet: start it and take a snapshot first")
+            raise PrerequisiteMissing(f"VM {vm.name} has no disk yet, so no snapshot to restore",
+                                      hint="start it: invoke vm.start, then save one: invoke vm.snapshot")
         snapshots.find(vmdir.disk, name)  # an unknown name fails before anything changes
         lifecycle.close_connection(lab, vm, vmdir)  # the restore kills the guest's end of it
         log.info("VM %s: restoring %r", vm.name, name)

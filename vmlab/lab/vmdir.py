@@ -17,14 +17,13 @@ and `guest.json` (the guest's OS, asked once per QEMU process).
 
 from __future__ import annotations
 
-import json
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from vmlab import atomic, locks
+from vmlab import locks, records
 from vmlab.keys import LabKeys
 from vmlab.machine import Machine, MachineStatus, State
 
@@ -137,13 +136,8 @@ class VMDir:
         return status
 
     def _read(self, name: str) -> Dict[str, Any]:
-        try:
-            data = json.loads((self.dir / name).read_text())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        return records.read(self.dir / name)
 
     def _write(self, name: str, data: Dict[str, Any]) -> None:
-        """Write a record whole or not at all: a crash never leaves half of one."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(self.dir / name, json.dumps(data) + "\n")
+        records.write(self.dir / name, data)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import TYPE_CHECKING, Optional
 
 from vmlab import golden, snapshots, warm
 from vmlab.config import SuiteConfig, VMConfig
@@ -21,6 +21,7 @@ from vmlab.errors import ProvisionError
 from vmlab.lab import images, lifecycle, loop
 from vmlab.lab.vmdir import VMDir
 from vmlab.qmp import Monitor
+from vmlab.results import RunReport
 
 if TYPE_CHECKING:
     from vmlab.lab import Lab
@@ -55,8 +56,8 @@ def make(lab: "Lab", vm: VMConfig, vmdir: VMDir, gold: golden.Golden, again: boo
             images.ensure_disk(lab, vm, vmdir, from_warm=False)
         lifecycle.start(lab, vm, vmdir)
         report = loop.run_suites(lab, vm, vmdir, [spec], sync_first=True)
-        if not report["passed"]:
-            raise ProvisionError(failure_text(vm, spec, report))
+        if not report.passed:
+            raise failure(vm, spec, report)
         seconds = round(time.monotonic() - started, 1)
         with vmdir.lock():
             lifecycle.close_connection(lab, vm, vmdir)
@@ -66,7 +67,7 @@ def make(lab: "Lab", vm: VMConfig, vmdir: VMDir, gold: golden.Golden, again: boo
             vmdir.machine.stop(soft_timeout=0)
             made = warm.publish(lab.config.state_dir, wanted, vmdir.disk, vmdir.sync_record, {
                 "vm": vm.name, "golden": gold.key, "command": spec.command, "privileged": spec.privileged,
-                "workdir": spec.workdir, "seconds": seconds, "results": report["results_dir"]})
+                "workdir": spec.workdir, "seconds": seconds, "results": report.results_dir})
             vmdir.forget_disk()
     except BaseException:  # a failure or Ctrl-C: no VM left running, no half-warm disk reused
         lifecycle.discard_disk(lab, vm, vmdir)
@@ -76,19 +77,16 @@ def make(lab: "Lab", vm: VMConfig, vmdir: VMDir, gold: golden.Golden, again: boo
     return made
 
 
-def failure_text(vm: VMConfig, spec: SuiteConfig, report: Dict[str, Any]) -> str:
+def failure(vm: VMConfig, spec: SuiteConfig, report: RunReport) -> ProvisionError:
     """What a user needs when the warm-up failed: its command, how it ended, its output's end, where the rest is."""
-    result = report["suites"][0] if report.get("suites") else {}
-    log_file = Path(report["results_dir"]) / f"{spec.name}.log"
+    log_file = Path(report.results_dir) / f"{spec.name}.log"
     try:
         lines = log_file.read_text(errors="replace").splitlines()[-OUTPUT_LINES:]
     except OSError:
         lines = []
-    how = result.get("status", "did not finish")
-    if "exit_code" in result:
-        how += f", exit {result['exit_code']}"
-    return (f"VM {vm.name}: the warm-up `{spec.command}` {how}; the golden image is kept, but no warm state was "
-            f"made. Its output: {log_file}\n" + "\n".join(lines))
+    how = f"{report.suites[0].status}, exit {report.suites[0].exit_code}" if report.suites else "did not finish"
+    return ProvisionError(f"VM {vm.name}: the warm-up `{spec.command}` {how}; the golden image is kept, but no warm "
+                          f"state was made. Its output: {log_file}", detail="\n".join(lines))
 
 
 def age_text(made_at: float) -> str:

@@ -1,5 +1,5 @@
-"""What every task shares: the error wrapper that turns vmlab's errors into one line and
-an exit code, logging, and how a task finds its Lab and VM.
+"""What every task shares: the wrapper through which every task ends (vmlab's errors as a
+message and an exit code), logging, and how a task finds its Lab and VM.
 """
 
 from __future__ import annotations
@@ -9,9 +9,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, Callable, Dict, Optional, Sequence
-
-from invoke.exceptions import Exit
+from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from vmlab import config as config_mod
 from vmlab import results
@@ -55,35 +53,47 @@ def _terminate(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
-def cli(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn vmlab's errors into a message and an exit code instead of a traceback; SIGTERM
-    cleans up as Ctrl-C does (nothing left running), then exits 143 (Ctrl-C: 130)."""
+def cli(fn: Callable[..., Optional[int]]) -> Callable[..., None]:
+    """The one way a task ends, other than done (exit 0): vmlab's errors become their text, with
+    the commands they name as the user types them (spelling.py), and their exit code; a task
+    that returns a number exits with it (a suite run that failed: 1, after its summary). SIGTERM
+    cleans up as Ctrl-C does (nothing left running), then exits 143 (Ctrl-C: 130).
+
+    It ends the program with SystemExit itself rather than with Invoke's Exit: what the user
+    reads is then printed here, the one place, whether a task runs under `vmlab`, under
+    `invoke` or from a project's own task that calls it."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: Any, **kwargs: Any) -> None:
         _setup_logging()
         signal.signal(signal.SIGTERM, _terminate)
         try:
-            return fn(*args, **kwargs)
+            status = fn(*args, **kwargs)
         except VmlabError as e:
-            raise Exit(f"vmlab: error: {as_typed(str(e))}", code=e.exit_code) from None
+            _end(e.exit_code, f"vmlab: error: {as_typed(str(e))}")
         except Terminated:
-            raise Exit("vmlab: terminated", code=143) from None
+            _end(143, "vmlab: terminated")
         except KeyboardInterrupt:
-            raise Exit("vmlab: interrupted", code=130) from None
+            _end(130, "vmlab: interrupted")
         except OSError as e:  # the host refused (a full disk, a permission): say so, no traceback
-            raise Exit(f"vmlab: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), code=1) \
-                from None
+            _end(1, f"vmlab: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
+        if status:
+            _end(status)
 
     return wrapper
 
 
-def finish_run(report: Dict[str, Any]) -> None:
-    """Print the run's summary; exit 1 unless every suite passed."""
+def _end(code: int, message: str = "") -> NoReturn:
+    if message:
+        print(message, file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def finish_run(report: results.RunReport) -> int:
+    """Print the run's summary; the task's exit status: 1 unless every suite passed."""
     for line in results.summary(report):
         print(line)
-    if not report["passed"]:
-        raise Exit(code=1)
+    return 0 if report.passed else 1
 
 
 def print_table(rows: Sequence[Sequence[str]]) -> None:

@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from invoke.context import Context
-from invoke.exceptions import Exit
 from invoke.tasks import task
 
 from vmlab import golden as golden_images
-from vmlab.errors import NotCached
+from vmlab.errors import NotCached, PrerequisiteMissing
 from vmlab.tasks.common import CONFIG_HELP, VM_HELP, cli, finish_run, lab_of, print_table, vm_name
 
 
@@ -41,12 +40,12 @@ def provision(c: Context, vm: Optional[str] = None, config: Optional[str] = None
 
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP})
 @cli
-def verify(c: Context, vm: Optional[str] = None, config: Optional[str] = None) -> None:
+def verify(c: Context, vm: Optional[str] = None, config: Optional[str] = None) -> int:
     """Run vmlab's privileged mount suite in the VM.
 
     Every golden image must pass it.
     """
-    finish_run(lab_of(config).verify(vm_name(vm)))
+    return finish_run(lab_of(config).verify(vm_name(vm)))
 
 
 @task(name="golden", help={"from_scratch": "reset the VM and run every phase: fetch, install, provision, verify",
@@ -94,7 +93,7 @@ def golden_export(c: Context, output: Optional[str] = None, vm: Optional[str] = 
     v = lab.vm(vm_name(vm))
     gold = lab.golden_of(v)
     if gold is None:
-        raise Exit(f"vmlab: error: VM {v.name} has no golden image yet; make it: invoke vm.golden", code=2)
+        raise PrerequisiteMissing(f"VM {v.name} has no golden image yet", hint="make it: invoke vm.golden")
     path = golden_images.export(gold, Path(output or f"golden-{gold.key}.tar"))
     print(f"{path} ({path.stat().st_size >> 20} MiB, golden image {gold.key})")
 
@@ -134,8 +133,8 @@ def _offline_said(offline: bool) -> Iterator[None]:
     except NotCached as e:
         if not offline:
             raise
-        raise NotCached(f"{str(e).split('; ')[0]} and offline mode forbids downloading it; run once without "
-                        "--offline to fetch it") from None
+        raise NotCached(f"{e.message} and offline mode forbids downloading it",
+                        hint="run once without --offline to fetch it") from None
 
 
 @task(help={"prune": "delete cached ISOs and partial downloads the config no longer uses",

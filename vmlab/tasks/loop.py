@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import List, Optional
 
 from invoke.context import Context
-from invoke.exceptions import Exit
 from invoke.tasks import task
 
 from vmlab import config as config_mod
 from vmlab.config import SuiteConfig
+from vmlab.errors import ConfigError
 from vmlab.tasks.common import CONFIG_HELP, RAW_HELP, VM_HELP, cli, finish_run, lab_of, print_table, raw_output, vm_name
 from vmlab.watch import Watch  # watchfiles itself is imported when a watch starts
 
@@ -35,34 +35,37 @@ def sync(c: Context, vm: Optional[str] = None, config: Optional[str] = None) -> 
                                 "config": CONFIG_HELP, "restore_on_failure": RESTORE_HELP, "raw": RAW_HELP})
 @cli
 def test(c: Context, suite: List[str], vm: Optional[str] = None, config: Optional[str] = None,
-         restore_on_failure: bool = False, raw: bool = False) -> None:
+         restore_on_failure: bool = False, raw: bool = False) -> int:
     """Run test suites from vmlab.yaml in the guest.
 
     Report, JUnit and logs go to vm/NAME/results/RUN/.
     """
     lab = lab_of(config)
     if not suite:
-        raise Exit(f"vmlab: error: name a suite with --suite; configured: {', '.join(lab.config.suites) or 'none'}",
-                   code=2)
+        raise ConfigError(f"name a suite with --suite; configured: {', '.join(lab.config.suites) or 'none'}")
     chosen = [lab.config.suite(name) for name in suite]
-    finish_run(lab.run_suites(chosen, vm_name(vm), restore_on_failure or lab.config.restore_on_failure,
+    return finish_run(lab.run_suites(chosen, vm_name(vm), restore_on_failure or lab.config.restore_on_failure,
                               raw=raw_output(raw)))
+
+
+def _no_quick(cfg: config_mod.LabConfig) -> ConfigError:
+    return ConfigError(f"{cfg.source} names no 'quick:' suite", hint="name one with --suite")
 
 
 def _require_suites(cfg: config_mod.LabConfig) -> None:
     if not cfg.suites:
-        raise Exit(f"vmlab: error: {cfg.source} has no suites (add them under 'suites:')", code=2)
+        raise ConfigError(f"{cfg.source} has no suites (add them under 'suites:')")
 
 
 @task(name="test-all", help={"vm": VM_HELP, "config": CONFIG_HELP, "restore_on_failure": RESTORE_HELP,
                              "raw": RAW_HELP})
 @cli
 def test_all(c: Context, vm: Optional[str] = None, config: Optional[str] = None,
-             restore_on_failure: bool = False, raw: bool = False) -> None:
+             restore_on_failure: bool = False, raw: bool = False) -> int:
     """Run every suite in vmlab.yaml, in order."""
     lab = lab_of(config)
     _require_suites(lab.config)
-    finish_run(lab.run_suites(list(lab.config.suites.values()), vm_name(vm),
+    return finish_run(lab.run_suites(list(lab.config.suites.values()), vm_name(vm),
                               restore_on_failure or lab.config.restore_on_failure, raw=raw_output(raw)))
 
 
@@ -96,19 +99,19 @@ def suites(c: Context, config: Optional[str] = None, json_: bool = False, make: 
 
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP})
 @cli
-def build(c: Context, vm: Optional[str] = None, config: Optional[str] = None) -> None:
+def build(c: Context, vm: Optional[str] = None, config: Optional[str] = None) -> int:
     """Run the configured build command in the guest."""
     lab = lab_of(config)
     if not lab.config.build:
-        raise Exit(f"vmlab: error: {lab.config.source} has no 'build:' command", code=2)
-    finish_run(lab.run_suites([SuiteConfig(name="build", command=lab.config.build, timeout=3600)], vm_name(vm)))
+        raise ConfigError(f"{lab.config.source} has no 'build:' command")
+    return finish_run(lab.run_suites([SuiteConfig(name="build", command=lab.config.build, timeout=3600)], vm_name(vm)))
 
 
 @task(help={"suite": "the suite to run (default: the config's 'quick'); `make vm-test-NAME` runs this",
             "vm": VM_HELP, "config": CONFIG_HELP, "restore_on_failure": RESTORE_HELP, "raw": RAW_HELP})
 @cli
 def quick(c: Context, suite: Optional[str] = None, vm: Optional[str] = None, config: Optional[str] = None,
-          restore_on_failure: bool = False, raw: bool = False) -> None:
+          restore_on_failure: bool = False, raw: bool = False) -> int:
     """The edit-test loop: start if needed, sync, run 'quick'.
 
     --suite NAME runs another suite so (make vm-test-NAME). Only what changed is sent.
@@ -116,10 +119,10 @@ def quick(c: Context, suite: Optional[str] = None, vm: Optional[str] = None, con
     lab = lab_of(config)
     name = suite or lab.config.quick
     if not name:
-        raise Exit(f"vmlab: error: {lab.config.source} names no 'quick:' suite; name one with --suite", code=2)
+        raise _no_quick(lab.config)
     chosen = lab.config.suite(name)  # an unknown name is refused, naming the suites, before the VM starts
     lab.up(vm_name(vm))
-    finish_run(lab.run_suites([chosen], vm_name(vm),
+    return finish_run(lab.run_suites([chosen], vm_name(vm),
                               restore_on_failure or lab.config.restore_on_failure, sync_first=True,
                               raw=raw_output(raw)))
 
@@ -137,7 +140,7 @@ def watch(c: Context, suite: Optional[str] = None, finish: bool = False, vm: Opt
     lab = lab_of(config)
     name = suite or lab.config.quick
     if not name:
-        raise Exit(f"vmlab: error: {lab.config.source} names no 'quick:' suite; name one with --suite", code=2)
+        raise _no_quick(lab.config)
     lab.up(vm_name(vm))
     logging.getLogger().setLevel(logging.WARNING)  # each run's result line says what it synced
     Watch(lab, lab.config.suite(name), vm_name(vm), finish=finish, raw=raw_output(raw)).run()

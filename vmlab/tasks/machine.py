@@ -11,9 +11,9 @@ import time
 from typing import Optional
 
 from invoke.context import Context
-from invoke.exceptions import Exit
 from invoke.tasks import task
 
+from vmlab.errors import ConfigError, NotConfirmed
 from vmlab.spelling import as_typed
 from vmlab.tasks.common import CONFIG_HELP, VM_HELP, cli, duration_text, lab_of, print_table, vm_name
 
@@ -30,7 +30,7 @@ def start(c: Context, vm: Optional[str] = None, config: Optional[str] = None, cl
     if clone_of:
         name = vm_name(vm)
         if not name:
-            raise Exit("vmlab: error: --clone-of needs the clone's name: --vm NAME", code=2)
+            raise ConfigError("--clone-of needs the clone's name: --vm NAME")
         lab.clone(name, clone_of)
     lab.start(vm_name(vm))
 
@@ -78,7 +78,8 @@ def status(c: Context, vm: Optional[str] = None, config: Optional[str] = None, j
 @task(help={"command": "run this one command and exit with its status (default: interactive shell)",
             "vm": VM_HELP, "config": CONFIG_HELP})
 @cli
-def ssh(c: Context, command: Optional[str] = None, vm: Optional[str] = None, config: Optional[str] = None) -> None:
+def ssh(c: Context, command: Optional[str] = None, vm: Optional[str] = None,
+        config: Optional[str] = None) -> Optional[int]:
     """Open a shell in the VM, or run one command (-c).
 
     With -c CMD it exits with the command's status; piped input goes to the command.
@@ -89,8 +90,7 @@ def ssh(c: Context, command: Optional[str] = None, vm: Optional[str] = None, con
         os.execv(argv[0], argv)
     piped = None if sys.stdin.isatty() else sys.stdin.buffer  # `cat f | invoke vm.ssh -c 'cat > f'`
     result = lab.run(command, vm_name(vm), stdout=sys.stdout.buffer, stderr=sys.stderr.buffer, stdin=piped)
-    if result.exit_status != 0:
-        raise Exit(code=result.exit_status if result.exit_status > 0 else 1)
+    return result.exit_status if result.exit_status >= 0 else 1  # -1: it had none (cut off)
 
 
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP})
@@ -103,47 +103,50 @@ def console(c: Context, vm: Optional[str] = None, config: Optional[str] = None) 
     from vmlab.console import attach  # pexpect: only this task needs it
 
     lab = lab_of(config)
-    v = lab.vm(vm_name(vm))
-    machine = lab.vmdir(v).machine
-    if machine.pid() is None:
-        raise Exit(f"vmlab: error: VM {v.name} is not running; start it: invoke vm.start", code=2)
-    attach(machine.console_socket, v.name)
+    attach(lab.console_socket(vm_name(vm)), lab.vm(vm_name(vm)).name)
 
 
-def _confirm(yes: bool, question: str) -> None:
+def _confirmed(yes: bool, question: str) -> bool:
+    """--yes, or the user's yes on the terminal; no terminal to ask on is an error."""
     if yes:
-        return
+        return True
     if not sys.stdin.isatty():
-        raise Exit(f"vmlab: error: {question} Refusing without --yes (no terminal to ask)", code=1)
-    if input(f"{question} [y/N] ").strip().lower() not in ("y", "yes"):
-        raise Exit("vmlab: nothing done", code=1)
+        raise NotConfirmed(f"{question} Refusing without --yes (no terminal to ask)")
+    if input(f"{question} [y/N] ").strip().lower() in ("y", "yes"):
+        return True
+    print("vmlab: nothing done", file=sys.stderr)
+    return False
 
 
 @task(help={"yes": "do not ask for confirmation", "vm": VM_HELP, "config": CONFIG_HELP})
 @cli
-def destroy(c: Context, yes: bool = False, vm: Optional[str] = None, config: Optional[str] = None) -> None:
+def destroy(c: Context, yes: bool = False, vm: Optional[str] = None, config: Optional[str] = None) -> Optional[int]:
     """Stop a VM and delete its disk and state folder.
 
     Cached and golden images are kept.
     """
     lab = lab_of(config)
     v = lab.vm(vm_name(vm))
-    _confirm(yes, f"Destroy VM {v.name} and delete {lab.vmdir(v).dir}?")
+    if not _confirmed(yes, f"Destroy VM {v.name} and delete {lab.vmdir(v).dir}?"):
+        return 1
     how = lab.destroy(v.name)
     print(f"VM {v.name}: {how}; deleted {lab.vmdir(v).dir}")
+    return None
 
 
 @task(help={"yes": "do not ask for confirmation", "vm": VM_HELP, "config": CONFIG_HELP})
 @cli
-def reset(c: Context, yes: bool = False, vm: Optional[str] = None, config: Optional[str] = None) -> None:
+def reset(c: Context, yes: bool = False, vm: Optional[str] = None, config: Optional[str] = None) -> Optional[int]:
     """Give the VM a fresh disk from its golden or base image.
 
     Stops it first; the images themselves are never touched.
     """
     lab = lab_of(config)
     v = lab.vm(vm_name(vm))
-    _confirm(yes, f"Throw away everything on VM {v.name}'s disk?")
+    if not _confirmed(yes, f"Throw away everything on VM {v.name}'s disk?"):
+        return 1
     print(f"VM {v.name}: {lab.reset(v.name)}")
+    return None
 
 
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP})

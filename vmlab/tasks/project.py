@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Optional
 
 from invoke.context import Context
-from invoke.exceptions import Exit
 from invoke.tasks import task
 
+from vmlab.errors import PrerequisiteMissing
 from vmlab.schema import known_profiles
 from vmlab.spelling import as_typed
 from vmlab.tasks.common import CONFIG_HELP, cli, lab_of
@@ -18,7 +18,7 @@ from vmlab.tasks.common import CONFIG_HELP, cli, lab_of
 
 @task(help={"config": CONFIG_HELP})
 @cli
-def doctor(c: Context, config: Optional[str] = None) -> None:
+def doctor(c: Context, config: Optional[str] = None) -> int:
     """Check host, config, cache and VMs; say the fix."""
     from vmlab import doctor as checks  # imports the lab: keep `invoke --list` quick
 
@@ -27,7 +27,8 @@ def doctor(c: Context, config: Optional[str] = None) -> None:
         print(as_typed(finding.line()))
     code = checks.exit_code(findings)
     if code:
-        raise Exit(f"vmlab: {sum(not f.ok for f in findings)} problem(s) found; each has its fix above", code=code)
+        print(f"vmlab: {sum(not f.ok for f in findings)} problem(s) found; each has its fix above", file=sys.stderr)
+    return code
 
 
 @task(help={"guest": f"the guest to test on: {', '.join(known_profiles())} (default: dragonfly; "
@@ -68,7 +69,8 @@ def host_setup(c: Context, install: bool = False) -> None:
         print("vmlab: every Debian package vmlab needs is installed")
         return
     if not install:
-        raise Exit(f"vmlab: missing Debian packages: {' '.join(missing)}\n"
-                   f"fix: apt-get install {' '.join(missing)}  (or, as root: vmlab host-setup --install)", code=2)
+        raise PrerequisiteMissing(f"missing Debian packages: {' '.join(missing)}",
+                                  hint=f"install them: apt-get install {' '.join(missing)}  (or, as root: "
+                                       "invoke vm.host-setup --install)")
     host.install_packages(missing)
     print(f"vmlab: installed {' '.join(missing)}")
