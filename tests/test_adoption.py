@@ -148,7 +148,7 @@ def test_a_projects_venv_is_never_sent_and_hints_name_vmlabs_own_commands(vmlab_
     assert listed.returncode == 0, listed.stderr
     not_up = run(["vmlab", "sync"], project, vmlab_bin)
     assert not_up.returncode == 2
-    assert "`vmlab start`" in not_up.stderr and "invoke" not in not_up.stderr, not_up.stderr
+    assert not_up.stderr.endswith("start it: vmlab start\n") and "invoke" not in not_up.stderr, not_up.stderr
 
 
 def test_a_project_tests_in_the_guest_with_its_own_make_vm_quick(vmlab_bin: Path, tmp_path: Path, vm_ready) -> None:

@@ -23,13 +23,12 @@ while the guest's stamp agrees.
 from __future__ import annotations
 
 import enum
-import json
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional
 
-from vmlab import atomic
+from vmlab import records
 from vmlab.sync.tree import Delta, Entry, Tree, diff
 
 INLINE_BYTES = 64 << 10  # up to this much of edited files goes in the session's command line, not a tar
@@ -54,17 +53,14 @@ class Record:
     @classmethod
     def read(cls, path: Path) -> Optional["Record"]:
         """The record at `path`, or None (none yet, or not one: the next sync is rsync)."""
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        if not isinstance(data, dict) or not all(isinstance(data.get(k), t) for k, t in
+        data = records.read(path)
+        if not all(isinstance(data.get(k), t) for k, t in
                                                  (("digest", str), ("token", str), ("tree", dict))):
             return None
         return cls(data["digest"], data["token"], data["tree"])
 
     def write(self, path: Path) -> None:
-        atomic.write_text(path, json.dumps({"digest": self.digest, "token": self.token, "tree": self.tree}))
+        records.write(path, {"digest": self.digest, "token": self.token, "tree": self.tree})
 
 
 @dataclass(frozen=True)
