@@ -19,7 +19,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -267,15 +267,22 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         shutil.rmtree(big, ignore_errors=True)
 
 
-def test_the_whole_workflow_rehearsed_twice_the_second_a_cache_hit(work: Path, vm_ready) -> None:
-    """From an empty cache store (whichever test of the module ran first): run 1 must make the
-    golden image, run 2 must take it from the cache."""
-    shutil.rmtree(work / "real" / "actions-cache", ignore_errors=True)
+@pytest.fixture(scope="module")
+def rehearsed_twice(work: Path, vm_ready) -> Tuple[subprocess.CompletedProcess, List[Dict[str, Any]]]:
+    """The whole workflow rehearsed twice from an empty cache store, once per module: the test of
+    it reads the outcome, and the failing-shard test runs after it (whatever the random order), so
+    its golden job takes the golden image from the store and no order builds it twice."""
     done = subprocess.run([str(REHEARSE), "--work", str(work / "real"), "--vm", "default"], cwd=ROOT,
                           capture_output=True, text=True, timeout=3600, stdin=subprocess.DEVNULL)
     (work / "real.log").write_text(done.stdout + done.stderr)
+    return done, (summary(work / "real") if done.returncode == 0 else [])  # read before another rehearsal
+
+
+def test_the_whole_workflow_rehearsed_twice_the_second_a_cache_hit(work: Path, rehearsed_twice) -> None:
+    """From an empty cache store: run 1 must make the golden image, run 2 must take it from the cache."""
+    done, runs = rehearsed_twice
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
-    first, second = summary(work / "real")
+    first, second = runs
     suites = list(json.loads(subprocess.run([str(ROOT / ".venv" / "bin" / "vmlab"), "suites", "--json"], cwd=ROOT,
                                             capture_output=True, text=True, check=True).stdout)["include"])
     for run in (first, second):
@@ -296,8 +303,9 @@ def test_the_whole_workflow_rehearsed_twice_the_second_a_cache_hit(work: Path, v
 
 
 def test_a_failing_shard_leaves_the_others_results_and_the_matrix_follows_the_config(work: Path,
-                                                                                        vm_ready) -> None:
-    """vmlab's own repository, with its suites replaced in vmlab.yaml: `mounts` removed, two added."""
+                                                                                        rehearsed_twice) -> None:
+    """vmlab's own repository, with its suites replaced in vmlab.yaml: `mounts` removed, two added.
+    After the whole rehearsal (rehearsed_twice), whose cache store its golden job may hit."""
     repo = work / "repo"
     shutil.rmtree(repo, ignore_errors=True)
     standins.checkout(ROOT, repo)
