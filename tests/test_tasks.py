@@ -365,6 +365,7 @@ def test_stop_quits_a_guest_that_ignores_the_power_button_and_kills_a_qemu_that_
     assert quit_.returncode == 0 and quit_.stdout == "VM default: quit QEMU (the guest did not power off)\n"
     assert not alive(pid)
 
+    assert project.invoke("vm.reset", "--yes").returncode == 0  # a fresh golden copy: its start restores, not boots
     assert project.invoke("vm.start").returncode == 0
     pid = machine.pid()
     os.kill(pid, signal.SIGSTOP)
