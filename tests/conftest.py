@@ -31,7 +31,8 @@ pytest_plugins = ["sshd_fixtures"]  # a real sshd on 127.0.0.1 as a stand-in gue
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 INVOKE = str(Path(sys.executable).parent / "invoke")
 VMLAB = str(Path(sys.executable).parent / "vmlab")  # the same tasks as a program of their own (vmlab/cli.py)
-_missing_prerequisites: List[str] = []
+_missing_prerequisites: List[str] = []  # what the skipped tests lacked (pytest_runtest_logreport)
+SKIPPED_FOR = "prerequisite missing: "
 
 
 def vm_prerequisite_problem() -> Optional[str]:
@@ -58,8 +59,7 @@ def prerequisite_missing(problem: str) -> NoReturn:
     """Skip the test naming what is missing (the run then exits 2); under CI, stop the run with exit 2."""
     if IN_CI:
         pytest.exit(f"prerequisite missing under CI: {problem}", returncode=2)
-    _missing_prerequisites.append(problem)
-    pytest.skip(f"prerequisite missing: {problem}")
+    pytest.skip(SKIPPED_FOR + problem)
 
 
 @pytest.fixture(scope="session")
@@ -85,6 +85,25 @@ def pytest_configure(config: pytest.Config) -> None:
     as vmlab's own commands do, not pytest's 2, which here means a prerequisite is missing."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _interrupted)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under CI, a missing prerequisite stops the run before any test: checked here, in the process
+    that ends the run, because a pytest-xdist worker that stops (prerequisite_missing) is only
+    reported as "crashed"."""
+    if IN_CI and not hasattr(session.config, "workerinput"):
+        problem = vm_prerequisite_problem()
+        if problem:
+            pytest.exit(f"prerequisite missing under CI: {problem}", returncode=2)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Collect the skips for a missing prerequisite from the reports, which reach the process that
+    ends the run also when pytest-xdist's workers ran the tests."""
+    if report.skipped and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+        if reason.startswith(SKIPPED_FOR):
+            _missing_prerequisites.append(reason.removeprefix(SKIPPED_FOR))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -28,23 +28,27 @@ def suite(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def run(suite: Path, **env: str) -> subprocess.CompletedProcess:
+def run(suite: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_ADDOPTS")}
     clean.update(PATH=str(Path(sys.executable).parent), **env)  # the venv only: no qemu-system, no qemu-img
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider",
-                           "--rootdir", str(suite), str(suite)], cwd=suite, env=clean, capture_output=True,
+                           "--rootdir", str(suite), *args, str(suite)], cwd=suite, env=clean, capture_output=True,
                           text=True, timeout=120)
 
 
-def test_a_missing_prerequisite_skips_naming_it_and_the_run_exits_2(suite: Path) -> None:
-    result = run(suite)
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one process", "xdist workers"])
+def test_a_missing_prerequisite_skips_naming_it_and_the_run_exits_2(suite: Path, workers: list) -> None:
+    """Also when pytest-xdist's workers run the tests (scripts/test does): the skips reach the
+    process that ends the run through their reports."""
+    result = run(suite, *workers)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "1 passed, 1 skipped" in result.stdout
     assert "tests skipped, exit code 2: host tools missing: qemu-system-x86_64" in result.stdout
 
 
-def test_under_ci_a_missing_prerequisite_stops_the_run_with_2(suite: Path) -> None:
-    result = run(suite, CI="true")
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one process", "xdist workers"])
+def test_under_ci_a_missing_prerequisite_stops_the_run_with_2(suite: Path, workers: list) -> None:
+    result = run(suite, *workers, CI="true")
     assert result.returncode == 2, result.stdout + result.stderr
     assert "prerequisite missing under CI: host tools missing: qemu-system-x86_64" in result.stdout
     assert "passed" not in result.stdout  # stopped at the VM test, which comes first: nothing after it ran
