@@ -74,7 +74,7 @@ def make_golden(project: Project, cache: Path, disk_bytes: int = 0) -> golden.Go
 
     Not real: the "clean" snapshot (taking it boots a guest), and the kernel (a few bytes)."""
     lab = project.lab()
-    inputs = images.golden_inputs(lab, lab.vm())
+    inputs = images.golden_inputs(lab.vm())
     work = cache.parent / "golden-src"
     work.mkdir(exist_ok=True)
     raw = work / "disk.raw"
