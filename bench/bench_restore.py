@@ -120,7 +120,7 @@ def parts(lab: Lab, work: Path, rounds: int) -> Dict[str, List[float]]:
         timed("  SSH: a new shared connection + the after-restore command",
               lambda: lifecycle.after_restore(vm, 60))
         conn = vm.connection()
-        timed("  (then a command over it, as a loop turn's)", lambda: conn.run("true", output=io.BytesIO()))
+        timed("  (then a command over it, as a loop turn's)", lambda: conn.stream("true", output=io.BytesIO()))
         with Monitor(vmdir.machine.qmp_socket, timeout=60) as mon:
             snapshots.load(mon, vmdir.disk, golden.SNAPSHOT)
         vm.close_connection()

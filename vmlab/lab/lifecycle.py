@@ -163,7 +163,7 @@ def after_restore(vm: GuestVM, timeout: float) -> None:
     # line would be behind by the handshake (a second or more on a busy host).
     line = "true"
     if template:
-        line = vm.as_root(f"echo {CLOCK_ASK}; read -r vmlab_epoch vmlab_epoch_int && " + template.format(
+        line = vm.root.shell(f"echo {CLOCK_ASK}; read -r vmlab_epoch vmlab_epoch_int && " + template.format(
             epoch="$vmlab_epoch", epoch_int="$vmlab_epoch_int", entropy=secrets.token_hex(64), hostname=vm.name))
 
     def clock(said: str) -> Optional[Claim]:
@@ -178,7 +178,7 @@ def after_restore(vm: GuestVM, timeout: float) -> None:
             machine.assert_alive()
             output = io.BytesIO()
             try:
-                status = conn.run(line, output=output, timeout=30, handshake=clock if template else None)
+                status = conn.stream(line, output=output, timeout=30, handshake=clock if template else None)
                 break
             except GuestUnreachable as e:  # sshd not answering yet (a busy guest, or one still booting)
                 last_error = (e.detail or e.message).strip().splitlines()[-1][-200:]  # ssh's own last word

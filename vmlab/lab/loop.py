@@ -49,7 +49,7 @@ def ensure_provisioned(vm: GuestVM, conn: SharedConnection) -> None:
                  "image that has it", vm.name, " ".join(packages) or "no packages", Path(script).name, vm.name)
         conn.put(profile.dir / script, GUEST_PROVISION_SCRIPT)
         output = io.BytesIO()
-        status = conn.run(vm.as_root(shlex.join(["sh", GUEST_PROVISION_SCRIPT, *packages])),
+        status = conn.stream(vm.root.shell(shlex.join(["sh", GUEST_PROVISION_SCRIPT, *packages])),
                           output=output, echo=sys.stdout.buffer, timeout=4 * 3600)
         if status != 0:
             lines = output.getvalue().decode(errors="replace").splitlines()[-30:]
@@ -116,13 +116,12 @@ def run_suites(vm: GuestVM, suites: List[SuiteConfig], restore_on_failure: bool 
         facts = guest_facts(conn, vm)
         run = dataclasses.replace(run, guest=facts["guest"], qemu=facts["qemu"])
         ensure_provisioned(vm, conn)
-        run_as_root = "" if vm.config.ssh_user == "root" else vm.profile.privileged
         gate = SyncGate(conn, config.project_dir, config.sync, vm.vmdir.sync_record) if sync_first else None
         for suite in suites:
             current = suite.name
             log.info("suite %s: %s%s", suite.name, suite.command, " (as root)" if suite.privileged else "")
-            result = suite_runner.run(conn, suite, config.sync.guest_dir, run_dir, run_as_root, echo=echo,
-                                      gate=gate, cancel=cancel, raw=raw)
+            result = suite_runner.run(conn, suite, config.sync.guest_dir, run_dir, echo=echo, gate=gate,
+                                      cancel=cancel, raw=raw)
             if gate:
                 run = dataclasses.replace(run, sync=gate.summary())
             done.append(result)
@@ -166,7 +165,7 @@ def guest_facts(conn: SharedConnection, vm: GuestVM) -> Dict[str, Any]:
     if facts.get("pid") == pid and "guest" in facts and "qemu" in facts:
         return {"guest": facts["guest"], "qemu": facts["qemu"]}
     out = io.BytesIO()
-    conn.run("uname -s; uname -r", output=out, timeout=60)
+    conn.stream("uname -s; uname -r", output=out, timeout=60)
     os_name, _, kernel = out.getvalue().decode(errors="replace").strip().partition("\n")
     facts = {"guest": {"os": os_name, "kernel": kernel}, "qemu": host.qemu_version()}
     records.write(vm.vmdir.guest_facts, dict(facts, pid=pid))

@@ -13,12 +13,11 @@ that fails after QEMU started names a diagnostic bundle in its error.
 from __future__ import annotations
 
 import logging
-import shlex
 from contextlib import AbstractContextManager, contextmanager
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Dict, Iterator, List, Optional, Type
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple, Type
 
 from vmlab import accel, diagnostics, guests, host
 from vmlab.command import CommandResult
@@ -30,8 +29,12 @@ from vmlab.lab.vmdir import VMDir
 from vmlab.machine import State
 from vmlab.openssh import SharedConnection
 from vmlab.ssh import GuestSSH
+from vmlab.transport import Root, Transport
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # both SSH clients are one Transport (transport.py): mypy checks that here
+    _CLIENTS: Tuple[Type[Transport], ...] = (SharedConnection, GuestSSH)
 
 
 class GuestVM:
@@ -110,12 +113,21 @@ class GuestVM:
 
     # --- talking to the guest ---
 
+    @property
+    def root(self) -> Root:
+        """How a command becomes root in its guest: as it is for ssh_user root, else through the
+        profile's `privileged` prefix (the profile is read only then)."""
+        user = self.config.ssh_user
+        return Root(user, "" if user == "root" else self.profile.privileged)
+
     def connection(self) -> SharedConnection:
-        """The multiplexed OpenSSH connection to the running VM (see openssh.py for why)."""
+        """The multiplexed OpenSSH connection to the running VM (see openssh.py for why): the
+        edit-test loop's transport (transport.py)."""
         state = self.machine.status(query_qemu=False)
         if state.state != State.RUNNING or state.ssh_port is None:
             raise NotRunning(self.name, state.state)
-        return SharedConnection(self.vmdir.dir, state.ssh_port, self.config.ssh_user, self.keys())
+        return SharedConnection(self.vmdir.dir, state.ssh_port, self.config.ssh_user, self.keys(),
+                                self.root.privileged)
 
     def close_connection(self) -> None:
         """Close the shared connection; a stop or restore kills the guest's end of it anyway."""
@@ -123,16 +135,10 @@ class GuestVM:
         if port:
             SharedConnection(self.vmdir.dir, port, self.config.ssh_user, self.keys()).close()
 
-    def as_root(self, command: str) -> str:
-        """`command` as a shell line that runs as root: through the profile's sudo/doas for another ssh_user."""
-        if self.config.ssh_user == "root":
-            return command
-        return f"{self.profile.privileged} sh -c {shlex.quote(command)}"
-
     def ssh(self, timeout: float = 30) -> GuestSSH:
-        """A connected SSH session to the running VM."""
+        """A connected SSH session (paramiko) to the running VM: `vmlab ssh -c`'s transport."""
         self.require_running()
-        session = GuestSSH(self.ssh_port, self.config.ssh_user, self.keys())
+        session = GuestSSH(self.ssh_port, self.config.ssh_user, self.keys(), privileged=self.root.privileged)
         session.wait_ready(timeout=timeout)
         return session
 
