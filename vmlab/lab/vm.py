@@ -12,12 +12,13 @@ that fails after QEMU started names a diagnostic bundle in its error.
 
 from __future__ import annotations
 
+import functools
 import logging
 from contextlib import AbstractContextManager, contextmanager
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple, Type
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple, Type, TypeVar, cast
 
 from vmlab import accel, diagnostics, guests, host
 from vmlab.command import CommandResult
@@ -35,6 +36,20 @@ log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # both SSH clients are one Transport (transport.py): mypy checks that here
     _CLIENTS: Tuple[Type[Transport], ...] = (SharedConnection, GuestSSH)
+
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def running(method: Method) -> Method:
+    """A method that needs the VM's QEMU running (as qemu.qmp's `@require(Runstate.RUNNING)`):
+    refused with NotRunning, which names the state the VM is in, before anything is tried."""
+
+    @functools.wraps(method)
+    def guarded(self: "GuestVM", *args: Any, **kwargs: Any) -> Any:
+        self.require_running()
+        return method(self, *args, **kwargs)
+
+    return cast(Method, guarded)
 
 
 class GuestVM:
@@ -89,6 +104,7 @@ class GuestVM:
     # --- its state, guarded ---
 
     def require_running(self) -> None:
+        """NotRunning, naming the state QEMU is in, unless it runs (its pid and state file: no QMP)."""
         state = self.machine.status(query_qemu=False).state
         if state != State.RUNNING:
             raise NotRunning(self.name, state)
@@ -135,9 +151,9 @@ class GuestVM:
         if port:
             SharedConnection(self.vmdir.dir, port, self.config.ssh_user, self.keys()).close()
 
+    @running
     def ssh(self, timeout: float = 30) -> GuestSSH:
         """A connected SSH session (paramiko) to the running VM: `vmlab ssh -c`'s transport."""
-        self.require_running()
         session = GuestSSH(self.ssh_port, self.config.ssh_user, self.keys(), privileged=self.root.privileged)
         session.wait_ready(timeout=timeout)
         return session
@@ -146,16 +162,16 @@ class GuestVM:
         with self.ssh() as session:
             return session.run(command, **kwargs)
 
+    @running
     def ssh_argv(self) -> List[str]:
         """The OpenSSH command line for an interactive shell in the VM."""
-        self.require_running()
         host.require(["ssh"], "an interactive shell")
         return [host.which("ssh") or "ssh", *self.keys().openssh_options(),
                 "-p", str(self.ssh_port), "-l", self.config.ssh_user, "127.0.0.1"]
 
+    @running
     def console_socket(self) -> Path:
         """The serial console's socket of the running VM (`vm.console` attaches to it)."""
-        self.require_running()
         return self.machine.console_socket
 
     # --- when a verb fails ---
