@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vmlab import config  # noqa: E402
-from vmlab.lab import Lab, lifecycle  # noqa: E402
+from vmlab.lab import Lab  # noqa: E402
 
 GOCODE = Path("/usr/share/gocode/src")
 SOURCES = {"mount": GOCODE / "github.com/moby/sys/mount", "mountinfo": GOCODE / "github.com/moby/sys/mountinfo",
@@ -130,9 +130,9 @@ def main() -> int:
                        stderr=subprocess.DEVNULL)
         lab = Lab(config.load(cwd=folder))
         vm = lab.vm()
-        port = lab.vmdir(vm).machine.state()["ssh_port"]
-        ssh = ["ssh", *lifecycle.keys_for(lab, lab.vmdir(vm)).openssh_options(), "-o", "ControlMaster=no",
-               "-o", "ControlPath=none", "-p", str(port), "-l", vm.ssh_user]
+        port = vm.machine.state()["ssh_port"]
+        ssh = ["ssh", *vm.keys().openssh_options(), "-o", "ControlMaster=no",
+               "-o", "ControlPath=none", "-p", str(port), "-l", vm.config.ssh_user]
         old_way = ["sh", "-c", f"rsync -az --delete --exclude=/vm/ --exclude=/.venv/ -e {shlex.quote(shlex.join(ssh))} "
                                f"./ 127.0.0.1:bench-old/ && {shlex.join(ssh)} 127.0.0.1 "
                                f"{shlex.quote(f'cd bench-old && {SUITE}')}"]

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vmlab import config  # noqa: E402
-from vmlab.lab import Lab, lifecycle  # noqa: E402
+from vmlab.lab import Lab, firstrun, lifecycle  # noqa: E402
 
 VENV = ROOT / ".venv"
 INVOKE = str(VENV / "bin" / "invoke")
@@ -114,8 +114,8 @@ def main() -> int:
         lab = Lab(config.load(cwd=project))
         print(f"preparing: starting the VM, a first sync of {args.files} files ...", flush=True)
         vm = lab.vm()
-        status = lab.start()
-        keys = lifecycle.keys_for(lab, lab.vmdir(vm))
+        status = firstrun.start(vm)
+        keys = vm.keys()
         ssh = ["ssh", *keys.openssh_options(), "-o", "ControlMaster=no", "-o", "ControlPath=none",
                "-p", str(status.ssh_port), "-l", "root"]
         # the same files vmlab sends: vm/ is vmlab's own state (the VM's disk!), absent before vmlab
@@ -154,7 +154,7 @@ def main() -> int:
             finally:
                 watcher.stop()
         finally:
-            lab.destroy()
+            lifecycle.destroy(vm)
     load = open("/proc/loadavg").read().split()[:3]
     m_old, m_new, m_watch = (statistics.median(v) for v in (old, new, watched))
     print()

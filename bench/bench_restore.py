@@ -42,7 +42,7 @@ from typing import Callable, Dict, List
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vmlab import accel, config, disk, golden, seed, snapshots  # noqa: E402
-from vmlab.lab import Lab, images, lifecycle  # noqa: E402
+from vmlab.lab import Lab, building, images, lifecycle  # noqa: E402
 from vmlab.machine import Machine, MachineSpec  # noqa: E402
 from vmlab.qmp import Monitor  # noqa: E402
 from vmlab.ssh import GuestSSH  # noqa: E402
@@ -52,7 +52,7 @@ VMLAB = Path(sys.executable).parent / "vmlab"
 
 def old_way(lab: Lab, gold, work: Path) -> float:
     """New overlay on the clean image, cold boot, wait for SSH: how labs did it before vmlab."""
-    vm = lab.vm()
+    vm = lab.vm().config
     state = work / "old"
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir()
@@ -98,7 +98,7 @@ def whole(argv: List[str], cwd: Path) -> float:
 def parts(lab: Lab, work: Path, rounds: int) -> Dict[str, List[float]]:
     """Each part of a live `vmlab restore`, timed on its own, `rounds` times."""
     vm = lab.vm()
-    vmdir = lab.vmdir(vm)
+    vmdir = vm.vmdir
     times: Dict[str, List[float]] = {}
 
     def timed(name: str, step: Callable[[], object]) -> None:
@@ -112,43 +112,44 @@ def parts(lab: Lab, work: Path, rounds: int) -> Dict[str, List[float]]:
         timed("vmlab restore, the whole command", lambda: whole([str(VMLAB), "restore"], work))
         timed("  read the config", lambda: config.load(cwd=work))
         timed("  find the snapshot (qemu-img info)", lambda: snapshots.find(vmdir.disk, golden.SNAPSHOT))
-        lifecycle.close_connection(lab, vm, vmdir)
+        vm.close_connection()
         mon = Monitor(vmdir.machine.qmp_socket, timeout=60)
         timed("  QMP: connect", mon.__enter__)
         timed("  QMP: snapshot-load, the state load", lambda: snapshots.load(mon, vmdir.disk, golden.SNAPSHOT))
         mon.__exit__()
         timed("  SSH: a new shared connection + the after-restore command",
-              lambda: lifecycle.after_restore(lab, vm, vmdir, 60))
-        conn = lifecycle.connection(lab, vm, vmdir)
-        timed("  (then a command over it, as a loop turn's)", lambda: conn.run("true", output=io.BytesIO()))
+              lambda: lifecycle.after_restore(vm, 60))
+        conn = vm.connection()
+        timed("  (then a command over it, as a loop turn's)", lambda: conn.stream("true", output=io.BytesIO()))
         with Monitor(vmdir.machine.qmp_socket, timeout=60) as mon:
             snapshots.load(mon, vmdir.disk, golden.SNAPSHOT)
-        lifecycle.close_connection(lab, vm, vmdir)
+        vm.close_connection()
 
         def banner() -> None:  # what sshd does before any cryptography: accept, fork, exec, say hello
             with socket.create_connection(("127.0.0.1", vmdir.machine.state()["ssh_port"]), timeout=30) as sock:
                 while not sock.recv(256).startswith(b"SSH-"):
                     pass
         timed("  (of the SSH part: sshd's banner, before any key exchange)", banner)
-        lifecycle.after_restore(lab, vm, vmdir, 60)
+        lifecycle.after_restore(vm, 60)
         with Monitor(vmdir.machine.qmp_socket, timeout=60) as mon:
             snapshots.load(mon, vmdir.disk, golden.SNAPSHOT)
-        lifecycle.close_connection(lab, vm, vmdir)
+        vm.close_connection()
 
         def paramiko_way() -> None:
-            with GuestSSH(vmdir.machine.state()["ssh_port"], vm.ssh_user, lifecycle.keys_for(lab, vmdir)) as ssh:
+            with GuestSSH(vmdir.machine.state()["ssh_port"], vm.config.ssh_user, vm.keys()) as ssh:
                 ssh.wait_ready(60)
                 ssh.run("date >/dev/null && hostname default")
         timed("  (before: paramiko connect, `true`, after-restore command)", paramiko_way)
-        lifecycle.after_restore(lab, vm, vmdir, 60)
+        lifecycle.after_restore(vm, 60)
     return times
 
 
 def mapped(lab: Lab, work: Path, rounds: int) -> Dict[str, List[float]]:
     """A restore by a new QEMU whose RAM is the snapshot's RAM file mapped privately, the devices'
     state loaded with x-ignore-shared: the floor of loading RAM by mapping it instead of copying."""
-    vm = lab.vm()
-    gold = lab.golden_of(vm)
+    guest = lab.vm()
+    vm = guest.config
+    gold = images.golden_of(guest)
     assert gold is not None
     shm = Path(tempfile.mkdtemp(prefix="vmlab-bench-ram-", dir="/dev/shm"))
     folder = work / "mapped"
@@ -158,12 +159,12 @@ def mapped(lab: Lab, work: Path, rounds: int) -> Dict[str, List[float]]:
     machine = Machine("mapped", folder)
     port = 0
     times: Dict[str, List[float]] = {}
-    choice = images.accelerator(lab, vm, gold.dir)
+    choice = guest.accelerator(gold.dir)
 
     def argv(ram: Path, share: str, incoming: bool) -> List[str]:
         spec = MachineSpec(name="mapped", accel=choice, memory_mib=vm.memory_mib, cpus=vm.cpus, disk=disk_file,
                            paused=True, seed_iso=seed.for_vm(folder / "seed.iso", gold.keys, "mapped"),
-                           **images.boot_files(lab, vm, gold.dir))
+                           **images.boot_files(guest, gold.dir))
         args = machine.argv(spec, port)
         at = args.index("-m")
         args[at:at + 2] = ["-m", str(vm.memory_mib), "-object", f"memory-backend-file,id=pc.ram,size={vm.memory_mib}M,"
@@ -234,9 +235,9 @@ def main() -> int:
         (work / "vmlab.yaml").write_text(memory + "vms:\n  default: {}\n  w1: {}\n  w2: {}\n  w3: {}\n  w4: {}\n")
         if args.parts or args.mapped:
             lab = Lab(config.load(cwd=work))
-            if not lab.golden_of(lab.vm()):
-                lab.make_golden()
-            print(f"VM of {lab.vm().memory_mib} MiB; load average {load_average()} at the start", flush=True)
+            if not images.golden_of(lab.vm()):
+                building.make_golden(lab.vm())
+            print(f"VM of {lab.vm().config.memory_mib} MiB; load average {load_average()} at the start", flush=True)
             try:
                 if args.parts:
                     command(work, "start")
@@ -245,11 +246,11 @@ def main() -> int:
                 if args.mapped:
                     print_parts("a restore with RAM mapped from a file", mapped(lab, work, args.rounds))
             finally:
-                lab.destroy()
+                lifecycle.destroy(lab.vm())
             return 0
         lab = Lab(config.load(cwd=work))
         print("preparing: the golden image and a running VM from it ...", flush=True)
-        gold = lab.golden_of(lab.vm()) or lab.make_golden()
+        gold = images.golden_of(lab.vm()) or building.make_golden(lab.vm())
         command(work, "start")
         old, live, cold, clone = [], [], [], []
         try:
@@ -277,7 +278,7 @@ def main() -> int:
         finally:
             for name in ["default", "w1", "w2", "w3", "w4"]:
                 try:
-                    lab.destroy(name)
+                    lifecycle.destroy(lab.vm(name))
                 except Exception:
                     pass
     m_old, m_live, m_cold, m_clone = (statistics.median(x) for x in (old, live, cold, clone))

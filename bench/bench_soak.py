@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from vmlab import config, golden  # noqa: E402
 from vmlab.cache import MANIFEST, sha256_file  # noqa: E402
-from vmlab.lab import Lab  # noqa: E402
+from vmlab.lab import Lab, images, lifecycle  # noqa: E402
 
 INVOKE = str(ROOT / ".venv" / "bin" / "invoke")
 MiB = 1 << 20
@@ -82,24 +82,24 @@ def main() -> int:
         edited.write_text("0\n")
         lab = Lab(config.load(cwd=project))
         vm = lab.vm()
-        gold = lab.golden_of(vm)
+        gold = images.golden_of(vm)
         if gold is None:
             print("no golden image of the test guest in the cache: make one first (invoke vm.golden)",
                   file=sys.stderr)
             return 2
-        vm_dir = lab.vmdir(vm).dir
+        vm_dir = vm.vmdir.dir
         try:
             invoke(project, "vm.start")
             for i in range(3):  # warm-up: the guest's page cache, the shared connection
                 invoke(project, "vm.restore")
                 edited.write_text(f"warm {i}\n")
                 invoke(project, "vm.quick")
-            pid = lab.vmdir(vm).machine.pid()
+            pid = vm.machine.pid()
             assert pid
             base = sample(vm_dir, pid)
             # QEMU's RSS grows as restores bring more of the guest's RAM in: bounded by that RAM and
             # QEMU's own overhead, not by the first sample; past it, something leaks.
-            bound = {"overlay": base["overlay"] + 64 * MiB, "rss": vm.memory_mib * MiB + 256 * MiB,
+            bound = {"overlay": base["overlay"] + 64 * MiB, "rss": vm.config.memory_mib * MiB + 256 * MiB,
                      "fds": base["fds"] + 8, "procs": base["procs"] + 1}
             print(f"baseline: overlay {base['overlay'] / MiB:.0f} MiB, QEMU RSS {base['rss'] / MiB:.0f} MiB, "
                   f"{base['fds']} open files, {base['procs']} processes")
@@ -117,9 +117,9 @@ def main() -> int:
                     print(f"{i + 1:3d}: overlay {now['overlay'] / MiB:.0f} MiB, RSS {now['rss'] / MiB:.0f} MiB, "
                           f"{now['fds']} fds, {now['procs']} procs; restore {restores[-1]:.2f}s, "
                           f"quick {turns[-1]:.2f}s", flush=True)
-            assert lab.vmdir(vm).machine.pid() == pid, "QEMU was restarted during the soak"
+            assert vm.machine.pid() == pid, "QEMU was restarted during the soak"
         finally:
-            lab.destroy()
+            lifecycle.destroy(vm)
     over = [k for k in bound if worst[k] > bound[k]]
     damaged = golden_intact(gold)
     restores.sort()

@@ -18,7 +18,7 @@ from conftest import Project, alive, prerequisite_missing
 from test_accel import kvm_boots_linux
 from vmlab import accel, builder, config, doctor, guests, schema
 from vmlab.cache import ArtefactCache
-from vmlab.lab import Lab
+from vmlab.lab import Lab, images
 from vmlab.qmp import Monitor
 
 ROOT = Path(__file__).parents[1]
@@ -79,7 +79,7 @@ def test_golden_key_changes_with_a_recipe_script_and_not_with_unrelated_files(gu
 
     def key() -> str:
         lab = Lab(config.load(cwd=tmp_path))
-        return lab.golden_key()
+        return images.golden_key(lab.vm())
 
     before = key()
     (guests_copy / "rehearsal" / "NOTES.md").write_text("an unrelated file\n")
@@ -127,7 +127,7 @@ def test_doctor_finds_a_paused_guest_and_a_crashed_vm_with_their_fixes(project: 
     QEMU is killed (SIGKILL, as the OOM killer does): each is a failure with its fix, exit 1."""
     project.write_config("vms:\n  default: {}\n")
     assert project.invoke("vm.start").returncode == 0
-    machine = project.lab().vmdir(project.lab().vm()).machine
+    machine = project.lab().vm().machine
     with Monitor(machine.qmp_socket) as mon:
         mon.command("stop")
     paused = project.invoke("vm.doctor")

@@ -28,7 +28,7 @@ from conftest import Project, prerequisite_missing
 from dragonfly_mirror import ISO, config_for, fake_qemu_env, mirror_files
 from httpserver import FileServer
 from vmlab import config, doctor, guests, recipe, schema
-from vmlab.lab import Lab
+from vmlab.lab import Lab, images
 
 TESTS = Path(__file__).parent
 DOCS = TESTS.parent / "docs" / "dragonfly.md"
@@ -78,7 +78,7 @@ def test_the_golden_key_changes_when_install_sh_changes(dfly: Project, tmp_path:
     monkeypatch.setattr(guests, "GUESTS_DIR", copy)
 
     def key() -> str:
-        return Lab(config.load(cwd=dfly.root)).golden_key("dfly")
+        return images.golden_key(Lab(config.load(cwd=dfly.root)).vm("dfly"))
 
     before = key()
     install = copy / "dragonfly" / "install.sh"

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import INVOKE, Project
 from vmlab import config as config_mod
-from vmlab.lab import Lab, images, lifecycle
+from vmlab.lab import Lab
 
 SUITES = """\
 vms:
@@ -107,9 +107,9 @@ def test_item06_suites_exit_2_when_ssh_never_answers(vm: Project) -> None:
     restore opens it) closed: test and sync did not finish (2), they did not fail (1). (The
     restore of 'clean' before the next test brings sshd back.)"""
     lab = vm.lab()
-    with lab.ssh() as session:
+    with lab.vm().ssh() as session:
         assert session.run("systemctl stop ssh").ok
-    lifecycle.close_connection(lab, lab.vm(), lab.vmdir(lab.vm()))
+    lab.vm().close_connection()
     (vm.root / "vm" / "default" / "guest.json").unlink(missing_ok=True)  # so the run asks the guest first
     for args in (("vm.test", "--suite", "first"), ("vm.sync",)):
         result = vm.invoke(*args)
@@ -130,9 +130,9 @@ def test_item09_a_restore_ends_a_suspension_so_its_old_state_never_comes_back(vm
     the disk with that work on it, it does not resume the state saved at the suspend."""
     in_guest(vm, "touch /root/before-suspend")
     assert vm.invoke("vm.suspend").returncode == 0
-    assert vm.lab().status().state == "suspended"
+    assert vm.lab().vm().vmdir.status().state == "suspended"
     assert vm.invoke("vm.restore", "--name", "clean").returncode == 0
-    assert vm.lab().status().state == "running"
+    assert vm.lab().vm().vmdir.status().state == "running"
     in_guest(vm, "touch /root/after-restore && sync")
     assert vm.invoke("vm.stop").returncode == 0
     started = vm.invoke("vm.start")
@@ -177,7 +177,7 @@ def test_item12_no_image_is_built_just_to_prove_kvm(project: Project, tmp_path: 
     cache = tmp_path / "empty-cache"
     monkeypatch.setenv("VMLAB_CACHE", str(cache))
     lab = Lab(config_mod.load(cwd=project.root))
-    at_hand = images.probe_kernel(lab)  # the host's own /boot kernel, if it has one
+    at_hand = lab.probe_kernel()  # the host's own /boot kernel, if it has one
     result = project.invoke("vm.doctor", env={"VMLAB_CACHE": str(cache)}, timeout=120)
     assert not list(cache.glob("debian-image/*")), "an image was built for the probe"
     accelerator = next(line for line in result.stdout.splitlines() if "accelerator" in line)

@@ -381,7 +381,7 @@ def run_suite(conn: SharedConnection, tmp_path: Path, **settings) -> results.Sui
     guest = tmp_path / "guest"
     run_dir = tmp_path / "results" / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
-    return suites.run(conn, SuiteConfig(name="unit", timeout=120, **settings), str(guest), run_dir, run_as_root="",
+    return suites.run(conn, SuiteConfig(name="unit", timeout=120, **settings), str(guest), run_dir,
                       echo=io.BytesIO())
 
 

@@ -16,7 +16,7 @@ from vmlab import config as config_mod
 from vmlab import golden
 from vmlab.cache import sha256_file
 from vmlab.errors import ImageBuildError
-from vmlab.lab import Lab
+from vmlab.lab import Lab, images
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def lab_with_golden(shared_project: Project, vm_ready) -> Project:
 
 def golden_dir(project: Project) -> Path:
     lab = project.lab()
-    gold = lab.golden_of(lab.vm())
+    gold = images.golden_of(lab.vm())
     assert gold is not None
     return gold.dir
 
@@ -158,7 +158,7 @@ def test_golden_key_follows_what_made_it(tmp_path: Path) -> None:
     def key(text: str) -> str:
         (tmp_path / "vmlab.yaml").write_text(text)
         lab = Lab(config_mod.load(cwd=tmp_path))
-        return lab.golden_key()
+        return images.golden_key(lab.vm())
 
     base = key("defaults: {memory: 1G}\n")
     assert key("defaults: {memory: 1024}\n") == base  # the same machine, spelled differently
@@ -171,7 +171,7 @@ def test_item15_vms_of_other_disk_sizes_do_not_share_a_golden_image(tmp_path: Pa
     an 8G and a 40G VM must not find each other's golden image."""
     def key(size: str) -> str:
         (tmp_path / "vmlab.yaml").write_text(f"defaults: {{disk_size: {size}}}\n")
-        return Lab(config_mod.load(cwd=tmp_path)).golden_key()
+        return images.golden_key(Lab(config_mod.load(cwd=tmp_path)).vm())
 
     assert key("8G") == key("8192M")  # the same size, spelled differently
     assert key("8G") != key("40G")

@@ -63,7 +63,7 @@ def tree(folder: Path) -> Dict[str, bytes]:
 
 def run(conn: SharedConnection, command: str) -> tuple:
     out = io.BytesIO()
-    return conn.run(command, output=out, timeout=60), out.getvalue()
+    return conn.stream(command, output=out, timeout=60), out.getvalue()
 
 
 # --- golden exports: a real golden folder, real tars ---
@@ -74,7 +74,7 @@ def make_golden(project: Project, cache: Path, disk_bytes: int = 0) -> golden.Go
 
     Not real: the "clean" snapshot (taking it boots a guest), and the kernel (a few bytes)."""
     lab = project.lab()
-    inputs = images.golden_inputs(lab, lab.vm())
+    inputs = images.golden_inputs(lab.vm())
     work = cache.parent / "golden-src"
     work.mkdir(exist_ok=True)
     raw = work / "disk.raw"
@@ -512,7 +512,7 @@ def test_small_a_junit_file_left_by_an_earlier_run_is_not_taken_for_this_runs(co
     run_dir = tmp_path / "results"
     run_dir.mkdir()
     suite = SuiteConfig(name="unit", command="true", junit="report.xml", timeout=60)
-    result = suites.run(conn, suite, str(guest_dir), run_dir, run_as_root="", echo=io.BytesIO())
+    result = suites.run(conn, suite, str(guest_dir), run_dir, echo=io.BytesIO())
     assert result.junit is None and not result.cases  # not last week's "old" case
     assert result.status == "failed" and "exit 0, but it wrote no JUnit file" in (result.note or "")
     assert not (guest_dir / "report.xml").exists()

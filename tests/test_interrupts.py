@@ -30,7 +30,7 @@ from conftest import INVOKE, Project, qemu_processes
 from dragonfly_mirror import ISO, config_for, fake_qemu_env, mirror_files
 from httpserver import FileServer
 from vmlab import locks
-from vmlab.lab import lifecycle
+from vmlab.lab import images
 from vmlab.machine import Machine
 
 SHOWN = {signal.SIGINT: (130, "vmlab: interrupted"), signal.SIGTERM: (143, "vmlab: terminated")}
@@ -145,7 +145,7 @@ def lab(shared_project: Project, vm_ready, runtime_dir) -> Project:
         quick: quick
         """)
     (shared_project.root / "data.txt").write_text("data\n")
-    if shared_project.lab().golden_of(shared_project.lab().vm()) is None:
+    if images.golden_of(shared_project.lab().vm()) is None:
         made = shared_project.invoke("vm.golden")
         assert made.returncode == 0, made.stderr
     return shared_project
@@ -222,8 +222,7 @@ def test_sync(lab: Project, sig: int) -> None:
 def test_suite(lab: Project, sig: int) -> None:
     ensure_running(lab)
     assert lab.invoke("vm.sync").returncode == 0
-    api = lab.lab()
-    lifecycle.close_connection(api, api.vm(), api.vmdir(api.vm()))  # the run opens the master itself
+    lab.lab().vm().close_connection()  # the run opens the master itself
     started = time.time()
     run = Running(lab, "vm.test", "--suite", "slow")
     run.wait_for(r"^suite-started$")
@@ -340,8 +339,7 @@ def test_provision(project: Project, runtime_dir, vm_ready) -> None:
 def test_watch_during_a_run(lab: Project, sig: int) -> None:
     """vm.watch cut while a run's suite is under way (tests/test_watch.py cuts it idle)."""
     ensure_running(lab)
-    api = lab.lab()
-    lifecycle.close_connection(api, api.vm(), api.vmdir(api.vm()))  # watch opens the master itself
+    lab.lab().vm().close_connection()  # watch opens the master itself
     run = Running(lab, "vm.watch", "--suite", "slow")
     run.wait_for(r"^suite-started$")
     run.stop(sig)

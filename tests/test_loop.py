@@ -19,6 +19,7 @@ import yaml
 from conftest import INVOKE, Project
 from vmlab import keys, suites
 from vmlab.errors import HostKeyMismatch
+from vmlab.lab import snapshotting
 from vmlab.ssh import GuestSSH
 
 SAMPLE = Path(__file__).parent / "sample-project"
@@ -465,11 +466,11 @@ def test_library_session_survives_a_restore_and_fetches_files(sample: Project, t
     """The session outlives a restore of the RAM under it: the file written before the restore
     is gone afterwards (the restore happened), and the session is on a new connection."""
     lab = sample.lab()
-    with lab.ssh() as session:
+    with lab.vm().ssh() as session:
         assert session.run("echo before > /root/fetch-me").ok
         assert session.fetch("/root/fetch-me", tmp_path / "before").read_text() == "before\n"
         connection = session._client.get_transport()  # type: ignore[union-attr]
-        lab.restore()  # kills the session's connection in the guest
+        snapshotting.restore(lab.vm())  # kills the session's connection in the guest
         after = session.run("echo still here")  # reconnects once
         assert after.ok and after.stdout == "still here\n"
         assert session._client.get_transport() is not connection  # type: ignore[union-attr]
@@ -570,7 +571,7 @@ def test_a_guest_presenting_another_host_key_is_refused(sample: Project, tmp_pat
     """The lab pins the guest's host key; here the pin is replaced by another key, as if the
     disk had been swapped. Neither vmlab nor the user's ~/.ssh/known_hosts is consulted otherwise."""
     lab = sample.lab()
-    machine = lab.vmdir(lab.vm()).machine
+    machine = lab.vm().machine
     pinned = lab.keys()  # the debian guest's disk is an overlay on an image: it trusts the lab's own keys
     other = keys.ensure(tmp_path / "other-lab", comment="another lab")
     impostor = keys.LabKeys(tmp_path / "mixed")

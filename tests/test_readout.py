@@ -246,7 +246,7 @@ def run_suite(conn: SharedConnection, tmp_path: Path, name: str, raw: bool = Fal
     run_dir.mkdir(parents=True)
     out = echo or io.BytesIO()
     result = suites.run(conn, SuiteConfig(name=name, **{"timeout": 300, **settings}), str(tmp_path / "work"), run_dir,
-                        run_as_root="", echo=out, raw=raw)
+                        echo=out, raw=raw)
     return result, out.getvalue().decode(errors="replace")
 
 

@@ -52,7 +52,7 @@ def test_setup_fetches_the_pinned_release_and_creates_a_blank_disk(project: Proj
     # The disk is blank: a start installs it first (lab/firstrun.py; the journey test runs one), not a boot of it.
     lab = project.lab()
     vm = lab.vm("dfly")
-    assert firstrun.needed(lab, vm, lab.vmdir(vm))
+    assert firstrun.needed(vm)
     listing = project.invoke("vm.cache", "--json")
     assert [i["name"] for i in json.loads(listing.stdout)["isos"]] == [ISO]
 

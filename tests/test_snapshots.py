@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import INVOKE, Project, alive, cache_without_golden_images, kill_vms, prerequisite_missing
-from vmlab.lab import lifecycle
+from vmlab.lab import snapshotting
 
 
 def guest(project: Project, command: str, vm: str = "default") -> subprocess.CompletedProcess:
@@ -73,10 +73,10 @@ def guest_clock_lag(project: Project) -> float:
     """How far the guest's clock is behind the host's (negative: ahead), read over the shared SSH
     connection between two readings of the host's clock (a multiplexed command: ~0.1 s)."""
     lab = project.lab()
-    conn = lifecycle.connection(lab, lab.vm(), lab.vmdir(lab.vm()))
+    conn = lab.vm().connection()
     out = io.BytesIO()
     before = time.time()
-    assert conn.run("date +%s.%N", output=out, timeout=60) == 0
+    assert conn.stream("date +%s.%N", output=out, timeout=60) == 0
     after = time.time()
     guest_time = float(out.getvalue())
     if before <= guest_time <= after:
@@ -142,9 +142,9 @@ def test_a_stopped_vm_whose_memory_changed_is_told_which_size_its_snapshot_needs
 
 def test_twenty_restores_do_not_grow_processes_files_or_disk(running: Project) -> None:
     lab = running.lab()
-    machine = lab.vmdir(lab.vm()).machine
+    machine = lab.vm().machine
     pid = machine.pid()
-    lab.restore()
+    snapshotting.restore(lab.vm())
 
     def measure() -> tuple:
         qemus = subprocess.run(["pgrep", "-c", "-f", f"qemu-system.*{running.root}"], capture_output=True,
@@ -153,12 +153,12 @@ def test_twenty_restores_do_not_grow_processes_files_or_disk(running: Project) -
 
     def masters() -> int:
         """SSH control masters of this VM: a restore opens one (the next command uses it) and closes the last."""
-        conn = lifecycle.connection(lab, lab.vm(), lab.vmdir(lab.vm()))
+        conn = lab.vm().connection()
         return len([p for p in conn._processes() if b"[mux]" in Path(f"/proc/{p}/cmdline").read_bytes()])
 
     before = measure()
     for _ in range(20):
-        lab.restore()
+        snapshotting.restore(lab.vm())
     after = measure()
     assert machine.pid() == pid  # live restores: the same QEMU all along
     assert after[0] == before[0] == 1, f"QEMU processes: {before[0]} before, {after[0]} after"
@@ -167,7 +167,7 @@ def test_twenty_restores_do_not_grow_processes_files_or_disk(running: Project) -
     # way is that; a leak would be one (or more) per restore, 20 here
     assert after[1] <= before[1] + 3, f"QEMU's open files: {before[1]} before, {after[1]} after 20 restores"
     assert after[2] - before[2] < 32 * 2**20, f"the disk grew by {(after[2] - before[2]) >> 20} MiB"
-    assert lab.run("true").ok
+    assert lab.vm().run("true").ok
 
 
 def test_restore_to_a_missing_name_changes_nothing(running: Project) -> None:
@@ -196,7 +196,7 @@ def test_two_restores_at_once_one_is_refused(running: Project) -> None:
 
 def test_restore_after_qemu_was_killed_starts_it_from_the_snapshot(running: Project) -> None:
     assert guest(running, "echo dirty > /root/dirty").returncode == 0
-    os.kill(running.lab().status().pid, signal.SIGKILL)
+    os.kill(running.lab().vm().vmdir.status().pid, signal.SIGKILL)
     restored = running.invoke("vm.restore")
     assert restored.returncode == 0, restored.stderr
     assert "QEMU had died" in restored.stderr

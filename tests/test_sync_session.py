@@ -44,7 +44,7 @@ class Loop:
         gate = SyncGate(self.conn, self.project, self.settings, self.record)
         shown = io.BytesIO()
         result = suites.run(self.conn, SuiteConfig(name="unit", command=command, timeout=60),
-                            self.settings.guest_dir, self.runs, run_as_root="", echo=shown, gate=gate)
+                            self.settings.guest_dir, self.runs, echo=shown, gate=gate)
         return result, gate, shown.getvalue().decode()
 
 

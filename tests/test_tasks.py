@@ -22,6 +22,7 @@ import pytest
 from conftest import INVOKE, VMLAB, Project, alive
 from vmlab import builder, config, guests
 from vmlab.cache import ArtefactCache
+from vmlab.lab import images
 from vmlab.qmp import Monitor
 
 
@@ -109,7 +110,7 @@ def test_golden_key_prints_the_key_alone_and_it_follows_the_config(project: Proj
     first = project.invoke("vm.golden-key")
     assert first.returncode == 0, first.stderr
     assert re.fullmatch(r"[0-9a-f]{16}\n", first.stdout)
-    assert first.stdout.strip() == project.lab().golden_key()
+    assert first.stdout.strip() == images.golden_key(project.lab().vm())
     project.write_config("defaults: {memory: 2G}\n")
     assert project.invoke("vm.golden-key").stdout not in ("", first.stdout)
 
@@ -356,7 +357,7 @@ def test_stop_quits_a_guest_that_ignores_the_power_button_and_kills_a_qemu_that_
     answers no QMP command: vm.stop gets past both and says which way it took."""
     project.write_config("vms:\n  default: {}\n")
     lab = project.lab()
-    machine = lab.vmdir(lab.vm()).machine
+    machine = lab.vm().machine
     assert project.invoke("vm.start").returncode == 0
     with Monitor(machine.qmp_socket) as mon:
         mon.command("stop")

@@ -20,6 +20,7 @@ from conftest import Project, qemu_processes
 from vmlab import config, golden, warm
 from vmlab.cache import sha256_file
 from vmlab.errors import ConfigError
+from vmlab.lab import images
 
 MODULE = Path(__file__).parent / "go-module"
 WARM = "go test -count=1 -exec true ./..."
@@ -101,11 +102,11 @@ def test_the_warm_state_is_the_projects_and_the_golden_image_is_unwritten(warm_g
     project = warm_go
     lab = project.lab()
     vm = lab.vm()
-    gold = lab.golden_of(vm)
+    gold = images.golden_of(vm)
     assert gold is not None
     gold.verify()  # every frozen file still has the sha256 recorded when it was made
     assert all(oct((gold.dir / name).stat().st_mode & 0o777) == "0o444" for name in golden.FROZEN)
-    state = lab.warm_state(vm)
+    state = images.warm_state(vm)
     assert state is not None and state.dir.parent == project.root / "vm" / ".warm"
     assert oct(state.disk.stat().st_mode & 0o777) == "0o444"
     assert state.record["command"] == WARM and state.record["golden"] == gold.key
@@ -134,7 +135,7 @@ def test_the_first_turn_after_a_restore_sends_only_what_changed_since_the_warm_u
 
 def test_a_changed_warm_makes_golden_warm_up_again_and_keeps_the_golden_image(warm_go: Project) -> None:
     project = warm_go
-    before = project.lab().warm_state(project.lab().vm())
+    before = images.warm_state(project.lab().vm())
     assert before is not None
     again = project.invoke("vm.golden")
     assert again.returncode == 0 and "is kept" in again.stderr and "warming up" not in again.stderr, again.stderr
@@ -142,7 +143,7 @@ def test_a_changed_warm_makes_golden_warm_up_again_and_keeps_the_golden_image(wa
     changed = project.invoke("vm.golden", timeout=3600)
     assert changed.returncode == 0, changed.stderr
     assert "(same inputs) is cached" in changed.stderr and "warming up" in changed.stderr
-    after = project.lab().warm_state(project.lab().vm())
+    after = images.warm_state(project.lab().vm())
     assert after is not None and after.key != before.key and after.record["command"] == "go vet ./..."
     assert not before.dir.exists()  # the one it replaced is gone: one warm state per VM
     try:
@@ -168,7 +169,7 @@ def test_a_failed_warm_up_fails_golden_naming_its_output(project: Project, vm_re
     assert warm.states(project.root / "vm") == []  # nothing half-warm kept
     assert qemu_processes(project.root) == []  # the VM it started is stopped
     lab = project.lab()
-    gold = lab.golden_of(lab.vm())
+    gold = images.golden_of(lab.vm())
     assert gold is not None
     gold.verify()
     assert sha256_file(gold.dir / "clean.qcow2") == gold.manifest["files"]["clean.qcow2"]

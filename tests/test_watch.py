@@ -98,18 +98,11 @@ class Watching:
 
 
 def close_control_master(project: Project) -> None:
-    from vmlab.lab import lifecycle
-
-    lab = project.lab()
-    lifecycle.close_connection(lab, lab.vm(), lab.vmdir(lab.vm()))
+    project.lab().vm().close_connection()
 
 
 def control_master_running(project: Project) -> bool:
-    lab = project.lab()
-    vm = lab.vm()
-    from vmlab.lab import lifecycle
-
-    conn = lifecycle.connection(lab, vm, lab.vmdir(vm))
+    conn = project.lab().vm().connection()
     return bool(conn._processes()) or conn.control_path.exists()
 
 

@@ -15,7 +15,7 @@ from typing import List
 
 from vmlab import __version__, accel, fetch, host, warm
 from vmlab.errors import VmlabError
-from vmlab.lab import Lab, images, warming
+from vmlab.lab import Lab, images, lifecycle, warming
 from vmlab.schema import GUESTS_DIR
 
 MIN_FREE_DISK = 10 * 2**30
@@ -62,7 +62,7 @@ def _accelerator(lab: Lab) -> Finding:
     if problem:
         return Finding("accelerator", f"no KVM ({problem}): guests run under TCG, software emulation (slower)")
     try:
-        choice = accel.choose("auto", lambda: images.probe_kernel(lab), lab.config.cache_dir)
+        choice = accel.choose("auto", lab.probe_kernel, lab.config.cache_dir)
     except VmlabError as e:
         return Finding("accelerator", f"KVM could not be probed: {e}", ok=False,
                        fix="build a guest image first (invoke vm.image), which brings the probe's kernel")
@@ -108,14 +108,14 @@ def installs(lab: Lab) -> List[Finding]:
     and the recipe's version, which a report of a failed install needs (docs/dragonfly.md)."""
     found = []
     sources = {entry["name"]: entry.get("source") for entry in fetch.cached(lab.config.cache_dir)}
-    for vm in lab.config.vms.values():
-        profile = lab.profile(vm)
+    for vm in (lab.vm(name) for name in lab.config.vms):
+        profile = vm.profile
         if not profile.iso or not profile.install:
             continue
-        rec = images.install_recipe(lab, vm)
+        rec = images.install_recipe(vm)
         using = f"recipe {rec.path.name} {rec.version} (vmlab {__version__})"
         try:
-            iso = lab.fetch_iso(vm.name, offline=True)
+            iso = images.fetch_iso(vm, offline=True)
         except VmlabError:
             found.append(Finding(f"vm {vm.name}", f"its ISO is not fetched yet; {using}",
                                  fix=f"invoke vm.fetch --vm {vm.name}"))
@@ -132,15 +132,15 @@ def warm_states(lab: Lab) -> List[Finding]:
     """For each VM with a `warm:` command: how old its warm state is, or why it has none, and
     whether the VM's disk was made from it."""
     found = []
-    for vm in lab.config.vms.values():
+    for vm in (lab.vm(name) for name in lab.config.vms):
         try:
-            spec = images.warm_suite_of(lab, vm)
+            spec = images.warm_suite_of(vm)
         except VmlabError:
             continue  # a guest profile that cannot be read: _guest says so
         if spec is None:
             continue
-        gold = images.golden_of(lab, vm)
-        state = images.warm_state(lab, vm, gold) if gold else None
+        gold = images.golden_of(vm)
+        state = images.warm_state(vm, gold) if gold else None
         if state is None:
             made = [s for s in warm.states(lab.config.state_dir) if s.record.get("vm") == vm.name]
             why = ("its golden image is not made yet" if gold is None else
@@ -152,7 +152,7 @@ def warm_states(lab: Lab) -> List[Finding]:
         days = (time.time() - state.made_at) / 86400
         stale = (f"; older than {GO_TRIM_DAYS} days: Go deletes build cache entries unused that long, so the "
                  "first Go build after a restore may start cold") if days > GO_TRIM_DAYS else ""
-        origin = lab.vmdir(vm).origin()
+        origin = vm.vmdir.origin()
         disk = "" if origin is None or origin.warm == state.key else \
             f"; VM {vm.name}'s disk was made before it (vmlab reset --vm {vm.name} starts from it)"
         found.append(Finding(f"vm {vm.name}", f"warm state made {warming.age_text(state.made_at)} by "
@@ -164,7 +164,7 @@ def warm_states(lab: Lab) -> List[Finding]:
 
 def _vms(lab: Lab) -> List[Finding]:
     found = [_guest(lab, name) for name in lab.config.vms]
-    for status in lab.statuses():
+    for status in lifecycle.statuses(lab):
         if status.state == "crashed":
             found.append(Finding(f"vm {status.name}", status.detail, ok=False,
                                  fix=f"invoke vm.start --vm {status.name} (it cleans up), or vm.destroy"))
@@ -179,11 +179,11 @@ def _vms(lab: Lab) -> List[Finding]:
 
 def _guest(lab: Lab, name: str) -> Finding:
     """Which folder a VM's guest profile comes from: a project's own replaces vmlab's of that name."""
-    vm = lab.config.vm(name)
+    vm = lab.vm(name)
     try:
-        profile = lab.profile(vm)
+        profile = vm.profile
     except VmlabError as e:
-        return Finding(f"vm {name}", f"guest {vm.profile!r}: {e}", ok=False, fix="see 'guests:' in vmlab.yaml")
+        return Finding(f"vm {name}", f"guest {vm.config.profile!r}: {e}", ok=False, fix="see 'guests:' in vmlab.yaml")
     own = GUESTS_DIR not in profile.dir.parents
     return Finding(f"vm {name}", f"guest {profile.name} from {profile.dir}"
                    + (" (the project's own; it replaces vmlab's of that name)" if own and

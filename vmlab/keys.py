@@ -44,10 +44,23 @@ class LabKeys:
     def client_public(self) -> str:
         return self.client.with_suffix(".pub").read_text().strip()
 
+    # The guest's host key is pinned here, for both SSH clients (transport.py): paramiko's
+    # (pin) and OpenSSH's (openssh_options) trust this lab's host key and no other, and read
+    # nothing of the user's ~/.ssh.
+
     def host_key(self) -> paramiko.PKey:
         import paramiko  # here, not at the top: most commands use OpenSSH, never paramiko
 
         return paramiko.Ed25519Key.from_private_key_file(str(self.host))
+
+    def pin(self, client: paramiko.SSHClient, host: str, port: int) -> None:
+        """Make a paramiko client trust only this lab's host key at host:port (any other is
+        refused: BadHostKeyException, which ssh.py reports as HostKeyMismatch)."""
+        import paramiko
+
+        pinned = self.host_key()
+        client.get_host_keys().add(f"[{host}]:{port}", pinned.get_name(), pinned)
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
 
     def openssh_options(self) -> list[str]:
         """Options that make the OpenSSH client (ssh, rsync -e) use this lab's keys only, and

@@ -11,6 +11,7 @@ its last use (ControlPersist) and is closed when the VM stops or is restored
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import select
 import shlex
@@ -23,8 +24,10 @@ from pathlib import Path
 from typing import IO, Callable, List, Optional, Protocol, Tuple
 
 from vmlab import host
+from vmlab.command import CommandResult
 from vmlab.errors import Cancelled, GuestUnreachable, PrerequisiteMissing
 from vmlab.keys import LabKeys, openssh_path
+from vmlab.transport import Root
 
 PERSIST_SECONDS = 600
 SSH_FAILED = 255  # what ssh exits with when it, not the remote command, failed
@@ -72,6 +75,11 @@ class SharedConnection:
     port: int
     user: str
     keys: LabKeys
+    privileged: str = ""  # the guest profile's prefix that makes a command of `user` root (transport.Root)
+
+    @property
+    def root(self) -> Root:
+        return Root(self.user, self.privileged)
 
     @property
     def control_path(self) -> Path:
@@ -94,9 +102,19 @@ class SharedConnection:
         """ssh with this connection's options and user, without a destination (what rsync -e wants)."""
         return [host.which("ssh") or "ssh", *self.ssh_options()]
 
-    def run(self, command: str, output: Optional[Sink] = None, echo: Optional[Sink] = None,
-            timeout: Optional[float] = None, handshake: Optional[Callable[[str], Optional[Claim]]] = None,
-            cancel: Optional[threading.Event] = None) -> int:
+    def run(self, command: str, *, as_root: bool = False, timeout: Optional[float] = None) -> CommandResult:
+        """Run `command` in the guest (as root with `as_root`): a Transport's run (transport.py).
+        OpenSSH gives its output and error merged: both are the result's stdout."""
+        line = self.root.shell(command) if as_root else command
+        output = io.BytesIO()
+        started = time.monotonic()
+        status = self.stream(line, output=output, timeout=timeout)
+        return CommandResult(line, status, output.getvalue().decode(errors="replace"), "",
+                             time.monotonic() - started, timed_out=status == -1)
+
+    def stream(self, command: str, output: Optional[Sink] = None, echo: Optional[Sink] = None,
+               timeout: Optional[float] = None, handshake: Optional[Callable[[str], Optional[Claim]]] = None,
+               cancel: Optional[threading.Event] = None) -> int:
         """Run `command` in the guest; stdout and stderr go, merged, to `output` and `echo`.
 
         Returns the command's exit status. An SSH failure (exit 255) is GuestUnreachable;
@@ -184,7 +202,7 @@ class SharedConnection:
                 sink.flush()
         return shown[-2000:]
 
-    def read(self, remote_path: str) -> Optional[bytes]:
+    def get(self, remote_path: str) -> Optional[bytes]:
         """The bytes of a file in the guest, or None if it does not exist."""
         proc = subprocess.run([*self.ssh_command(), self.destination,
                                f"test -f {shlex.quote(remote_path)} && cat {shlex.quote(remote_path)}"],

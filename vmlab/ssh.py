@@ -21,6 +21,7 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, Callable, Dict, List, Optio
 from vmlab.command import CommandResult
 from vmlab.errors import GuestUnreachable, HostKeyMismatch
 from vmlab.keys import LabKeys
+from vmlab.transport import Root
 
 if TYPE_CHECKING:  # paramiko (~25 ms) is imported by the first connection: `vm.quick` uses OpenSSH
     import paramiko
@@ -35,8 +36,9 @@ OUTPUT_GRACE = 2.0  # seconds to wait for output after the exit status, if EOF d
 class GuestSSH:
     """One SSH connection to a guest's forwarded port on 127.0.0.1."""
 
-    def __init__(self, port: int, user: str, keys: LabKeys, host: str = "127.0.0.1"):
+    def __init__(self, port: int, user: str, keys: LabKeys, host: str = "127.0.0.1", *, privileged: str = ""):
         self.port, self.user, self.keys, self.host = port, user, keys, host
+        self.root = Root(user, privileged)  # how `run(as_root=True)` becomes root (transport.py)
         self._client: Optional[paramiko.SSHClient] = None
         self.last_error = "no attempt yet"  # why the last wait_ready attempt failed
 
@@ -57,9 +59,7 @@ class GuestSSH:
 
         self.close()
         client = paramiko.SSHClient()
-        pinned = self.keys.host_key()
-        client.get_host_keys().add(f"[{self.host}]:{self.port}", pinned.get_name(), pinned)
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        self.keys.pin(client, self.host, self.port)
         try:
             client.connect(self.host, port=self.port, username=self.user, key_filename=str(self.keys.client),
                            allow_agent=False, look_for_keys=False, timeout=timeout,
@@ -107,10 +107,11 @@ class GuestSSH:
             time.sleep(min(delay, max(0.0, timeout - (now - started))))
             delay = min(delay * 1.5, 3.0)
 
-    def run(self, command: str, *, env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None,
-            timeout: Optional[float] = None, stdout: Optional[IO[Any]] = None,
+    def run(self, command: str, *, as_root: bool = False, env: Optional[Dict[str, str]] = None,
+            cwd: Optional[str] = None, timeout: Optional[float] = None, stdout: Optional[IO[Any]] = None,
             stderr: Optional[IO[Any]] = None, stdin: Optional[BinaryIO] = None) -> CommandResult:
-        """Run `command` through the login shell; stream output to `stdout`/`stderr` if given.
+        """Run `command` through the login shell (as root with `as_root`: transport.Root); stream
+        output to `stdout`/`stderr` if given: a Transport's run (transport.py), and more.
 
         A text stream gets the output decoded as UTF-8; a binary one (sys.stdout.buffer) gets
         its bytes untouched, so `vm.ssh -c 'cat image' > copy` copies it exactly.
@@ -126,6 +127,8 @@ class GuestSSH:
             full = "env " + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items()) + " sh -c " + shlex.quote(full)
         if cwd:
             full = f"cd {shlex.quote(cwd)} && {full}"
+        if as_root:
+            full = self.root.shell(full)
         chan = self._session()
         chan.exec_command(full)
         started = time.monotonic()
@@ -194,6 +197,18 @@ class GuestSSH:
         assert self._client is not None
         with self._client.open_sftp() as sftp:
             sftp.put(str(local), remote)
+
+    def get(self, remote: str) -> Optional[bytes]:
+        """The bytes of a file in the guest (over SFTP), or None if there is no such file."""
+        if self._client is None:
+            self.connect()
+        assert self._client is not None
+        with self._client.open_sftp() as sftp:
+            try:
+                with sftp.open(remote, "rb") as f:
+                    return bytes(f.read())
+            except FileNotFoundError:
+                return None
 
     def fetch(self, remote: str, local: Path) -> Path:
         """Copy a file from the guest over SFTP; written under a temporary name, then renamed."""

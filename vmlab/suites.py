@@ -29,6 +29,7 @@ from vmlab.openssh import Claim, SharedConnection
 from vmlab.readout import Readout
 from vmlab.results import Status, SuiteResult
 from vmlab.sync.gate import SyncGate
+from vmlab.transport import Root
 
 TIMED_OUT = (124, 137)  # `timeout`'s status when it stopped the command (137: it had to SIGKILL)
 KILL_GRACE = 10  # seconds between the guest's TERM and KILL at a timeout
@@ -65,8 +66,8 @@ def plain_command(command: str) -> bool:
         and not words[0].startswith("%") and words[0] not in SHELL_ONLY
 
 
-def remote_command(suite: SuiteConfig, guest_dir: str, run_as_root: str) -> str:
-    """The one shell line the guest runs for `suite`; `run_as_root` is '' when already root.
+def remote_command(suite: SuiteConfig, guest_dir: str, root: Root) -> str:
+    """The one shell line the guest runs for `suite`, as `root` says for a privileged one.
 
     A JUnit file an earlier run left is deleted first (as the suite's own user, who may own
     it), so the file fetched afterwards is this run's or none. For format pytest,
@@ -74,7 +75,7 @@ def remote_command(suite: SuiteConfig, guest_dir: str, run_as_root: str) -> str:
     A plain command of the SSH user's own (the common quick suite) is exec'd by `timeout`
     from its work folder, with no `sh -c` between."""
     report = report_file(suite, guest_dir)
-    as_root = suite.privileged and run_as_root
+    as_root = suite.privileged and bool(root.prefix)
     if not as_root and not report and plain_command(suite.command):
         exports = "".join(f"export {shlex.quote(f'{k}={v}')} && " for k, v in suite.env)
         return (f"cd {shlex.quote(in_workdir(guest_dir, suite.workdir))} && {exports}"
@@ -86,17 +87,18 @@ def remote_command(suite: SuiteConfig, guest_dir: str, run_as_root: str) -> str:
         env["PYTEST_ADDOPTS"] = f"{env.get('PYTEST_ADDOPTS', '')} --junitxml={report}".lstrip()
     prefix = "env " + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items()) + " " if env else ""
     line = f"timeout -k {KILL_GRACE} {int(suite.timeout)} {prefix}sh -c {shlex.quote(script)}"
-    return f"{run_as_root} {line}" if as_root else line
+    return root.program(line) if suite.privileged else line
 
 
-def run(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Path, run_as_root: str,
+def run(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Path,
         echo: Optional[IO[bytes]] = None, gate: Optional[SyncGate] = None,
         cancel: Optional[threading.Event] = None, raw: bool = False) -> SuiteResult:
     """Run `suite`, keeping its output in run_dir/<name>.log and its JUnit in run_dir/<name>.junit.xml.
 
     Its output is shown on `echo` (default: stdout) as it comes: read as its format says,
     a line per test or package (readout.py), or with `raw` as it is.
-    With `gate`, the same session first syncs the project if the guest's copy may differ."""
+    With `gate`, the same session first syncs the project if the guest's copy may differ.
+    A privileged suite runs as root as the connection's `root` says (transport.Root)."""
     log_path = run_dir / f"{suite.name}.log"
     started = [time.monotonic()]
     session: List[Optional[int]] = [None]  # the guest's session (its shell's pid: sshd makes each a session)
@@ -113,11 +115,10 @@ def run(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Pat
             started[0] = time.monotonic()  # the suite's own time starts once synced
         return claim
 
-    command = remote_command(suite, guest_dir, run_as_root)
-    as_root = run_as_root if suite.privileged else ""
+    command = remote_command(suite, guest_dir, conn.root)
     shown = Readout(suite, echo if echo is not None else sys.stdout.buffer, raw)
-    with open(log_path, "wb") as log, _stopped_in_guest_if_cut_off(conn, session, as_root):
-        status = conn.run(gate.prelude() + command if gate else f"echo {SESSION_MARK}$$\n{command}", output=log,
+    with open(log_path, "wb") as log, _stopped_in_guest_if_cut_off(conn, session, suite.privileged):
+        status = conn.stream(gate.prelude() + command if gate else f"echo {SESSION_MARK}$$\n{command}", output=log,
                           echo=shown, timeout=suite.timeout + KILL_GRACE + 30, handshake=handshake, cancel=cancel)
     if gate:
         gate.check(suite.name, log_path)  # SyncError if the suite never ran: its exit code is its own
@@ -135,7 +136,8 @@ def run(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_dir: Pat
 
 
 @contextmanager
-def _stopped_in_guest_if_cut_off(conn: SharedConnection, session: List[Optional[int]], as_root: str) -> Iterator[None]:
+def _stopped_in_guest_if_cut_off(conn: SharedConnection, session: List[Optional[int]],
+                                 as_root: bool) -> Iterator[None]:
     """A run cut off on the host (vm.watch's newer save, Ctrl-C, SIGTERM) is stopped in the guest
     too: closing the SSH session does not (no terminal, so no hangup), and a suite left running
     holds its mounts and races the next run. Every process of its session is sent TERM, as root
@@ -145,7 +147,7 @@ def _stopped_in_guest_if_cut_off(conn: SharedConnection, session: List[Optional[
     except (Cancelled, KeyboardInterrupt):
         if session[0]:
             try:
-                conn.run(f"{as_root} pkill -TERM -s {session[0]}".strip(), timeout=10)
+                conn.run(f"pkill -TERM -s {session[0]}", as_root=as_root, timeout=10)
             except GuestUnreachable:
                 pass
         raise
@@ -165,7 +167,7 @@ def _read_cases(conn: SharedConnection, suite: SuiteConfig, guest_dir: str, run_
     if suite.format in formats.FROM_FILE:
         remote = report_file(suite, guest_dir)
         assert remote is not None
-        data = conn.read(remote)
+        data = conn.get(remote)
         if data is None:
             parsed = formats.Parsed([], f"it wrote no JUnit file at {remote}")
         else:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, Optional, Set
 
 from vmlab.config import SuiteConfig, SyncConfig
 from vmlab.errors import Cancelled, Terminated, VmlabError
-from vmlab.lab import Lab, lifecycle, loop
+from vmlab.lab import GuestVM, loop
 from vmlab.sync.rules import Rules
 
 log = logging.getLogger(__name__)
@@ -95,14 +95,12 @@ class Ignored:
 
 
 class Watch:
-    """A watch session of one VM (`name`, or the lab's default): the runs, one at a time, in a
+    """A watch session of one VM: the runs, one at a time, in a
     worker thread. It drives the lab's verbs (it is above the lab: vmlab.lab never imports it)."""
 
-    def __init__(self, lab: Lab, suite: SuiteConfig, name: Optional[str] = None, finish: bool = False,
+    def __init__(self, vm: GuestVM, suite: SuiteConfig, finish: bool = False,
                  say: Callable[[str], None] = lambda line: print(line, flush=True), raw: bool = False):
-        self.lab, self.suite, self.finish, self.say = lab, suite, finish, say
-        self.vm = lab.vm(name)
-        self.vmdir = lab.vmdir(self.vm)
+        self.vm, self.suite, self.finish, self.say = vm, suite, finish, say
         self.raw = raw  # the suite's output as it comes, not read as its format (readout.py)
         self.tally = Tally()
         self._cancel = threading.Event()
@@ -114,10 +112,10 @@ class Watch:
         """Watch until interrupted (KeyboardInterrupt, or Terminated on SIGTERM)."""
         from watchfiles import watch
 
-        settings = self.lab.config.sync
-        project = self.lab.config.project_dir
-        ignored = Ignored(project, self.lab.config.state_dir, settings)
-        conn = lifecycle.connection(self.lab, self.vm, self.vmdir)
+        config = self.vm.project.config
+        project = config.project_dir
+        ignored = Ignored(project, config.state_dir, config.sync)
+        conn = self.vm.connection()
         owned = not conn.control_path.exists()  # a master watch opens, watch closes
         try:
             conn.run(":", timeout=60)  # opens the master (or finds the VM gone: RunIncomplete says so)
@@ -186,7 +184,7 @@ class Watch:
         started = time.monotonic()
         stamp = time.strftime("%H:%M:%S")
         try:
-            report = loop.run_suites(self.lab, self.vm, self.vmdir, [self.suite], sync_first=True,
+            report = loop.run_suites(self.vm, [self.suite], sync_first=True,
                                      echo=sys.stdout.buffer, cancel=cancel, raw=self.raw)
         except Cancelled:
             self.tally.cancelled += 1

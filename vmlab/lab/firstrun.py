@@ -1,4 +1,5 @@
-"""A VM's first start from nothing: its image is made first, after one line saying what that takes.
+"""A start as a user asks for it (`start`, `up`), and a VM's first start from nothing: its image
+is made first, after one line saying what that takes.
 
 `vm.start` (and `vm.quick` and `vm.watch`, which start a stopped VM) come here for a guest
 installed from an ISO when the VM has no disk (or only the blank one `vm.setup` makes)
@@ -17,84 +18,103 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, List
+from typing import List
 
-from vmlab import atomic
+from vmlab import accel, atomic
 from vmlab import fetch as downloads
-from vmlab.config import VMConfig
 from vmlab.errors import Busy, NotCached, PrerequisiteMissing
-from vmlab.lab import building, images
-from vmlab.lab.vmdir import OriginKind, VMDir
-
-if TYPE_CHECKING:
-    from vmlab.lab import Lab
+from vmlab.lab import building, images, lifecycle, snapshotting
+from vmlab.lab.vm import GuestVM
+from vmlab.lab.vmdir import OriginKind
+from vmlab.machine import MachineStatus, State
 
 log = logging.getLogger(__name__)
 
 MAKING = "making.json"  # in the VM's folder while its first image is being made
 
 
-def needed(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> bool:
+def start(vm: GuestVM) -> MachineStatus:
+    """`vm.start` as a user says it: a suspended VM is resumed, one with no image gets it made
+    first (see the module's docstring), and then it starts (lifecycle.start)."""
+    if vm.vmdir.suspended_port() is not None:
+        return snapshotting.resume(vm)
+    if needed(vm):
+        make(vm)
+    return lifecycle.start(vm)
+
+
+def up(vm: GuestVM) -> MachineStatus:
+    """The edit-test loop's first turn: a VM that is not running is started (or resumed)
+    instead of refused, so `make vm-quick` in a new project just works."""
+    status = vm.machine.status(query_qemu=False)  # its pid and state file: no QMP session
+    if status.state == State.RUNNING:
+        return status
+    log.info("VM %s is %s: starting it first", vm.name, vm.vmdir.status().state)
+    accel.refuse_unusable(vm.config.accel)
+    return start(vm)
+
+
+def needed(vm: GuestVM) -> bool:
     """Whether starting `vm` must first make its image (see the module's docstring)."""
-    if not lab.profile(vm).install or images.golden_of(lab, vm) is not None:
+    if not vm.profile.install or images.golden_of(vm) is not None:
         return False
-    origin = vmdir.origin() if vmdir.disk.exists() else None
-    return origin is None or origin.kind == OriginKind.INSTALLER or (vmdir.dir / MAKING).exists()
+    origin = vm.vmdir.origin() if vm.vmdir.disk.exists() else None
+    return origin is None or origin.kind == OriginKind.INSTALLER or (vm.vmdir.dir / MAKING).exists()
 
 
-def make(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> None:
+def make(vm: GuestVM) -> None:
     """Fetch, install, provision, check and freeze `vm`'s golden image, saying first what it takes.
 
     Cut off or failed, the VM is left with no disk (the phases that finished are in the
     cache): the next start makes it again from there."""
-    if lab.profile(vm).iso:
-        reachable(lab, vm)
-    log.info("%s", plan(lab, vm))
-    vmdir.dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(vmdir.dir / MAKING, f'{{"since": {time.time():.0f}}}\n')
+    if vm.profile.iso:
+        reachable(vm)
+    log.info("%s", plan(vm))
+    vm.vmdir.dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(vm.vmdir.dir / MAKING, f'{{"since": {time.time():.0f}}}\n')
     try:
-        if lab.profile(vm).iso:
-            fetch(lab, vm)  # first, and for this VM: no 'fallback' to another guest (that is vm.golden's)
-        building.make_golden(lab, vm, vmdir, from_scratch=True)
+        if vm.profile.iso:
+            fetch(vm)  # first, and for this VM: no 'fallback' to another guest (that is vm.golden's)
+        building.make_golden(vm, from_scratch=True)
     except BaseException:
-        with contextlib.suppress(Busy), vmdir.lock():  # the phases stopped what they started; their disk goes
-            vmdir.machine.stop(soft_timeout=0)
-            vmdir.forget_disk()
+        # the phases stopped what they started; their disk goes
+        with contextlib.suppress(Busy), vm.stopped(soft_timeout=0):
+            vm.vmdir.forget_disk()
         raise
-    (vmdir.dir / MAKING).unlink(missing_ok=True)
+    (vm.vmdir.dir / MAKING).unlink(missing_ok=True)
 
 
-def reachable(lab: "Lab", vm: VMConfig) -> None:
+def reachable(vm: GuestVM) -> None:
     """Nothing, if the ISO is cached or a mirror answers; else the one error of an offline first start."""
     try:
-        images.fetch_iso(lab, vm, offline=True)
+        images.fetch_iso(vm, offline=True)
         return
     except NotCached:
         pass
-    source = images.iso_source(lab, vm)
+    source = images.iso_source(vm)
     why = downloads.unreachable(source["mirrors"], source["path"], source["checksums"])
     if why:
-        raise PrerequisiteMissing(f"VM {vm.name} cannot be made yet: its ISO {images.iso_name(lab, vm)} is not in "
+        raise PrerequisiteMissing(f"VM {vm.name} cannot be made yet: its ISO {images.iso_name(vm)} is not in "
                                   "the cache and no mirror answers",
-                                  hint=f"`invoke vm.fetch{images.vm_option(lab, vm)}` downloads it once one does.",
+                                  hint=f"`invoke vm.fetch{images.vm_option(vm)}` downloads it once one does.",
                                   detail="  " + "\n  ".join(why))
 
 
-def plan(lab: "Lab", vm: VMConfig) -> str:
+def plan(vm: GuestVM) -> str:
     """The one line said before the first long step: each step still to do, and how long it
     takes as far as anyone has measured (the profile's `install.takes`), else what it depends on."""
-    profile = lab.profile(vm)
+    profile = vm.profile
     steps: List[str] = []
     if profile.iso:
         try:
-            images.fetch_iso(lab, vm, offline=True)
+            images.fetch_iso(vm, offline=True)
         except NotCached:
             size = profile.iso.size
-            steps.append(f"download {images.iso_name(lab, vm)}" + (f" ({size})" if size else "") + ", verified")
+            steps.append(f"download {images.iso_name(vm)}" + (f" ({size})" if size else "") + ", verified")
     elif profile.medium:
         steps.append(f"build the {profile.name} live CD from Debian packages")
     steps.append(f"install {profile.description.split(' installed')[0]} over the serial console")
-    packages = [str(p) for p in images.options(lab, profile).get("packages", [])]
+    packages = [str(p) for p in vm.options.get("packages", [])]
     steps.append(f"install {', '.join(packages)}" if packages else "provision it")
     steps.append("check it with the mount suite and save it as the golden image (later starts restore it in "
                  "seconds)")
@@ -104,12 +124,12 @@ def plan(lab: "Lab", vm: VMConfig) -> str:
             "every finished step for the next start")
 
 
-def fetch(lab: "Lab", vm: VMConfig) -> None:
+def fetch(vm: GuestVM) -> None:
     """The VM's ISO, downloaded if need be; when every mirror fails, the command that fetches it later."""
     try:
-        images.fetch_iso(lab, vm)
+        images.fetch_iso(vm)
     except PrerequisiteMissing as e:
-        raise PrerequisiteMissing(f"VM {vm.name} cannot be made yet: its ISO {images.iso_name(lab, vm)} could not be "
+        raise PrerequisiteMissing(f"VM {vm.name} cannot be made yet: its ISO {images.iso_name(vm)} could not be "
                                   "downloaded",
-                                  hint=f"`invoke vm.fetch{images.vm_option(lab, vm)}` tries again (a cut download "
+                                  hint=f"`invoke vm.fetch{images.vm_option(vm)}` tries again (a cut download "
                                        "resumes).", detail=str(e)) from None

@@ -1,4 +1,5 @@
-"""A VM's life: start (a boot, or a restore for a fresh golden copy), stop, status, destroy, reset.
+"""A VM's life: start (a boot, or a restore for a fresh golden copy), status, destroy, reset (the stop is
+GuestVM.stopped, vm.py).
 
 A start is all or nothing: the command returns once SSH runs a command and the
 guest is set right (clock, randomness, name); any failure or Ctrl-C on the way
@@ -13,19 +14,18 @@ import io
 import logging
 import re
 import secrets
-import shlex
 import shutil
 import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, List, Optional
+from typing import Iterator, List, Optional
 
 from vmlab import golden, host, seed, snapshots
-from vmlab.config import VMConfig
-from vmlab.errors import GuestUnreachable, NotRunning, SnapshotError
-from vmlab.keys import LabKeys
+from vmlab.errors import GuestUnreachable, SnapshotError
 from vmlab.lab import images
+from vmlab.lab.project import Project
+from vmlab.lab.vm import GuestVM
 from vmlab.lab.vmdir import SUSPEND, VMDir
 from vmlab.machine import MachineSpec, MachineStatus, State, console_now, tail
 from vmlab.openssh import Claim, SharedConnection
@@ -33,116 +33,78 @@ from vmlab.progress import Heartbeat
 from vmlab.qmp import Monitor
 from vmlab.ssh import GuestSSH
 
-if TYPE_CHECKING:
-    from vmlab.lab import Lab
-
 log = logging.getLogger(__name__)
 CLOCK_ASK = "vmlab-after-restore-clock"  # the line by which the guest asks the host for its clock
 
 
-def keys_for(lab: "Lab", vmdir: VMDir) -> LabKeys:
-    """A VM made from an installed or golden image trusts the keys that image was made with."""
-    origin = vmdir.origin()
-    return (origin.keys if origin else None) or lab.keys()
-
-
-def as_root(lab: "Lab", vm: VMConfig, command: str) -> str:
-    """`command` as a shell line that runs as root: through the profile's sudo/doas for another ssh_user."""
-    if vm.ssh_user == "root":
-        return command
-    return f"{lab.profile(vm).privileged} sh -c {shlex.quote(command)}"
-
-
-def connection(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> SharedConnection:
-    """The multiplexed OpenSSH connection to a running VM (see openssh.py for why)."""
-    state = vmdir.machine.status(query_qemu=False)
-    if state.state != State.RUNNING or state.ssh_port is None:
-        raise NotRunning(vm.name, state.state)
-    return SharedConnection(vmdir.dir, state.ssh_port, vm.ssh_user, keys_for(lab, vmdir))
-
-
-def close_connection(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> None:
-    """Close the shared connection; a stop or restore kills the guest's end of it anyway."""
-    port = vmdir.machine.state().get("ssh_port")
-    if port:
-        SharedConnection(vmdir.dir, port, vm.ssh_user, keys_for(lab, vmdir)).close()
-
-
-def require_running(vm: VMConfig, vmdir: VMDir) -> None:
-    state = vmdir.machine.status(query_qemu=False).state
-    if state != State.RUNNING:
-        raise NotRunning(vm.name, state)
-
-
-def spec(lab: "Lab", vm: VMConfig, vmdir: VMDir, paused: bool = False, ssh_port: Optional[int] = None) -> MachineSpec:
+def spec(vm: GuestVM, paused: bool = False, ssh_port: Optional[int] = None) -> MachineSpec:
     """Disk, seed CD and accelerator for one start of `vm`."""
-    folder = images.ensure_disk(lab, vm, vmdir).path
+    folder = images.ensure_disk(vm).path
     return MachineSpec(
-        name=vm.name, accel=images.accelerator(lab, vm, folder), memory_mib=vm.memory_mib, cpus=vm.cpus,
-        disk=vmdir.disk, paused=paused, ssh_port=vm.ssh_port if ssh_port is None else ssh_port,
-        seed_iso=seed.for_vm(vmdir.dir / "seed.iso", keys_for(lab, vmdir), vm.name),
-        **images.boot_files(lab, vm, folder),
+        name=vm.name, accel=vm.accelerator(folder), memory_mib=vm.config.memory_mib, cpus=vm.config.cpus,
+        disk=vm.vmdir.disk, paused=paused, ssh_port=vm.config.ssh_port if ssh_port is None else ssh_port,
+        seed_iso=seed.for_vm(vm.vmdir.dir / "seed.iso", vm.keys(), vm.name),
+        **images.boot_files(vm, folder),
     )
 
 
-def start(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> MachineStatus:
+def start(vm: GuestVM) -> MachineStatus:
     """Start the VM and return once SSH answers: a boot, or a restore for a fresh golden copy."""
     host.require(host.VM_TOOLS, "starting a VM")
-    with vmdir.lock():
-        current = vmdir.machine.status(query_qemu=False)
+    with vm.lock():
+        current = vm.machine.status(query_qemu=False)
         if current.state == State.RUNNING:
             log.info("VM %s is already running (ssh port %s)", vm.name, current.ssh_port)
-            return vmdir.machine.status()
+            return vm.machine.status()
         if current.state == State.CRASHED:
             log.warning("VM %s: %s", vm.name, current.detail.split(";")[0] + "; cleaning up")
-            vmdir.machine.clean()
+            vm.machine.clean()
         started = time.monotonic()
-        origin = images.ensure_disk(lab, vm, vmdir)
+        origin = images.ensure_disk(vm)
         if origin.fresh:
             log.info("VM %s: a fresh copy of golden image %s: restored to %r, not booted",
                      vm.name, origin.path.name, golden.SNAPSHOT)
-            start_from_snapshot(lab, vm, vmdir, golden.SNAPSHOT)
-            vmdir.set_origin(dataclasses.replace(origin, fresh=False))
+            start_from_snapshot(vm, golden.SNAPSHOT)
+            vm.vmdir.set_origin(dataclasses.replace(origin, fresh=False))
         else:
-            with vmdir.machine.launched(spec(lab, vm, vmdir)) as status:
+            with vm.machine.launched(spec(vm)) as status:
                 log.info("VM %s: QEMU is up (pid %s, %s); waiting for SSH on 127.0.0.1:%s (console: %s)",
-                         vm.name, status.pid, status.accel, status.ssh_port, vmdir.machine.console_log)
-                wait_for_ssh(lab, vm, vmdir, vm.boot_timeout).close()
-        status = vmdir.machine.status()
+                         vm.name, status.pid, status.accel, status.ssh_port, vm.machine.console_log)
+                wait_for_ssh(vm, vm.config.boot_timeout).close()
+        status = vm.machine.status()
         status.extra["boot_seconds"] = round(time.monotonic() - started, 1)
         log.info("VM %s is up: ssh 127.0.0.1:%s, %s, pid %s (%.1fs)", vm.name, status.ssh_port,
                  status.accel, status.pid, status.extra["boot_seconds"])
         return status
 
 
-def start_from_snapshot(lab: "Lab", vm: VMConfig, vmdir: VMDir, snapshot: str,
-                        ssh_port: Optional[int] = None) -> None:
+def start_from_snapshot(vm: GuestVM, snapshot: str, ssh_port: Optional[int] = None) -> None:
     """Start QEMU paused, load `snapshot`, run it; returns once SSH answers and the guest is set right.
 
     (QEMU's own -loadvm refuses snapshots saved by the snapshot-save job: QEMU issue #344.)
     A start from any snapshot but the suspended state ends the suspension: that state is dropped.
     """
-    vmdir.machine.clean()
-    with vmdir.machine.launched(spec(lab, vm, vmdir, paused=True, ssh_port=ssh_port)):
-        with Monitor(vmdir.machine.qmp_socket, timeout=60) as mon:
+    vm.machine.clean()
+    with vm.machine.launched(spec(vm, paused=True, ssh_port=ssh_port)):
+        with Monitor(vm.machine.qmp_socket, timeout=60) as mon:
             try:
-                snapshots.load(mon, vmdir.disk, snapshot)
+                snapshots.load(mon, vm.vmdir.disk, snapshot)
             except SnapshotError:
-                mismatch = _memory_mismatch(vm, vmdir, snapshot)
+                mismatch = _memory_mismatch(vm, snapshot)
                 if mismatch:  # what QEMU said ("Error -22 while loading VM state") does not tell this
                     raise SnapshotError(mismatch) from None
                 raise
             mon.command("cont")
-        after_restore(lab, vm, vmdir, vm.boot_timeout)
-    if snapshot != SUSPEND and vmdir.suspended_port() is not None:
-        forget_suspended(vm, vmdir)
+        after_restore(vm, vm.config.boot_timeout)
+    if snapshot != SUSPEND and vm.vmdir.suspended_port() is not None:
+        forget_suspended(vm)
 
 
-def _memory_mismatch(vm: VMConfig, vmdir: VMDir, snapshot: str) -> str:
+def _memory_mismatch(vm: GuestVM, snapshot: str) -> str:
     """Why a snapshot did not load into a new QEMU, if it is that its RAM is another size than
     the VM's `memory:` now (QEMU says only "Error -22 while loading VM state"); else ''."""
     try:
-        said = vmdir.machine.qemu_log.read_text(errors="replace")
+        said = vm.machine.qemu_log.read_text(errors="replace")
     except OSError:
         return ""
     # QEMU 7.2: "Size mismatch: pc.ram: 0x30000000 != 0x40000000" (saved, then this QEMU's); older: "Length ... in"
@@ -150,17 +112,17 @@ def _memory_mismatch(vm: VMConfig, vmdir: VMDir, snapshot: str) -> str:
     if not found:
         return ""
     saved = int(found.group(1), 16) >> 20
-    return (f"VM {vm.name}: snapshot {snapshot!r} holds {saved} MiB of RAM, and the VM has {vm.memory_mib} MiB "
+    return (f"VM {vm.name}: snapshot {snapshot!r} holds {saved} MiB of RAM, and the VM has {vm.config.memory_mib} MiB "
             f"now (`memory:` in vmlab.yaml): set memory back to {saved} to restore it, or start the VM afresh "
             f"(vmlab reset --vm {vm.name}); it is stopped")
 
 
-def forget_suspended(vm: VMConfig, vmdir: VMDir) -> None:
+def forget_suspended(vm: GuestVM) -> None:
     """Drop a saved suspend state of the running VM: it started from something else since."""
-    vmdir.clear_suspended()
-    with Monitor(vmdir.machine.qmp_socket, timeout=60) as mon:
-        if any(s.name == SUSPEND for s in snapshots.listed(vmdir.disk)):
-            snapshots.delete(mon, vmdir.disk, SUSPEND)
+    vm.vmdir.clear_suspended()
+    with Monitor(vm.machine.qmp_socket, timeout=60) as mon:
+        if any(s.name == SUSPEND for s in snapshots.listed(vm.vmdir.disk)):
+            snapshots.delete(mon, vm.vmdir.disk, SUSPEND)
     log.info("VM %s: its suspended state was dropped (it runs from another state now)", vm.name)
 
 
@@ -170,10 +132,10 @@ def booting(ssh: GuestSSH, console_log: Path) -> Heartbeat:
                                     f"{console_now(console_log)}")
 
 
-def wait_for_ssh(lab: "Lab", vm: VMConfig, vmdir: VMDir, timeout: float) -> GuestSSH:
+def wait_for_ssh(vm: GuestVM, timeout: float) -> GuestSSH:
     """A session once SSH runs a command; the error shows the console's last lines."""
-    machine = vmdir.machine
-    ssh = GuestSSH(machine.state()["ssh_port"], vm.ssh_user, keys_for(lab, vmdir))
+    machine = vm.machine
+    ssh = GuestSSH(vm.ssh_port, vm.config.ssh_user, vm.keys())
     try:
         with booting(ssh, machine.console_log):
             ssh.wait_ready(timeout, check=machine.assert_alive)
@@ -184,7 +146,7 @@ def wait_for_ssh(lab: "Lab", vm: VMConfig, vmdir: VMDir, timeout: float) -> Gues
     return ssh
 
 
-def after_restore(lab: "Lab", vm: VMConfig, vmdir: VMDir, timeout: float) -> None:
+def after_restore(vm: GuestVM, timeout: float) -> None:
     """Once SSH answers after a restore, set the guest right: its clock went back to the
     snapshot's, its random pool repeats, a clone has its origin's name; the profile's
     after_restore command fixes all three, as root, and is the command that shows SSH answers.
@@ -192,16 +154,16 @@ def after_restore(lab: "Lab", vm: VMConfig, vmdir: VMDir, timeout: float) -> Non
     It goes over the VM's shared OpenSSH connection (openssh.py), which it opens: the next
     loop turn finds it open instead of paying a handshake of its own (~0.7 s under TCG), as
     it did after paramiko's connection, which only this check used, had closed."""
-    machine = vmdir.machine
-    conn = connection(lab, vm, vmdir)
-    template = lab.profile(vm).after_restore
+    machine = vm.machine
+    conn = vm.connection()
+    template = vm.profile.after_restore
     deadline = time.monotonic() + timeout
     last_error = "no attempt yet"
     # The clock is read when the guest asks for it, once SSH is up: a time put in the command
     # line would be behind by the handshake (a second or more on a busy host).
     line = "true"
     if template:
-        line = as_root(lab, vm, f"echo {CLOCK_ASK}; read -r vmlab_epoch vmlab_epoch_int && " + template.format(
+        line = vm.root.shell(f"echo {CLOCK_ASK}; read -r vmlab_epoch vmlab_epoch_int && " + template.format(
             epoch="$vmlab_epoch", epoch_int="$vmlab_epoch_int", entropy=secrets.token_hex(64), hostname=vm.name))
 
     def clock(said: str) -> Optional[Claim]:
@@ -216,7 +178,7 @@ def after_restore(lab: "Lab", vm: VMConfig, vmdir: VMDir, timeout: float) -> Non
             machine.assert_alive()
             output = io.BytesIO()
             try:
-                status = conn.run(line, output=output, timeout=30, handshake=clock if template else None)
+                status = conn.stream(line, output=output, timeout=30, handshake=clock if template else None)
                 break
             except GuestUnreachable as e:  # sshd not answering yet (a busy guest, or one still booting)
                 last_error = (e.detail or e.message).strip().splitlines()[-1][-200:]  # ssh's own last word
@@ -245,74 +207,62 @@ def _closed_if_cut_off(conn: SharedConnection) -> Iterator[None]:
         raise
 
 
-def stop(lab: "Lab", vm: VMConfig, vmdir: VMDir, soft_timeout: float = 60.0) -> str:
-    if not vmdir.dir.exists():
-        return "was not running (never started)"
-    with vmdir.lock():
-        close_connection(lab, vm, vmdir)
-        return vmdir.machine.stop(soft_timeout)
-
-
-def statuses(lab: "Lab") -> List[MachineStatus]:
+def statuses(project: Project) -> List[MachineStatus]:
     """Every configured VM, and every VM folder in vm/ (clones, and VMs of an earlier config)."""
-    names = list(lab.config.vms)
-    if lab.config.state_dir.is_dir():
-        names += sorted(p.name for p in lab.config.state_dir.iterdir()
-                        if (p / "disk.json").exists() and p.name not in names)
-    return [VMDir(n, lab.config.state_dir / n).status() for n in names]
+    state_dir = project.config.state_dir
+    names = list(project.config.vms)
+    if state_dir.is_dir():
+        names += sorted(p.name for p in state_dir.iterdir() if (p / "disk.json").exists() and p.name not in names)
+    return [VMDir(n, state_dir / n).status() for n in names]
 
 
-def destroy(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> str:
+def destroy(vm: GuestVM) -> str:
     """Stop the VM and delete its folder (disk, logs). Cached and golden images are kept."""
-    with vmdir.lock():
-        close_connection(lab, vm, vmdir)
-        how = vmdir.machine.stop(soft_timeout=0)
-        shutil.rmtree(vmdir.dir, ignore_errors=True)
+    with vm.stopped(soft_timeout=0) as how:
+        shutil.rmtree(vm.vmdir.dir, ignore_errors=True)
     return how
 
 
-def discard_disk(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> None:
+def discard_disk(vm: GuestVM) -> None:
     """Stop the VM and forget its disk (and all records about it); images are untouched."""
-    with vmdir.lock():
-        close_connection(lab, vm, vmdir)
-        vmdir.machine.stop(soft_timeout=60)
-        vmdir.forget_disk()
+    with vm.stopped(soft_timeout=60):
+        vm.vmdir.forget_disk()
 
 
-def reset(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> str:
+def reset(vm: GuestVM) -> str:
     """Stop the VM and give it a new disk from where disks of its kind come from."""
-    discard_disk(lab, vm, vmdir)
-    with vmdir.lock():
-        origin = images.ensure_disk(lab, vm, vmdir)
+    discard_disk(vm)
+    with vm.lock():
+        origin = images.ensure_disk(vm)
     return f"new disk from the {origin.kind} image"
 
 
-def demo(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> List[str]:
+def demo(vm: GuestVM) -> List[str]:
     """Boot the VM afresh, prove SSH and the console answer, stop it; the lines of a report."""
-    if vmdir.machine.pid() is not None:
+    if vm.machine.pid() is not None:
         log.info("VM %s is running; stopping it to boot it afresh", vm.name)
-        stop(lab, vm, vmdir)
-    status = start(lab, vm, vmdir)
+        vm.stop()
+    status = start(vm)
     try:
-        with GuestSSH(status.ssh_port or 0, vm.ssh_user, keys_for(lab, vmdir)) as ssh:
+        with GuestSSH(status.ssh_port or 0, vm.config.ssh_user, vm.keys()) as ssh:
             facts = ssh.run("echo \"$(hostname) $(uname -sr) $(id -un)\"", timeout=60)
         if not facts.ok:
             raise GuestUnreachable(f"VM {vm.name}: a command over SSH failed: {facts.stderr.strip()}")
-        login = _login_prompt(vmdir)
+        login = _login_prompt(vm)
         report = [f"started in {status.extra['boot_seconds']}s under {status.accel} (pid {status.pid})",
                   f"SSH on 127.0.0.1:{status.ssh_port}: {facts.stdout.strip()}",
-                  f"serial console ({vmdir.machine.console_log}): {login}"]
+                  f"serial console ({vm.machine.console_log}): {login}"]
     finally:
-        stopped = stop(lab, vm, vmdir)
+        stopped = vm.stop()
     return report + [f"stopped: {stopped}"]
 
 
-def _login_prompt(vmdir: VMDir) -> str:
+def _login_prompt(vm: GuestVM) -> str:
     """The login prompt on the serial console, after pressing Enter there as a user would: a
     restored guest (a fresh golden copy starts so) printed its prompt before the snapshot was
     taken, into another boot's console.log, and getty prints it again on Enter."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as console:
         console.settimeout(10)
-        console.connect(str(vmdir.machine.console_socket))
+        console.connect(str(vm.machine.console_socket))
         console.sendall(b"\r")
-        return vmdir.machine.wait_console(r"login:\s*$", timeout=60)
+        return vm.machine.wait_console(r"login:\s*$", timeout=60)

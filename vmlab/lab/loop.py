@@ -16,52 +16,47 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Dict, Iterator, List, Optional
+from typing import IO, Any, Dict, Iterator, List, Optional
 
 from vmlab import __version__, golden, host, records, results
 from vmlab import suites as suite_runner
-from vmlab.command import CommandResult
-from vmlab.config import SuiteConfig, VMConfig
+from vmlab.config import SuiteConfig
 from vmlab.errors import Cancelled, GuestUnreachable, ProvisionError, RunIncomplete, SyncError, Terminated, VmlabError
-from vmlab.lab import images, lifecycle, snapshotting
-from vmlab.lab.vmdir import VMDir
+from vmlab.lab import images, snapshotting
+from vmlab.lab.vm import GuestVM
 from vmlab.openssh import SharedConnection
-from vmlab.ssh import GuestSSH
 from vmlab.sync import rsync
 from vmlab.sync.gate import SyncGate
 from vmlab.sync.rules import Rules
-
-if TYPE_CHECKING:
-    from vmlab.lab import Lab
 
 log = logging.getLogger(__name__)
 
 GUEST_PROVISION_SCRIPT = "/tmp/vmlab-provision.sh"
 
 
-def ensure_provisioned(lab: "Lab", vm: VMConfig, vmdir: VMDir, conn: SharedConnection) -> None:
+def ensure_provisioned(vm: GuestVM, conn: SharedConnection) -> None:
     """What the config asks to be in the guest (`packages:`, the profile's provision script) is
     there before anything runs in it: a VM whose disk was made without them gets them now,
     as root, once. (`vm.golden` makes an image that has them, so new VMs start with them.)"""
-    key = images.provision_key(lab, vm)
-    if vmdir.provisioned_key() == key:
+    key = images.provision_key(vm)
+    if vm.vmdir.provisioned_key() == key:
         return
-    profile = lab.profile(vm)
+    profile = vm.profile
     script = profile.provision.script
-    packages = [str(p) for p in images.options(lab, profile).get("packages", [])]
+    packages = [str(p) for p in vm.options.get("packages", [])]
     if script:
         log.info("VM %s: installing what the config asks for (%s) with %s; `invoke vm.golden --vm %s` makes an "
                  "image that has it", vm.name, " ".join(packages) or "no packages", Path(script).name, vm.name)
         conn.put(profile.dir / script, GUEST_PROVISION_SCRIPT)
         output = io.BytesIO()
-        status = conn.run(lifecycle.as_root(lab, vm, shlex.join(["sh", GUEST_PROVISION_SCRIPT, *packages])),
+        status = conn.stream(vm.root.shell(shlex.join(["sh", GUEST_PROVISION_SCRIPT, *packages])),
                           output=output, echo=sys.stdout.buffer, timeout=4 * 3600)
         if status != 0:
             lines = output.getvalue().decode(errors="replace").splitlines()[-30:]
             raise ProvisionError(f"VM {vm.name}: provisioning failed ({' '.join([Path(script).name, *packages])}, "
                                  f"exit {status})", hint=f"`invoke vm.provision --vm {vm.name}` tries again from the "
                                  "base image.", detail="\n".join(lines))
-    vmdir.mark_provisioned(key, packages, time.time())
+    vm.vmdir.mark_provisioned(key, packages, time.time())
 
 
 @contextmanager
@@ -78,23 +73,24 @@ def closed_if_cut_off(conn: SharedConnection) -> Iterator[None]:
         raise
 
 
-def sync(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> rsync.SyncResult:
+def sync(vm: GuestVM) -> rsync.SyncResult:
     """Make the guest's copy of the project (sync.guest_dir) equal to the project folder."""
-    conn = lifecycle.connection(lab, vm, vmdir)
-    log.info("syncing %s to %s:%s with rsync", lab.config.project_dir, vm.name, lab.config.sync.guest_dir)
+    config = vm.project.config
+    conn = vm.connection()
+    log.info("syncing %s to %s:%s with rsync", config.project_dir, vm.name, config.sync.guest_dir)
     try:
         with closed_if_cut_off(conn):
-            ensure_provisioned(lab, vm, vmdir, conn)  # rsync itself may be among what it installs (DragonFly)
-            done = rsync.run(conn, lab.config.project_dir, Rules.read(lab.config.project_dir, lab.config.sync))
+            ensure_provisioned(vm, conn)  # rsync itself may be among what it installs (DragonFly)
+            done = rsync.run(conn, config.project_dir, Rules.read(config.project_dir, config.sync))
     except GuestUnreachable as e:
         raise RunIncomplete(f"VM {vm.name}: SSH never answered: {e.message}", hint=e.hint, detail=e.detail) from None
-    log.info("synced %s to %s:%s: %s", lab.config.project_dir, vm.name, lab.config.sync.guest_dir, done)
+    log.info("synced %s to %s:%s: %s", config.project_dir, vm.name, config.sync.guest_dir, done)
     return done
 
 
-def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig],
-               restore_on_failure: bool = False, sync_first: bool = False, echo: Optional[IO[bytes]] = None,
-               cancel: Optional[threading.Event] = None, raw: bool = False) -> results.RunReport:
+def run_suites(vm: GuestVM, suites: List[SuiteConfig], restore_on_failure: bool = False, sync_first: bool = False,
+               echo: Optional[IO[bytes]] = None, cancel: Optional[threading.Event] = None,
+               raw: bool = False) -> results.RunReport:
     """Run suites in order into a new results folder; returns the report (see results.py).
 
     After a privileged suite fails or times out, `restore_on_failure` puts the VM back
@@ -106,34 +102,34 @@ def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig]
     a suite's format says what its output is, or with `raw` as it comes (see readout.py);
     setting `cancel` stops the run (Cancelled, its report says so: vm.watch after a newer save).
     """
-    run_dir = results.new_run(vmdir.dir / "results")
-    run = results.RunReport(vm=dataclasses.asdict(vm), vmlab=__version__,
+    config = vm.project.config
+    run_dir = results.new_run(vm.vmdir.dir / "results")
+    run = results.RunReport(vm=dataclasses.asdict(vm.config), vmlab=__version__,
                             started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), results_dir=str(run_dir))
     done: List[results.SuiteResult] = []
     current: Optional[str] = None  # the suite under way when the run was cut off, if any
     why = "vmlab stopped unexpectedly"  # what cut the run off; empty once it finished
     opened: Optional[SharedConnection] = None  # the control master, if this run opened it
     try:
-        conn = lifecycle.connection(lab, vm, vmdir)
+        conn = vm.connection()
         opened = None if conn.control_path.exists() else conn
-        facts = guest_facts(conn, vmdir)
+        facts = guest_facts(conn, vm)
         run = dataclasses.replace(run, guest=facts["guest"], qemu=facts["qemu"])
-        ensure_provisioned(lab, vm, vmdir, conn)
-        run_as_root = "" if vm.ssh_user == "root" else lab.profile(vm).privileged
-        gate = SyncGate(conn, lab.config.project_dir, lab.config.sync, vmdir.sync_record) if sync_first else None
+        ensure_provisioned(vm, conn)
+        gate = SyncGate(conn, config.project_dir, config.sync, vm.vmdir.sync_record) if sync_first else None
         for suite in suites:
             current = suite.name
             log.info("suite %s: %s%s", suite.name, suite.command, " (as root)" if suite.privileged else "")
-            result = suite_runner.run(conn, suite, lab.config.sync.guest_dir, run_dir, run_as_root, echo=echo,
-                                      gate=gate, cancel=cancel, raw=raw)
+            result = suite_runner.run(conn, suite, config.sync.guest_dir, run_dir, echo=echo, gate=gate,
+                                      cancel=cancel, raw=raw)
             if gate:
                 run = dataclasses.replace(run, sync=gate.summary())
             done.append(result)
             current, gate = None, None
             if not result.passed and suite.privileged and restore_on_failure:
                 log.info("suite %s %s: restoring VM %s to 'clean'", suite.name, result.status, vm.name)
-                snapshotting.restore(lab, vm, vmdir, golden.SNAPSHOT)
-                conn = lifecycle.connection(lab, vm, vmdir)
+                snapshotting.restore(vm, golden.SNAPSHOT)
+                conn = vm.connection()
         why = ""
     except GuestUnreachable as e:
         why = f"SSH stopped answering: {e}"
@@ -162,36 +158,15 @@ def run_suites(lab: "Lab", vm: VMConfig, vmdir: VMDir, suites: List[SuiteConfig]
     return report
 
 
-def guest_facts(conn: SharedConnection, vmdir: VMDir) -> Dict[str, Any]:
+def guest_facts(conn: SharedConnection, vm: GuestVM) -> Dict[str, Any]:
     """The guest's OS and kernel, and QEMU's version: asked once per QEMU process."""
-    pid = vmdir.machine.pid()
-    facts = records.read(vmdir.guest_facts)
+    pid = vm.machine.pid()
+    facts = records.read(vm.vmdir.guest_facts)
     if facts.get("pid") == pid and "guest" in facts and "qemu" in facts:
         return {"guest": facts["guest"], "qemu": facts["qemu"]}
     out = io.BytesIO()
-    conn.run("uname -s; uname -r", output=out, timeout=60)
+    conn.stream("uname -s; uname -r", output=out, timeout=60)
     os_name, _, kernel = out.getvalue().decode(errors="replace").strip().partition("\n")
     facts = {"guest": {"os": os_name, "kernel": kernel}, "qemu": host.qemu_version()}
-    records.write(vmdir.guest_facts, dict(facts, pid=pid))
+    records.write(vm.vmdir.guest_facts, dict(facts, pid=pid))
     return facts
-
-
-def ssh(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> GuestSSH:
-    """A connected SSH session to a running VM."""
-    lifecycle.require_running(vm, vmdir)
-    session = GuestSSH(vmdir.machine.state()["ssh_port"], vm.ssh_user, lifecycle.keys_for(lab, vmdir))
-    session.wait_ready(timeout=30)
-    return session
-
-
-def run(lab: "Lab", vm: VMConfig, vmdir: VMDir, command: str, **kwargs: Any) -> CommandResult:
-    with ssh(lab, vm, vmdir) as session:
-        return session.run(command, **kwargs)
-
-
-def ssh_argv(lab: "Lab", vm: VMConfig, vmdir: VMDir) -> List[str]:
-    """The OpenSSH command line for an interactive shell in the VM."""
-    lifecycle.require_running(vm, vmdir)
-    host.require(["ssh"], "an interactive shell")
-    return [host.which("ssh") or "ssh", *lifecycle.keys_for(lab, vmdir).openssh_options(),
-            "-p", str(vmdir.machine.state()["ssh_port"]), "-l", vm.ssh_user, "127.0.0.1"]

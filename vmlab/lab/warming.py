@@ -13,24 +13,21 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from vmlab import golden, snapshots, warm
-from vmlab.config import SuiteConfig, VMConfig
+from vmlab.config import SuiteConfig
 from vmlab.errors import ProvisionError
 from vmlab.lab import images, lifecycle, loop
-from vmlab.lab.vmdir import VMDir
+from vmlab.lab.vm import GuestVM
 from vmlab.qmp import Monitor
 from vmlab.results import RunReport
-
-if TYPE_CHECKING:
-    from vmlab.lab import Lab
 
 log = logging.getLogger(__name__)
 OUTPUT_LINES = 25  # of a failed warm-up's output, in the error
 
 
-def make(lab: "Lab", vm: VMConfig, vmdir: VMDir, gold: golden.Golden, again: bool = False) -> Optional[warm.WarmState]:
+def make(vm: GuestVM, gold: golden.Golden, again: bool = False) -> Optional[warm.WarmState]:
     """The warm state of `vm` on `gold`: reused if one was made for the same `warm:`
     (`again`: made anew, for a project whose dependencies changed), else made now.
 
@@ -38,46 +35,46 @@ def make(lab: "Lab", vm: VMConfig, vmdir: VMDir, gold: golden.Golden, again: boo
     failed warm-up is ProvisionError naming its output, and nothing is kept. The VM is
     left stopped with no disk: its next start copies the warm state.
     """
-    spec = images.warm_suite_of(lab, vm)
+    spec = images.warm_suite_of(vm)
     if spec is None:
         return None
-    wanted = warm.key(gold.key, spec, lab.config.sync.guest_dir, vm.ssh_user)
-    existing = warm.find(lab.config.state_dir, wanted)
+    wanted = warm.key(gold.key, spec, vm.project.config.sync.guest_dir, vm.config.ssh_user)
+    existing = warm.find(vm.project.config.state_dir, wanted)
     if existing and not again:
         log.info("VM %s: the warm state made %s for this `warm:` is kept (%s)", vm.name, age_text(existing.made_at),
                  existing.dir)
         return existing
     log.info("VM %s: warming up: syncing the project and running `%s`%s, then taking %r again", vm.name,
              spec.command, " as root" if spec.privileged else "", golden.SNAPSHOT)
-    lifecycle.discard_disk(lab, vm, vmdir)
+    lifecycle.discard_disk(vm)
     started = time.monotonic()
     try:
-        with vmdir.lock():
-            images.ensure_disk(lab, vm, vmdir, from_warm=False)
-        lifecycle.start(lab, vm, vmdir)
-        report = loop.run_suites(lab, vm, vmdir, [spec], sync_first=True)
+        with vm.lock():
+            images.ensure_disk(vm, from_warm=False)
+        lifecycle.start(vm)
+        report = loop.run_suites(vm, [spec], sync_first=True)
         if not report.passed:
             raise failure(vm, spec, report)
         seconds = round(time.monotonic() - started, 1)
-        with vmdir.lock():
-            lifecycle.close_connection(lab, vm, vmdir)
-            with Monitor(vmdir.machine.qmp_socket, timeout=60) as mon:
+        with vm.lock():
+            vm.close_connection()
+            with Monitor(vm.machine.qmp_socket, timeout=60) as mon:
                 mon.command("stop")  # nothing runs between the warm-up's end and the snapshot
-                snapshots.save(mon, vmdir.disk, golden.SNAPSHOT)
-            vmdir.machine.stop(soft_timeout=0)
-            made = warm.publish(lab.config.state_dir, wanted, vmdir.disk, vmdir.sync_record, {
+                snapshots.save(mon, vm.vmdir.disk, golden.SNAPSHOT)
+            vm.machine.stop(soft_timeout=0)
+            made = warm.publish(vm.project.config.state_dir, wanted, vm.vmdir.disk, vm.vmdir.sync_record, {
                 "vm": vm.name, "golden": gold.key, "command": spec.command, "privileged": spec.privileged,
                 "workdir": spec.workdir, "seconds": seconds, "results": report.results_dir})
-            vmdir.forget_disk()
+            vm.vmdir.forget_disk()
     except BaseException:  # a failure or Ctrl-C: no VM left running, no half-warm disk reused
-        lifecycle.discard_disk(lab, vm, vmdir)
+        lifecycle.discard_disk(vm)
         raise
     log.info("VM %s: warm state %s made in %.0fs (%s); a start or restore now goes back to it", vm.name, wanted,
              seconds, made.dir)
     return made
 
 
-def failure(vm: VMConfig, spec: SuiteConfig, report: RunReport) -> ProvisionError:
+def failure(vm: GuestVM, spec: SuiteConfig, report: RunReport) -> ProvisionError:
     """What a user needs when the warm-up failed: its command, how it ended, its output's end, where the rest is."""
     log_file = Path(report.results_dir) / f"{spec.name}.log"
     try:

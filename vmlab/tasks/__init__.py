@@ -1,4 +1,4 @@
-"""Invoke tasks: argument parsing and printing only; each is a thin call into Lab.
+"""Invoke tasks: argument parsing and printing only; each asks Lab for the VM and calls a room with it.
 
 They are the `vmlab` command's subcommands (cli.py). A project with a tasks.py of its
 own mounts them as `vm.*`: `from vmlab.tasks import vm_tasks; ns.add_collection(vm_tasks)`

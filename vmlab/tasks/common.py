@@ -14,7 +14,7 @@ from typing import Any, Callable, NoReturn, Optional, Sequence
 from vmlab import config as config_mod
 from vmlab import results
 from vmlab.errors import Terminated, VmlabError
-from vmlab.lab import Lab
+from vmlab.lab import GuestVM, Lab
 from vmlab.spelling import AsTyped, as_typed
 
 VM_HELP = "VM name from vmlab.yaml (default: $VM, else the first VM)"
@@ -43,6 +43,11 @@ def _setup_logging() -> None:
 
 def lab_of(config: Optional[str]) -> Lab:
     return Lab(config_mod.load(config))
+
+
+def vm_of(config: Optional[str], vm: Optional[str], starts: bool = False) -> GuestVM:
+    """The VM a task is about (--vm, else $VM, else the first); `starts`: see Lab.vm."""
+    return lab_of(config).vm(vm_name(vm), starts=starts)
 
 
 def vm_name(vm: Optional[str]) -> Optional[str]:

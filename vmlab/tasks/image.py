@@ -15,7 +15,8 @@ from invoke.tasks import task
 
 from vmlab import golden as golden_images
 from vmlab.errors import NotCached, PrerequisiteMissing
-from vmlab.tasks.common import CONFIG_HELP, VM_HELP, cli, finish_run, lab_of, print_table, vm_name
+from vmlab.lab import building, images
+from vmlab.tasks.common import CONFIG_HELP, VM_HELP, cli, finish_run, lab_of, print_table, vm_of
 
 
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP})
@@ -25,7 +26,8 @@ def install(c: Context, vm: Optional[str] = None, config: Optional[str] = None) 
 
     The installed disk is a cached checkpoint keyed by the ISO and the recipe.
     """
-    print(lab_of(config).install(vm_name(vm)))
+    with vm_of(config, vm, starts=True) as v:
+        print(building.install(v))
 
 
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP})
@@ -35,7 +37,8 @@ def provision(c: Context, vm: Optional[str] = None, config: Optional[str] = None
 
     Boots from the installed (or built) disk; a failed provision never redoes the install.
     """
-    print(f"provisioned ({lab_of(config).provision(vm_name(vm))})")
+    with vm_of(config, vm, starts=True) as v:
+        print(f"provisioned ({building.provision(v)})")
 
 
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP})
@@ -45,7 +48,8 @@ def verify(c: Context, vm: Optional[str] = None, config: Optional[str] = None) -
 
     Every golden image must pass it.
     """
-    return finish_run(lab_of(config).verify(vm_name(vm)))
+    with vm_of(config, vm, starts=True) as v:
+        return finish_run(building.verify(v))
 
 
 @task(name="golden", help={"from_scratch": "reset the VM and run every phase: fetch, install, provision, verify",
@@ -61,10 +65,10 @@ def golden_task(c: Context, from_scratch: bool = False, rewarm: bool = False, vm
     synced and the command run (a build cache filled) before "clean" is taken again. The VM
     is left stopped: vm.start then starts it from that state by restoring.
     """
-    lab = lab_of(config)
-    gold = lab.make_golden(vm_name(vm), from_scratch=from_scratch, rewarm=rewarm)
+    with vm_of(config, vm, starts=True) as v:
+        gold = building.make_golden(v, from_scratch=from_scratch, rewarm=rewarm)
     print(f"golden image {gold.key}: {gold.dir}")
-    state = lab.warm_state(lab.vm(vm_name(vm)))
+    state = images.warm_state(v)
     if state:
         print(f"warm state {state.key}: {state.dir}")
 
@@ -77,10 +81,10 @@ def golden_key(c: Context, vm: Optional[str] = None, config: Optional[str] = Non
     A hash of everything that makes it; nothing is built. An ISO's checksum is part of it, so
     a guest installed from one has its ISO fetched (verified) first: CI's first step on a fresh runner.
     """
-    lab = lab_of(config)
-    if lab.profile(lab.vm(vm_name(vm))).iso:
-        lab.fetch_iso(vm_name(vm))
-    print(lab.golden_key(vm_name(vm)))
+    v = vm_of(config, vm)
+    if v.profile.iso:
+        images.fetch_iso(v)
+    print(images.golden_key(v))
 
 
 @task(name="golden-export", help={"output": "file to write (default: golden-KEY.tar)", "vm": VM_HELP,
@@ -89,9 +93,8 @@ def golden_key(c: Context, vm: Optional[str] = None, config: Optional[str] = Non
 def golden_export(c: Context, output: Optional[str] = None, vm: Optional[str] = None,
                   config: Optional[str] = None) -> None:
     """Write the VM's golden image to one file."""
-    lab = lab_of(config)
-    v = lab.vm(vm_name(vm))
-    gold = lab.golden_of(v)
+    v = vm_of(config, vm)
+    gold = images.golden_of(v)
     if gold is None:
         raise PrerequisiteMissing(f"VM {v.name} has no golden image yet", hint="make it: invoke vm.golden")
     path = golden_images.export(gold, Path(output or f"golden-{gold.key}.tar"))
@@ -111,7 +114,7 @@ def golden_import(c: Context, input: str, config: Optional[str] = None) -> None:
 def fetch(c: Context, offline: bool = False, vm: Optional[str] = None, config: Optional[str] = None) -> None:
     """Download the guest's ISO: verified, resumable."""
     with _offline_said(offline):
-        got = lab_of(config).fetch_iso(vm_name(vm), offline=offline)
+        got = images.fetch_iso(vm_of(config, vm), offline=offline)
     print(f"{got.path} (sha256 {got.sha256}, from {got.source})")
 
 
@@ -120,7 +123,7 @@ def fetch(c: Context, offline: bool = False, vm: Optional[str] = None, config: O
 def setup(c: Context, offline: bool = False, vm: Optional[str] = None, config: Optional[str] = None) -> None:
     """Fetch (or build) the installer and make the disk."""
     with _offline_said(offline):
-        facts = lab_of(config).setup(vm_name(vm), offline=offline)
+        facts = images.setup(vm_of(config, vm), offline=offline)
     for key, value in facts.items():
         print(f"{key}: {value}")
 
@@ -147,9 +150,9 @@ def cache(c: Context, prune: bool = False, config: Optional[str] = None, json_: 
     """
     lab = lab_of(config)
     if prune:
-        for path in lab.prune_isos():
+        for path in images.prune_isos(lab):
             print(f"deleted {path}")
-    listing = lab.cache_listing()
+    listing = images.cache_listing(lab)
     if json_:
         print(json.dumps(listing, indent=2, default=str))
         return
@@ -167,7 +170,7 @@ def cache(c: Context, prune: bool = False, config: Optional[str] = None, json_: 
 @cli
 def image(c: Context, vm: Optional[str] = None, config: Optional[str] = None) -> None:
     """Build (or find) the image a new VM disk starts from."""
-    lab = lab_of(config)
+    v = vm_of(config, vm)
     started = time.monotonic()
-    folder = lab.base(vm_name(vm))
+    folder = images.base(v).path
     print(f"{folder} ({time.monotonic() - started:.1f}s)")

@@ -15,6 +15,7 @@ from invoke.tasks import task
 from vmlab import config as config_mod
 from vmlab.config import SuiteConfig
 from vmlab.errors import ConfigError
+from vmlab.lab import firstrun, loop
 from vmlab.tasks.common import CONFIG_HELP, RAW_HELP, VM_HELP, cli, finish_run, lab_of, print_table, raw_output, vm_name
 from vmlab.watch import Watch  # watchfiles itself is imported when a watch starts
 
@@ -28,7 +29,8 @@ def sync(c: Context, vm: Optional[str] = None, config: Optional[str] = None) -> 
 
     Incremental, with --delete; .git and vm/ are never sent.
     """
-    print(lab_of(config).sync(vm_name(vm)))
+    with lab_of(config).vm(vm_name(vm)) as v:
+        print(loop.sync(v))
 
 
 @task(iterable=["suite"], help={"suite": "suite from vmlab.yaml (repeat for several)", "vm": VM_HELP,
@@ -44,7 +46,7 @@ def test(c: Context, suite: List[str], vm: Optional[str] = None, config: Optiona
     if not suite:
         raise ConfigError(f"name a suite with --suite; configured: {', '.join(lab.config.suites) or 'none'}")
     chosen = [lab.config.suite(name) for name in suite]
-    return finish_run(lab.run_suites(chosen, vm_name(vm), restore_on_failure or lab.config.restore_on_failure,
+    return finish_run(loop.run_suites(lab.vm(vm_name(vm)), chosen, restore_on_failure or lab.config.restore_on_failure,
                               raw=raw_output(raw)))
 
 
@@ -65,7 +67,7 @@ def test_all(c: Context, vm: Optional[str] = None, config: Optional[str] = None,
     """Run every suite in vmlab.yaml, in order."""
     lab = lab_of(config)
     _require_suites(lab.config)
-    return finish_run(lab.run_suites(list(lab.config.suites.values()), vm_name(vm),
+    return finish_run(loop.run_suites(lab.vm(vm_name(vm)), list(lab.config.suites.values()),
                               restore_on_failure or lab.config.restore_on_failure, raw=raw_output(raw)))
 
 
@@ -104,7 +106,8 @@ def build(c: Context, vm: Optional[str] = None, config: Optional[str] = None) ->
     lab = lab_of(config)
     if not lab.config.build:
         raise ConfigError(f"{lab.config.source} has no 'build:' command")
-    return finish_run(lab.run_suites([SuiteConfig(name="build", command=lab.config.build, timeout=3600)], vm_name(vm)))
+    return finish_run(loop.run_suites(lab.vm(vm_name(vm)), [SuiteConfig(name="build", command=lab.config.build,
+                                                                         timeout=3600)]))
 
 
 @task(help={"suite": "the suite to run (default: the config's 'quick'); `make vm-test-NAME` runs this",
@@ -121,10 +124,10 @@ def quick(c: Context, suite: Optional[str] = None, vm: Optional[str] = None, con
     if not name:
         raise _no_quick(lab.config)
     chosen = lab.config.suite(name)  # an unknown name is refused, naming the suites, before the VM starts
-    lab.up(vm_name(vm))
-    return finish_run(lab.run_suites([chosen], vm_name(vm),
-                              restore_on_failure or lab.config.restore_on_failure, sync_first=True,
-                              raw=raw_output(raw)))
+    with lab.vm(vm_name(vm)) as v:
+        firstrun.up(v)
+    return finish_run(loop.run_suites(v, [chosen], restore_on_failure or lab.config.restore_on_failure,
+                                      sync_first=True, raw=raw_output(raw)))
 
 
 @task(help={"suite": "the suite to run on every change (default: the config's 'quick')",
@@ -141,6 +144,7 @@ def watch(c: Context, suite: Optional[str] = None, finish: bool = False, vm: Opt
     name = suite or lab.config.quick
     if not name:
         raise _no_quick(lab.config)
-    lab.up(vm_name(vm))
+    with lab.vm(vm_name(vm)) as v:
+        firstrun.up(v)
     logging.getLogger().setLevel(logging.WARNING)  # each run's result line says what it synced
-    Watch(lab, lab.config.suite(name), vm_name(vm), finish=finish, raw=raw_output(raw)).run()
+    Watch(v, lab.config.suite(name), finish=finish, raw=raw_output(raw)).run()

@@ -14,8 +14,9 @@ from invoke.context import Context
 from invoke.tasks import task
 
 from vmlab.errors import ConfigError, NotConfirmed
+from vmlab.lab import firstrun, lifecycle, snapshotting
 from vmlab.spelling import as_typed
-from vmlab.tasks.common import CONFIG_HELP, VM_HELP, cli, duration_text, lab_of, print_table, vm_name
+from vmlab.tasks.common import CONFIG_HELP, VM_HELP, cli, duration_text, lab_of, print_table, vm_name, vm_of
 
 
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP,
@@ -32,7 +33,8 @@ def start(c: Context, vm: Optional[str] = None, config: Optional[str] = None, cl
         if not name:
             raise ConfigError("--clone-of needs the clone's name: --vm NAME")
         lab.clone(name, clone_of)
-    lab.start(vm_name(vm))
+    with lab.vm(vm_name(vm), starts=True) as v:
+        firstrun.start(v)
 
 
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP,
@@ -43,9 +45,9 @@ def stop(c: Context, vm: Optional[str] = None, config: Optional[str] = None, tim
 
     Always removes its sockets and pid file.
     """
-    lab = lab_of(config)
-    how = lab.stop(vm_name(vm), soft_timeout=float(timeout))
-    print(f"VM {lab.vm(vm_name(vm)).name}: {how}")
+    v = vm_of(config, vm)
+    how = v.stop(soft_timeout=float(timeout))
+    print(f"VM {v.name}: {how}")
 
 
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP, "json": "print one JSON object for the VM",
@@ -60,17 +62,17 @@ def status(c: Context, vm: Optional[str] = None, config: Optional[str] = None, j
     lab = lab_of(config)
     if json_:
         if all_:
-            print(json.dumps({"vms": [s.as_dict() for s in lab.statuses()]}, indent=2))
+            print(json.dumps({"vms": [s.as_dict() for s in lifecycle.statuses(lab)]}, indent=2))
         else:
-            print(json.dumps(lab.status(vm_name(vm)).as_dict(), indent=2))
+            print(json.dumps(lab.vm(vm_name(vm)).vmdir.status().as_dict(), indent=2))
         return
     rows = [("NAME", "STATE", "PID", "SSH", "ACCEL", "QEMU", "UP")]
-    for s in lab.statuses() if not vm_name(vm) else [lab.status(vm_name(vm))]:
+    for s in lifecycle.statuses(lab) if not vm_name(vm) else [lab.vm(vm_name(vm)).vmdir.status()]:
         up = duration_text(time.time() - s.started_at) if s.started_at else "-"
         ssh = f"127.0.0.1:{s.ssh_port}" if s.ssh_port else "-"
         rows.append((s.name, s.state, str(s.pid or "-"), ssh, s.accel or "-", s.qemu_status or "-", up))
     print_table(rows)
-    for s in lab.statuses():
+    for s in lifecycle.statuses(lab):
         if s.state == "crashed":
             print(f"\n{s.name}: {s.detail}")
 
@@ -84,12 +86,12 @@ def ssh(c: Context, command: Optional[str] = None, vm: Optional[str] = None,
 
     With -c CMD it exits with the command's status; piped input goes to the command.
     """
-    lab = lab_of(config)
+    v = vm_of(config, vm)
     if command is None:
-        argv = lab.ssh_argv(vm_name(vm))
+        argv = v.ssh_argv()
         os.execv(argv[0], argv)
     piped = None if sys.stdin.isatty() else sys.stdin.buffer  # `cat f | invoke vm.ssh -c 'cat > f'`
-    result = lab.run(command, vm_name(vm), stdout=sys.stdout.buffer, stderr=sys.stderr.buffer, stdin=piped)
+    result = v.run(command, stdout=sys.stdout.buffer, stderr=sys.stderr.buffer, stdin=piped)
     return result.exit_status if result.exit_status >= 0 else 1  # -1: it had none (cut off)
 
 
@@ -102,8 +104,8 @@ def console(c: Context, vm: Optional[str] = None, config: Optional[str] = None) 
     """
     from vmlab.console import attach  # pexpect: only this task needs it
 
-    lab = lab_of(config)
-    attach(lab.console_socket(vm_name(vm)), lab.vm(vm_name(vm)).name)
+    v = vm_of(config, vm)
+    attach(v.console_socket(), v.name)
 
 
 def _confirmed(yes: bool, question: str) -> bool:
@@ -125,12 +127,11 @@ def destroy(c: Context, yes: bool = False, vm: Optional[str] = None, config: Opt
 
     Cached and golden images are kept.
     """
-    lab = lab_of(config)
-    v = lab.vm(vm_name(vm))
-    if not _confirmed(yes, f"Destroy VM {v.name} and delete {lab.vmdir(v).dir}?"):
+    v = vm_of(config, vm)
+    if not _confirmed(yes, f"Destroy VM {v.name} and delete {v.vmdir.dir}?"):
         return 1
-    how = lab.destroy(v.name)
-    print(f"VM {v.name}: {how}; deleted {lab.vmdir(v).dir}")
+    how = lifecycle.destroy(v)
+    print(f"VM {v.name}: {how}; deleted {v.vmdir.dir}")
     return None
 
 
@@ -141,11 +142,10 @@ def reset(c: Context, yes: bool = False, vm: Optional[str] = None, config: Optio
 
     Stops it first; the images themselves are never touched.
     """
-    lab = lab_of(config)
-    v = lab.vm(vm_name(vm))
+    v = vm_of(config, vm)
     if not _confirmed(yes, f"Throw away everything on VM {v.name}'s disk?"):
         return 1
-    print(f"VM {v.name}: {lab.reset(v.name)}")
+    print(f"VM {v.name}: {lifecycle.reset(v)}")
     return None
 
 
@@ -153,16 +153,17 @@ def reset(c: Context, yes: bool = False, vm: Optional[str] = None, config: Optio
 @cli
 def suspend(c: Context, vm: Optional[str] = None, config: Optional[str] = None) -> None:
     """Save the VM's running state to disk and stop QEMU."""
-    lab = lab_of(config)
-    lab.suspend(vm_name(vm))
-    print(as_typed(f"VM {lab.vm(vm_name(vm)).name}: suspended; `invoke vm.resume` brings it back"))
+    with vm_of(config, vm) as v:
+        snapshotting.suspend(v)
+    print(as_typed(f"VM {v.name}: suspended; `invoke vm.resume` brings it back"))
 
 
 @task(help={"vm": VM_HELP, "config": CONFIG_HELP})
 @cli
 def resume(c: Context, vm: Optional[str] = None, config: Optional[str] = None) -> None:
     """Bring a suspended VM back, same SSH port."""
-    st = lab_of(config).resume(vm_name(vm))
+    with vm_of(config, vm, starts=True) as v:
+        st = snapshotting.resume(v)
     print(f"VM {st.name}: resumed, ssh 127.0.0.1:{st.ssh_port}")
 
 
@@ -170,5 +171,5 @@ def resume(c: Context, vm: Optional[str] = None, config: Optional[str] = None) -
 @cli
 def demo(c: Context, vm: Optional[str] = None, config: Optional[str] = None) -> None:
     """Boot the VM afresh, prove SSH and the console."""
-    for line in lab_of(config).demo(vm_name(vm)):
+    for line in lifecycle.demo(vm_of(config, vm)):
         print(line)

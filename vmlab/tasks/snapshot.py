@@ -9,7 +9,8 @@ from typing import Optional
 from invoke.context import Context
 from invoke.tasks import task
 
-from vmlab.tasks.common import CONFIG_HELP, VM_HELP, cli, lab_of, print_table, vm_name
+from vmlab.lab import snapshotting
+from vmlab.tasks.common import CONFIG_HELP, VM_HELP, cli, print_table, vm_of
 
 SNAP_HELP = "snapshot name (default: clean)"
 
@@ -21,7 +22,8 @@ def snapshot(c: Context, name: str = "clean", vm: Optional[str] = None, config: 
 
     Disk, RAM and devices; a previous snapshot of that name survives any failure.
     """
-    snap = lab_of(config).snapshot(vm_name(vm), name)
+    with vm_of(config, vm) as v:
+        snap = snapshotting.snapshot(v, name)
     print(f"saved {snap.name}: {snap.vm_state_bytes >> 20} MiB of RAM state")
 
 
@@ -29,7 +31,7 @@ def snapshot(c: Context, name: str = "clean", vm: Optional[str] = None, config: 
 @cli
 def snapshots(c: Context, vm: Optional[str] = None, config: Optional[str] = None, json_: bool = False) -> None:
     """List the VM's snapshots: name, date, size, clock."""
-    found = [s.as_dict() for s in lab_of(config).list_snapshots(vm_name(vm))]
+    found = [s.as_dict() for s in snapshotting.listed(vm_of(config, vm))]
     if json_:
         print(json.dumps({"snapshots": found}, indent=2))
         return
@@ -42,7 +44,7 @@ def snapshots(c: Context, vm: Optional[str] = None, config: Optional[str] = None
 @cli
 def snapshot_delete(c: Context, name: str, vm: Optional[str] = None, config: Optional[str] = None) -> None:
     """Delete a named snapshot."""
-    lab_of(config).snapshot_delete(name, vm_name(vm))
+    snapshotting.delete(vm_of(config, vm), name)
     print(f"deleted {name}")
 
 
@@ -54,6 +56,7 @@ def restore(c: Context, name: str = "clean", vm: Optional[str] = None, config: O
     Live if it runs, else QEMU starts from the snapshot; SSH answers and the clock is right
     when it returns.
     """
-    t = lab_of(config).restore(vm_name(vm), name)
+    with vm_of(config, vm, starts=True) as v:
+        t = snapshotting.restore(v, name)
     loaded = f" (state loaded in {t['load_seconds']}s)" if "load_seconds" in t else " (QEMU started from it)"
     print(f"restored {name} in {t['total_seconds']}s{loaded}")
