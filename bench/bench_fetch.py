@@ -5,7 +5,7 @@
 Generates a bz2 file of about --size-mb MB once (cached in /tmp/vmlab-bench/, from data
 that compresses poorly, as an ISO's does), serves it on 127.0.0.1 with Python's
 threaded http.server in its own process (the same server for both contenders), then
-times, alternating, (a) the shell pipeline and (b) vmlab.fetch.fetch into a fresh cache
+times, alternating, (a) the shell pipeline and (b) vmlab.images.fetch.fetch into a fresh cache
 (in its own interpreter, as the command line would run it). Prints every run, both
 medians and the ratio vmlab / baseline; the goal is a ratio of at most 1.
 """
@@ -145,7 +145,7 @@ def run_baseline(url: str, scratch: Path, sums: Dict[str, str]) -> Tuple[float, 
 
 def run_vmlab(url: str, scratch: Path, sums: Dict[str, str]) -> Tuple[float, float]:
     cache = scratch / "cache"
-    code = ("import sys; from pathlib import Path; from vmlab.fetch import fetch; "
+    code = ("import sys; from pathlib import Path; from vmlab.images.fetch import fetch; "
             f"r = fetch(mirrors=[{url!r}], path='iso-images/{NAME}', cache_dir=Path({str(cache)!r}), progress=False); "
             "print(r.sha256)")
     elapsed, cpu, proc = timed([sys.executable, "-c", code])
@@ -174,7 +174,7 @@ def main() -> None:
             print(f"host: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
                   f"file {bz2_file.stat().st_size / 1e6:.1f} MB bz2, served by http.server at {url}")
             print("(a) baseline: curl -s URL | bunzip2 > file && md5sum file")
-            print("(b) vmlab:    vmlab.fetch.fetch (download, resumable partial, decompress, md5 + sha256, "
+            print("(b) vmlab:    vmlab.images.fetch.fetch (download, resumable partial, decompress, md5 + sha256, "
                   "cache), progress off")
             for i in range(args.runs):
                 for who, run in (("baseline", run_baseline), ("vmlab", run_vmlab)):

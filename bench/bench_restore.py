@@ -41,11 +41,14 @@ from typing import Callable, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vmlab import accel, config, disk, golden, seed, snapshots  # noqa: E402
+from vmlab import config, snapshots  # noqa: E402
+from vmlab.images import golden
+from vmlab.install import seed
 from vmlab.lab import Lab, building, images, lifecycle  # noqa: E402
-from vmlab.machine import Machine, MachineSpec  # noqa: E402
-from vmlab.qmp import Monitor  # noqa: E402
-from vmlab.ssh import GuestSSH  # noqa: E402
+from vmlab.qemu import accel, disk
+from vmlab.qemu.machine import Machine, MachineSpec  # noqa: E402
+from vmlab.qemu.qmp import Monitor  # noqa: E402
+from vmlab.remote.ssh import GuestSSH  # noqa: E402
 
 VMLAB = Path(sys.executable).parent / "vmlab"
 
@@ -173,7 +176,7 @@ def mapped(lab: Lab, work: Path, rounds: int) -> Dict[str, List[float]]:
 
     ignore_shared = [{"capability": "x-ignore-shared", "state": True}]
     try:
-        from vmlab.machine import free_port
+        from vmlab.qemu.machine import free_port
         port = free_port()
         subprocess.run(argv(shm / "live.ram", "on", False), check=True)  # RAM in a shared file, as it runs
         with Monitor(machine.qmp_socket) as mon:

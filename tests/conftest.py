@@ -19,12 +19,13 @@ from typing import Dict, List, NoReturn, Optional
 
 import pytest
 
-from vmlab import builder, guests, host
 from vmlab import config as config_mod
-from vmlab.cache import ArtefactCache
+from vmlab import guests, host
 from vmlab.errors import VmlabError
+from vmlab.images import builder
+from vmlab.images.cache import ArtefactCache
 from vmlab.lab import Lab
-from vmlab.machine import Machine
+from vmlab.qemu.machine import Machine
 
 pytest_plugins = ["sshd_fixtures"]  # a real sshd on 127.0.0.1 as a stand-in guest: sshd, connect, runtime
 

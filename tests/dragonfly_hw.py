@@ -96,12 +96,12 @@ def from_argv(argv: List[str]) -> Hardware:
 
 
 def vmlab_install_machine() -> Hardware:
-    """The machine vmlab gives an install: its own argv (vmlab.machine), with the installer and the seed CD."""
+    """The machine vmlab gives an install: its own argv (vmlab.qemu.machine), with the installer and the seed CD."""
     import tempfile
     from pathlib import Path
 
-    from vmlab.accel import AccelChoice
-    from vmlab.machine import Machine, MachineSpec
+    from vmlab.qemu.accel import AccelChoice
+    from vmlab.qemu.machine import Machine, MachineSpec
 
     with tempfile.TemporaryDirectory() as tmp:
         spec = MachineSpec(name="x", accel=AccelChoice("tcg", "test"), memory_mib=512, cpus=1, disk=Path(tmp) / "d",

@@ -814,7 +814,7 @@ def extract(iso: Path, into: Path) -> Path:
 
 
 def replay(serial: Serial, record: Path, speed: float) -> None:
-    """Play back a console record vmlab kept (vmlab/console.py's `timed`, an install's
+    """Play back a console record vmlab kept (vmlab/install/console.py's `timed`, an install's
     console.timed.jsonl, a diagnostic bundle's install-console.timed.jsonl): what the guest printed,
     at the pace it printed it (gaps times `speed`); where vmlab typed, what follows waits until the
     client types too, as the guest's answer waited for the keys. A record that ends with the console

@@ -18,9 +18,10 @@ from typing import Callable, Iterator, List
 import pytest
 
 from conftest import prerequisite_missing
-from vmlab import host, keys
-from vmlab.keys import LabKeys
-from vmlab.openssh import SharedConnection
+from vmlab import host
+from vmlab.remote import keys
+from vmlab.remote.keys import LabKeys
+from vmlab.remote.openssh import SharedConnection
 
 ME = pwd.getpwuid(os.getuid()).pw_name
 

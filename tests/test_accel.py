@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from conftest import prerequisite_missing
-from vmlab import accel, builder, config, guests, host
-from vmlab.cache import ArtefactCache
+from vmlab import config, guests, host
 from vmlab.errors import PrerequisiteMissing
+from vmlab.images import builder
+from vmlab.images.cache import ArtefactCache
+from vmlab.qemu import accel
 
 
 @pytest.fixture(scope="module")

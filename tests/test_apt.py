@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from vmlab.apt import host_debian_mirror
 from vmlab.errors import PrerequisiteMissing
+from vmlab.images.apt import host_debian_mirror
 
 
 def apt_dir(tmp_path: Path, sources_list: str = "", **sources_d: str) -> Path:

@@ -1,4 +1,4 @@
-"""Building an image from packages (vmlab/builder.py) when the builder script fails.
+"""Building an image from packages (vmlab/images/builder.py) when the builder script fails.
 
 The guest is a project's own (`guests: [guests]`) whose image builder is a short shell
 script, run by the real CLI (`vm.image`) with the real cache and the real BUILD_TOOLS
@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from conftest import Project
-from vmlab import builder, host
+from vmlab import host
+from vmlab.images import builder
 
 BUILDER = """\
 #!/bin/sh

@@ -16,10 +16,12 @@ import pytest
 
 from conftest import Project, alive, prerequisite_missing
 from test_accel import kvm_boots_linux
-from vmlab import accel, builder, config, doctor, guests, schema
-from vmlab.cache import ArtefactCache
+from vmlab import config, doctor, guests, schema
+from vmlab.images import builder
+from vmlab.images.cache import ArtefactCache
 from vmlab.lab import Lab, images
-from vmlab.qmp import Monitor
+from vmlab.qemu import accel
+from vmlab.qemu.qmp import Monitor
 
 ROOT = Path(__file__).parents[1]
 WORKFLOW = ROOT / ".github" / "workflows" / "vm-tests.yml"

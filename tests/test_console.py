@@ -27,9 +27,9 @@ from typing import Iterator, Optional
 
 import pytest
 
-from vmlab import recipe
-from vmlab.console import Console
 from vmlab.errors import ConsoleError
+from vmlab.install import recipe
+from vmlab.install.console import Console
 
 IDLE, LIMIT = 20.0, 30.0  # the step's deadlines: a failure rule must end it long before
 AT_ONCE = 5.0

@@ -27,7 +27,8 @@ import dragonfly_stubs
 from conftest import Project, prerequisite_missing
 from dragonfly_mirror import ISO, config_for, fake_qemu_env, mirror_files
 from httpserver import FileServer
-from vmlab import config, doctor, guests, recipe, schema
+from vmlab import config, doctor, guests, schema
+from vmlab.install import recipe
 from vmlab.lab import Lab, images
 
 TESTS = Path(__file__).parent

@@ -50,9 +50,10 @@ from dragonfly_sim import simulator
 from dragonfly_stubs import World, install, on_dragonfly
 from httpserver import FileServer
 from test_dragonfly_recipe import DRAGONFLY, SCALE, TICK, play
-from vmlab import guests, recipe
-from vmlab.console import Console
+from vmlab import guests
 from vmlab.errors import ConsoleError
+from vmlab.install import recipe
+from vmlab.install.console import Console
 
 
 def guest_copy(folder: Path, file: str = "", old: str = "", new: str = "") -> Path:

@@ -25,11 +25,13 @@ import pytest
 from dragonfly_hw import Hardware, from_argv, vmlab_install_machine
 from dragonfly_sim import boot2_accepts, disk_boot, save_layout, simulator
 from dragonfly_stubs import World, install, on_dragonfly, unresolved
-from vmlab import guests, keys, recipe, seed
-from vmlab.accel import AccelChoice
-from vmlab.console import Console
+from vmlab import guests
 from vmlab.errors import ConsoleError
-from vmlab.machine import Machine, MachineSpec
+from vmlab.install import recipe, seed
+from vmlab.install.console import Console
+from vmlab.qemu.accel import AccelChoice
+from vmlab.qemu.machine import Machine, MachineSpec
+from vmlab.remote import keys
 
 DRAGONFLY = Path(__file__).parents[1] / "vmlab" / "guests" / "dragonfly"
 SHELL_RECIPE = DRAGONFLY / "install-shell.yaml"  # the fallback: typed at the live CD's root shell

@@ -17,9 +17,9 @@ import pytest
 
 from dragonfly_sim import simulator
 from test_dragonfly_recipe import DRAGONFLY, SCALE, altered, play, profile_recipe
-from vmlab import recipe
-from vmlab.console import Console
 from vmlab.errors import ConsoleError
+from vmlab.install import recipe
+from vmlab.install.console import Console
 
 
 def replay(folder: Path, record: Path, rec: recipe.Recipe) -> None:

@@ -23,9 +23,9 @@ from typing import Any, Dict, Set
 
 import pytest
 
-import vmlab.pins as pins_module
+import vmlab.images.pins as pins_module
 from vmlab.errors import ChecksumMismatch, ConfigError, DownloadError, PrerequisiteMissing
-from vmlab.fetch import FetchResult, cached, fetch, prune
+from vmlab.images.fetch import FetchResult, cached, fetch, prune
 
 try:
     from httpserver import FileServer
@@ -43,7 +43,7 @@ PARTIAL = {f"{NAME}.partial", f"{NAME}.partial.json"}
 CHILD = """
 import json, sys
 from pathlib import Path
-from vmlab.fetch import fetch
+from vmlab.images.fetch import fetch
 a = json.loads(sys.argv[1])
 r = fetch(mirrors=a["mirrors"], path=a["path"], cache_dir=Path(a["cache"]), progress=False)
 print(json.dumps({"path": str(r.path), "sha256": r.sha256, "source": r.source, "downloaded": r.downloaded_bytes}))
@@ -159,7 +159,7 @@ def test_a_cut_is_resumed_within_the_same_run(server, iso, cache):
 
 def test_first_mirror_down_second_used(server, iso, cache, caplog):
     dead = f"http://127.0.0.1:{closed_port()}"
-    with caplog.at_level(logging.WARNING, logger="vmlab.fetch"):
+    with caplog.at_level(logging.WARNING, logger="vmlab.images.fetch"):
         r = get([dead, server], cache)
     assert_right(r, iso, cache)
     assert r.source.startswith(server.url)
@@ -398,7 +398,7 @@ def test_cached_lists_and_prune_deletes(server, iso, cache):
 def test_progress_is_plain_log_lines_off_a_terminal(server, iso, cache):
     """In a process of its own whose stderr is a pipe (as under CI or `2> log`), whatever
     pytest's own stderr is (`pytest -s` on a terminal)."""
-    child = ("import logging, sys\nfrom pathlib import Path\nfrom vmlab.fetch import fetch\n"
+    child = ("import logging, sys\nfrom pathlib import Path\nfrom vmlab.images.fetch import fetch\n"
              "logging.basicConfig(level=logging.INFO, format='LOG %(name)s: %(message)s')\n"
              "fetch(mirrors=[sys.argv[1]], path=sys.argv[2], cache_dir=Path(sys.argv[3]))\n")
     env = {k: v for k, v in os.environ.items() if k != "CI"}  # CI alone would pick log lines
@@ -475,7 +475,7 @@ def test_a_partial_longer_than_the_file_restarts_after_416(server, iso, cache):
 
 
 def test_no_checksum_file_and_no_pin_trusts_the_first_download_then_holds_to_it(server, iso, cache, caplog):
-    with caplog.at_level(logging.WARNING, logger="vmlab.fetch"):
+    with caplog.at_level(logging.WARNING, logger="vmlab.images.fetch"):
         r = get(server, cache, checksums=None)
     assert_right(r, iso, cache)
     assert any("no checksum file and no pin: trusting this first download" in m for m in caplog.messages)

@@ -1,5 +1,5 @@
-"""A suite's output as one test case per test (vmlab/formats.py), how they reach junit.xml and
-report.json (vmlab/results.py), and a suite's artifacts copied back (vmlab/suites.py).
+"""A suite's output as one test case per test (vmlab/runs/formats.py), how they reach junit.xml and
+report.json (vmlab/runs/results.py), and a suite's artifacts copied back (vmlab/runs/suites.py).
 
 The parsers read real output of the real tools, kept in tests/runner-output/ (its README
 says how each file was made); the one fixture not captured is Go 1.24's build events,
@@ -22,11 +22,11 @@ from typing import Any, Callable, Dict, List
 
 import pytest
 
-from vmlab import formats, results, suites
 from vmlab.config import SuiteConfig
 from vmlab.errors import ConfigError
-from vmlab.formats import ERROR, FAILED, PASSED, SKIPPED
-from vmlab.openssh import SharedConnection
+from vmlab.remote.openssh import SharedConnection
+from vmlab.runs import formats, results, suites
+from vmlab.runs.formats import ERROR, FAILED, PASSED, SKIPPED
 
 OUTPUT = Path(__file__).parent / "runner-output"
 GOCAP = "example.com/gocap/"
@@ -302,7 +302,7 @@ def test_a_line_of_output_ends_at_a_newline_only() -> None:
 LARGE = 200_000
 LARGE_PARSE = f"""
 import json, sys
-from vmlab import formats
+from vmlab.runs import formats
 n = {LARGE}
 tap = "".join(f"    ok {{i}} - sub {{i}}\\n" for i in range(1, n + 1)) + "not ok 1 - parent\\n" + "\\n" * n
 parsed = formats.tap(tap + "# x\\n1..1\\n", "t")

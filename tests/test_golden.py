@@ -13,9 +13,9 @@ import pytest
 
 from conftest import INVOKE, Project, alive, qemu_processes
 from vmlab import config as config_mod
-from vmlab import golden
-from vmlab.cache import sha256_file
 from vmlab.errors import ImageBuildError
+from vmlab.images import golden
+from vmlab.images.cache import sha256_file
 from vmlab.lab import Lab, images
 
 
@@ -189,9 +189,9 @@ def test_a_qemu_img_failure_during_a_golden_build_is_vmlabs_error_with_the_comma
     """The VM disk handed to golden.make is not a qcow2 (as after a crash that left garbage):
     the real qemu-img refuses it, and vmlab says so with the command and qemu-img's words,
     and publishes nothing."""
-    from vmlab.cache import ArtefactCache
     from vmlab.errors import CommandFailed
-    from vmlab.keys import ensure
+    from vmlab.images.cache import ArtefactCache
+    from vmlab.remote.keys import ensure
 
     broken = tmp_path / "disk.qcow2"
     broken.write_bytes(b"not an image" * 1000)

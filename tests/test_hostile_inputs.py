@@ -33,13 +33,17 @@ import pytest
 
 from conftest import INVOKE, Project, prerequisite_missing
 from sshd_fixtures import ME  # conftest loads its fixtures: sshd, connect, runtime
-from vmlab import __version__, atomic, config, golden, host, keys, recipe, suites
-from vmlab.cache import ArtefactCache, key_of
+from vmlab import __version__, atomic, config, host
 from vmlab.config import SuiteConfig, SyncConfig
 from vmlab.errors import GuestUnreachable, PrerequisiteMissing, RecipeError, VmlabError
+from vmlab.images import golden
+from vmlab.images.cache import ArtefactCache, key_of
+from vmlab.install import recipe
 from vmlab.lab import images
-from vmlab.openssh import SharedConnection
-from vmlab.ssh import GuestSSH
+from vmlab.remote import keys
+from vmlab.remote.openssh import SharedConnection
+from vmlab.remote.ssh import GuestSSH
+from vmlab.runs import suites
 from vmlab.sync import rsync
 from vmlab.sync.rules import Rules
 from vmlab.sync.tree import scan

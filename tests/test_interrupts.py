@@ -31,7 +31,7 @@ from dragonfly_mirror import ISO, config_for, fake_qemu_env, mirror_files
 from httpserver import FileServer
 from vmlab import locks
 from vmlab.lab import images
-from vmlab.machine import Machine
+from vmlab.qemu.machine import Machine
 
 SHOWN = {signal.SIGINT: (130, "vmlab: interrupted"), signal.SIGTERM: (143, "vmlab: terminated")}
 NOISE = re.compile(r"Traceback|Task exception|never retrieved|Exception ignored|\bnans?\b")  # not a progress line's

@@ -17,10 +17,11 @@ import pytest
 import yaml
 
 from conftest import INVOKE, Project
-from vmlab import keys, suites
 from vmlab.errors import HostKeyMismatch
 from vmlab.lab import snapshotting
-from vmlab.ssh import GuestSSH
+from vmlab.remote import keys
+from vmlab.remote.ssh import GuestSSH
+from vmlab.runs import suites
 
 SAMPLE = Path(__file__).parent / "sample-project"
 REPO = Path(__file__).resolve().parents[1]

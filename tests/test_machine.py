@@ -19,10 +19,10 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from conftest import INVOKE, Project, alive, prerequisite_missing, qemu_processes
 from vmlab import host
-from vmlab.accel import AccelChoice
 from vmlab.errors import MachineError
-from vmlab.machine import START_ATTEMPTS, Machine, MachineSpec, State
-from vmlab.qmp import Monitor
+from vmlab.qemu.accel import AccelChoice
+from vmlab.qemu.machine import START_ATTEMPTS, Machine, MachineSpec, State
+from vmlab.qemu.qmp import Monitor
 
 RUNTIME_FILES = ("qmp.sock", "console.sock", "qemu.pid", "state.json")
 # A new VM starts from a golden image when one matches its shape (then it is restored, not

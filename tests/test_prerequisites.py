@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from vmlab import accel, builder, guests, host
-from vmlab.cache import ArtefactCache
+from vmlab import guests, host
 from vmlab.errors import PrerequisiteMissing
+from vmlab.images import builder
+from vmlab.images.cache import ArtefactCache
+from vmlab.qemu import accel
 
 
 def test_missing_tools_are_all_listed_with_their_packages(project, tmp_path: Path) -> None:

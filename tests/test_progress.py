@@ -14,8 +14,9 @@ import textwrap
 import time
 from pathlib import Path
 
-from vmlab import builder, guests, progress
-from vmlab.cache import ArtefactCache
+from vmlab import guests, progress
+from vmlab.images import builder
+from vmlab.images.cache import ArtefactCache
 
 
 def silent_profile(folder: Path, seconds: float) -> guests.Profile:

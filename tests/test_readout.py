@@ -1,4 +1,4 @@
-"""A suite's output as a person reads it (vmlab/readout.py): a line per package or test, a failing
+"""A suite's output as a person reads it (vmlab/runs/readout.py): a line per package or test, a failing
 test's own output under its line, and gotestsum's `DONE` summary; the raw stream with --raw.
 
 The formats' output is the real output of the real tools, kept in tests/runner-output/ (its
@@ -23,10 +23,11 @@ from typing import Callable, Iterable, List, Optional
 import pytest
 
 from conftest import prerequisite_missing
-from vmlab import formats, host, results, suites
+from vmlab import host
 from vmlab.config import SuiteConfig
-from vmlab.openssh import SharedConnection
-from vmlab.readout import LONGEST_LINE, Readout, duration, summary
+from vmlab.remote.openssh import SharedConnection
+from vmlab.runs import formats, results, suites
+from vmlab.runs.readout import LONGEST_LINE, Readout, duration, summary
 
 OUTPUT = Path(__file__).parent / "runner-output"
 GO_MODULE = Path(__file__).parent / "go-module"

@@ -23,9 +23,10 @@ from pathlib import Path
 import pytest
 
 from conftest import Project, kill_vms
-from vmlab import builder, config, guests
-from vmlab.cache import ArtefactCache
-from vmlab.machine import ESCAPES
+from vmlab import config, guests
+from vmlab.images import builder
+from vmlab.images.cache import ArtefactCache
+from vmlab.qemu.machine import ESCAPES
 
 
 @pytest.fixture(scope="module")

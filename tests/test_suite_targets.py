@@ -1,5 +1,5 @@
 """A project's suites by their own make targets (`make vm-test-NAME`, listed by `make vm-help`), and
-a Go project's results as a Go developer reads them (vmlab/readout.py), as its users meet vmlab:
+a Go project's results as a Go developer reads them (vmlab/runs/readout.py), as its users meet vmlab:
 the wheel installed in a venv outside this checkout (tests/test_adoption.py's fixture), `vmlab
 init` in the project, real make, and the real Debian guest running the guest's own `go test
 -json`; `vmlab watch` shows the same. Nothing is mocked.

@@ -18,11 +18,11 @@ from typing import Callable, Iterator
 import pytest
 
 from conftest import prerequisite_missing
-from vmlab import suites
 from vmlab.config import SuiteConfig, SyncConfig
 from vmlab.errors import SyncError
-from vmlab.openssh import SharedConnection
-from vmlab.results import SuiteResult
+from vmlab.remote.openssh import SharedConnection
+from vmlab.runs import suites
+from vmlab.runs.results import SuiteResult
 from vmlab.sync.gate import SyncGate
 
 

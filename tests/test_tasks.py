@@ -20,10 +20,11 @@ import pexpect
 import pytest
 
 from conftest import INVOKE, VMLAB, Project, alive
-from vmlab import builder, config, guests
-from vmlab.cache import ArtefactCache
+from vmlab import config, guests
+from vmlab.images import builder
+from vmlab.images.cache import ArtefactCache
 from vmlab.lab import images
-from vmlab.qmp import Monitor
+from vmlab.qemu.qmp import Monitor
 
 
 def qemus_of(root: Path) -> int:
@@ -256,7 +257,7 @@ def test_demo_boots_proves_ssh_and_the_console_and_stops(project: Project, vm_re
 def test_the_lab_keys_and_the_seed_iso_are_private_whatever_the_umask(project: Project) -> None:
     """README: vm/keys/ is mode 0700 and its keys 0600; the seed ISO (it carries the guest's
     private host key) is 0600. Under umask 000, the worst case, through the lab and the real xorriso."""
-    from vmlab import seed
+    from vmlab.install import seed
 
     project.write_config("vms:\n  default: {}\n")
     saved = os.umask(0)

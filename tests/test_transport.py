@@ -1,4 +1,4 @@
-"""One transport (vmlab/transport.py): both SSH clients, OpenSSH's shared connection and
+"""One transport (vmlab/remote/transport.py): both SSH clients, OpenSSH's shared connection and
 paramiko's session, run a command, copy a file in and read one back alike, against a real
 sshd on 127.0.0.1 (tests/sshd_fixtures.py) with the lab's pinned host key; and the one rule
 by which a command becomes root."""
@@ -11,11 +11,11 @@ from typing import Callable
 import pytest
 
 from sshd_fixtures import ME
-from vmlab import keys
 from vmlab.errors import GuestUnreachable, HostKeyMismatch
-from vmlab.openssh import SharedConnection
-from vmlab.ssh import GuestSSH
-from vmlab.transport import Root, Transport
+from vmlab.remote import keys
+from vmlab.remote.openssh import SharedConnection
+from vmlab.remote.ssh import GuestSSH
+from vmlab.remote.transport import Root, Transport
 
 
 @pytest.fixture(params=["openssh", "paramiko"])

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from conftest import Project, qemu_processes
-from vmlab import config, golden, warm
-from vmlab.cache import sha256_file
+from vmlab import config
 from vmlab.errors import ConfigError
+from vmlab.images import golden, warm
+from vmlab.images.cache import sha256_file
 from vmlab.lab import images
 
 MODULE = Path(__file__).parent / "go-module"

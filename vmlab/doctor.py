@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
-from vmlab import __version__, accel, fetch, host, warm
+from vmlab import __version__, host
 from vmlab.errors import VmlabError
+from vmlab.images import fetch, warm
 from vmlab.lab import Lab, images, lifecycle, warming
+from vmlab.qemu import accel
 from vmlab.schema import GUESTS_DIR
 
 MIN_FREE_DISK = 10 * 2**30

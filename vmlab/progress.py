@@ -11,7 +11,7 @@ import time
 from types import TracebackType
 from typing import Any, Callable, Optional, Type
 
-log = logging.getLogger("vmlab.fetch")  # its lines read as the download's
+log = logging.getLogger("vmlab.images.fetch")  # its lines read as the download's
 
 LOG_EVERY = 5.0  # plain progress lines: at most every LOG_EVERY seconds or every 10%
 HEARTBEAT_EVERY = 8.0  # a silent step says what it is doing this often (issue 14: a line every 10 s)

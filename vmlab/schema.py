@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence
 
-from vmlab.formats import FORMATS
-
 GUESTS_DIR = Path(__file__).parent / "guests"
+# What a suite's `format:` may say; vmlab/runs/formats.py reads each.
+FORMATS = ("junit", "pytest", "go-test", "tap")
 
 
 
@@ -319,7 +319,7 @@ SUITE_FIELDS: Dict[str, Field] = {
     "env": Field(environment, {}, "environment variables for the command"),
     "timeout": Field(seconds, 1800.0, "seconds before the command is killed and reported as timed out"),
     "junit": Field(guest_path, None, "JUnit XML file the command writes (relative to workdir); vmlab fetches it"),
-    "format": Field(choice(*FORMATS), None, "what its output is, read as a test case per test (vmlab/formats.py)"),
+    "format": Field(choice(*FORMATS), None, "what its output is, read as a test case per test (vmlab/runs/formats.py)"),
     "artifacts": Field(file_patterns, [], "files (globs, relative to workdir) copied back into the run's results"),
 }
 

@@ -9,7 +9,7 @@ what changed (vmlab/sync/) and runs the suite; a run still going when the next
 change comes is cancelled and started again, or with `finish` left to end first
 and followed by one run for everything that came meanwhile.
 
-Each run prints the suite's output (read as its format says, as vm.quick does: readout.py)
+Each run prints the suite's output (read as its format says, as vm.quick does: runs/readout.py)
 and one result line; stopping (Ctrl-C, SIGTERM) kills the run under way, closes the
 control master if watch opened it, and prints a summary line of the session.
 """
@@ -101,7 +101,7 @@ class Watch:
     def __init__(self, vm: GuestVM, suite: SuiteConfig, finish: bool = False,
                  say: Callable[[str], None] = lambda line: print(line, flush=True), raw: bool = False):
         self.vm, self.suite, self.finish, self.say = vm, suite, finish, say
-        self.raw = raw  # the suite's output as it comes, not read as its format (readout.py)
+        self.raw = raw  # the suite's output as it comes, not read as its format (runs/readout.py)
         self.tally = Tally()
         self._cancel = threading.Event()
         self._worker: Optional[threading.Thread] = None

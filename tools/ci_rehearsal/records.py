@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from vmlab.results import RunReport
+from vmlab.runs.results import RunReport
 
 PASSED, FAILED, UNFINISHED, INTERRUPTED = 0, 1, 2, 130
 

@@ -28,7 +28,7 @@ Section = TypeVar("Section", bound="DataclassInstance")
 class Build:
     """`image:` (a disk image) or `medium:` (an install ISO), built on the host from packages."""
 
-    builder: str  # the script, run as root; it finds the rest in its environment (builder.py)
+    builder: str  # the script, run as root; it finds the rest in its environment (images/builder.py)
     packages: List[str] = field(default_factory=list)
     files: List[str] = field(default_factory=list)  # what the builder copies: with it, they key the result
     host_tools: List[str] = field(default_factory=list)  # host tools it needs beyond builder.BUILD_TOOLS

@@ -24,13 +24,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from vmlab import accel
 from vmlab.config import VM_NAME, VMConfig
 from vmlab.errors import ConfigError, PrerequisiteMissing
 from vmlab.lab import images
 from vmlab.lab.project import Project
 from vmlab.lab.vm import GuestVM
 from vmlab.lab.vmdir import VMDir
+from vmlab.qemu import accel
 
 __all__ = ["GuestVM", "Lab", "Project"]
 

@@ -14,24 +14,28 @@ import time
 from pathlib import Path
 from typing import Any, Dict
 
-from vmlab import accel, disk, golden, host, keys, recipe, seed, snapshots
+from vmlab import host
 from vmlab.config import SuiteConfig
-from vmlab.console import Console
 from vmlab.errors import ConsoleError, PrerequisiteMissing, ProvisionError
+from vmlab.images import golden
+from vmlab.install import recipe, seed
+from vmlab.install.console import Console
 from vmlab.lab import images, lifecycle, loop, warming
 from vmlab.lab.vm import GuestVM
 from vmlab.lab.vmdir import Origin, OriginKind
-from vmlab.machine import Machine, MachineSpec, console_now
 from vmlab.progress import Heartbeat
-from vmlab.qmp import Monitor
-from vmlab.results import RunReport
-from vmlab.ssh import GuestSSH
+from vmlab.qemu import accel, disk, snapshots
+from vmlab.qemu.machine import Machine, MachineSpec, console_now
+from vmlab.qemu.qmp import Monitor
+from vmlab.remote import keys
+from vmlab.remote.ssh import GuestSSH
+from vmlab.runs.results import RunReport
 
 log = logging.getLogger(__name__)
 
 MOUNT_SUITE = Path(__file__).resolve().parents[1] / "scripts" / "mount-suite.sh"  # in the package: installed too
 GUEST_MOUNT_SUITE = "/tmp/vmlab-mount-suite.sh"
-TIMED = "console.timed.jsonl"  # the install's console, what it read and typed, with times (console.py)
+TIMED = "console.timed.jsonl"  # the install's console, what it read and typed, with times (install/console.py)
 
 
 def install(vm: GuestVM) -> Path:

@@ -20,13 +20,14 @@ import logging
 import time
 from typing import List
 
-from vmlab import accel, atomic
-from vmlab import fetch as downloads
+from vmlab import atomic
 from vmlab.errors import Busy, NotCached, PrerequisiteMissing
+from vmlab.images import fetch as downloads
 from vmlab.lab import building, images, lifecycle, snapshotting
 from vmlab.lab.vm import GuestVM
 from vmlab.lab.vmdir import OriginKind
-from vmlab.machine import MachineStatus, State
+from vmlab.qemu import accel
+from vmlab.qemu.machine import MachineStatus, State
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,16 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, List, Optional, Tuple
 
-from vmlab import builder, disk, fetch, golden, guests, recipe, warm
-from vmlab.cache import key_of
+from vmlab import guests
 from vmlab.config import SuiteConfig, warm_suite
 from vmlab.errors import ConfigError, NotCached, PrerequisiteMissing
+from vmlab.images import builder, fetch, golden, warm
+from vmlab.images.cache import key_of
+from vmlab.install import recipe
 from vmlab.lab.project import Project
 from vmlab.lab.vm import GuestVM
 from vmlab.lab.vmdir import Origin, OriginKind
+from vmlab.qemu import disk
 from vmlab.schema import known_profiles
 
 log = logging.getLogger(__name__)

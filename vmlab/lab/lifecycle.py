@@ -21,17 +21,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, List, Optional
 
-from vmlab import golden, host, seed, snapshots
+from vmlab import host
 from vmlab.errors import GuestUnreachable, SnapshotError
+from vmlab.images import golden
+from vmlab.install import seed
 from vmlab.lab import images
 from vmlab.lab.project import Project
 from vmlab.lab.vm import GuestVM
 from vmlab.lab.vmdir import SUSPEND, VMDir
-from vmlab.machine import MachineSpec, MachineStatus, State, console_now, tail
-from vmlab.openssh import Claim, SharedConnection
 from vmlab.progress import Heartbeat
-from vmlab.qmp import Monitor
-from vmlab.ssh import GuestSSH
+from vmlab.qemu import snapshots
+from vmlab.qemu.machine import MachineSpec, MachineStatus, State, console_now, tail
+from vmlab.qemu.qmp import Monitor
+from vmlab.remote.openssh import Claim, SharedConnection
+from vmlab.remote.ssh import GuestSSH
 
 log = logging.getLogger(__name__)
 CLOCK_ASK = "vmlab-after-restore-clock"  # the line by which the guest asks the host for its clock
@@ -151,7 +154,7 @@ def after_restore(vm: GuestVM, timeout: float) -> None:
     snapshot's, its random pool repeats, a clone has its origin's name; the profile's
     after_restore command fixes all three, as root, and is the command that shows SSH answers.
 
-    It goes over the VM's shared OpenSSH connection (openssh.py), which it opens: the next
+    It goes over the VM's shared OpenSSH connection (remote/openssh.py), which it opens: the next
     loop turn finds it open instead of paying a handshake of its own (~0.7 s under TCG), as
     it did after paramiko's connection, which only this check used, had closed."""
     machine = vm.machine

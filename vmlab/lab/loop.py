@@ -1,6 +1,6 @@
 """The edit-test loop: the project into the guest, suites run there, a report of every run.
 
-A run's report (results.py) is written on every way out of it: all suites done,
+A run's report (runs/results.py) is written on every way out of it: all suites done,
 a suite failing, SSH dying, the sync failing, a restore after a failure failing,
 Ctrl-C. It says "passed" only when every suite it was asked to run ran and passed.
 """
@@ -18,13 +18,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Dict, Iterator, List, Optional
 
-from vmlab import __version__, golden, host, records, results
-from vmlab import suites as suite_runner
+from vmlab import __version__, host, records
 from vmlab.config import SuiteConfig
 from vmlab.errors import Cancelled, GuestUnreachable, ProvisionError, RunIncomplete, SyncError, Terminated, VmlabError
+from vmlab.images import golden
 from vmlab.lab import images, snapshotting
 from vmlab.lab.vm import GuestVM
-from vmlab.openssh import SharedConnection
+from vmlab.remote.openssh import SharedConnection
+from vmlab.runs import results
+from vmlab.runs import suites as suite_runner
 from vmlab.sync import rsync
 from vmlab.sync.gate import SyncGate
 from vmlab.sync.rules import Rules
@@ -91,7 +93,7 @@ def sync(vm: GuestVM) -> rsync.SyncResult:
 def run_suites(vm: GuestVM, suites: List[SuiteConfig], restore_on_failure: bool = False, sync_first: bool = False,
                echo: Optional[IO[bytes]] = None, cancel: Optional[threading.Event] = None,
                raw: bool = False) -> results.RunReport:
-    """Run suites in order into a new results folder; returns the report (see results.py).
+    """Run suites in order into a new results folder; returns the report (see runs/results.py).
 
     After a privileged suite fails or times out, `restore_on_failure` puts the VM back
     to its "clean" snapshot so the next one starts clean. `sync_first` syncs the project
@@ -99,7 +101,7 @@ def run_suites(vm: GuestVM, suites: List[SuiteConfig], restore_on_failure: bool 
     (see vmlab/sync/): the edit-test loop's fast path. A run that cannot finish (VM
     down, SSH gone, sync failed) is RunIncomplete: exit code 2, not a failed suite.
     `echo` gets the suites' output live (default: stdout), a line per test or package where
-    a suite's format says what its output is, or with `raw` as it comes (see readout.py);
+    a suite's format says what its output is, or with `raw` as it comes (see runs/readout.py);
     setting `cancel` stops the run (Cancelled, its report says so: vm.watch after a newer save).
     """
     config = vm.project.config

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from vmlab import keys
-from vmlab.cache import ArtefactCache
 from vmlab.config import LabConfig
+from vmlab.images.cache import ArtefactCache
+from vmlab.remote import keys
 
 
 class Project:

@@ -1,6 +1,6 @@
 """Saved states of a VM: snapshot, restore (live, in seconds), suspend and resume.
 
-The states live in the VM's own qcow2 (see snapshots.py). A restore returns only
+The states live in the VM's own qcow2 (see qemu/snapshots.py). A restore returns only
 once SSH answers and the guest's clock, randomness and name are set again. A
 suspend that fails leaves the guest running as it was; a start from any other
 state ends a suspension, so an old suspended state never comes back over newer work.
@@ -12,14 +12,15 @@ import logging
 import time
 from typing import Dict, List
 
-from vmlab import golden, snapshots, warm
 from vmlab.errors import MachineError, PrerequisiteMissing, SnapshotError
+from vmlab.images import golden, warm
 from vmlab.lab import lifecycle
 from vmlab.lab.vm import GuestVM
 from vmlab.lab.vmdir import SUSPEND
-from vmlab.machine import MachineStatus, State
-from vmlab.qmp import Monitor
-from vmlab.snapshots import Snapshot
+from vmlab.qemu import snapshots
+from vmlab.qemu.machine import MachineStatus, State
+from vmlab.qemu.qmp import Monitor
+from vmlab.qemu.snapshots import Snapshot
 
 log = logging.getLogger(__name__)
 

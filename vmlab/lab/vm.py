@@ -20,21 +20,22 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple, Type, TypeVar, cast
 
-from vmlab import accel, diagnostics, guests, host
+from vmlab import guests, host
 from vmlab.command import CommandResult
 from vmlab.config import VMConfig
 from vmlab.errors import Busy, ConfigError, NoSuchSnapshot, NotRunning, VmlabError
-from vmlab.keys import LabKeys
 from vmlab.lab.project import Project
 from vmlab.lab.vmdir import VMDir
-from vmlab.machine import State
-from vmlab.openssh import SharedConnection
-from vmlab.ssh import GuestSSH
-from vmlab.transport import Root, Transport
+from vmlab.qemu import accel, diagnostics
+from vmlab.qemu.machine import State
+from vmlab.remote.keys import LabKeys
+from vmlab.remote.openssh import SharedConnection
+from vmlab.remote.ssh import GuestSSH
+from vmlab.remote.transport import Root, Transport
 
 log = logging.getLogger(__name__)
 
-if TYPE_CHECKING:  # both SSH clients are one Transport (transport.py): mypy checks that here
+if TYPE_CHECKING:  # both SSH clients are one Transport (remote/transport.py): mypy checks that here
     _CLIENTS: Tuple[Type[Transport], ...] = (SharedConnection, GuestSSH)
 
 Method = TypeVar("Method", bound=Callable[..., Any])
@@ -93,7 +94,7 @@ class GuestVM:
 
     def accelerator(self, folder: Path) -> accel.AccelChoice:
         """The accelerator it runs under, chosen once per command: proven with a Linux kernel at hand
-        (`folder`'s, the cache's, the host's), never built for (see accel.py); TCG by default is said once."""
+        (`folder`'s, the cache's, the host's), never built for (see qemu/accel.py); TCG by default is said once."""
         if self._accel is None:
             self._accel = accel.choose(self.config.accel, lambda: self.project.probe_kernel(folder),
                                        self.project.config.cache_dir)
@@ -137,8 +138,8 @@ class GuestVM:
         return Root(user, "" if user == "root" else self.profile.privileged)
 
     def connection(self) -> SharedConnection:
-        """The multiplexed OpenSSH connection to the running VM (see openssh.py for why): the
-        edit-test loop's transport (transport.py)."""
+        """The multiplexed OpenSSH connection to the running VM (see remote/openssh.py for why): the
+        edit-test loop's transport (remote/transport.py)."""
         state = self.machine.status(query_qemu=False)
         if state.state != State.RUNNING or state.ssh_port is None:
             raise NotRunning(self.name, state.state)

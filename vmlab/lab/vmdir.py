@@ -4,7 +4,7 @@ Every VM disk records its origin in `disk.json`:
   image      an overlay on an image built from packages (vmlab boots its kernel)
   installed  an overlay on a disk a recipe installed (booted by its own loader)
   golden     a copy of a golden image's clean.qcow2, or of the project's warm state on it
-             (`warm`: its key, vmlab/warm.py); while `fresh`, it starts by restoring "clean",
+             (`warm`: its key, vmlab/images/warm.py); while `fresh`, it starts by restoring "clean",
              not by booting
   installer  a blank disk waiting for `vm.install`
 The origin's folder holds the kernel files (if vmlab boots the kernel) and, for
@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from vmlab import locks, records
-from vmlab.keys import LabKeys
-from vmlab.machine import Machine, MachineStatus, State
+from vmlab.qemu.machine import Machine, MachineStatus, State
+from vmlab.remote.keys import LabKeys
 
 SUSPEND = "suspend"  # the snapshot vm.suspend saves and vm.resume loads
 
@@ -44,7 +44,7 @@ class Origin:
     kind: OriginKind
     path: Path
     fresh: bool = False  # a golden copy not started yet: its first start restores "clean"
-    warm: str = ""  # the key of the project's warm state the copy was made from (vmlab/warm.py), if any
+    warm: str = ""  # the key of the project's warm state the copy was made from (vmlab/images/warm.py), if any
 
     @property
     def keys(self) -> Optional[LabKeys]:

@@ -1,4 +1,4 @@
-"""Warming up: the project's clean state with its build caches filled (see vmlab/warm.py for where it lives).
+"""Warming up: the project's clean state with its build caches filled (see vmlab/images/warm.py for where it lives).
 
 The clean snapshot of a golden image holds empty build caches, so every restore threw
 away what the last turn compiled and the first turn after it built everything again
@@ -15,13 +15,14 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from vmlab import golden, snapshots, warm
 from vmlab.config import SuiteConfig
 from vmlab.errors import ProvisionError
+from vmlab.images import golden, warm
 from vmlab.lab import images, lifecycle, loop
 from vmlab.lab.vm import GuestVM
-from vmlab.qmp import Monitor
-from vmlab.results import RunReport
+from vmlab.qemu import snapshots
+from vmlab.qemu.qmp import Monitor
+from vmlab.runs.results import RunReport
 
 log = logging.getLogger(__name__)
 OUTPUT_LINES = 25  # of a failed warm-up's output, in the error

@@ -19,7 +19,7 @@ from typing import Optional
 
 from vmlab.config import SyncConfig
 from vmlab.errors import SyncError
-from vmlab.openssh import Claim, SharedConnection
+from vmlab.remote.openssh import Claim, SharedConnection
 from vmlab.sync import guest, plan, rsync
 from vmlab.sync.plan import Way
 from vmlab.sync.rules import Rules

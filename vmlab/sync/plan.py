@@ -16,7 +16,7 @@ still the one last sent, which only the guest can say (guest.py's check: its sta
 the record's token and nothing in its copy changed since): when it is not (an edit or a
 build in the guest's copy, a restore to before the sync, a reset), or there is no record,
 or too much changed, or an exclude only rsync applies, it is RSYNC. The record goes with
-the disk (a snapshot, a warm state: lab/snapshotting.py, warm.py), so it is only trusted
+the disk (a snapshot, a warm state: lab/snapshotting.py, images/warm.py), so it is only trusted
 while the guest's stamp agrees.
 """
 

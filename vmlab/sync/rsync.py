@@ -17,7 +17,7 @@ from typing import List
 
 from vmlab import host
 from vmlab.errors import GuestUnreachable, SyncError
-from vmlab.openssh import SSH_FAILED, SharedConnection
+from vmlab.remote.openssh import SSH_FAILED, SharedConnection
 from vmlab.sync.rules import Rules
 
 RSYNC_LOST_CONNECTION = 12  # rsync's "error in rsync protocol data stream": its remote shell went away

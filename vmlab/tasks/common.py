@@ -12,9 +12,9 @@ import sys
 from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from vmlab import config as config_mod
-from vmlab import results
 from vmlab.errors import Terminated, VmlabError
 from vmlab.lab import GuestVM, Lab
+from vmlab.runs import results
 from vmlab.spelling import AsTyped, as_typed
 
 VM_HELP = "VM name from vmlab.yaml (default: $VM, else the first VM)"

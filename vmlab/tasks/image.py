@@ -13,8 +13,8 @@ from typing import Iterator, Optional
 from invoke.context import Context
 from invoke.tasks import task
 
-from vmlab import golden as golden_images
 from vmlab.errors import NotCached, PrerequisiteMissing
+from vmlab.images import golden as golden_images
 from vmlab.lab import building, images
 from vmlab.tasks.common import CONFIG_HELP, VM_HELP, cli, finish_run, lab_of, print_table, vm_of
 

@@ -102,7 +102,7 @@ def console(c: Context, vm: Optional[str] = None, config: Optional[str] = None) 
 
     Everything the guest prints is also in vm/NAME/console.log.
     """
-    from vmlab.console import attach  # pexpect: only this task needs it
+    from vmlab.install.console import attach  # pexpect: only this task needs it
 
     v = vm_of(config, vm)
     attach(v.console_socket(), v.name)

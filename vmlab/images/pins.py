@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from vmlab import locks, records
-from vmlab.cache import file_stamp, sha256_file
 from vmlab.errors import ChecksumMismatch, ConfigError
+from vmlab.images.cache import file_stamp, sha256_file
 
-log = logging.getLogger("vmlab.fetch")
+log = logging.getLogger("vmlab.images.fetch")
 
 PINS = "pins.json"
 ALGOS = {"md5": 32, "sha256": 64}

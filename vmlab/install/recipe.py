@@ -33,8 +33,8 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from vmlab.console import Console, FailRule, rule_list
 from vmlab.errors import ConsoleError, RecipeError
+from vmlab.install.console import Console, FailRule, rule_list
 
 log = logging.getLogger(__name__)
 

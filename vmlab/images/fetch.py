@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from vmlab import locks, pins, records, transfer
-from vmlab.cache import file_stamp
+from vmlab import locks, records
 from vmlab.errors import Busy, ChecksumMismatch, ConfigError, DownloadError, NotCached, PrerequisiteMissing
+from vmlab.images import pins, transfer
+from vmlab.images.cache import file_stamp
 from vmlab.progress import mb
 from vmlab.progress import mode as progress_mode
 

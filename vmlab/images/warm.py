@@ -29,8 +29,8 @@ from typing import Any, Dict, List, Optional
 
 from vmlab import records
 from vmlab.atomic import made_as
-from vmlab.cache import key_of
 from vmlab.config import SuiteConfig
+from vmlab.images.cache import key_of
 
 FOLDER = ".warm"  # under the state folder: a VM's name cannot start with a dot
 RECORD = "warm.json"

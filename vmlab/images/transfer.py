@@ -29,7 +29,7 @@ from vmlab import __version__, records
 from vmlab.errors import DownloadError
 from vmlab.progress import Progress, mb
 
-log = logging.getLogger("vmlab.fetch")
+log = logging.getLogger("vmlab.images.fetch")
 
 CHUNK = 1 << 20  # large reads: per-chunk overhead is then negligible next to bz2
 OUT_CHUNK = 4 << 20  # bound on what one bz2 call may produce (zero-filled ISOs compress a lot)

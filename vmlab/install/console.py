@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 from vmlab.errors import ConsoleError, MachineError
-from vmlab.machine import ESCAPES
+from vmlab.qemu.machine import ESCAPES
 
 if TYPE_CHECKING:  # pexpect is imported where a console is opened: not every command needs it
     import pexpect.fdpexpect

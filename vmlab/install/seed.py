@@ -14,7 +14,7 @@ from typing import Dict, Optional, Union
 
 from vmlab import host
 from vmlab.atomic import private_file
-from vmlab.keys import LabKeys
+from vmlab.remote.keys import LabKeys
 
 LABEL = "VMLAB_SEED"
 

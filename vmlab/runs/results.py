@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from vmlab import atomic
-from vmlab.formats import ERROR, FAILED, PASSED, SKIPPED, TestCase
 from vmlab.logtail import last_lines
+from vmlab.runs.formats import ERROR, FAILED, PASSED, SKIPPED, TestCase
 
 
 class Status(StrEnum):

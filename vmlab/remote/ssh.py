@@ -20,8 +20,8 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, Callable, Dict, List, Optio
 
 from vmlab.command import CommandResult
 from vmlab.errors import GuestUnreachable, HostKeyMismatch
-from vmlab.keys import LabKeys
-from vmlab.transport import Root
+from vmlab.remote.keys import LabKeys
+from vmlab.remote.transport import Root
 
 if TYPE_CHECKING:  # paramiko (~25 ms) is imported by the first connection: `vm.quick` uses OpenSSH
     import paramiko

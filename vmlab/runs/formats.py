@@ -36,7 +36,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, Deque, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
-FORMATS = ("junit", "pytest", "go-test", "tap")
 FROM_FILE = ("junit", "pytest")  # read from the JUnit file the suite wrote, not from its output
 PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
 

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
 from vmlab import host, records
-from vmlab.accel import AccelChoice
 from vmlab.errors import MachineError, PrerequisiteMissing
 from vmlab.logtail import last_lines
-from vmlab.qmp import Monitor
+from vmlab.qemu.accel import AccelChoice
+from vmlab.qemu.qmp import Monitor
 
 log = logging.getLogger(__name__)
 

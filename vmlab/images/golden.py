@@ -32,11 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, List, NoReturn, Optional, Set
 
-from vmlab import __version__, disk, records
+from vmlab import __version__, records
 from vmlab.atomic import made_as, private_file
-from vmlab.cache import MANIFEST, ArtefactCache, key_of, sha256_file
 from vmlab.errors import ConfigError, DownloadError, ImageBuildError
-from vmlab.keys import LabKeys
+from vmlab.images.cache import MANIFEST, ArtefactCache, key_of, sha256_file
+from vmlab.qemu import disk
+from vmlab.remote.keys import LabKeys
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from typing import IO, Callable, List, Optional, Protocol, Tuple
 from vmlab import host
 from vmlab.command import CommandResult
 from vmlab.errors import Cancelled, GuestUnreachable, PrerequisiteMissing
-from vmlab.keys import LabKeys, openssh_path
-from vmlab.transport import Root
+from vmlab.remote.keys import LabKeys, openssh_path
+from vmlab.remote.transport import Root
 
 PERSIST_SECONDS = 600
 SSH_FAILED = 255  # what ssh exits with when it, not the remote command, failed
@@ -119,7 +119,7 @@ class SharedConnection:
 
         Returns the command's exit status. An SSH failure (exit 255) is GuestUnreachable;
         past `timeout` the local ssh is killed and -1 returned (wrap the command in the
-        guest's own `timeout` to kill it there: see suites.py).
+        guest's own `timeout` to kill it there: see runs/suites.py).
 
         With `handshake`, each line of output goes to it until it claims one that is its last
         (Claim.done); the lines it does not claim go to the sinks. The first input a claim

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from vmlab import disk
 from vmlab.errors import ConfigError, MachineError, NoSuchSnapshot, SnapshotError
-from vmlab.qmp import Monitor
+from vmlab.qemu import disk
+from vmlab.qemu.qmp import Monitor
 
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,39}")  # with fullmatch: "$" lets a newline end it
 NODE = "disk0"  # the VM disk's node name (see machine.py); it also holds the RAM state

@@ -22,14 +22,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator, List, Optional
 
-from vmlab import formats, host
+from vmlab import host
 from vmlab.config import SuiteConfig
 from vmlab.errors import Cancelled, GuestUnreachable
-from vmlab.openssh import Claim, SharedConnection
-from vmlab.readout import Readout
-from vmlab.results import Status, SuiteResult
+from vmlab.remote.openssh import Claim, SharedConnection
+from vmlab.remote.transport import Root
+from vmlab.runs import formats
+from vmlab.runs.readout import Readout
+from vmlab.runs.results import Status, SuiteResult
 from vmlab.sync.gate import SyncGate
-from vmlab.transport import Root
 
 TIMED_OUT = (124, 137)  # `timeout`'s status when it stopped the command (137: it had to SIGKILL)
 KILL_GRACE = 10  # seconds between the guest's TERM and KILL at a timeout

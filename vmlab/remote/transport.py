@@ -1,6 +1,6 @@
 """Talking to a guest: one interface over either SSH connection, and the one rule for running as root.
 
-Two connections serve different jobs (the serial console, console.py, is a third channel,
+Two connections serve different jobs (the serial console, install/console.py, is a third channel,
 for installs, and is not one of them):
   openssh.SharedConnection  OpenSSH multiplexed through a control master that outlives the
                             command: the edit-test loop (sync, suites, provisioning), where a
@@ -42,7 +42,7 @@ class Root:
 
     def program(self, line: str) -> str:
         """`line`, which starts with a program (not a shell word such as `cd` or `A=1`), as root:
-        the prefix put before it, no shell between (a suite's `timeout ...` line: suites.py)."""
+        the prefix put before it, no shell between (a suite's `timeout ...` line: runs/suites.py)."""
         return f"{self.prefix} {line}" if self.prefix else line
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from vmlab.errors import VmlabError
-from vmlab.machine import Machine, tail
-from vmlab.qmp import Monitor
-from vmlab.ssh import GuestSSH
+from vmlab.qemu.machine import Machine, tail
+from vmlab.qemu.qmp import Monitor
+from vmlab.remote.ssh import GuestSSH
 
 CONSOLE_LINES = 200
 

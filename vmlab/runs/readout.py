@@ -23,10 +23,10 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import IO, Dict, List, Optional, Union
 
-from vmlab import formats
 from vmlab.config import SuiteConfig
-from vmlab.formats import ERROR, FAILED, PASSED, SKIPPED, TestCase
-from vmlab.results import SuiteResult
+from vmlab.runs import formats
+from vmlab.runs.formats import ERROR, FAILED, PASSED, SKIPPED, TestCase
+from vmlab.runs.results import SuiteResult
 
 ICONS = {PASSED: "✓", FAILED: "✖", ERROR: "✖", SKIPPED: "∅"}  # gotestsum's
 COLORS = {PASSED: "32", FAILED: "31", ERROR: "31", SKIPPED: "33"}  # green, red, yellow

@@ -21,10 +21,11 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Dict
 
-from vmlab import apt, host
-from vmlab.cache import ArtefactCache, key_of
+from vmlab import host
 from vmlab.errors import ImageBuildError
 from vmlab.guests import Profile
+from vmlab.images import apt
+from vmlab.images.cache import ArtefactCache, key_of
 from vmlab.progress import Heartbeat
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""The guest machine: QEMU, its monitor, the accelerator, disks and snapshots, what a failure leaves."""
