@@ -9,9 +9,11 @@ missing prerequisite stops the run at once with exit code 2.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -79,13 +81,30 @@ def _interrupted(signum: int, frame: object) -> NoReturn:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest's tmp_path plugin reads the base folder
 def pytest_configure(config: pytest.Config) -> None:
     """A CI that cancels or times out a run sends SIGTERM: end it as pytest ends a Ctrl-C, with
     every fixture's teardown, so the VMs the tests started are stopped (by default SIGTERM
     killed pytest outright and left them running). Either ends the run with 128 + the signal,
-    as vmlab's own commands do, not pytest's 2, which here means a prerequisite is missing."""
+    as vmlab's own commands do, not pytest's 2, which here means a prerequisite is missing.
+
+    The tests' folders go under a short new folder (/tmp/vt-XXXXXX), not pytest's
+    /tmp/pytest-of-USER/pytest-N, to which pytest-xdist adds a folder per worker: a test's
+    project path must leave its QEMU sockets under the 107 bytes a unix socket's path may have.
+    It is removed after a run that passed, and kept and named after one that did not."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _interrupted)
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = _short_base[0] = tempfile.mkdtemp(prefix="vt-")
+
+
+_short_base: List[Optional[str]] = [None]  # the tests' folders, when this conftest chose them
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = _short_base[0]
+    if folder and getattr(config, "_vmlab_exitstatus", 1) == 0:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -110,14 +129,16 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _interrupted_by:
         session.exitstatus = 128 + _interrupted_by[0]
-        return
-    if exitstatus == 0 and _missing_prerequisites:
+    elif exitstatus == 0 and _missing_prerequisites:
         session.exitstatus = 2  # did not finish: tests were skipped for a missing prerequisite
+    session.config._vmlab_exitstatus = session.exitstatus  # type: ignore[attr-defined]
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
     for problem in sorted(set(_missing_prerequisites)):
         terminalreporter.write_line(f"tests skipped, exit code 2: {problem}", yellow=True)
+    if _short_base[0] and exitstatus != 0:
+        terminalreporter.write_line(f"the tests' folders (projects, VM logs) are kept in {_short_base[0]}")
 
 
 class Project:

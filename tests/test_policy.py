@@ -31,9 +31,9 @@ def suite(tmp_path: Path) -> Path:
 def run(suite: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_ADDOPTS")}
     clean.update(PATH=str(Path(sys.executable).parent), **env)  # the venv only: no qemu-system, no qemu-img
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider",
-                           "--rootdir", str(suite), *args, str(suite)], cwd=suite, env=clean, capture_output=True,
-                          text=True, timeout=120)
+    command = [sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider", "--rootdir", str(suite),
+               "--basetemp", str(suite / "tmp"), *args, str(suite)]  # its folders in this test's, not /tmp
+    return subprocess.run(command, cwd=suite, env=clean, capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one process", "xdist workers"])
