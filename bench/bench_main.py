@@ -17,6 +17,7 @@ There is no "before vmlab" to set beside it: without vmlab this is hand work
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -69,6 +70,7 @@ def run(clone: Path, cache: Path) -> tuple:
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     with tempfile.TemporaryDirectory(prefix="vmlab-bench-main-") as tmp:
         clone, cache = Path(tmp) / "vmlab", Path(tmp) / "cache"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)

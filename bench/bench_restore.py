@@ -41,11 +41,11 @@ from typing import Callable, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vmlab import config, snapshots  # noqa: E402
-from vmlab.images import golden
-from vmlab.install import seed
+from vmlab import config  # noqa: E402
+from vmlab.images import golden  # noqa: E402
+from vmlab.install import seed  # noqa: E402
 from vmlab.lab import Lab, building, images, lifecycle  # noqa: E402
-from vmlab.qemu import accel, disk
+from vmlab.qemu import accel, disk, snapshots  # noqa: E402
 from vmlab.qemu.machine import Machine, MachineSpec  # noqa: E402
 from vmlab.qemu.qmp import Monitor  # noqa: E402
 from vmlab.remote.ssh import GuestSSH  # noqa: E402

@@ -35,7 +35,8 @@ from typing import Dict, List
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vmlab import config, golden  # noqa: E402
+from vmlab import config  # noqa: E402
+from vmlab.images import golden  # noqa: E402
 from vmlab.images.cache import MANIFEST, sha256_file  # noqa: E402
 from vmlab.lab import Lab, images, lifecycle  # noqa: E402
 
