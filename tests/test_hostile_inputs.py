@@ -36,7 +36,7 @@ from sshd_fixtures import ME  # conftest loads its fixtures: sshd, connect, runt
 from vmlab import __version__, atomic, config, host
 from vmlab.config import SuiteConfig, SyncConfig
 from vmlab.errors import GuestUnreachable, PrerequisiteMissing, RecipeError, VmlabError
-from vmlab.images import golden
+from vmlab.images import apt, golden
 from vmlab.images.cache import ArtefactCache, key_of
 from vmlab.install import recipe
 from vmlab.lab import images
@@ -874,7 +874,9 @@ def test_issue24_item06_a_profile_value_that_reaches_debootstrap_is_checked_wher
 
 
 def test_issue24_item06_the_usual_suites_and_mirrors_are_accepted(project: Project) -> None:
-    for options in ('{suite: bookworm, mirror: "http://deb.debian.org/debian/"}',
+    """The mirror this machine's apt uses (read from its configuration), and other usual shapes."""
+    mirror, codename = apt.host_debian_mirror()
+    for options in (f'{{suite: {codename}, mirror: "{mirror}"}}',
                     '{suite: stable, mirror: "https://[::1]:8080/debian"}', '{mirror: "file:///srv/mirror"}',
                     '{suite: bookworm-updates, packages: [g++, libc6-dev, python3.11]}'):
         project.write_config(f"profiles:\n  debian: {options}\n")
