@@ -101,12 +101,6 @@ def pytest_configure(config: pytest.Config) -> None:
 _short_base: List[Optional[str]] = [None]  # the tests' folders, when this conftest chose them
 
 
-def pytest_unconfigure(config: pytest.Config) -> None:
-    folder = _short_base[0]
-    if folder and getattr(config, "_vmlab_exitstatus", 1) == 0:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Under CI, a missing prerequisite stops the run before any test: checked here, in the process
     that ends the run, because a pytest-xdist worker that stops (prerequisite_missing) is only
@@ -131,7 +125,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = 128 + _interrupted_by[0]
     elif exitstatus == 0 and _missing_prerequisites:
         session.exitstatus = 2  # did not finish: tests were skipped for a missing prerequisite
-    session.config._vmlab_exitstatus = session.exitstatus  # type: ignore[attr-defined]
+    if _short_base[0] and session.exitstatus == 0:  # every fixture, and so every VM, is gone by now
+        shutil.rmtree(_short_base[0], ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
