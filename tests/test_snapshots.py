@@ -244,7 +244,11 @@ def small_disk(tmp_path: Path, vm_ready):
 def test_snapshot_on_a_full_disk_fails_and_keeps_the_old_one(small_disk: Project, tmp_path: Path) -> None:
     """The VM boots from its base image (a cache with no golden image): a copy of a golden image
     holds the golden 'clean', whose space in the qcow2 the first snapshot frees when it replaces
-    it, and the second would reuse that space and never meet the full disk."""
+    it, and the second would reuse that space and never meet the full disk.
+
+    A guest that writes while the disk is full is stopped by QEMU (run state io-error); a restore,
+    once there is room again, lets it run. (Before, the restore left it stopped and waited 300 s
+    for an SSH that could not answer: a guest's own timer writing at the wrong moment failed CI.)"""
     cache = cache_without_golden_images(tmp_path / "cache")
     small_disk.write_config(f"cache_dir: {cache}\ndefaults: {{memory: 512}}\n")
     assert small_disk.invoke("vm.start").returncode == 0
@@ -258,8 +262,15 @@ def test_snapshot_on_a_full_disk_fails_and_keeps_the_old_one(small_disk: Project
     failed = small_disk.invoke("vm.snapshot")
     assert failed.returncode == 1
     assert "could not save snapshot 'clean'" in failed.stderr and "the previous 'clean' is kept" in failed.stderr
+    small_disk.invoke("vm.ssh", "-c", "nohup dd if=/dev/urandom of=/var/tmp/fill bs=1M count=128 oflag=direct "
+                                      "</dev/null >/dev/null 2>&1 &")
+    deadline = time.monotonic() + 60
+    while qemu_status(small_disk) != "io-error":
+        assert time.monotonic() < deadline, "QEMU did not stop the guest on a write to a full disk"
+        time.sleep(1)
     filler.unlink()
     assert json.loads(small_disk.invoke("vm.snapshots", "--json").stdout)["snapshots"] == first
     restored = small_disk.invoke("vm.restore")
     assert restored.returncode == 0, restored.stderr
+    assert "QEMU had stopped the guest (io-error: a write to its disk failed" in restored.stderr
     assert qemu_status(small_disk) == "running"

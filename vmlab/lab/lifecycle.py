@@ -178,7 +178,6 @@ def after_restore(vm: GuestVM, timeout: float) -> None:
     with Heartbeat(log, lambda t: f"  SSH not answering after {t:.0f}s ({last_error}); console: "
                                   f"{console_now(machine.console_log)}"), _closed_if_cut_off(conn):
         while True:
-            machine.assert_alive()
             output = io.BytesIO()
             try:
                 status = conn.stream(line, output=output, timeout=30, handshake=clock if template else None)
@@ -187,6 +186,7 @@ def after_restore(vm: GuestVM, timeout: float) -> None:
                 last_error = (e.detail or e.message).strip().splitlines()[-1][-200:]  # ssh's own last word
                 if "Permission denied" in last_error:
                     last_error = f"authentication failed ({last_error}): the guest does not accept this lab's key"
+            machine.assert_alive()
             if time.monotonic() > deadline:
                 raise GuestUnreachable(f"VM {vm.name}: SSH on 127.0.0.1:{conn.port} did not answer within "
                                        f"{timeout:.0f}s after the restore (last error: {last_error}).",

@@ -67,7 +67,7 @@ def restore(vm: GuestVM, name: str = "clean") -> Dict[str, float]:
         started = time.monotonic()
         if vm.machine.pid() is not None:
             with Monitor(vm.machine.qmp_socket, timeout=60) as mon:
-                snapshots.load(mon, vm.vmdir.disk, name)
+                _load_and_run(vm, mon, name)
             timings = {"load_seconds": round(time.monotonic() - started, 2)}
             lifecycle.after_restore(vm, vm.config.boot_timeout)
             how = "live"
@@ -80,6 +80,19 @@ def restore(vm: GuestVM, name: str = "clean") -> Dict[str, float]:
         timings["total_seconds"] = round(time.monotonic() - started, 2)
     log.info("VM %s: restored to %r (%s) in %.1fs", vm.name, name, how, timings["total_seconds"])
     return timings
+
+
+def _load_and_run(vm: GuestVM, mon: Monitor, name: str) -> None:
+    """Load `name` into the running QEMU and let the guest run: a restore is how a guest that
+    QEMU stopped (a disk write that found the host filesystem full, a panic) comes back, once
+    the cause is gone, as `vmlab doctor` advises."""
+    before = mon.status()
+    snapshots.load(mon, vm.vmdir.disk, name)  # a stopped guest stays stopped through the load
+    if mon.status() != "running":
+        why = vm.machine.why_stopped(before)
+        if why:
+            log.warning("VM %s: QEMU had stopped the guest (%s: %s); it runs again from %r", vm.name, before, why, name)
+        mon.command("cont")
 
 
 def _sync_record_of(vm: GuestVM, name: str) -> None:

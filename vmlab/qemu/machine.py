@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -274,11 +275,37 @@ class Machine:
         records.write(self.state_file, data, indent=2)
 
     def assert_alive(self) -> None:
-        """MachineError with the end of QEMU's log and the console if QEMU has died."""
+        """MachineError with the end of QEMU's log and the console if QEMU has died, or if it holds
+        the guest stopped (a failed disk write, a panic): the guest will not answer then, and
+        waiting out a boot timeout would only hide why. Meant for between failed attempts: it asks
+        QEMU's monitor, which costs a connection."""
         if self.pid() is None:
             raise MachineError(f"QEMU of VM {self.name} exited while the guest was booting.",
                                detail=f"qemu.log:\n{tail(self.qemu_log, 10)}\n"
                                       f"console.log:\n{tail(self.console_log, 20)}")
+        try:
+            with Monitor(self.qmp_socket, timeout=2) as mon:
+                run_state = mon.status()
+        except MachineError:
+            return  # another client holds the monitor: no reason to stop waiting
+        why = self.why_stopped(run_state)
+        if why:
+            raise MachineError(f"VM {self.name}: QEMU holds the guest stopped ({run_state}): {why}",
+                               hint="free what is at fault, then `vmlab restore` (or `vmlab stop` and `vmlab start`)",
+                               detail=f"qemu.log:\n{tail(self.qemu_log, 10)}\n"
+                                      f"console.log:\n{tail(self.console_log, 20)}")
+
+    def why_stopped(self, run_state: str) -> str:
+        """What a QEMU run state in which the guest will not go on by itself means; '' for the
+        others (running, and the passing states of a start or a snapshot)."""
+        if run_state == "io-error":  # -drive's default werror=enospc: paused on a write that found no room
+            free = host_free_bytes(self.dir)
+            return (f"a write to its disk failed, most likely for want of room where {self.disk} lives "
+                    f"({free >> 20} MiB free now)")
+        return {"guest-panicked": "the guest's kernel panicked (see console.log)",
+                "internal-error": "QEMU met an internal error (see qemu.log)",
+                "shutdown": "the guest shut itself down",
+                "paused": "it was paused from QEMU's monitor (QMP `stop`)"}.get(run_state, "")
 
     def wait_console(self, pattern: str, timeout: float) -> str:
         """The first console.log line matching `pattern` (a regex), waiting up to `timeout` s."""
@@ -359,6 +386,14 @@ class Machine:
             os.replace(self.state_file, self.dir / "last-state.json")
         for path in (self.qmp_socket, self.console_socket, self.pid_file, self.state_file):
             path.unlink(missing_ok=True)
+
+
+def host_free_bytes(folder: Path) -> int:
+    """Room left on the host filesystem that holds `folder`."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0
 
 
 def tail(path: Path, lines: int) -> str:

@@ -79,7 +79,7 @@ class GuestSSH:
     def wait_ready(self, timeout: float, check: Callable[[], None] = lambda: None) -> float:
         """Retry until a command runs, under one deadline with backoff; returns the seconds it took.
 
-        `check` is called between attempts and may raise (QEMU died). `last_error` says why
+        `check` is called after each failed attempt and may raise (QEMU died). `last_error` says why
         the latest attempt failed, for a caller's progress line (progress.Heartbeat).
         """
         import paramiko
@@ -87,7 +87,6 @@ class GuestSSH:
         started = time.monotonic()
         delay, self.last_error = 0.5, "no attempt yet"
         while True:
-            check()
             try:
                 self.connect(timeout=min(10.0, max(1.0, timeout - (time.monotonic() - started))))
                 if self.run("true", timeout=30).exit_status == 0:
@@ -100,6 +99,7 @@ class GuestSSH:
             except (OSError, EOFError, paramiko.SSHException) as e:  # not up yet, while it boots
                 self.last_error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             self.close()
+            check()
             now = time.monotonic()
             if now - started >= timeout:
                 raise GuestUnreachable(f"SSH on 127.0.0.1:{self.port} did not answer within {timeout:.0f}s "
