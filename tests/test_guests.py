@@ -33,8 +33,9 @@ def own_debian(project: Project, old: str, new: str) -> Path:
     ("    - rsync", "    - 7", "image.packages: a list of strings"),
     ("ssh_user: root", "ssh_users: root", "ssh_users: unknown key"),
     ("provision:\n  script: provision.sh", "provision: provision.sh", "provision: a mapping of script"),
+    ("agent: qemu-ga", "agent: qemu-guest-agent", "agent: 'qemu-guest-agent' is not one vmlab talks to; known: qemu-ga"),
 ], ids=["a misspelt key", "a missing builder", "a list for a file name", "a number among packages",
-        "a misspelt top-level key", "a section that is not a mapping"])
+        "a misspelt top-level key", "a section that is not a mapping", "an agent vmlab does not know"])
 def test_a_mistake_in_a_projects_profile_names_the_file_and_key_and_exits_2(project: Project, old: str, new: str,
                                                                            says: str) -> None:
     """`vm.golden-key` builds nothing: the profile is read, and its mistake said, before any work.
@@ -62,6 +63,7 @@ def test_vmlabs_own_profiles_read_into_their_sections() -> None:
     debian, dragonfly, rehearsal = (guests.load(name) for name in ("debian", "dragonfly", "rehearsal"))
     assert debian.image is not None and debian.image.builder == "build-image.sh" and "rsync" in debian.image.packages
     assert (debian.boot.kernel, debian.boot.initrd, debian.iso, debian.install) == ("vmlinuz", "initrd.img", None, None)
+    assert debian.agent == "qemu-ga" and "qemu-guest-agent" in debian.image.packages and dragonfly.agent == ""
     assert dragonfly.iso is not None and dragonfly.iso.release == "6.4.2" and len(dragonfly.iso.mirrors) == 3
     assert dragonfly.install is not None and dragonfly.install.recipe == "install.yaml" and dragonfly.install.takes
     assert dragonfly.boot == guests.Boot() and dragonfly.image is None and dragonfly.privileged == "doas -n"

@@ -83,6 +83,7 @@ class Profile:
     provision: Provision = Provision()
     boot: Boot = Boot()
     after_restore: str = ""  # shell run after a restore; see profile.yaml
+    agent: str = ""  # "qemu-ga": the guest runs QEMU's guest agent, and after_restore goes through it
     privileged: str = "sudo -n"  # prefix that runs a command as root for a non-root ssh_user (sudo -n, doas -n)
 
     @property
@@ -102,6 +103,7 @@ class Profile:
         return [(self.dir / n).resolve() for n in [spec.builder, *spec.files]]
 
 
+AGENTS = ("", "qemu-ga")  # `agent:` values: none, or QEMU's guest agent on its usual virtio port
 SECTIONS: Dict[str, type] = {"image": Build, "medium": Build, "iso": Iso, "install": Install,
                              "provision": Provision, "boot": Boot}
 
@@ -121,7 +123,11 @@ def load(name: str, guest_dirs: Sequence[Path] = ()) -> Profile:
     sections: Dict[str, Any] = {key: _read(kind, data[key], key, path) for key, kind in SECTIONS.items()
                                 if data.get(key) is not None}
     top = {key: value for key, value in data.items() if key not in SECTIONS}
-    return _read(Profile, top, "", path, name=name, dir=path.parent, **sections)
+    profile = _read(Profile, top, "", path, name=name, dir=path.parent, **sections)
+    if profile.agent not in AGENTS:
+        raise ConfigError(f"{path}: agent: {profile.agent!r} is not one vmlab talks to; known: "
+                          f"{', '.join(a for a in AGENTS if a)} (or leave it out)")
+    return profile
 
 
 def _read(kind: Type[Section], value: Any, at: str, path: Path, **given: Any) -> Section:

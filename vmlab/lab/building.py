@@ -16,7 +16,7 @@ from typing import Any, Dict
 
 from vmlab import host
 from vmlab.config import SuiteConfig
-from vmlab.errors import ConsoleError, PrerequisiteMissing, ProvisionError
+from vmlab.errors import ConsoleError, MachineError, PrerequisiteMissing, ProvisionError
 from vmlab.images import golden
 from vmlab.install import recipe, seed
 from vmlab.install.console import Console
@@ -24,7 +24,7 @@ from vmlab.lab import images, lifecycle, loop, warming
 from vmlab.lab.vm import GuestVM
 from vmlab.lab.vmdir import Origin, OriginKind
 from vmlab.progress import Heartbeat
-from vmlab.qemu import accel, disk, snapshots
+from vmlab.qemu import accel, agent, disk, snapshots
 from vmlab.qemu.machine import Machine, MachineSpec, console_now
 from vmlab.qemu.qmp import Monitor
 from vmlab.remote import keys
@@ -208,7 +208,7 @@ def _snapshot_clean(vm: GuestVM, clean_qcow2: Path) -> None:
     spec = MachineSpec(
         name=runner.name, accel=vm.accelerator(folder), memory_mib=vm.config.memory_mib, cpus=vm.config.cpus,
         disk=clean_qcow2, seed_iso=seed.for_vm(folder / "seed.iso", gold_keys, vm.name),
-        **images.boot_files(vm, folder))
+        guest_agent=bool(vm.profile.agent), **images.boot_files(vm, folder))
     try:
         with runner.launched(spec) as status:
             log.info("golden image: booting it to take the %r snapshot (console: %s)", golden.SNAPSHOT,
@@ -216,6 +216,10 @@ def _snapshot_clean(vm: GuestVM, clean_qcow2: Path) -> None:
             with GuestSSH(status.ssh_port or 0, vm.config.ssh_user, gold_keys) as ssh, \
                     lifecycle.booting(ssh, runner.console_log):
                 ssh.wait_ready(vm.config.boot_timeout, check=runner.assert_alive)
+                if vm.profile.agent and not agent.answers(runner.agent_socket, 60):  # restores count on it
+                    raise MachineError(f"golden image: the guest agent ({vm.profile.agent}, `agent:` in "
+                                       f"{vm.profile.file}) did not answer within 60s of SSH answering; "
+                                       "is it in the image, and started at boot?")
             with Monitor(runner.qmp_socket, timeout=60) as mon:
                 mon.command("stop")
                 snapshots.save(mon, clean_qcow2, golden.SNAPSHOT)

@@ -99,8 +99,12 @@ def golden_inputs(vm: GuestVM) -> Dict[str, Any]:
 
     The disk size is in it: a copy of a golden image has the size the image was made with.
     """
-    return {"profile": vm.profile.name, "memory_mib": vm.config.memory_mib, "cpus": vm.config.cpus,
-            "disk_bytes": vm.config.disk_bytes, "base": base_key(vm), "provision": provision_key(vm)}
+    inputs: Dict[str, Any] = {"profile": vm.profile.name, "memory_mib": vm.config.memory_mib, "cpus": vm.config.cpus,
+                              "disk_bytes": vm.config.disk_bytes, "base": base_key(vm),
+                              "provision": provision_key(vm)}
+    if vm.profile.agent:  # its snapshot holds the agent's port: it loads only into a QEMU that has one
+        inputs["agent"] = vm.profile.agent
+    return inputs
 
 
 def golden_key(vm: GuestVM) -> str:

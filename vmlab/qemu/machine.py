@@ -53,6 +53,7 @@ class MachineSpec:
     ssh_port: int = 0  # 0: choose a free port at start
     paused: bool = False  # start with the CPUs stopped (to load a snapshot before anything runs)
     install_iso: Optional[Path] = None  # an installer, as the first CD, booted before the disk
+    guest_agent: bool = False  # a virtio port for QEMU's guest agent (qemu-ga), at agent.sock
 
 
 class State(StrEnum):
@@ -114,6 +115,7 @@ class Machine:
         self.qmp_socket = self.dir / "qmp.sock"
         self.console_socket = self.dir / "console.sock"
         self.console_log = self.dir / "console.log"
+        self.agent_socket = self.dir / "agent.sock"  # QEMU's guest agent, when the spec has one (qemu/agent.py)
         self.qemu_log = self.dir / "qemu.log"
         self.pid_file = self.dir / "qemu.pid"
         self.state_file = self.dir / "state.json"
@@ -169,7 +171,7 @@ class Machine:
         if self.pid() is not None:
             raise MachineError(f"VM {self.name} is already running (pid {self.pid()})")
         self.clean()
-        for sock in (self.qmp_socket, self.console_socket):
+        for sock in (self.qmp_socket, self.console_socket, self.agent_socket):
             if len(str(sock).encode()) > UNIX_PATH_MAX:
                 raise MachineError(f"{sock} is too long for a unix socket ({UNIX_PATH_MAX} bytes at most); "
                                    "move the project to a shorter path")
@@ -249,6 +251,10 @@ class Machine:
             # without it still loads; `-vga std` would take slot 2 and break them).
             "-device", "VGA",
         ]
+        if spec.guest_agent:  # after the VGA card, for the same reason; the port's name is the one qemu-ga opens
+            args += ["-chardev", f"socket,id=agent,path={_qopt(self.agent_socket)},server=on,wait=off",
+                     "-device", "virtio-serial-pci,id=agent-bus",
+                     "-device", "virtserialport,bus=agent-bus.0,chardev=agent,name=org.qemu.guest_agent.0"]
         # The installer is the first CD (acd0/cd0, sr0) and the seed the second (acd1/cd1, sr1):
         # DragonFly's pfi looks for its seed on acd0 cd0 acd1 cd1, the shell recipe mounts cd1.
         if spec.install_iso:
@@ -384,7 +390,7 @@ class Machine:
         state (QEMU's command line, pid, port) as last-state.json, for the diagnostics of a failed start."""
         if self.state_file.exists():
             os.replace(self.state_file, self.dir / "last-state.json")
-        for path in (self.qmp_socket, self.console_socket, self.pid_file, self.state_file):
+        for path in (self.qmp_socket, self.console_socket, self.agent_socket, self.pid_file, self.state_file):
             path.unlink(missing_ok=True)
 
 

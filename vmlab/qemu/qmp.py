@@ -18,9 +18,13 @@ if TYPE_CHECKING:  # qemu.qmp and asyncio (~30 ms) are imported by the first mon
 
 
 class Monitor:
-    def __init__(self, socket: Path, timeout: float = 30.0):
+    """`greeting=False` for QEMU's guest agent, which speaks QMP without the greeting and
+    capabilities negotiation (qemu/agent.py)."""
+
+    def __init__(self, socket: Path, timeout: float = 30.0, greeting: bool = True):
         self.socket = socket
         self.timeout = timeout
+        self.greeting = greeting
         self._qmp: Optional[QEMUMonitorProtocol] = None
 
     def __enter__(self) -> "Monitor":
@@ -35,7 +39,7 @@ class Monitor:
             # one QMP client at a time: while another holds the monitor, or when QEMU is stopped
             # (SIGSTOP) or wedged, it accepts the connection but never greets, and vm.stop hung for
             # ever. Its own connect, as the legacy one sets it up, under the monitor's time limit.
-            self._qmp._qmp.await_greeting = self._qmp._qmp.negotiate = True
+            self._qmp._qmp.await_greeting = self._qmp._qmp.negotiate = self.greeting
             self._qmp._sync(self._qmp._qmp.connect(str(self.socket)), self.timeout)
         except asyncio.TimeoutError:
             self.__exit__()  # the half-made connection

@@ -99,8 +99,27 @@ class SharedConnection:
         return HOST
 
     def ssh_command(self) -> List[str]:
-        """ssh with this connection's options and user, without a destination (what rsync -e wants)."""
+        """ssh with this connection's options and user, without a destination (what rsync -e wants).
+
+        If the connection is being opened in the background (open_in_background), this waits for
+        it: a second ssh would open one of its own, and say so on the command's output."""
+        self._await_opening()
         return [host.which("ssh") or "ssh", *self.ssh_options()]
+
+    @property
+    def _opening(self) -> Path:
+        """Holds the pid of the ssh opening this connection in the background, while it does."""
+        return self.control_path.with_suffix(".opening")
+
+    def _await_opening(self) -> None:
+        try:
+            pid = int(self._opening.read_text())
+        except (OSError, ValueError):
+            return
+        deadline = time.monotonic() + 35  # ConnectTimeout, and the login after it
+        while not self.control_path.exists() and Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self._opening.unlink(missing_ok=True)
 
     def run(self, command: str, *, as_root: bool = False, timeout: Optional[float] = None) -> CommandResult:
         """Run `command` in the guest (as root with `as_root`): a Transport's run (transport.py).
@@ -221,6 +240,13 @@ class SharedConnection:
         if proc.returncode != 0:
             raise GuestUnreachable(f"could not write {remote} in the guest: {proc.stderr.decode(errors='replace')}")
 
+    def open_in_background(self) -> None:
+        """Start opening the shared connection and return at once: the next command finds it
+        open, or waits for it (ssh_command)."""
+        proc = subprocess.Popen([*self.ssh_command(), self.destination, "true"], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self._opening.write_text(str(proc.pid))
+
     def close(self, cut_off: bool = False) -> None:
         """Stop the control master, if one runs (after a restore its connection is dead).
 
@@ -231,6 +257,7 @@ class SharedConnection:
             control_path = self.control_path
         except PrerequisiteMissing:
             return  # an unsafe folder holds no master of ours: stopping a VM must not fail on it
+        self._await_opening()  # one being opened in the background would outlive this close
         deadline = time.monotonic() + 3
         while cut_off and not control_path.exists() and self._processes() and time.monotonic() < deadline:
             time.sleep(0.05)
