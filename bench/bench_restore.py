@@ -52,6 +52,9 @@ from vmlab.qemu.qmp import Monitor  # noqa: E402
 from vmlab.remote.ssh import GuestSSH  # noqa: E402
 
 VMLAB = Path(sys.executable).parent / "vmlab"
+# The modules `vmlab restore` loads (the command, the lab, the snapshots' room, the QMP client),
+# its SSH being OpenSSH: a restore's start-up, which `vmlab --version` no longer includes.
+RESTORE_IMPORTS = "import vmlab.cli, vmlab.config, vmlab.lab.snapshotting, qemu.qmp.legacy"
 
 
 def old_way(lab: Lab, gold, work: Path) -> float:
@@ -112,7 +115,8 @@ def parts(lab: Lab, work: Path, rounds: int) -> Dict[str, List[float]]:
 
     for _ in range(rounds):
         timed("python start-up (python -c pass)", lambda: whole([sys.executable, "-c", "pass"], work))
-        timed("python + vmlab's imports (vmlab --version)", lambda: whole([str(VMLAB), "--version"], work))
+        timed("python + Invoke and vmlab's tasks (vmlab --version)", lambda: whole([str(VMLAB), "--version"], work))
+        timed("python + what vmlab restore imports", lambda: whole([sys.executable, "-c", RESTORE_IMPORTS], work))
         timed("vmlab restore, the whole command", lambda: whole([str(VMLAB), "restore"], work))
         timed("  read the config", lambda: config.load(cwd=work))
         timed("  find the snapshot (qemu-img info)", lambda: snapshots.find(vmdir.disk, golden.SNAPSHOT))

@@ -22,8 +22,7 @@ from typing import List
 
 from vmlab import atomic
 from vmlab.errors import Busy, NotCached, PrerequisiteMissing
-from vmlab.images import fetch as downloads
-from vmlab.lab import building, images, lifecycle, snapshotting
+from vmlab.lab import images, lifecycle, snapshotting
 from vmlab.lab.vm import GuestVM
 from vmlab.lab.vmdir import OriginKind
 from vmlab.qemu import accel
@@ -68,6 +67,8 @@ def make(vm: GuestVM) -> None:
 
     Cut off or failed, the VM is left with no disk (the phases that finished are in the
     cache): the next start makes it again from there."""
+    from vmlab.lab import building  # all the install and build machinery: loaded by a first start only
+
     if vm.profile.iso:
         reachable(vm)
     log.info("%s", plan(vm))
@@ -87,6 +88,8 @@ def make(vm: GuestVM) -> None:
 
 def reachable(vm: GuestVM) -> None:
     """Nothing, if the ISO is cached or a mirror answers; else the one error of an offline first start."""
+    from vmlab.images import fetch as downloads  # http.client and urllib: for a first start only
+
     try:
         images.fetch_iso(vm, offline=True)
         return

@@ -11,19 +11,22 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path, PurePosixPath
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from vmlab import guests
 from vmlab.config import SuiteConfig, warm_suite
 from vmlab.errors import ConfigError, NotCached, PrerequisiteMissing
-from vmlab.images import builder, fetch, golden, warm
+from vmlab.images import builder, golden, warm
 from vmlab.images.cache import key_of
-from vmlab.install import recipe
 from vmlab.lab.project import Project
 from vmlab.lab.vm import GuestVM
 from vmlab.lab.vmdir import Origin, OriginKind
 from vmlab.qemu import disk
 from vmlab.schema import known_profiles
+
+if TYPE_CHECKING:  # a download (http.client, urllib) and an install's recipe are imported where used:
+    from vmlab.images.fetch import FetchResult  # a start from a golden image or a restore needs neither
+    from vmlab.install.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +79,11 @@ def vm_option(vm: GuestVM) -> str:
     return "" if vm.name == vm.project.config.vm().name else f" --vm {vm.name}"
 
 
-def install_recipe(vm: GuestVM) -> recipe.Recipe:
+def install_recipe(vm: GuestVM) -> Recipe:
     """The recipe that installs `vm`: the profile's, or another of its folder the config names
     (`recipe:`; DragonFly's root-shell fallback, install-shell.yaml, for one)."""
+    from vmlab.install import recipe
+
     profile = vm.profile
     name = vm.options.get("recipe") or (profile.install.recipe if profile.install else "")
     if not name:
@@ -190,8 +195,10 @@ def iso_name(vm: GuestVM) -> str:
     return PurePosixPath(iso_source(vm)["path"]).name
 
 
-def fetch_iso(vm: GuestVM, offline: bool = False) -> fetch.FetchResult:
+def fetch_iso(vm: GuestVM, offline: bool = False) -> FetchResult:
     """The VM profile's installer ISO, verified, from the cache or its mirrors."""
+    from vmlab.images import fetch
+
     return fetch.fetch(**iso_source(vm), pin=vm.options.get("checksum"),
                        cache_dir=vm.project.config.cache_dir, offline=offline)
 
@@ -236,6 +243,8 @@ def setup(vm: GuestVM, offline: bool = False) -> Dict[str, Any]:
 
 def cache_listing(project: Project) -> Dict[str, Any]:
     """What the cache holds: ISOs, and every built artefact by kind (images, media, installs, goldens)."""
+    from vmlab.images import fetch
+
     root = project.cache.root
     kinds = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in ("isos", "logs", "debs")) \
         if root.is_dir() else []
@@ -245,6 +254,8 @@ def cache_listing(project: Project) -> Dict[str, Any]:
 
 def prune_isos(project: Project) -> List[Path]:
     """Delete cached ISOs and partial downloads no profile's configured release uses."""
+    from vmlab.images import fetch
+
     keep = set()
     guest_dirs = project.config.guest_dirs
     for profile in (guests.load(name, guest_dirs) for name in known_profiles(guest_dirs)):

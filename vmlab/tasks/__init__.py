@@ -7,7 +7,9 @@ Exit codes: 0 done, 1 failed, 2 could not start (something missing or misconfigu
 
 One module per kind of task: machine (a VM's life), snapshot, image (what a VM starts
 from), loop (sync and suites), project (init, host-setup, doctor); common holds what
-they share (the error wrapper, finding the Lab and VM).
+they share (the error wrapper, finding the Lab and VM). They import the lab in the task's body,
+not at the top: `vmlab --help` and `--list` then load only Invoke and the tasks, and each
+command only what it uses (issue 25: every command's start-up counts).
 """
 
 from __future__ import annotations

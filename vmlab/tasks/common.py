@@ -9,13 +9,14 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, Callable, NoReturn, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, Sequence
 
-from vmlab import config as config_mod
 from vmlab.errors import Terminated, VmlabError
-from vmlab.lab import GuestVM, Lab
-from vmlab.runs import results
 from vmlab.spelling import AsTyped, as_typed
+
+if TYPE_CHECKING:
+    from vmlab.lab import GuestVM, Lab
+    from vmlab.runs.results import RunReport
 
 VM_HELP = "VM name from vmlab.yaml (default: $VM, else the first VM)"
 
@@ -42,6 +43,9 @@ def _setup_logging() -> None:
 
 
 def lab_of(config: Optional[str]) -> Lab:
+    from vmlab import config as config_mod
+    from vmlab.lab import Lab
+
     return Lab(config_mod.load(config))
 
 
@@ -94,8 +98,10 @@ def _end(code: int, message: str = "") -> NoReturn:
     sys.exit(code)
 
 
-def finish_run(report: results.RunReport) -> int:
+def finish_run(report: RunReport) -> int:
     """Print the run's summary; the task's exit status: 1 unless every suite passed."""
+    from vmlab.runs import results
+
     for line in results.summary(report):
         print(line)
     return 0 if report.passed else 1

@@ -14,8 +14,6 @@ from invoke.context import Context
 from invoke.tasks import task
 
 from vmlab.errors import NotCached, PrerequisiteMissing
-from vmlab.images import golden as golden_images
-from vmlab.lab import building, images
 from vmlab.tasks.common import CONFIG_HELP, VM_HELP, cli, finish_run, lab_of, print_table, vm_of
 
 
@@ -26,6 +24,8 @@ def install(c: Context, vm: Optional[str] = None, config: Optional[str] = None) 
 
     The installed disk is a cached checkpoint keyed by the ISO and the recipe.
     """
+    from vmlab.lab import building
+
     with vm_of(config, vm, starts=True) as v:
         print(building.install(v))
 
@@ -37,6 +37,8 @@ def provision(c: Context, vm: Optional[str] = None, config: Optional[str] = None
 
     Boots from the installed (or built) disk; a failed provision never redoes the install.
     """
+    from vmlab.lab import building
+
     with vm_of(config, vm, starts=True) as v:
         print(f"provisioned ({building.provision(v)})")
 
@@ -48,6 +50,8 @@ def verify(c: Context, vm: Optional[str] = None, config: Optional[str] = None) -
 
     Every golden image must pass it.
     """
+    from vmlab.lab import building
+
     with vm_of(config, vm, starts=True) as v:
         return finish_run(building.verify(v))
 
@@ -65,6 +69,8 @@ def golden_task(c: Context, from_scratch: bool = False, rewarm: bool = False, vm
     synced and the command run (a build cache filled) before "clean" is taken again. The VM
     is left stopped: vm.start then starts it from that state by restoring.
     """
+    from vmlab.lab import building, images
+
     with vm_of(config, vm, starts=True) as v:
         gold = building.make_golden(v, from_scratch=from_scratch, rewarm=rewarm)
     print(f"golden image {gold.key}: {gold.dir}")
@@ -81,6 +87,8 @@ def golden_key(c: Context, vm: Optional[str] = None, config: Optional[str] = Non
     A hash of everything that makes it; nothing is built. An ISO's checksum is part of it, so
     a guest installed from one has its ISO fetched (verified) first: CI's first step on a fresh runner.
     """
+    from vmlab.lab import images
+
     v = vm_of(config, vm)
     if v.profile.iso:
         images.fetch_iso(v)
@@ -93,6 +101,9 @@ def golden_key(c: Context, vm: Optional[str] = None, config: Optional[str] = Non
 def golden_export(c: Context, output: Optional[str] = None, vm: Optional[str] = None,
                   config: Optional[str] = None) -> None:
     """Write the VM's golden image to one file."""
+    from vmlab.images import golden as golden_images
+    from vmlab.lab import images
+
     v = vm_of(config, vm)
     gold = images.golden_of(v)
     if gold is None:
@@ -105,6 +116,8 @@ def golden_export(c: Context, output: Optional[str] = None, vm: Optional[str] = 
 @cli
 def golden_import(c: Context, input: str, config: Optional[str] = None) -> None:
     """Load an exported golden image, verifying it."""
+    from vmlab.images import golden as golden_images
+
     gold = golden_images.import_(lab_of(config).cache, Path(input))
     print(f"golden image {gold.key}: {gold.dir}")
 
@@ -113,6 +126,8 @@ def golden_import(c: Context, input: str, config: Optional[str] = None) -> None:
 @cli
 def fetch(c: Context, offline: bool = False, vm: Optional[str] = None, config: Optional[str] = None) -> None:
     """Download the guest's ISO: verified, resumable."""
+    from vmlab.lab import images
+
     with _offline_said(offline):
         got = images.fetch_iso(vm_of(config, vm), offline=offline)
     print(f"{got.path} (sha256 {got.sha256}, from {got.source})")
@@ -122,6 +137,8 @@ def fetch(c: Context, offline: bool = False, vm: Optional[str] = None, config: O
 @cli
 def setup(c: Context, offline: bool = False, vm: Optional[str] = None, config: Optional[str] = None) -> None:
     """Fetch (or build) the installer and make the disk."""
+    from vmlab.lab import images
+
     with _offline_said(offline):
         facts = images.setup(vm_of(config, vm), offline=offline)
     for key, value in facts.items():
@@ -148,6 +165,8 @@ def cache(c: Context, prune: bool = False, config: Optional[str] = None, json_: 
 
     --prune deletes ISOs and partial downloads the config no longer uses.
     """
+    from vmlab.lab import images
+
     lab = lab_of(config)
     if prune:
         for path in images.prune_isos(lab):
@@ -170,6 +189,8 @@ def cache(c: Context, prune: bool = False, config: Optional[str] = None, json_: 
 @cli
 def image(c: Context, vm: Optional[str] = None, config: Optional[str] = None) -> None:
     """Build (or find) the image a new VM disk starts from."""
+    from vmlab.lab import images
+
     v = vm_of(config, vm)
     started = time.monotonic()
     folder = images.base(v).path

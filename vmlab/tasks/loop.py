@@ -7,17 +7,16 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 from invoke.context import Context
 from invoke.tasks import task
 
-from vmlab import config as config_mod
-from vmlab.config import SuiteConfig
 from vmlab.errors import ConfigError
-from vmlab.lab import firstrun, loop
 from vmlab.tasks.common import CONFIG_HELP, RAW_HELP, VM_HELP, cli, finish_run, lab_of, print_table, raw_output, vm_name
-from vmlab.watch import Watch  # watchfiles itself is imported when a watch starts
+
+if TYPE_CHECKING:
+    from vmlab.config import LabConfig
 
 RESTORE_HELP = "after a privileged suite fails, restore the 'clean' snapshot (default: restore_on_failure)"
 
@@ -29,6 +28,8 @@ def sync(c: Context, vm: Optional[str] = None, config: Optional[str] = None) -> 
 
     Incremental, with --delete; .git and vm/ are never sent.
     """
+    from vmlab.lab import loop
+
     with lab_of(config).vm(vm_name(vm)) as v:
         print(loop.sync(v))
 
@@ -42,6 +43,8 @@ def test(c: Context, suite: List[str], vm: Optional[str] = None, config: Optiona
 
     Report, JUnit and logs go to vm/NAME/results/RUN/.
     """
+    from vmlab.lab import loop
+
     lab = lab_of(config)
     if not suite:
         raise ConfigError(f"name a suite with --suite; configured: {', '.join(lab.config.suites) or 'none'}")
@@ -50,11 +53,11 @@ def test(c: Context, suite: List[str], vm: Optional[str] = None, config: Optiona
                               raw=raw_output(raw)))
 
 
-def _no_quick(cfg: config_mod.LabConfig) -> ConfigError:
+def _no_quick(cfg: LabConfig) -> ConfigError:
     return ConfigError(f"{cfg.source} names no 'quick:' suite", hint="name one with --suite")
 
 
-def _require_suites(cfg: config_mod.LabConfig) -> None:
+def _require_suites(cfg: LabConfig) -> None:
     if not cfg.suites:
         raise ConfigError(f"{cfg.source} has no suites (add them under 'suites:')")
 
@@ -65,6 +68,8 @@ def _require_suites(cfg: config_mod.LabConfig) -> None:
 def test_all(c: Context, vm: Optional[str] = None, config: Optional[str] = None,
              restore_on_failure: bool = False, raw: bool = False) -> int:
     """Run every suite in vmlab.yaml, in order."""
+    from vmlab.lab import loop
+
     lab = lab_of(config)
     _require_suites(lab.config)
     return finish_run(loop.run_suites(lab.vm(vm_name(vm)), list(lab.config.suites.values()),
@@ -76,6 +81,8 @@ def test_all(c: Context, vm: Optional[str] = None, config: Optional[str] = None,
 @cli
 def suites(c: Context, config: Optional[str] = None, json_: bool = False, make: bool = False) -> None:
     """List the suites (--json: a CI matrix; --make: targets)."""
+    from vmlab import config as config_mod
+
     cfg = config_mod.load(config)
     if make:
         from vmlab.init import suite_target
@@ -103,6 +110,9 @@ def suites(c: Context, config: Optional[str] = None, json_: bool = False, make: 
 @cli
 def build(c: Context, vm: Optional[str] = None, config: Optional[str] = None) -> int:
     """Run the configured build command in the guest."""
+    from vmlab.config import SuiteConfig
+    from vmlab.lab import loop
+
     lab = lab_of(config)
     if not lab.config.build:
         raise ConfigError(f"{lab.config.source} has no 'build:' command")
@@ -119,6 +129,8 @@ def quick(c: Context, suite: Optional[str] = None, vm: Optional[str] = None, con
 
     --suite NAME runs another suite so (make vm-test-NAME). Only what changed is sent.
     """
+    from vmlab.lab import firstrun, loop
+
     lab = lab_of(config)
     name = suite or lab.config.quick
     if not name:
@@ -140,6 +152,9 @@ def watch(c: Context, suite: Optional[str] = None, finish: bool = False, vm: Opt
 
     Keeps the SSH connection open and sends only what changed; one result line per run.
     """
+    from vmlab.lab import firstrun
+    from vmlab.watch import Watch
+
     lab = lab_of(config)
     name = suite or lab.config.quick
     if not name:

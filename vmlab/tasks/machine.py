@@ -14,7 +14,6 @@ from invoke.context import Context
 from invoke.tasks import task
 
 from vmlab.errors import ConfigError, NotConfirmed
-from vmlab.lab import firstrun, lifecycle, snapshotting
 from vmlab.spelling import as_typed
 from vmlab.tasks.common import CONFIG_HELP, VM_HELP, cli, duration_text, lab_of, print_table, vm_name, vm_of
 
@@ -27,6 +26,8 @@ def start(c: Context, vm: Optional[str] = None, config: Optional[str] = None, cl
 
     Builds its image first if needed; a fresh copy of a golden image starts by restoring.
     """
+    from vmlab.lab import firstrun
+
     lab = lab_of(config)
     if clone_of:
         name = vm_name(vm)
@@ -59,6 +60,8 @@ def status(c: Context, vm: Optional[str] = None, config: Optional[str] = None, j
 
     A table, or one JSON object with --json.
     """
+    from vmlab.lab import lifecycle
+
     lab = lab_of(config)
     if json_:
         if all_:
@@ -127,6 +130,8 @@ def destroy(c: Context, yes: bool = False, vm: Optional[str] = None, config: Opt
 
     Cached and golden images are kept.
     """
+    from vmlab.lab import lifecycle
+
     v = vm_of(config, vm)
     if not _confirmed(yes, f"Destroy VM {v.name} and delete {v.vmdir.dir}?"):
         return 1
@@ -142,6 +147,8 @@ def reset(c: Context, yes: bool = False, vm: Optional[str] = None, config: Optio
 
     Stops it first; the images themselves are never touched.
     """
+    from vmlab.lab import lifecycle
+
     v = vm_of(config, vm)
     if not _confirmed(yes, f"Throw away everything on VM {v.name}'s disk?"):
         return 1
@@ -153,6 +160,8 @@ def reset(c: Context, yes: bool = False, vm: Optional[str] = None, config: Optio
 @cli
 def suspend(c: Context, vm: Optional[str] = None, config: Optional[str] = None) -> None:
     """Save the VM's running state to disk and stop QEMU."""
+    from vmlab.lab import snapshotting
+
     with vm_of(config, vm) as v:
         snapshotting.suspend(v)
     print(as_typed(f"VM {v.name}: suspended; `invoke vm.resume` brings it back"))
@@ -162,6 +171,8 @@ def suspend(c: Context, vm: Optional[str] = None, config: Optional[str] = None) 
 @cli
 def resume(c: Context, vm: Optional[str] = None, config: Optional[str] = None) -> None:
     """Bring a suspended VM back, same SSH port."""
+    from vmlab.lab import snapshotting
+
     with vm_of(config, vm, starts=True) as v:
         st = snapshotting.resume(v)
     print(f"VM {st.name}: resumed, ssh 127.0.0.1:{st.ssh_port}")
@@ -171,5 +182,7 @@ def resume(c: Context, vm: Optional[str] = None, config: Optional[str] = None) -
 @cli
 def demo(c: Context, vm: Optional[str] = None, config: Optional[str] = None) -> None:
     """Boot the VM afresh, prove SSH and the console."""
+    from vmlab.lab import lifecycle
+
     for line in lifecycle.demo(vm_of(config, vm)):
         print(line)

@@ -20,7 +20,7 @@ from vmlab.tasks.common import CONFIG_HELP, cli, lab_of
 @cli
 def doctor(c: Context, config: Optional[str] = None) -> int:
     """Check host, config, cache and VMs; say the fix."""
-    from vmlab import doctor as checks  # imports the lab: keep `invoke --list` quick
+    from vmlab import doctor as checks
 
     findings = checks.examine(lab_of(config))
     for finding in findings:

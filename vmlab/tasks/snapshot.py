@@ -9,7 +9,6 @@ from typing import Optional
 from invoke.context import Context
 from invoke.tasks import task
 
-from vmlab.lab import snapshotting
 from vmlab.tasks.common import CONFIG_HELP, VM_HELP, cli, print_table, vm_of
 
 SNAP_HELP = "snapshot name (default: clean)"
@@ -22,6 +21,8 @@ def snapshot(c: Context, name: str = "clean", vm: Optional[str] = None, config: 
 
     Disk, RAM and devices; a previous snapshot of that name survives any failure.
     """
+    from vmlab.lab import snapshotting
+
     with vm_of(config, vm) as v:
         snap = snapshotting.snapshot(v, name)
     print(f"saved {snap.name}: {snap.vm_state_bytes >> 20} MiB of RAM state")
@@ -31,6 +32,8 @@ def snapshot(c: Context, name: str = "clean", vm: Optional[str] = None, config: 
 @cli
 def snapshots(c: Context, vm: Optional[str] = None, config: Optional[str] = None, json_: bool = False) -> None:
     """List the VM's snapshots: name, date, size, clock."""
+    from vmlab.lab import snapshotting
+
     found = [s.as_dict() for s in snapshotting.listed(vm_of(config, vm))]
     if json_:
         print(json.dumps({"snapshots": found}, indent=2))
@@ -44,6 +47,8 @@ def snapshots(c: Context, vm: Optional[str] = None, config: Optional[str] = None
 @cli
 def snapshot_delete(c: Context, name: str, vm: Optional[str] = None, config: Optional[str] = None) -> None:
     """Delete a named snapshot."""
+    from vmlab.lab import snapshotting
+
     snapshotting.delete(vm_of(config, vm), name)
     print(f"deleted {name}")
 
@@ -56,6 +61,8 @@ def restore(c: Context, name: str = "clean", vm: Optional[str] = None, config: O
     Live if it runs, else QEMU starts from the snapshot; SSH answers and the clock is right
     when it returns.
     """
+    from vmlab.lab import snapshotting
+
     with vm_of(config, vm, starts=True) as v:
         t = snapshotting.restore(v, name)
     loaded = f" (state loaded in {t['load_seconds']}s)" if "load_seconds" in t else " (QEMU started from it)"
