@@ -33,7 +33,7 @@ def own_debian(project: Project, old: str, new: str) -> Path:
     ("    - rsync", "    - 7", "image.packages: a list of strings"),
     ("ssh_user: root", "ssh_users: root", "ssh_users: unknown key"),
     ("provision:\n  script: provision.sh", "provision: provision.sh", "provision: a mapping of script"),
-    ("agent: qemu-ga", "agent: qemu-guest-agent", "agent: 'qemu-guest-agent' is not one vmlab talks to; known: qemu-ga"),
+    ("agent: qemu-ga", "agent: qemu-agent", "agent: 'qemu-agent' is not one vmlab talks to; known: qemu-ga"),
 ], ids=["a misspelt key", "a missing builder", "a list for a file name", "a number among packages",
         "a misspelt top-level key", "a section that is not a mapping", "an agent vmlab does not know"])
 def test_a_mistake_in_a_projects_profile_names_the_file_and_key_and_exits_2(project: Project, old: str, new: str,
