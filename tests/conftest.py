@@ -91,7 +91,8 @@ def pytest_configure(config: pytest.Config) -> None:
     The tests' folders go under a short new folder (/tmp/vt-XXXXXX), not pytest's
     /tmp/pytest-of-USER/pytest-N, to which pytest-xdist adds a folder per worker: a test's
     project path must leave its QEMU sockets under the 107 bytes a unix socket's path may have.
-    It is removed after a run that passed, and kept and named after one that did not."""
+    It is removed after a run that passed, and kept and named after one that did not, without
+    its disks and images (_drop_big_files)."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _interrupted)
     if config.option.basetemp is None and not hasattr(config, "workerinput"):
@@ -127,13 +128,31 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = 2  # did not finish: tests were skipped for a missing prerequisite
     if _short_base[0] and session.exitstatus == 0:  # every fixture, and so every VM, is gone by now
         shutil.rmtree(_short_base[0], ignore_errors=True)
+    elif _short_base[0]:
+        _drop_big_files(Path(_short_base[0]))
+
+
+KEPT_SIZE = 8 * 2**20  # in a failed run's kept folders, files above this are disks and images
+
+
+def _drop_big_files(folder: Path) -> None:
+    """What a failed run keeps is what tells why (logs, records, consoles, diagnostics), not
+    the VM disks and golden copies beside them: those were 16-22 GB a run, and three kept
+    runs filled this machine's disk and failed the fourth."""
+    for path in folder.rglob("*"):
+        try:
+            if path.is_file() and not path.is_symlink() and path.suffix != ".log" and path.stat().st_size > KEPT_SIZE:
+                path.unlink()
+        except OSError:
+            pass  # a file a leftover process still writes, or already gone
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
     for problem in sorted(set(_missing_prerequisites)):
         terminalreporter.write_line(f"tests skipped, exit code 2: {problem}", yellow=True)
     if _short_base[0] and exitstatus != 0:
-        terminalreporter.write_line(f"the tests' folders (projects, VM logs) are kept in {_short_base[0]}")
+        terminalreporter.write_line(f"the tests' folders (projects, VM logs; not their disks) are kept in "
+                                    f"{_short_base[0]}")
 
 
 class Project:

@@ -81,6 +81,7 @@ def start(vm: GuestVM) -> MachineStatus:
         status.extra["boot_seconds"] = round(time.monotonic() - started, 1)
         log.info("VM %s is up: ssh 127.0.0.1:%s, %s, pid %s (%.1fs)", vm.name, status.ssh_port,
                  status.accel, status.pid, status.extra["boot_seconds"])
+        ready_for_next_command(vm)
         return status
 
 
@@ -158,14 +159,20 @@ def after_restore(vm: GuestVM, timeout: float) -> None:
     three, as root.
 
     A guest with QEMU's guest agent (profile `agent: qemu-ga`) runs it through the agent
-    (~0.25 s under TCG, against ~0.8 s for an SSH session) and the shared SSH connection is
-    opened in the background for the next command; the guest's sshd was answering when the
-    snapshot was taken, and comes back with it. Otherwise, or if the agent does not answer,
-    the command goes over SSH, and shows that SSH answers."""
+    (~0.25 s under TCG, against ~0.8 s for an SSH session); the guest's sshd was answering when
+    the snapshot was taken and comes back with it, and the command's last step opens SSH in the
+    background for the next one (ready_for_next_command). Otherwise, or if the agent does not
+    answer, the line goes over SSH, and shows that SSH answers."""
     if vm.profile.agent and _set_right_through_agent(vm, timeout):
-        vm.connection().open_in_background()
         return
     _set_right_over_ssh(vm, timeout)
+
+
+def ready_for_next_command(vm: GuestVM) -> None:
+    """A start, restore or resume's last step: the shared SSH connection opens in the background
+    while the user types the next command (which waits for it if it comes first). Last, so that
+    a command cut off before it leaves no ssh behind."""
+    vm.connection().open_in_background()
 
 
 def _set_right_through_agent(vm: GuestVM, timeout: float) -> bool:
@@ -178,10 +185,12 @@ def _set_right_through_agent(vm: GuestVM, timeout: float) -> bool:
         return False
     template = vm.profile.after_restore
     # The guest runs the line some 0.2-0.4 s after it is sent (its first process since the restore,
-    # under TCG), so the clock it sets is behind by that much: read how far (the agent's own clock
-    # reading, no process), and run the line again while it is (a second process starts in ~0.1 s).
-    for _ in range(3 if template else 0):
-        now = time.time()
+    # under TCG), so the time sent is ahead by what that took at the last restore; the agent's own
+    # clock reading (no process) says how far off it came out, and while that is more than
+    # CLOCK_TOLERANCE the line runs again (a second process starts in ~0.1 s).
+    lead = vm.vmdir.restore_lead()
+    for attempt in range(3 if template else 0):
+        now = time.time() + lead
         line = template.format(epoch=f"{now:.3f}", epoch_int=int(round(now)), entropy=secrets.token_hex(64),
                                hostname=vm.name)
         result = agent.run(vm.machine.agent_socket, line, timeout)
@@ -189,8 +198,12 @@ def _set_right_through_agent(vm: GuestVM, timeout: float) -> bool:
             raise SnapshotError(f"VM {vm.name}: setting the guest right after the restore (clock, randomness, name) "
                                 f"failed (exit {result.exit_status}, through the guest agent):",
                                 detail=result.output.strip())
-        if abs(agent.clock_lag(vm.machine.agent_socket)) < CLOCK_TOLERANCE:
+        lag = agent.clock_lag(vm.machine.agent_socket)
+        if attempt == 0:
+            vm.vmdir.set_restore_lead(max(0.0, min(2.0, lead + lag)))
+        if abs(lag) < CLOCK_TOLERANCE:
             break
+        lead = 0.0  # the next process starts at once
     return True
 
 

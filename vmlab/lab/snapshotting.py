@@ -54,8 +54,8 @@ def delete(vm: GuestVM, name: str) -> None:
 def restore(vm: GuestVM, name: str = "clean") -> Dict[str, float]:
     """Put the VM back to `name`: live if QEMU runs, else by starting QEMU from it.
 
-    Returns once a command has run over SSH (a new connection: every earlier one died
-    with the restore) and the guest has been set right; the timings it took.
+    Returns once the guest has been set right, through its agent or over a new SSH connection
+    (every earlier one died with the restore); the timings it took.
     """
     with vm.lock():
         if not vm.vmdir.disk.exists():
@@ -77,6 +77,7 @@ def restore(vm: GuestVM, name: str = "clean") -> Dict[str, float]:
             lifecycle.start_from_snapshot(vm, name)
             timings, how = {}, "started from the snapshot"
         _sync_record_of(vm, name)
+        lifecycle.ready_for_next_command(vm)
         timings["total_seconds"] = round(time.monotonic() - started, 2)
     log.info("VM %s: restored to %r (%s) in %.1fs", vm.name, name, how, timings["total_seconds"])
     return timings
@@ -131,6 +132,7 @@ def resume(vm: GuestVM) -> MachineStatus:
             raise PrerequisiteMissing(f"VM {vm.name} is not suspended ({vm.vmdir.status().state})")
         lifecycle.start_from_snapshot(vm, SUSPEND, ssh_port=port)
         lifecycle.forget_suspended(vm)  # its RAM state is no longer needed
+        lifecycle.ready_for_next_command(vm)
     return vm.vmdir.status()
 
 

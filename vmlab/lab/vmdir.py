@@ -109,6 +109,13 @@ class VMDir:
     def mark_provisioned(self, key: str, packages: List[str], at: float) -> None:
         self._write("provisioned.json", {"key": key, "packages": packages, "at": at})
 
+    def restore_lead(self) -> float:
+        """Seconds the guest took, at the last restore, to run its after-restore line once sent."""
+        return float(self._read("restore-lead.json").get("seconds", 0.0))
+
+    def set_restore_lead(self, seconds: float) -> None:
+        self._write("restore-lead.json", {"seconds": round(seconds, 3)})
+
     def clone_of(self) -> Optional[str]:
         return self._read("clone.json").get("of")
 

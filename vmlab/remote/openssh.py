@@ -111,6 +111,23 @@ class SharedConnection:
         """Holds the pid of the ssh opening this connection in the background, while it does."""
         return self.control_path.with_suffix(".opening")
 
+    def _cancel_opening(self) -> None:
+        """Stop an ssh opening this connection in the background (a restore or a stop is about to
+        kill the guest's end of it); a master it already made is then found by close."""
+        try:
+            pid = int(self._opening.read_text())
+        except (OSError, ValueError):
+            return
+        self._opening.unlink(missing_ok=True)
+        if pid in self._processes():  # still an ssh of this connection, not a pid used since
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + 2
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+
     def _await_opening(self) -> None:
         try:
             pid = int(self._opening.read_text())
@@ -242,7 +259,9 @@ class SharedConnection:
 
     def open_in_background(self) -> None:
         """Start opening the shared connection and return at once: the next command finds it
-        open, or waits for it (ssh_command)."""
+        open, or waits for it (ssh_command). Nothing to do if it is open already."""
+        if self.control_path.exists():
+            return
         proc = subprocess.Popen([*self.ssh_command(), self.destination, "true"], stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self._opening.write_text(str(proc.pid))
@@ -257,7 +276,7 @@ class SharedConnection:
             control_path = self.control_path
         except PrerequisiteMissing:
             return  # an unsafe folder holds no master of ours: stopping a VM must not fail on it
-        self._await_opening()  # one being opened in the background would outlive this close
+        self._cancel_opening()  # one being opened in the background would outlive this close
         deadline = time.monotonic() + 3
         while cut_off and not control_path.exists() and self._processes() and time.monotonic() < deadline:
             time.sleep(0.05)

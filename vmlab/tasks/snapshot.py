@@ -58,8 +58,8 @@ def snapshot_delete(c: Context, name: str, vm: Optional[str] = None, config: Opt
 def restore(c: Context, name: str = "clean", vm: Optional[str] = None, config: Optional[str] = None) -> None:
     """Put the VM back to a snapshot, in seconds.
 
-    Live if it runs, else QEMU starts from the snapshot; SSH answers and the clock is right
-    when it returns.
+    Live if it runs, else QEMU starts from the snapshot; the guest's clock, randomness and
+    name are right when it returns (SSH may still be opening: the next command waits for it).
     """
     from vmlab.lab import snapshotting
 
