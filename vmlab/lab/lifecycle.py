@@ -70,7 +70,7 @@ def start(vm: GuestVM) -> MachineStatus:
         if origin.fresh:
             log.info("VM %s: a fresh copy of golden image %s: restored to %r, not booted",
                      vm.name, origin.path.name, golden.SNAPSHOT)
-            start_from_snapshot(vm, golden.SNAPSHOT)
+            start_from_snapshot(vm, golden.SNAPSHOT, over_ssh=True)
             vm.vmdir.set_origin(dataclasses.replace(origin, fresh=False))
         else:
             with vm.machine.launched(spec(vm)) as status:
@@ -85,8 +85,11 @@ def start(vm: GuestVM) -> MachineStatus:
         return status
 
 
-def start_from_snapshot(vm: GuestVM, snapshot: str, ssh_port: Optional[int] = None) -> None:
-    """Start QEMU paused, load `snapshot`, run it; returns once SSH answers and the guest is set right.
+def start_from_snapshot(vm: GuestVM, snapshot: str, ssh_port: Optional[int] = None, over_ssh: bool = False) -> None:
+    """Start QEMU paused, load `snapshot`, run it; returns once the guest is set right.
+
+    `over_ssh`: set it right over SSH even if it has an agent, which shows SSH lets this VM's
+    user in: the first start of a fresh golden copy, which stays fresh if it does not.
 
     (QEMU's own -loadvm refuses snapshots saved by the snapshot-save job: QEMU issue #344.)
     A start from any snapshot but the suspended state ends the suspension: that state is dropped.
@@ -102,7 +105,7 @@ def start_from_snapshot(vm: GuestVM, snapshot: str, ssh_port: Optional[int] = No
                     raise SnapshotError(mismatch) from None
                 raise
             mon.command("cont")
-        after_restore(vm, vm.config.boot_timeout)
+        after_restore(vm, vm.config.boot_timeout, over_ssh=over_ssh)
     if snapshot != SUSPEND and vm.vmdir.suspended_port() is not None:
         forget_suspended(vm)
 
@@ -153,7 +156,7 @@ def wait_for_ssh(vm: GuestVM, timeout: float) -> GuestSSH:
     return ssh
 
 
-def after_restore(vm: GuestVM, timeout: float) -> None:
+def after_restore(vm: GuestVM, timeout: float, over_ssh: bool = False) -> None:
     """Set the guest right after a restore: its clock went back to the snapshot's, its random
     pool repeats, a clone has its origin's name; the profile's after_restore command fixes all
     three, as root.
@@ -163,7 +166,7 @@ def after_restore(vm: GuestVM, timeout: float) -> None:
     the snapshot was taken and comes back with it, and the command's last step opens SSH in the
     background for the next one (ready_for_next_command). Otherwise, or if the agent does not
     answer, the line goes over SSH, and shows that SSH answers."""
-    if vm.profile.agent and _set_right_through_agent(vm, timeout):
+    if vm.profile.agent and not over_ssh and _set_right_through_agent(vm, timeout):
         return
     _set_right_over_ssh(vm, timeout)
 

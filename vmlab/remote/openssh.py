@@ -262,8 +262,9 @@ class SharedConnection:
         open, or waits for it (ssh_command). Nothing to do if it is open already."""
         if self.control_path.exists():
             return
+        # In the caller's process group: a Ctrl-C that cuts the command off ends it too.
         proc = subprocess.Popen([*self.ssh_command(), self.destination, "true"], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._opening.write_text(str(proc.pid))
 
     def close(self, cut_off: bool = False) -> None:

@@ -22,11 +22,9 @@ from vmlab.tasks.common import CONFIG_HELP, VM_HELP, cli, duration_text, lab_of,
             "clone_of": "make VM NAME a clone of this configured VM (started from its golden image)"})
 @cli
 def start(c: Context, vm: Optional[str] = None, config: Optional[str] = None, clone_of: Optional[str] = None) -> None:
-    """Start a VM and wait until it answers.
+    """Start a VM and wait until SSH answers.
 
     Builds its image first if needed; a fresh copy of a golden image starts by restoring.
-    A boot waits for SSH; a restore for the guest agent where the guest has one (SSH then
-    opens in the background: the next command waits for it if it comes first).
     """
     from vmlab.lab import firstrun
 
