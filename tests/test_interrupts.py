@@ -46,11 +46,26 @@ def ssh_masters() -> Set[int]:
     return {int(p) for p in found.stdout.split()}
 
 
+def settled_masters() -> Set[int]:
+    """ssh_masters() once no earlier command's background opening of SSH (a restore's or start's
+    last step, SharedConnection.open_in_background) is still under way: the master it makes is
+    that command's, and must not be counted as the next one's."""
+    deadline = time.monotonic() + 30
+    for opening in Path(os.environ["XDG_RUNTIME_DIR"]).glob("vmlab-*/*.opening"):
+        try:
+            pid = int(opening.read_text())
+        except (OSError, ValueError):
+            continue
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return ssh_masters()
+
+
 class Running:
     """A real `invoke` command in a project, its stdout and stderr read line by line as they come."""
 
     def __init__(self, project: Project, *args: str, env: Optional[Dict[str, str]] = None):
-        self.masters_before = ssh_masters()
+        self.masters_before = settled_masters()
         env = dict(os.environ, **(env or {}))
         env.pop("VM", None)
         self.proc = subprocess.Popen([INVOKE, *args], cwd=project.root, env=env, stdin=subprocess.DEVNULL,
