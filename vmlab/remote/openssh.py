@@ -114,9 +114,8 @@ class SharedConnection:
     def _cancel_opening(self) -> None:
         """Stop an ssh opening this connection in the background (a restore or a stop is about to
         kill the guest's end of it); a master it already made is then found by close."""
-        try:
-            pid = int(self._opening.read_text())
-        except (OSError, ValueError):
+        pid = self._opening_pid()
+        if pid is None:
             return
         self._opening.unlink(missing_ok=True)
         if pid in self._processes():  # still an ssh of this connection, not a pid used since
@@ -128,10 +127,15 @@ class SharedConnection:
             while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
                 time.sleep(0.01)
 
-    def _await_opening(self) -> None:
+    def _opening_pid(self) -> Optional[int]:
         try:
-            pid = int(self._opening.read_text())
+            return int(self._opening.read_text())
         except (OSError, ValueError):
+            return None
+
+    def _await_opening(self) -> None:
+        pid = self._opening_pid()
+        if pid is None:
             return
         deadline = time.monotonic() + 35  # ConnectTimeout, and the login after it
         while not self.control_path.exists() and Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
