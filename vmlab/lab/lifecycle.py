@@ -156,7 +156,7 @@ def wait_for_ssh(vm: GuestVM, timeout: float) -> GuestSSH:
     return ssh
 
 
-def after_restore(vm: GuestVM, timeout: float, over_ssh: bool = False) -> None:
+def after_restore(vm: GuestVM, timeout: float, over_ssh: bool = False, after: str = "the restore") -> None:
     """Set the guest right after a restore: its clock went back to the snapshot's, its random
     pool repeats, a clone has its origin's name; the profile's after_restore command fixes all
     three, as root.
@@ -165,10 +165,11 @@ def after_restore(vm: GuestVM, timeout: float, over_ssh: bool = False) -> None:
     (~0.25 s under TCG, against ~0.8 s for an SSH session); the guest's sshd was answering when
     the snapshot was taken and comes back with it, and the command's last step opens SSH in the
     background for the next one (ready_for_next_command). Otherwise, or if the agent does not
-    answer, the line goes over SSH, and shows that SSH answers."""
-    if vm.profile.agent and not over_ssh and _set_right_through_agent(vm, timeout):
+    answer, the line goes over SSH, and shows that SSH answers. `after`: what stopped the guest's
+    clock, for messages (a snapshot's save stops it too)."""
+    if vm.profile.agent and not over_ssh and _set_right_through_agent(vm, timeout, after):
         return
-    _set_right_over_ssh(vm, timeout)
+    _set_right_over_ssh(vm, timeout, after)
 
 
 def ready_for_next_command(vm: GuestVM) -> None:
@@ -178,13 +179,13 @@ def ready_for_next_command(vm: GuestVM) -> None:
     vm.connection().open_in_background()
 
 
-def _set_right_through_agent(vm: GuestVM, timeout: float) -> bool:
+def _set_right_through_agent(vm: GuestVM, timeout: float, after: str) -> bool:
     """The after-restore command through the guest agent; False if the agent does not answer
     within AGENT_WAIT seconds (a snapshot taken before it ran, an agent that died)."""
     if not agent.answers(vm.machine.agent_socket, AGENT_WAIT):
-        log.warning("VM %s: the guest agent did not answer within %.0fs after the restore; setting the guest right "
+        log.warning("VM %s: the guest agent did not answer within %.0fs after %s; setting the guest right "
                     "over SSH instead (a VM made before its profile had the agent: `vmlab reset` makes it afresh)",
-                    vm.name, AGENT_WAIT)
+                    vm.name, AGENT_WAIT, after)
         return False
     template = vm.profile.after_restore
     # The guest runs the line some 0.2-0.4 s after it is sent (its first process since the restore,
@@ -198,7 +199,7 @@ def _set_right_through_agent(vm: GuestVM, timeout: float) -> bool:
                                hostname=vm.name)
         result = agent.run(vm.machine.agent_socket, line, timeout)
         if result.exit_status != 0:
-            raise SnapshotError(f"VM {vm.name}: setting the guest right after the restore (clock, randomness, name) "
+            raise SnapshotError(f"VM {vm.name}: setting the guest right after {after} (clock, randomness, name) "
                                 f"failed (exit {result.exit_status}, through the guest agent):",
                                 detail=result.output.strip())
         lag = agent.clock_lag(vm.machine.agent_socket)
@@ -210,7 +211,7 @@ def _set_right_through_agent(vm: GuestVM, timeout: float) -> bool:
     return True
 
 
-def _set_right_over_ssh(vm: GuestVM, timeout: float) -> None:
+def _set_right_over_ssh(vm: GuestVM, timeout: float, after: str) -> None:
     """The after-restore command over the VM's shared OpenSSH connection (remote/openssh.py),
     which it opens: the next loop turn finds it open instead of paying a handshake of its own."""
     machine = vm.machine
@@ -245,13 +246,13 @@ def _set_right_over_ssh(vm: GuestVM, timeout: float) -> None:
             machine.assert_alive()
             if time.monotonic() > deadline:
                 raise GuestUnreachable(f"VM {vm.name}: SSH on 127.0.0.1:{conn.port} did not answer within "
-                                       f"{timeout:.0f}s after the restore (last error: {last_error}).",
+                                       f"{timeout:.0f}s after {after} (last error: {last_error}).",
                                        detail=f"Last console lines ({machine.console_log}):\n"
                                               f"{tail(machine.console_log, 15)}")
             time.sleep(0.2)
     if status != 0:
         said = output.getvalue().decode(errors="replace").strip()
-        raise SnapshotError(f"VM {vm.name}: setting the guest right after the restore (clock, randomness, name) "
+        raise SnapshotError(f"VM {vm.name}: setting the guest right after {after} (clock, randomness, name) "
                             f"failed ({'timed out' if status == -1 else f'exit {status}'}):", detail=said)
 
 

@@ -26,12 +26,18 @@ log = logging.getLogger(__name__)
 
 
 def snapshot(vm: GuestVM, name: str = "clean") -> Snapshot:
-    """Save the running VM's disk, RAM and devices as `name`."""
+    """Save the running VM's disk, RAM and devices as `name`.
+
+    QEMU stops the guest while it saves, and the guest's clock stands still meanwhile: it comes
+    back behind the host by the save's length (1-2 s under TCG), and a file synced then has a
+    time in the guest's future (tar and make warn of it). So the guest is set right after, as
+    after a restore."""
     snapshots.check_name(name)  # a bad name is said first, not after the user started the VM for it
     with vm.lock():
         vm.require_running()
         with Monitor(vm.machine.qmp_socket, timeout=60) as mon:
             snap = snapshots.save(mon, vm.vmdir.disk, name)
+        lifecycle.after_restore(vm, vm.config.boot_timeout, after="the snapshot's save")
     log.info("VM %s: saved snapshot %r (%d MiB of RAM state)", vm.name, snap.name, snap.vm_state_bytes >> 20)
     return snap
 
