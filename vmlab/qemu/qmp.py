@@ -7,11 +7,14 @@ drops while QEMU quits is expected and tolerated.
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from vmlab.errors import MachineError
+
+CLOSE_LIMIT = 5.0  # seconds a close may take (it takes milliseconds) while Ctrl-C waits
 
 if TYPE_CHECKING:  # qemu.qmp and asyncio (~30 ms) are imported by the first monitor session
     from qemu.qmp.legacy import QEMUMonitorProtocol
@@ -49,18 +52,29 @@ class Monitor:
         except (QMPError, OSError) as e:
             self.__exit__()
             raise MachineError(f"cannot reach QEMU's monitor at {self.socket}: {e}") from None
+        except BaseException:  # Ctrl-C or SIGTERM while connecting: the half-made connection too
+            self.__exit__()
+            raise
         self._qmp.settimeout(self.timeout)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Close the session with Ctrl-C and SIGTERM held back until it is closed (a few ms): a
+        close cut off half-way leaves a session that qemu.qmp closes again when Python exits, and
+        that close fails with a traceback printed after the command's own last words."""
+        import asyncio
+
         from qemu.qmp import QMPError
 
         if self._qmp is not None:
-            try:
-                self._qmp.close()
-            except (QMPError, OSError, EOFError):
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            try:  # legacy close(), under a time limit: signals are not held for long whatever QEMU does
+                self._qmp._sync(self._qmp._qmp.disconnect(), CLOSE_LIMIT)
+            except (QMPError, OSError, EOFError, asyncio.TimeoutError):
                 pass  # QEMU may be gone already (after quit): nothing to close
-            self._qmp = None
+            finally:
+                self._qmp = None
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a signal that came meanwhile is handled now
 
     def command(self, name: str, **args: Any) -> Any:
         import asyncio
