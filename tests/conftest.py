@@ -26,6 +26,7 @@ from vmlab import guests, host
 from vmlab.errors import VmlabError
 from vmlab.images import builder
 from vmlab.images.cache import ArtefactCache
+from vmlab.init import TOOL_PACKAGES
 from vmlab.lab import Lab
 from vmlab.qemu.machine import Machine
 
@@ -256,6 +257,11 @@ def cache_without_golden_images(folder: Path) -> Path:
             (folder / kind.name).symlink_to(kind)
     return folder
 
+
+# The packages `vmlab init` gives a Go module's Debian guest. The Go tests (test_go_suite,
+# test_suite_targets, test_warm) ask for these, so they share one golden image: cached by its
+# inputs, made by the first of them on a machine and restored by the rest, run after run.
+GO_PACKAGES = "[" + TOOL_PACKAGES["go"]["linux"] + "]"
 
 RUN_MARK = "VMLAB_TEST_RUN"  # in the environment of every process this test run starts, QEMU included
 

@@ -85,10 +85,10 @@ def guest_clock_lag(project: Project) -> float:
 
 
 def test_a_busy_guest_restored_again_and_again_has_its_clock_entropy_and_port_right(running: Project) -> None:
-    """The after-restore step, which a snapshot's save needs too, (clock, randomness, name) over a guest whose two vCPUs are busy in
-    the snapshot: the clock is set when the guest asks for it, so a slow handshake does not put it
-    behind; every restore's randomness differs; the SSH port stays the one it had. (The module's
-    VM has 768 MiB, not the default 1 GiB.)"""
+    """The after-restore step (clock, randomness, name), which a snapshot's save needs too, over a
+    guest whose two vCPUs are busy in the snapshot: the clock is set when the guest asks for it,
+    so a slow handshake does not put it behind; every restore's randomness differs; the SSH port
+    stays the one it had. (The module's VM has 768 MiB, not the default 1 GiB.)"""
     port = json.loads(running.invoke("vm.status", "--json").stdout)["ssh_port"]
     assert guest(running, "for i in 1 2; do nohup sh -c 'while :; do :; done' >/dev/null 2>&1 & done").returncode == 0
     assert running.invoke("vm.snapshot", "--name", "busy").returncode == 0

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Project, qemu_processes
+from conftest import GO_PACKAGES, Project, qemu_processes
 from vmlab import config
 from vmlab.errors import ConfigError
 from vmlab.images import golden, warm
@@ -30,13 +30,13 @@ vms:
   default: {{}}
 profiles:
   debian:
-    packages: [golang-go]
+    packages: GO_PACKAGES
     warm: {{command: '{warm}', privileged: true}}
 sync: {{guest_dir: gomodule}}
 suites:
   quick: {{command: 'go test ./...', privileged: true}}
 quick: quick
-"""
+""".replace("GO_PACKAGES", GO_PACKAGES)  # the golden image the Go tests share (conftest)
 # What the Go compiler compiled, from `go test -x` (each compile is one line running .../compile).
 COMPILES = "go test -x -count=1 ./... 2>&1 | grep -c '/compile ' || true"
 
