@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import prerequisite_missing
+from conftest import Project, prerequisite_missing
 from vmlab import config, guests, host
 from vmlab.errors import PrerequisiteMissing
 from vmlab.images import builder
@@ -89,3 +89,20 @@ def test_a_verdict_is_dropped_when_qemu_changes(tmp_path: Path) -> None:
     verdict.write_text(json.dumps(dict(saved, qemu="6.0.0")))
     dropped = accel.choose("auto", lambda: None, tmp_path)  # no kernel: a fresh verdict cannot be made
     assert dropped.accel == "tcg" and "KVM is unproven" in dropped.reason
+
+
+def test_the_verdict_is_the_hosts_whatever_cache_a_project_sets(project: Project, tmp_path: Path) -> None:
+    """A project that sets cache_dir of its own uses the verdict kept in the user's cache
+    (VMLAB_CACHE here) instead of probing again. (The verdict is written by hand, as KVM's:
+    this host's KVM fails the probe, so a verdict that says KVM can only come from the file.)"""
+    if accel.kvm_usable() is not None:
+        prerequisite_missing(f"a usable /dev/kvm (the verdict is only read then): {accel.kvm_usable()}")
+    users = tmp_path / "users-cache"
+    users.mkdir()
+    (users / "accel-verdict.json").write_text(json.dumps({
+        "accel": "kvm", "reason": "KVM booted a test kernel in 0.9s", "boot_id": host.boot_id(),
+        "qemu": host.qemu_version(), "probed_at": time.time()}))
+    project.write_config(f"cache_dir: {tmp_path / 'projects-cache'}\n")
+    doctor = project.invoke("vm.doctor", env={"VMLAB_CACHE": str(users)})
+    assert "KVM works: KVM booted a test kernel in 0.9s (probed at" in doctor.stdout, doctor.stdout + doctor.stderr
+    assert not (tmp_path / "projects-cache" / "accel-verdict.json").exists()

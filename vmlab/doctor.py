@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import List
 
 from vmlab import __version__, host
+from vmlab.config import default_cache_dir
 from vmlab.errors import VmlabError
 from vmlab.images import fetch, warm
 from vmlab.lab import Lab, images, lifecycle, warming
@@ -64,7 +65,7 @@ def _accelerator(lab: Lab) -> Finding:
     if problem:
         return Finding("accelerator", f"no KVM ({problem}): guests run under TCG, software emulation (slower)")
     try:
-        choice = accel.choose("auto", lab.probe_kernel, lab.config.cache_dir)
+        choice = accel.choose("auto", lab.probe_kernel, default_cache_dir())
     except VmlabError as e:
         return Finding("accelerator", f"KVM could not be probed: {e}", ok=False,
                        fix="build a guest image first (invoke vm.image), which brings the probe's kernel")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 
 from vmlab import guests, host
 from vmlab.command import CommandResult
-from vmlab.config import VMConfig
+from vmlab.config import VMConfig, default_cache_dir
 from vmlab.errors import Busy, ConfigError, NoSuchSnapshot, NotRunning, VmlabError
 from vmlab.lab.project import Project
 from vmlab.lab.vmdir import VMDir
@@ -97,7 +97,7 @@ class GuestVM:
         (`folder`'s, the cache's, the host's), never built for (see qemu/accel.py); TCG by default is said once."""
         if self._accel is None:
             self._accel = accel.choose(self.config.accel, lambda: self.project.probe_kernel(folder),
-                                       self.project.config.cache_dir)
+                                       default_cache_dir())  # the host's verdict, whatever cache_dir says
             if self.config.accel == "auto" and self._accel.accel == "tcg":
                 log.warning("%s", self._accel.reason)
         return self._accel

@@ -5,7 +5,9 @@ right after the boot loader. So `auto` proves KVM by booting a real kernel to
 its root-mount panic under KVM and, at the same time, under TCG. KVM must get
 there; if TCG gets there first and KVM still has not after a grace period, KVM
 is declared broken. The probe costs one TCG kernel boot (about 5 s) and its
-verdict is kept until the host reboots.
+verdict is kept until the host reboots. The verdict is the host's, not a project's:
+it is kept in the user's cache folder (VMLAB_CACHE, else ~/.cache/vmlab), whatever
+cache_dir a project sets, so no project probes again what another found.
 """
 
 from __future__ import annotations
@@ -59,9 +61,10 @@ def refuse_unusable(requested: str) -> None:
                                       "use accel: auto or tcg, or give this user access to the device")
 
 
-def choose(requested: str, probe_kernel: Callable[[], Optional[Path]], cache_dir: Path) -> AccelChoice:
+def choose(requested: str, probe_kernel: Callable[[], Optional[Path]], verdict_dir: Path) -> AccelChoice:
     """The accelerator to use for `requested` (auto|kvm|tcg). `probe_kernel` gives a Linux kernel
-    at hand to prove KVM with, or None: then KVM is unproven and TCG is used, and nothing is kept."""
+    at hand to prove KVM with, or None: then KVM is unproven and TCG is used, and nothing is kept.
+    A verdict is kept in `verdict_dir` (vmlab's commands: the user's cache folder)."""
     if requested == "tcg":
         return AccelChoice("tcg", "accel: tcg is configured")
     refuse_unusable(requested)
@@ -70,7 +73,7 @@ def choose(requested: str, probe_kernel: Callable[[], Optional[Path]], cache_dir
     problem = kvm_usable()
     if problem:
         return AccelChoice("tcg", f"KVM is not available ({problem})")
-    verdict_file = cache_dir / "accel-verdict.json"
+    verdict_file = verdict_dir / "accel-verdict.json"
     remembered = _remembered(verdict_file)
     if remembered:
         return remembered
