@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # paramiko (~25 ms) is imported by the first connection: `vm.
 # logs each with a traceback, which without a handler Python prints to stderr.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
+BANNER_WAIT = 2.0  # seconds a readiness attempt waits for sshd's banner at first (x1.5 each time, to 10)
 OUTPUT_GRACE = 2.0  # seconds to wait for output after the exit status, if EOF does not come
 
 
@@ -53,8 +54,9 @@ class GuestSSH:
             self._client.close()
             self._client = None
 
-    def connect(self, timeout: float = 10.0) -> None:
-        """One attempt; raises what paramiko raises, except a wrong host key, which is ours."""
+    def connect(self, timeout: float = 10.0, sock: Optional[socket.socket] = None) -> None:
+        """One attempt (over `sock` if given, connected to the guest's port); raises what
+        paramiko raises, except a wrong host key, which is ours."""
         import paramiko
 
         self.close()
@@ -63,7 +65,7 @@ class GuestSSH:
         try:
             client.connect(self.host, port=self.port, username=self.user, key_filename=str(self.keys.client),
                            allow_agent=False, look_for_keys=False, timeout=timeout,
-                           banner_timeout=timeout, auth_timeout=timeout)
+                           banner_timeout=timeout, auth_timeout=timeout, sock=sock)
         except paramiko.BadHostKeyException as e:
             client.close()
             raise HostKeyMismatch(
@@ -85,13 +87,18 @@ class GuestSSH:
         import paramiko
 
         started = time.monotonic()
-        delay, self.last_error = 0.5, "no attempt yet"
+        delay, wait, self.last_error = 0.5, BANNER_WAIT, "no attempt yet"
         while True:
             try:
-                self.connect(timeout=min(10.0, max(1.0, timeout - (time.monotonic() - started))))
-                if self.run("true", timeout=30).exit_status == 0:
-                    return time.monotonic() - started
-                self.last_error = "`true` did not succeed"
+                sock = self._with_banner(wait)
+                if sock is None:  # not up yet: ask again soon, a little more patiently
+                    self.last_error = "no SSH banner yet (the guest's sshd is not up)"
+                    wait = min(wait * 1.5, 10.0)
+                else:
+                    self.connect(timeout=min(10.0, max(1.0, timeout - (time.monotonic() - started))), sock=sock)
+                    if self.run("true", timeout=30).exit_status == 0:
+                        return time.monotonic() - started
+                    self.last_error = "`true` did not succeed"
             except HostKeyMismatch:
                 raise
             except paramiko.AuthenticationException as e:
@@ -105,7 +112,23 @@ class GuestSSH:
                 raise GuestUnreachable(f"SSH on 127.0.0.1:{self.port} did not answer within {timeout:.0f}s "
                                        f"(last error: {self.last_error})")
             time.sleep(min(delay, max(0.0, timeout - (now - started))))
-            delay = min(delay * 1.5, 3.0)
+            delay = min(delay * 1.5, 1.0)  # a guest up is seen within a second
+
+    def _with_banner(self, wait: float) -> Optional[socket.socket]:
+        """A connection to the guest's port once its sshd has sent its banner (left unread for
+        paramiko), else None within `wait` seconds. QEMU's user network accepts a connection
+        before the guest can answer it, and while the guest's network is not up yet that
+        connection hangs: paramiko alone waited out its whole timeout (10 s) before trying
+        again, and a guest up at 15 s was seen at 22."""
+        sock = socket.create_connection((self.host, self.port), timeout=min(wait, 2.0))
+        try:
+            if select.select([sock], [], [], wait)[0] and sock.recv(4, socket.MSG_PEEK) == b"SSH-":
+                sock.settimeout(None)
+                return sock
+        except OSError:
+            pass
+        sock.close()
+        return None
 
     def run(self, command: str, *, as_root: bool = False, env: Optional[Dict[str, str]] = None,
             cwd: Optional[str] = None, timeout: Optional[float] = None, stdout: Optional[IO[Any]] = None,
