@@ -67,7 +67,8 @@ def test_a_failed_provision_leaves_dmesg_and_mounts_from_the_running_guest(proje
 
 
 def test_asking_for_a_snapshot_that_does_not_exist_makes_no_bundle(project: Project, vm_ready) -> None:
-    project.write_config("defaults: {memory: 900}\n")
+    """On a VM of the default shape: a copy of the golden image, started by a restore when one
+    is made (else a boot); either way a running VM whose snapshots do not include the name."""
     assert project.invoke("vm.start").returncode == 0
     result = project.invoke("vm.restore", "--name", "nosuch")
     assert result.returncode == 1 and "no snapshot named 'nosuch'" in result.stderr

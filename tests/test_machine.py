@@ -119,7 +119,8 @@ def test_two_vms_at_once_get_their_own_ports_and_do_not_disturb_each_other(proje
 
 
 def test_qemu_killed_is_reported_and_start_recovers(project: Project, vm_ready) -> None:
-    project.write_config(BOOTS)
+    """The default shape: the first start restores a copy of the golden image (when one is made);
+    the start after the kill boots that disk, left as a crash leaves it."""
     start(project)
     pid = status(project)["pid"]
     os.kill(pid, signal.SIGKILL)
