@@ -77,7 +77,7 @@ def test_forced_kvm_that_cannot_be_used_is_refused_before_anything_is_prepared(p
 
 def test_auto_without_kvm_device_picks_tcg_saying_why(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(accel, "KVM_DEVICE", tmp_path / "kvm")  # see the test above for why
-    choice = accel.choose("auto", probe_kernel=lambda: Path("/nonexistent"), cache_dir=tmp_path)
+    choice = accel.choose("auto", probe_kernel=lambda: Path("/nonexistent"), verdict_dir=tmp_path)
     assert choice.accel == "tcg" and "does not exist" in choice.reason
 
 
