@@ -20,6 +20,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 from conftest import INVOKE, Project, alive, prerequisite_missing, qemu_processes
 from vmlab import host
 from vmlab.errors import MachineError
+from vmlab.qemu import machine as machine_mod
 from vmlab.qemu.accel import AccelChoice
 from vmlab.qemu.machine import START_ATTEMPTS, Machine, MachineSpec, State
 from vmlab.qemu.qmp import Monitor
@@ -303,6 +304,26 @@ def tiny_spec(tmp_path: Path) -> MachineSpec:
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk_path), "16M"], check=True)
     return MachineSpec(name="porttest", accel=AccelChoice("tcg", "test"), memory_mib=64, cpus=1, disk=disk_path,
                        paused=True)
+
+
+def test_a_port_whose_last_connections_linger_in_time_wait_is_free_and_a_listened_one_is_not() -> None:
+    """A QEMU that quit leaves its forwarded port's connections in TIME_WAIT (it closed them
+    first); QEMU's user network listens with SO_REUSEADDR, so the port is free to it, and a
+    resume right after a suspend must not refuse its own port. Real sockets on 127.0.0.1."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert not machine_mod.port_is_free(port)  # something listens: taken
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        accepted.close()  # the listening side closes first: its end waits in TIME_WAIT on `port`
+        client.recv(1)
+        client.close()
+    assert any(line.split()[3] == "06" and int(line.split()[1].split(":")[1], 16) == port
+               for line in Path("/proc/net/tcp").read_text().splitlines()[1:])  # TIME_WAIT is there
+    assert machine_mod.port_is_free(port)
 
 
 def test_a_port_taken_before_qemu_binds_it_is_retried_with_another(tiny_spec: MachineSpec, tmp_path: Path) -> None:

@@ -96,7 +96,12 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """Whether QEMU can listen on 127.0.0.1:`port`. As QEMU's user network does, with
+    SO_REUSEADDR: connections of a QEMU that quit linger in TIME_WAIT on the port for a minute,
+    and a bind without it took them for a listener (a resume right after a suspend refused
+    its own port as "already in use")."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError as e:
