@@ -19,15 +19,20 @@ def bundle_of(stderr: str) -> Path:
 
 def test_a_boot_that_never_answers_is_stopped_and_leaves_its_console_and_qemu_state(project: Project,
                                                                                      vm_ready) -> None:
-    """A blank disk in place of the VM's: the guest's kernel boots, its initramfs never finds the
-    root file system and drops to a shell, printing why on the console (the Debian guest boots
-    `quiet`, so a boot cut short by the timeout alone may print nothing). The QEMU pid is read
-    from the pid file while the boot runs, then looked for in /proc after the start failed."""
-    project.write_config("defaults: {boot_timeout: 60, memory: 900}\n")  # 900: no golden image, a real boot
+    """A swap area in place of the VM's disk: the guest's kernel boots, its initramfs cannot mount
+    the root file system and stops in its shell, printing why on the console (the Debian guest
+    boots `quiet`, so a boot cut short by the timeout alone may print nothing). Swap, not a blank
+    disk: the initramfs waits 30 s for a blank disk to get a file system before it gives up. The
+    QEMU pid is read from the pid file while the boot runs, then looked for in /proc after the
+    start failed."""
+    project.write_config("defaults: {boot_timeout: 30, memory: 900}\n")  # 900: no golden image, a real boot
     assert project.invoke("vm.setup").returncode == 0
     disk = project.root / "vm" / "default" / "disk.qcow2"
+    raw = project.root / "swap.raw"
+    subprocess.run(["truncate", "-s", "64M", str(raw)], check=True)
+    subprocess.run(["mkswap", "-q", str(raw)], check=True)
     disk.unlink()
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "8G"], check=True)
+    subprocess.run(["qemu-img", "convert", "-q", "-O", "qcow2", str(raw), str(disk)], check=True)
     proc = subprocess.Popen([INVOKE, "vm.start"], cwd=project.root, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     pid_file = project.root / "vm" / "default" / "qemu.pid"
@@ -38,12 +43,12 @@ def test_a_boot_that_never_answers_is_stopped_and_leaves_its_console_and_qemu_st
         time.sleep(0.02)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 1 and qemu_pid is not None, stderr
-    assert "did not answer within 60s" in stderr
+    assert "did not answer within 30s" in stderr
     assert not alive(qemu_pid)  # stopped: seen by the host, not through vmlab's pid file
     console = (project.root / "vm" / "default" / "console.log").read_text(errors="replace")
     last = [line for line in console.splitlines() if line.strip()][-1]
     assert "Last console lines" in stderr and last.strip() in stderr  # what the guest printed last
-    assert "Dropping to a shell" in stderr
+    assert "Failed to mount /dev/vda as root file system." in stderr
     folder = bundle_of(stderr)
     assert folder.parent == project.root / "vm" / "default" / "diagnostics"
     tail = (folder / "console-tail.txt").read_text()
