@@ -29,6 +29,7 @@ PACKAGES = {
     "mkfs.ext4": "e2fsprogs",
     "grub-mkrescue": "grub-common",  # the rehearsal's install ISO
     "/usr/lib/grub/i386-pc": "grub-pc-bin",  # GRUB's BIOS modules, which grub-mkrescue packs
+    "zstd": "zstd",  # packs the system the rehearsal's medium installs
 }
 # Tools every command that runs a VM needs; image builds need more (see debian.py).
 VM_TOOLS = ("qemu-system-x86_64", "qemu-img", "ssh", "rsync", "xorriso")

@@ -18,18 +18,7 @@ debootstrap --variant=minbase --include="$PACKAGES" --cache-dir="$DEB_CACHE" "$S
 echo "vmlab-step: configure the guest"
 sh "$HERE/configure-root.sh" "$root"
 echo "/dev/vda / ext4 defaults,errors=remount-ro 0 1" > "$root/etc/fstab"
-# Boot time under TCG, where each second of a boot is a second of a test or a golden image:
-# - the initramfs holds what mounts the root disk and finds the seed CD (ATA, CD-ROM), not
-#   most of the kernel's drivers (MODULES=most: 36 MB, unpacked in ~3 s; this: 7 MB), so
-#   the seed CD is there when vmlab-seed looks, not ~8 s later when udev loads its driver;
-# - units this guest has no use for, each 0.7-3.3 s of a boot's CPU, are masked: e2scrub_reap
-#   (LVM snapshots of ext4 checks), the DRM, EFI pstore and device-mapper module loads.
-echo "MODULES=list" > "$root/etc/initramfs-tools/conf.d/vmlab"
-printf 'virtio_pci\nvirtio_blk\next4\nata_piix\nsr_mod\n' >> "$root/etc/initramfs-tools/modules"
-chroot "$root" update-initramfs -u -k all
-for unit in e2scrub_reap.service modprobe@drm.service modprobe@efi_pstore.service modprobe@dm_mod.service; do
-    ln -sf /dev/null "$root/etc/systemd/system/$unit"
-done
+sh "$HERE/boot-fast.sh" "$root" virtio_pci virtio_blk ext4 ata_piix sr_mod   # the disk; the seed CD
 
 echo "vmlab-step: write the disk image"
 cp -L "$root/vmlinuz" "$OUT/vmlinuz"

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Install the rehearsal system from the running live CD onto the first virtio disk:
-# one MBR partition with ext4, the system from /live/system.tar.gz, GRUB on the
+# one MBR partition with ext4, the system from /live/system.tar.zst, GRUB on the
 # serial console, the lab's keys. It plays the part of guests/dragonfly/install.sh:
 # run from the seed CD by the live system's init (pfi.conf names it), progress lines
 # start with "vmlab-step:", it ends with "vmlab-install: exit STATUS" (3 and a reason
@@ -37,7 +37,7 @@ mkdir -p $target
 mount ${dev}1 $target || fail "cannot mount ${dev}1"
 
 step "copy the system"
-tar -C $target --numeric-owner -xpzf /live/system.tar.gz || fail "unpacking /live/system.tar.gz failed"
+tar -C $target --numeric-owner --zstd -xpf /live/system.tar.zst || fail "unpacking /live/system.tar.zst failed"
 
 step "install the boot loader"
 grub-install --target=i386-pc --boot-directory=$target/boot $dev || fail "grub-install $dev failed"
