@@ -259,7 +259,7 @@ def test_ctrl_c_stops_the_running_step_runs_the_always_steps_and_exits_130(tmp_p
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One cache store for the module: the failing-shard test's golden job may hit what the other saved.
+    """One cache store for the module's two rehearsals (rehearsed_twice).
     The golden image (1 GB, in the store and the artifacts) is deleted at the end; logs stay."""
     folder = tmp_path_factory.mktemp("ci")
     yield folder
@@ -267,45 +267,9 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         shutil.rmtree(big, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def rehearsed_twice(work: Path, vm_ready) -> Tuple[subprocess.CompletedProcess, List[Dict[str, Any]]]:
-    """The whole workflow rehearsed twice from an empty cache store, once per module: the test of
-    it reads the outcome, and the failing-shard test runs after it (whatever the random order), so
-    its golden job takes the golden image from the store and no order builds it twice."""
-    done = subprocess.run([str(REHEARSE), "--work", str(work / "real"), "--vm", "default"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=3600, stdin=subprocess.DEVNULL)
-    (work / "real.log").write_text(done.stdout + done.stderr)
-    return done, (summary(work / "real") if done.returncode == 0 else [])  # read before another rehearsal
-
-
-def test_the_whole_workflow_rehearsed_twice_the_second_a_cache_hit(work: Path, rehearsed_twice) -> None:
-    """From an empty cache store: run 1 must make the golden image, run 2 must take it from the cache."""
-    done, runs = rehearsed_twice
-    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
-    first, second = runs
-    suites = list(json.loads(subprocess.run([str(ROOT / ".venv" / "bin" / "vmlab"), "suites", "--json"], cwd=ROOT,
-                                            capture_output=True, text=True, check=True).stdout)["include"])
-    for run in (first, second):
-        golden, *shards = run["jobs"]
-        assert golden["job"] == "golden" and golden["code"] == 0
-        assert [s["matrix"] for s in shards] == suites  # one shard per suite of vmlab.yaml
-        for shard in shards:
-            assert shard["code"] == 0 and shard["status"] == "success", shard
-            (result,) = shard["results"]
-            assert result["passed"] and result["suites"] == [shard["matrix"]["suite"]]
-            assert Path(result["junit"]).name == "junit.xml" and result["tests"] > 0
-    made = next(s for s in first["jobs"][0]["steps"] if "from scratch" in s["name"])
-    assert made["status"] == "success" and first["jobs"][0]["built_golden"]
-    remade = next(s for s in second["jobs"][0]["steps"] if "from scratch" in s["name"])
-    assert remade["status"] == "skipped" and second["jobs"][0]["built_golden"] == []
-    assert any(c.get("hit") and c["key"].startswith("vmlab-golden-") for c in second["jobs"][0]["caches"])
-    assert "rehearsal run 2: exit code 0" in done.stdout
-
-
-def test_a_failing_shard_leaves_the_others_results_and_the_matrix_follows_the_config(work: Path,
-                                                                                        rehearsed_twice) -> None:
-    """vmlab's own repository, with its suites replaced in vmlab.yaml: `mounts` removed, two added.
-    After the whole rehearsal (rehearsed_twice), whose cache store its golden job may hit."""
+def with_other_suites(work: Path) -> Path:
+    """vmlab's own repository, checked out, with its suites replaced in vmlab.yaml: `mounts`
+    removed, one that passes and one that fails added. The golden image's key does not change."""
     repo = work / "repo"
     shutil.rmtree(repo, ignore_errors=True)
     standins.checkout(ROOT, repo)
@@ -318,11 +282,59 @@ def test_a_failing_shard_leaves_the_others_results_and_the_matrix_follows_the_co
           fails: {command: "echo failing on purpose; exit 1", privileged: true, timeout: 120}
         """)).replace("quick: mounts", "quick: passes"))
     subprocess.run(["git", "-C", str(repo), "commit", "-qam", "other suites"], check=True)
-    done = rehearse(repo, work / "real", "--runs", "1", "--vm", "default",
-                    workflow=".github/workflows/vm-tests.yml")
-    (work / "broken.log").write_text(done.stdout + done.stderr)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def rehearsed_twice(work: Path, vm_ready) -> Tuple[subprocess.CompletedProcess, List[Dict[str, Any]],
+                                                   subprocess.CompletedProcess, List[Dict[str, Any]]]:
+    """The workflow rehearsed twice on one cache store, once per module. First `scripts/rehearse-ci`
+    as a user runs it, on vmlab's own repository from an empty store: it must make the golden image.
+    Then on a checkout whose vmlab.yaml has other suites (with_other_suites): its golden job must take
+    the image from the store, and its matrix follow the config. (A second run of the same repository
+    showed nothing more than this one, and cost a golden job and a shard.)"""
+    first = subprocess.run([str(REHEARSE), "--work", str(work / "real"), "--vm", "default", "--runs", "1"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=3600, stdin=subprocess.DEVNULL)
+    (work / "real.log").write_text(first.stdout + first.stderr)
+    first_runs = summary(work / "real") if first.returncode == 0 else []  # read before the next rehearsal
+    second = rehearse(with_other_suites(work), work / "real", "--runs", "1", "--vm", "default",
+                      workflow=".github/workflows/vm-tests.yml")
+    (work / "other-suites.log").write_text(second.stdout + second.stderr)
+    return first, first_runs, second, (summary(work / "real") if second.returncode in (0, 1) else [])
+
+
+def test_the_whole_workflow_rehearsed_twice_the_second_a_cache_hit(rehearsed_twice) -> None:
+    """From an empty cache store: run 1 must make the golden image, run 2 must take it from the cache."""
+    done, first_runs, again, second_runs = rehearsed_twice
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    assert second_runs, again.stdout[-6000:] + again.stderr[-3000:]  # it finished: its jobs are on record
+    (first,), (second,) = first_runs, second_runs
+    suites = list(json.loads(subprocess.run([str(ROOT / ".venv" / "bin" / "vmlab"), "suites", "--json"], cwd=ROOT,
+                                            capture_output=True, text=True, check=True).stdout)["include"])
+    golden, *shards = first["jobs"]
+    assert golden["job"] == "golden" and golden["code"] == 0
+    assert [s["matrix"] for s in shards] == suites  # one shard per suite of vmlab.yaml
+    for shard in shards:
+        assert shard["code"] == 0 and shard["status"] == "success", shard
+        (result,) = shard["results"]
+        assert result["passed"] and result["suites"] == [shard["matrix"]["suite"]]
+        assert Path(result["junit"]).name == "junit.xml" and result["tests"] > 0
+    made = next(s for s in golden["steps"] if "from scratch" in s["name"])
+    assert made["status"] == "success" and golden["built_golden"]
+    assert "rehearsal run 1: exit code 0" in done.stdout
+    golden_again = second["jobs"][0]
+    assert golden_again["job"] == "golden" and golden_again["code"] == 0, golden_again
+    remade = next(s for s in golden_again["steps"] if "from scratch" in s["name"])
+    assert remade["status"] == "skipped" and golden_again["built_golden"] == []
+    assert any(c.get("hit") and c["key"].startswith("vmlab-golden-") for c in golden_again["caches"])
+
+
+def test_a_failing_shard_leaves_the_others_results_and_the_matrix_follows_the_config(work: Path,
+                                                                                        rehearsed_twice) -> None:
+    """The second rehearsal (rehearsed_twice): vmlab's repository with its suites replaced."""
+    _, _, done, runs = rehearsed_twice
     assert done.returncode == 1, done.stdout[-6000:] + done.stderr[-3000:]  # the worst shard failed
-    (run,) = summary(work / "real")
+    (run,) = runs
     shards = {j["matrix"]["suite"]: j for j in run["jobs"] if j["job"] == "test"}
     assert list(shards) == ["passes", "fails"]  # no shard for the removed suite
     assert shards["passes"]["code"] == 0 and shards["fails"]["code"] == 1
@@ -336,5 +348,3 @@ def test_a_failing_shard_leaves_the_others_results_and_the_matrix_follows_the_co
     assert ports["passes"] != ports["fails"]
     artifacts = work / "real" / "r1" / "artifacts"
     assert sorted(p.name for p in artifacts.iterdir()) == ["golden", "results-fails", "results-passes"]
-    golden = next(j for j in run["jobs"] if j["job"] == "golden")  # made, or the other test's from the cache
-    assert golden["code"] == 0 and golden["status"] == "success", golden
