@@ -62,6 +62,22 @@ def test_a_task_that_cannot_run_says_why_with_its_exit_code(project: Project, ar
     assert qemus_of(project.root) == 0 and not list(project.root.glob("vm/*/disk.qcow2"))
 
 
+@pytest.mark.parametrize("argv", [["--list"], ["--help", "restore"], ["status"]], ids=" ".join)
+def test_a_reader_that_leaves_early_gets_no_traceback(project: Project, argv: list) -> None:
+    """`vmlab --list | head -3`: head exits once it has its lines, and the rest of vmlab's output
+    meets a closed pipe. Here the pipe is closed before vmlab starts, so the first write meets it:
+    vmlab stops quietly (exit 1), as a program writing into a pipe does, with no Python traceback."""
+    project.write_config(NO_SUITES)
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        done = subprocess.run([VMLAB, *argv], cwd=project.root, stdout=writer, stderr=subprocess.PIPE, text=True,
+                              stdin=subprocess.DEVNULL, timeout=60)
+    finally:
+        os.close(writer)
+    assert done.returncode == 1 and done.stderr == "", done.stderr
+
+
 @pytest.mark.parametrize("program", ["invoke", "vmlab"])
 @pytest.mark.parametrize("argv", [["console"], ["ssh"], ["ssh", "-c", "true"], ["snapshot"], ["suspend"], ["sync"],
                                   ["test", "--suite", "unit"], ["test-all"], ["build"], ["restore"]],

@@ -13,10 +13,14 @@ from invoke.program import Program
 
 from vmlab import __version__, spelling
 from vmlab.tasks import program_tasks
+from vmlab.tasks.common import reader_gone
 
 program = Program(namespace=program_tasks, version=__version__, name="vmlab", binary="vmlab")
 
 
 def main() -> None:
     spelling.use_program("vmlab")
-    program.run()
+    try:
+        program.run()
+    except BrokenPipeError:  # `vmlab --list | head`, in Invoke's own output
+        reader_gone()

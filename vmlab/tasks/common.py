@@ -84,12 +84,22 @@ def cli(fn: Callable[..., Optional[int]]) -> Callable[..., None]:
             _end(143, "vmlab: terminated")
         except KeyboardInterrupt:
             _end(130, "vmlab: interrupted")
+        except BrokenPipeError:
+            reader_gone()
         except OSError as e:  # the host refused (a full disk, a permission): say so, no traceback
             _end(1, f"vmlab: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
         if status:
             _end(status)
 
     return wrapper
+
+
+def reader_gone() -> NoReturn:
+    """The reader of our output has gone (`vmlab status | head`): exit 1 quietly, as a program
+    writing into a closed pipe does; no traceback now, nor when Python flushes stdout at exit
+    (what Python's signal module documents for SIGPIPE)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(1)
 
 
 def _end(code: int, message: str = "") -> NoReturn:
