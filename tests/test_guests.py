@@ -67,5 +67,6 @@ def test_vmlabs_own_profiles_read_into_their_sections() -> None:
     assert dragonfly.iso is not None and dragonfly.iso.release == "6.4.2" and len(dragonfly.iso.mirrors) == 3
     assert dragonfly.install is not None and dragonfly.install.recipe == "install.yaml" and dragonfly.install.takes
     assert dragonfly.boot == guests.Boot() and dragonfly.image is None and dragonfly.privileged == "doas -n"
-    assert rehearsal.medium is not None and rehearsal.medium.host_tools == ["grub-mkrescue", "/usr/lib/grub/i386-pc", "zstd"]
+    assert rehearsal.medium is not None
+    assert rehearsal.medium.host_tools == ["grub-mkrescue", "/usr/lib/grub/i386-pc", "zstd"]
     assert rehearsal.provision.script == "../debian/provision.sh"
