@@ -132,8 +132,10 @@ def probe(kernel: Path, limit: float = PROBE_LIMIT) -> AccelChoice:
 
 
 def _start_probe(accel: str, kernel: Path, console: Path) -> "subprocess.Popen[bytes]":
+    """QEMU with the accelerator's arguments as a VM gets them (KVM: -cpu host, which some hosts'
+    KVM refuses outright), booting `kernel` to its panic."""
     return subprocess.Popen(
-        [host.which("qemu-system-x86_64") or "qemu-system-x86_64", "-accel", accel, "-m", "256",
+        [host.which("qemu-system-x86_64") or "qemu-system-x86_64", *AccelChoice(accel, "").qemu_args(), "-m", "256",
          "-nodefaults", "-display", "none", "-no-reboot", "-kernel", str(kernel),
          "-append", "console=ttyS0 panic=-1 quiet", "-serial", f"file:{console}"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
