@@ -32,5 +32,7 @@ chmod 0440 "$root/etc/sudoers.d/vmlab-lab"
 install -m 0755 "$here/vmlab-seed" "$root/usr/local/sbin/vmlab-seed"
 install -m 0644 "$here/vmlab-seed.service" "$root/etc/systemd/system/vmlab-seed.service"
 ln -sf /etc/systemd/system/vmlab-seed.service "$wants/vmlab-seed.service"
+# apt fetches no translated package descriptions: ~5 s of each provision's apt-get update.
+echo 'Acquire::Languages "none";' > "$root/etc/apt/apt.conf.d/90vmlab-no-translations"
 : > "$root/etc/machine-id"   # a fresh id on every boot of every clone
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*_Packages
