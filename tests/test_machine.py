@@ -362,3 +362,31 @@ def test_a_port_taken_at_every_attempt_fails_naming_qemus_words_and_leaves_nothi
     assert f"Could not set up host forwarding rule 'tcp:127.0.0.1:{taker.taken[-1]}-:22'" in message
     assert not qemu_processes(machine.dir)
     assert [f for f in RUNTIME_FILES if (machine.dir / f).exists()] == []
+
+
+def test_ctrl_c_while_qemu_daemonizes_leaves_no_qemu_even_before_its_pidfile(
+        tiny_spec: MachineSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C during `qemu -daemonize` kills the parent; its daemon may still be setting up, its
+    pidfile unwritten (a 3-worker test run left a QEMU so). Real QEMU, started late by a stand-in
+    parent: what cannot be made on demand is a QEMU that is that slow to daemonize."""
+    real = host.which("qemu-system-x86_64")
+    slow = tmp_path / "bin" / "qemu-system-x86_64"
+    slow.parent.mkdir()
+    slow.write_text(f'#!/bin/sh\n(sleep 1.5; exec {real} "$@") &\nsleep 60\n')  # the daemon comes after its parent
+    slow.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{slow.parent}:{os.environ['PATH']}")
+    machine = Machine("porttest", tmp_path / "m")
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            machine.launch(tiny_spec)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    time.sleep(3)  # past the moment the daemon would have started QEMU
+    assert qemu_processes(tmp_path / "m") == [] and machine.pid() is None

@@ -213,13 +213,19 @@ class Machine:
             self._write_state({"pid": pid, "ssh_port": port, "accel": spec.accel.accel,
                                "accel_reason": spec.accel.reason, "started_at": time.time(), "argv": argv,
                                "qemu_warnings": proc.stderr.strip()})
+            return self.status(query_qemu=False)
         except BaseException:  # a failure, or Ctrl-C while QEMU starts: leave no QEMU behind
-            pid = self.pid()
-            if pid is not None:
-                self._kill(pid)
+            self._kill_started()
             self.clean()
             raise
-        return self.status(query_qemu=False)
+
+    def _kill_started(self) -> None:
+        """Kill every QEMU started with this VM's pidfile, whether or not it has written it yet: a
+        Ctrl-C during `qemu -daemonize` kills the parent, and its daemon child may still be setting up
+        (seen under load: QEMU running after the interrupted start had said it stopped)."""
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and self._is_ours(int(entry.name)):
+                self._kill(int(entry.name))
 
     @contextmanager
     def launched(self, spec: MachineSpec) -> Iterator[MachineStatus]:
